@@ -1,0 +1,85 @@
+"""``create_app(settings)``: the aiohttp application, its resources and its error middleware."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aiohttp
+from aiohttp import web
+
+from . import handlers
+from .config import ConfigHolder, RegistryConfig
+from .context import CONFIG, HAPI, HTTP_SESSION, REGISTRY, SETTINGS
+from .errors import RegistryError, operation_outcome
+from .fhir_client import HapiClient
+from .locks import LocalKeyedLocks, LockManager
+from .registry import Registry
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_HTTP_CODES = {404: "not-found", 405: "not-supported", 413: "too-costly", 415: "not-supported"}
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.perf_counter()
+    try:
+        response = await handler(request)
+    except RegistryError as error:
+        response = handlers.fhir_response(error.to_operation_outcome(), status=error.status)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _HTTP_CODES.get(exc.status, "invalid" if exc.status < 500 else "exception")
+        response = handlers.fhir_response(operation_outcome("error", code, exc.reason), status=exc.status)
+    except Exception:
+        log.exception("unhandled error", extra={"path": request.path, "method": request.method})
+        response = handlers.fhir_response(
+            operation_outcome(
+                "error", "exception", "Internal error; nothing was written. See the mediator log."
+            ),
+            status=500,
+        )
+    log.info(
+        "request",
+        extra={
+            "method": request.method,
+            "path": request.path,
+            "status": response.status,
+            "ms": round((time.perf_counter() - started) * 1000, 1),
+            "openhim_tx": request.headers.get("X-OpenHIM-TransactionID"),
+        },
+    )
+    return response
+
+
+def create_app(
+    settings: Settings,
+    *,
+    config: RegistryConfig | None = None,
+    locks: LockManager | None = None,
+) -> web.Application:
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[errors_middleware])
+    app[SETTINGS] = settings
+    app[CONFIG] = ConfigHolder(config or RegistryConfig.from_settings(settings))
+    lock_manager = locks or LocalKeyedLocks()
+
+    async def hapi_session(app: web.Application) -> AsyncIterator[None]:
+        connector = aiohttp.TCPConnector(limit=64, limit_per_host=64)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            app[HTTP_SESSION] = session
+            hapi = HapiClient(
+                session, settings.hapi_base_url, settings.hapi_timeout_s, settings.hapi_connect_timeout_s
+            )
+            app[HAPI] = hapi
+            app[REGISTRY] = Registry(hapi, app[CONFIG], lock_manager, settings.conflict_retries)
+            yield
+
+    app.cleanup_ctx.append(hapi_session)
+    handlers.add_routes(app)
+    return app

@@ -1,0 +1,17 @@
+"""Typed application keys shared by the handlers, the OpenHIM integration and the admin API."""
+
+from __future__ import annotations
+
+import aiohttp
+from aiohttp import web
+
+from .config import ConfigHolder
+from .fhir_client import HapiClient
+from .registry import Registry
+from .settings import Settings
+
+SETTINGS = web.AppKey("settings", Settings)
+CONFIG = web.AppKey("config", ConfigHolder)
+HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)
+HAPI = web.AppKey("hapi", HapiClient)
+REGISTRY = web.AppKey("registry", Registry)

@@ -1,0 +1,184 @@
+"""Async client for the HAPI FHIR store: one ``aiohttp.ClientSession`` per app, a timeout on every call.
+
+Upstream failures become :mod:`mediator.errors` exceptions: connection refused or HAPI 5xx → 503,
+timeout → 504, a stale ``If-Match`` (409/412) → retryable :class:`Conflict`. Every call is reported
+to the current :class:`CallRecorder` (if any) so the OpenHIM envelope can list one orchestration per call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+import aiohttp
+
+from .errors import Conflict, NotFound, Unprocessable, UpstreamTimeout, UpstreamUnavailable
+
+log = logging.getLogger(__name__)
+
+FHIR_JSON = "application/fhir+json"
+
+
+@dataclass
+class CallRecord:
+    name: str
+    method: str
+    url: str
+    request_body: str | None
+    started: datetime
+    status: int | None = None
+    response_body: str | None = None
+    finished: datetime | None = None
+    error: str | None = None
+
+
+@dataclass
+class CallRecorder:
+    """Collects the upstream calls made while handling one request (for OpenHIM orchestrations)."""
+
+    calls: list[CallRecord] = field(default_factory=list)
+
+
+current_recorder: contextvars.ContextVar[CallRecorder | None] = contextvars.ContextVar(
+    "current_recorder", default=None
+)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class HapiClient:
+    def __init__(
+        self, session: aiohttp.ClientSession, base_url: str, timeout_s: float, connect_s: float
+    ) -> None:
+        self._session = session
+        self.base_url = base_url.rstrip("/")
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s, connect=connect_s)
+
+    async def _call(
+        self,
+        name: str,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, str] | None = None,
+        body: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        accept_status: tuple[int, ...] = (),
+    ) -> tuple[int, dict[str, Any] | None]:
+        url = path if path.startswith("http") else f"{self.base_url}/{path.lstrip('/')}"
+        if params:
+            url = f"{url}?{urlencode(params)}"
+        data = json.dumps(body, separators=(",", ":")) if body is not None else None
+        req_headers = {"Accept": FHIR_JSON, **(headers or {})}
+        if data is not None:
+            req_headers["Content-Type"] = FHIR_JSON
+        record = CallRecord(name=name, method=method, url=url, request_body=data, started=_now())
+        recorder = current_recorder.get()
+        if recorder is not None:
+            recorder.calls.append(record)
+        t0 = time.perf_counter()
+        try:
+            async with self._session.request(
+                method, url, data=data, headers=req_headers, timeout=self._timeout
+            ) as resp:
+                text = await resp.text()
+                status = resp.status
+        except TimeoutError as exc:
+            record.error = "timeout"
+            record.finished = _now()
+            log.warning("hapi call timed out", extra={"call": name, "method": method})
+            raise UpstreamTimeout(f"The FHIR store did not answer in time ({name}).") from exc
+        except aiohttp.ClientError as exc:
+            record.error = type(exc).__name__
+            record.finished = _now()
+            log.warning("hapi call failed", extra={"call": name, "error": type(exc).__name__})
+            raise UpstreamUnavailable(f"The FHIR store is unavailable ({name}).") from exc
+        record.status, record.response_body, record.finished = status, text, _now()
+        log.debug("hapi %s %s -> %s in %.1f ms", method, name, status, (time.perf_counter() - t0) * 1000)
+        payload = json.loads(text) if text and text.lstrip().startswith("{") else None
+        if status in accept_status or 200 <= status < 300:
+            return status, payload
+        diagnostics = _diagnostics(payload) or f"HTTP {status}"
+        if status in (409, 412):
+            raise Conflict(f"Concurrent change in the FHIR store: {diagnostics}")
+        if status == 404 or status == 410:
+            raise NotFound(f"Not found in the FHIR store ({name}).")
+        if status >= 500 or status == 429:
+            raise UpstreamUnavailable(f"The FHIR store failed ({name}): HTTP {status}.")
+        raise Unprocessable(f"The FHIR store rejected the request ({name}): {diagnostics}")
+
+    async def read(self, resource_type: str, resource_id: str) -> dict[str, Any] | None:
+        status, payload = await self._call(
+            f"read {resource_type}", "GET", f"{resource_type}/{resource_id}", accept_status=(404, 410)
+        )
+        return payload if status == 200 else None
+
+    async def search(
+        self, resource_type: str, params: dict[str, str], *, max_results: int = 1000
+    ) -> list[dict[str, Any]]:
+        """Run a search and follow ``next`` links until ``max_results`` resources were read."""
+        results: list[dict[str, Any]] = []
+        _, bundle = await self._call(f"search {resource_type}", "GET", resource_type, params=params)
+        while bundle is not None:
+            for entry in bundle.get("entry", []):
+                resource = entry.get("resource")
+                if resource and entry.get("search", {}).get("mode", "match") == "match":
+                    results.append(resource)
+            next_url = next(
+                (lnk["url"] for lnk in bundle.get("link", []) if lnk.get("relation") == "next"), None
+            )
+            if next_url is None or len(results) >= max_results:
+                break
+            _, bundle = await self._call(f"search {resource_type} (next page)", "GET", self._local(next_url))
+        return results[:max_results]
+
+    async def count(self, resource_type: str, params: dict[str, str]) -> int:
+        _, bundle = await self._call(
+            f"count {resource_type}", "GET", resource_type, params={**params, "_summary": "count"}
+        )
+        return int((bundle or {}).get("total", 0))
+
+    async def transaction(self, bundle: dict[str, Any]) -> dict[str, Any]:
+        _, payload = await self._call("transaction", "POST", "", body=bundle)
+        if payload is None:
+            raise UpstreamUnavailable("The FHIR store answered a transaction without a body.")
+        return payload
+
+    async def metadata(self) -> dict[str, Any] | None:
+        _, payload = await self._call("metadata", "GET", "metadata")
+        return payload
+
+    def _local(self, url: str) -> str:
+        """HAPI builds paging links from its own idea of its address; keep our base URL."""
+        parts = urlsplit(url)
+        base_path = urlsplit(self.base_url).path
+        path = parts.path[len(base_path) :] if parts.path.startswith(base_path) else parts.path
+        return f"{self.base_url}/{path.lstrip('/')}" + (f"?{parts.query}" if parts.query else "")
+
+
+def _diagnostics(payload: dict[str, Any] | None) -> str | None:
+    if not payload or payload.get("resourceType") != "OperationOutcome":
+        return None
+    return "; ".join(i.get("diagnostics", i.get("code", "")) for i in payload.get("issue", []))
+
+
+async def wait_until_ready(client: HapiClient, timeout_s: float) -> None:
+    """Poll the store's capability statement until it answers (used at start-up)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            await client.metadata()
+            return
+        except (UpstreamUnavailable, UpstreamTimeout):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)  # poll interval while HAPI boots

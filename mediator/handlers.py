@@ -1,0 +1,210 @@
+"""FHIR endpoints that OpenHIM routes to. Each handler: parse → validate → registry → FHIR answer."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from . import pix
+from .audit import Actor
+from .context import CONFIG, HAPI, REGISTRY
+from .errors import InvalidInput, RegistryError
+from .registry import Submission, SubmissionResult
+from .validation import parse_identifier_param, read_json, validate_bundle, validate_patient
+
+FHIR_JSON = "application/fhir+json"
+
+
+def fhir_response(
+    body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        text=json.dumps(body, separators=(",", ":")),
+        status=status,
+        content_type=FHIR_JSON,
+        headers=headers,
+    )
+
+
+def actor_of(request: web.Request) -> Actor:
+    forwarded = request.headers.get("X-Forwarded-For", "")
+    address = forwarded.split(",")[0].strip() or request.remote
+    return Actor(
+        client_id=request.headers.get("X-OpenHIM-ClientID") or None,
+        address=address,
+        transaction_id=request.headers.get("X-OpenHIM-TransactionID") or None,
+    )
+
+
+def _result_headers(result: SubmissionResult) -> dict[str, str]:
+    location = f"Patient/{result.source_id}" + (f"/_history/{result.version}" if result.version else "")
+    headers = {
+        "Location": location,
+        "X-CRUID": result.cruid,
+        "LocationCRUID": f"Patient/{result.golden_id}",
+        "X-Match-Outcome": result.outcome,
+    }
+    if result.version:
+        headers["ETag"] = f'W/"{result.version}"'
+    return headers
+
+
+def _answer(request: web.Request, result: SubmissionResult) -> web.Response:
+    cfg = request.app[CONFIG].current
+    request["registry_result"] = result  # for the OpenHIM envelope's properties
+    return fhir_response(
+        result.response_patient(cfg.cruid_system),
+        status=201 if result.created else 200,
+        headers=_result_headers(result),
+    )
+
+
+async def create_patient(request: web.Request) -> web.Response:
+    patient = validate_patient(await read_json(request))
+    result = await request.app[REGISTRY].submit(Submission(patient=patient, actor=actor_of(request)))
+    return _answer(request, result)
+
+
+async def update_patient(request: web.Request) -> web.Response:
+    patient = validate_patient(await read_json(request))
+    target_id = request.match_info["id"]
+    if patient.get("id") not in (None, target_id):
+        raise InvalidInput("Patient.id must equal the id in the URL.", expression=["Patient.id"])
+    submission = Submission(patient=patient, actor=actor_of(request), target_id=target_id)
+    return _answer(request, await request.app[REGISTRY].submit(submission))
+
+
+async def conditional_update_patient(request: web.Request) -> web.Response:
+    if set(request.query) != {"identifier"}:
+        raise InvalidInput("Conditional update needs exactly one search parameter: identifier=system|value.")
+    conditional = parse_identifier_param(request.query.get("identifier"), "identifier")
+    patient = validate_patient(await read_json(request))
+    submission = Submission(patient=patient, actor=actor_of(request), conditional=conditional)
+    return _answer(request, await request.app[REGISTRY].submit(submission))
+
+
+async def ihe_pix(request: web.Request) -> web.Response:
+    source = parse_identifier_param(request.query.get("sourceIdentifier"), "sourceIdentifier")
+    targets: list[str] = []
+    for raw in request.query.getall("targetSystem", []):
+        targets.extend(t.strip() for t in raw.split(",") if t.strip())
+    parameters = await pix.cross_references(request.app[HAPI], request.app[CONFIG].current, source, targets)
+    return fhir_response(parameters)
+
+
+def _entry_submission(entry: Any, index: int, actor: Actor) -> Submission:
+    where = f"Bundle.entry[{index}]"
+    if not isinstance(entry, dict):
+        raise InvalidInput("Each Bundle entry must be an object.", expression=[where])
+    request = entry.get("request") or {}
+    method = str(request.get("method", "")).upper()
+    url = str(request.get("url", ""))
+    resource = entry.get("resource")
+    if not isinstance(resource, dict):
+        raise InvalidInput("Each entry needs a resource.", expression=[f"{where}.resource"])
+    patient = validate_patient(resource, f"{where}.resource")
+    if method == "POST" and url.rstrip("/") == "Patient":
+        return Submission(patient=patient, actor=actor)
+    if method == "PUT" and url.startswith("Patient?"):
+        from urllib.parse import parse_qs
+
+        query = parse_qs(url.partition("?")[2])
+        if set(query) != {"identifier"} or len(query["identifier"]) != 1:
+            raise InvalidInput(
+                "Conditional update needs identifier=system|value.", expression=[f"{where}.request.url"]
+            )
+        return Submission(
+            patient=patient,
+            actor=actor,
+            conditional=parse_identifier_param(query["identifier"][0], "identifier"),
+        )
+    if method == "PUT" and url.startswith("Patient/") and url.count("/") == 1:
+        return Submission(patient=patient, actor=actor, target_id=url.split("/", 1)[1])
+    raise InvalidInput(
+        "Entries must be POST Patient, PUT Patient/{id} or PUT Patient?identifier=system|value.",
+        expression=[f"{where}.request"],
+    )
+
+
+def _response_entry(result: SubmissionResult, cruid_system: str) -> dict[str, Any]:
+    status = "201 Created" if result.created else "200 OK"
+    response: dict[str, Any] = {"status": status, "location": _result_headers(result)["Location"]}
+    if result.version:
+        response["etag"] = f'W/"{result.version}"'
+    return {"resource": result.response_patient(cruid_system), "response": response}
+
+
+def _error_entry(error: RegistryError) -> dict[str, Any]:
+    reason = web.Response(status=error.status).reason
+    return {"response": {"status": f"{error.status} {reason}", "outcome": error.to_operation_outcome()}}
+
+
+async def bundle(request: web.Request) -> web.Response:
+    data = validate_bundle(await read_json(request))
+    registry = request.app[REGISTRY]
+    cruid_system = request.app[CONFIG].current.cruid_system
+    actor = actor_of(request)
+    entries = data.get("entry", [])
+    if data["type"] == "transaction":
+        submissions = [_entry_submission(e, i, actor) for i, e in enumerate(entries)]
+        results = await registry.submit_all(submissions) if submissions else []
+        out = [_response_entry(r, cruid_system) for r in results]
+        return fhir_response({"resourceType": "Bundle", "type": "transaction-response", "entry": out})
+    out = []
+    for index, entry in enumerate(entries):
+        try:
+            result = await registry.submit(_entry_submission(entry, index, actor))
+            out.append(_response_entry(result, cruid_system))
+        except RegistryError as error:
+            out.append(_error_entry(error))
+    return fhir_response({"resourceType": "Bundle", "type": "batch-response", "entry": out})
+
+
+async def capability_statement(request: web.Request) -> web.Response:
+    return fhir_response(
+        {
+            "resourceType": "CapabilityStatement",
+            "status": "active",
+            "kind": "instance",
+            "fhirVersion": "4.0.1",
+            "format": ["application/fhir+json"],
+            "date": "2026-11-25",
+            "software": {"name": "client-registry mediator"},
+            "rest": [
+                {
+                    "mode": "server",
+                    "resource": [
+                        {
+                            "type": "Patient",
+                            "interaction": [{"code": "create"}, {"code": "update"}],
+                            "conditionalUpdate": True,
+                            "operation": [
+                                {
+                                    "name": "ihe-pix",
+                                    "definition": "https://profiles.ihe.net/ITI/PIXm/OperationDefinition/IHE.PIXm.pix",
+                                }
+                            ],
+                        }
+                    ],
+                    "interaction": [{"code": "batch"}, {"code": "transaction"}],
+                }
+            ],
+        }
+    )
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/fhir/Patient", create_patient)
+    app.router.add_put("/fhir/Patient", conditional_update_patient)
+    app.router.add_get("/fhir/Patient/$ihe-pix", ihe_pix)
+    app.router.add_put("/fhir/Patient/{id}", update_patient)
+    app.router.add_post("/fhir", bundle)
+    app.router.add_post("/fhir/", bundle)
+    app.router.add_get("/fhir/metadata", capability_statement)
+    app.router.add_get("/health", health)

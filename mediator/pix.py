@@ -1,0 +1,95 @@
+"""IHE PIXm cross-reference lookup: every identifier the registry holds for the same person."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import records
+from .config import RegistryConfig
+from .errors import Forbidden, NotFound
+from .fhir_client import HapiClient
+
+MAX_SOURCES = 1000
+
+
+async def _known_system(hapi: HapiClient, cfg: RegistryConfig, system: str) -> bool:
+    if system in cfg.known_systems():
+        return True
+    # Otherwise a domain is known when the registry holds at least one record of it.
+    return await hapi.count("Patient", {"identifier": f"{system}|"}) > 0
+
+
+async def _golden_of(hapi: HapiClient, cfg: RegistryConfig, system: str, value: str) -> dict[str, Any]:
+    if system == cfg.cruid_system:
+        golden = await hapi.read("Patient", value) if value.startswith("cr-") else None
+        if golden is None or not records.is_golden(golden):
+            raise NotFound(f"No person with CRUID {value}.")
+    else:
+        found = await hapi.search(
+            "Patient",
+            {"identifier": f"{system}|{value}", "_tag": f"{records.RECORD_TYPE_SYSTEM}|{records.SOURCE}"},
+            max_results=1,
+        )
+        golden_id = records.golden_id_of(found[0]) if found else None
+        golden = await hapi.read("Patient", golden_id) if golden_id else None
+        if golden is None:
+            raise NotFound(f"The identifier {system}|{value} is not known to the registry.")
+    for _ in range(10):  # follow merges to the surviving golden record
+        successor = records.replaced_by(golden)
+        if successor is None:
+            break
+        nxt = await hapi.read("Patient", successor)
+        if nxt is None:
+            break
+        golden = nxt
+    return golden
+
+
+async def cross_references(
+    hapi: HapiClient, cfg: RegistryConfig, source: tuple[str, str], target_systems: list[str]
+) -> dict[str, Any]:
+    system, value = source
+    for target in target_systems:
+        if not await _known_system(hapi, cfg, target):
+            raise Forbidden(f"targetSystem {target} is not an identifier domain known to the registry.")
+    golden = await _golden_of(hapi, cfg, system, value)
+    source_ids = records.source_ids_of(golden)
+    sources = (
+        await hapi.search(
+            "Patient", {"_id": ",".join(source_ids), "_count": str(MAX_SOURCES)}, max_results=MAX_SOURCES
+        )
+        if source_ids
+        else []
+    )
+    wanted = set(target_systems)
+    parameters: list[dict[str, Any]] = []
+    seen: set[tuple[str, str]] = {(system, value)}
+    identifiers = [
+        {
+            "use": "official",
+            "system": cfg.cruid_system,
+            "value": records.cruid_of(golden, cfg.cruid_system) or golden["id"],
+        }
+    ]
+    for source_record in sorted(sources, key=lambda r: r["id"]):
+        identifiers.extend(source_record.get("identifier", []))
+    for ident in identifiers:
+        key = (ident.get("system", ""), ident.get("value", ""))
+        if key in seen or (wanted and key[0] not in wanted):
+            continue
+        seen.add(key)
+        parameters.append(
+            {
+                "name": "targetIdentifier",
+                "valueIdentifier": {k: ident[k] for k in ("use", "system", "value") if k in ident},
+            }
+        )
+    for source_record in sorted(sources, key=lambda r: r["id"]):
+        own = {i.get("system") for i in source_record.get("identifier", [])}
+        if not wanted or own & wanted:
+            parameters.append(
+                {"name": "targetId", "valueReference": {"reference": records.ref(source_record["id"])}}
+            )
+    if not wanted or cfg.cruid_system in wanted:
+        parameters.append({"name": "targetId", "valueReference": {"reference": records.ref(golden["id"])}})
+    return {"resourceType": "Parameters", "parameter": parameters}

@@ -1,0 +1,165 @@
+"""The shape of the registry's records in HAPI — pure functions, no I/O.
+
+* A **source record** is what one point-of-service system sent for one of its identifiers. Its id is
+  derived from that identifier (``src-<hash>``), so resubmitting the identifier always lands on the same
+  record. It carries ``meta.tag`` entries: its record type, the submitting client, its blocking keys (how
+  candidates are found with one ``_tag`` search) and one ``link`` of type ``refer`` to its golden record.
+* A **golden record** (``cr-<uuid>``) holds no demographics: the CRUID identifier, a record-type tag and
+  one ``link`` of type ``seealso`` per source record. When it has no sources left it is made inactive; when
+  it is merged into another it gets a ``replaced-by`` link.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+NS = "urn:client-registry"
+RECORD_TYPE_SYSTEM = f"{NS}:record-type"
+CLIENT_SYSTEM = f"{NS}:client"
+BLOCK_SYSTEM = f"{NS}:block"
+LINK_SOURCE_SYSTEM = (
+    f"{NS}:link-source"  # code "manual": a person decided this link; never changed by matching
+)
+REVIEW_SYSTEM = f"{NS}:review"
+REVIEW_TYPE_SYSTEM = f"{NS}:review-type"
+
+GOLDEN = "golden"
+SOURCE = "source"
+MANUAL = "manual"
+
+Resource = dict[str, Any]
+
+
+def source_record_id(system: str, value: str) -> str:
+    digest = hashlib.sha256(f"{system}|{value}".encode()).hexdigest()[:40]
+    return f"src-{digest}"
+
+
+def new_golden_id() -> str:
+    return f"cr-{uuid.uuid4()}"
+
+
+def ref(resource_id: str) -> str:
+    return f"Patient/{resource_id}"
+
+
+def ref_id(reference: str | None) -> str | None:
+    if not reference:
+        return None
+    parts = reference.split("/")
+    if "_history" in parts:
+        parts = parts[: parts.index("_history")]
+    return parts[-1] if len(parts) >= 2 and parts[-2] == "Patient" else None
+
+
+def tags(resource: Mapping[str, Any], system: str) -> list[str]:
+    return [t.get("code", "") for t in resource.get("meta", {}).get("tag", []) if t.get("system") == system]
+
+
+def is_golden(resource: Mapping[str, Any]) -> bool:
+    return GOLDEN in tags(resource, RECORD_TYPE_SYSTEM)
+
+
+def is_manually_linked(resource: Mapping[str, Any]) -> bool:
+    return MANUAL in tags(resource, LINK_SOURCE_SYSTEM)
+
+
+def version_of(resource: Mapping[str, Any]) -> str | None:
+    return resource.get("meta", {}).get("versionId")
+
+
+def golden_id_of(source: Mapping[str, Any]) -> str | None:
+    for link in source.get("link", []):
+        if link.get("type") == "refer":
+            return ref_id(link.get("other", {}).get("reference"))
+    return None
+
+
+def source_ids_of(golden: Mapping[str, Any]) -> list[str]:
+    ids = []
+    for link in golden.get("link", []):
+        if link.get("type") == "seealso":
+            rid = ref_id(link.get("other", {}).get("reference"))
+            if rid:
+                ids.append(rid)
+    return ids
+
+
+def replaced_by(golden: Mapping[str, Any]) -> str | None:
+    for link in golden.get("link", []):
+        if link.get("type") == "replaced-by":
+            return ref_id(link.get("other", {}).get("reference"))
+    return None
+
+
+def cruid_of(golden: Mapping[str, Any], cruid_system: str) -> str | None:
+    for ident in golden.get("identifier", []):
+        if ident.get("system") == cruid_system:
+            return ident.get("value")
+    return None
+
+
+def new_golden(golden_id: str, cruid_system: str) -> Resource:
+    return {
+        "resourceType": "Patient",
+        "id": golden_id,
+        "meta": {"tag": [{"system": RECORD_TYPE_SYSTEM, "code": GOLDEN, "display": "Golden record"}]},
+        "identifier": [{"use": "official", "system": cruid_system, "value": golden_id}],
+        "active": True,
+        "link": [],
+    }
+
+
+def with_source(golden: Mapping[str, Any], source_id: str) -> Resource:
+    updated = copy.deepcopy(dict(golden))
+    if source_id not in source_ids_of(updated):
+        updated.setdefault("link", []).append({"other": {"reference": ref(source_id)}, "type": "seealso"})
+    updated["active"] = True
+    return updated
+
+
+def without_source(golden: Mapping[str, Any], source_id: str) -> Resource:
+    updated = copy.deepcopy(dict(golden))
+    updated["link"] = [
+        link
+        for link in updated.get("link", [])
+        if not (link.get("type") == "seealso" and ref_id(link.get("other", {}).get("reference")) == source_id)
+    ]
+    if not source_ids_of(updated):
+        updated["active"] = False
+    return updated
+
+
+def build_source_record(
+    submitted: Mapping[str, Any],
+    record_id: str,
+    *,
+    client_id: str | None,
+    golden_id: str,
+    block_keys: Iterable[str],
+    manual: bool = False,
+) -> Resource:
+    """The stored source record: the submitted demographics plus the registry's tags and its one link."""
+    record = {k: copy.deepcopy(v) for k, v in submitted.items() if k not in ("id", "meta", "link", "text")}
+    tag = [{"system": RECORD_TYPE_SYSTEM, "code": SOURCE}]
+    if client_id:
+        tag.append({"system": CLIENT_SYSTEM, "code": client_id})
+    tag.extend({"system": BLOCK_SYSTEM, "code": key} for key in sorted(set(block_keys)))
+    if manual:
+        tag.append({"system": LINK_SOURCE_SYSTEM, "code": MANUAL})
+    record.update(
+        resourceType="Patient",
+        id=record_id,
+        meta={"tag": tag},
+        link=[{"other": {"reference": ref(golden_id)}, "type": "refer"}],
+    )
+    return record
+
+
+def client_of(source: Mapping[str, Any]) -> str | None:
+    clients = tags(source, CLIENT_SYSTEM)
+    return clients[0] if clients else None

@@ -1,0 +1,316 @@
+"""The registry workflow for one submitted Patient.
+
+    source key → lock → read own record → candidates (one ``_tag`` search on blocking keys)
+    → ``matching.decide`` → choose the golden record → stage source, golden(s), review Tasks, AuditEvent
+    → one HAPI transaction (``If-Match`` on every updated record) → answer
+
+A version conflict (someone changed a golden record meanwhile) restarts from fresh reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import matching
+
+from . import records
+from .audit import Actor, submission_event
+from .config import ConfigHolder, RegistryConfig
+from .errors import Conflict, Forbidden, InvalidInput, NotFound, Unprocessable
+from .fhir_client import HapiClient
+from .locks import LockManager
+from .review import OPEN, POSSIBLE_DUPLICATE, POTENTIAL_MATCH, review_task
+from .unit_of_work import UnitOfWork
+
+log = logging.getLogger(__name__)
+
+OFF_LOOP_CANDIDATES = 64  # score this many candidates or more in a worker thread
+
+
+@dataclass(frozen=True)
+class Submission:
+    patient: Mapping[str, Any]
+    actor: Actor
+    target_id: str | None = None  # PUT Patient/{id}
+    conditional: tuple[str, str] | None = None  # PUT Patient?identifier=system|value
+
+
+@dataclass(frozen=True)
+class Prepared:
+    submission: Submission
+    source_system: str
+    source_value: str
+    source_id: str
+
+
+@dataclass(frozen=True)
+class SubmissionResult:
+    created: bool
+    source_id: str
+    golden_id: str
+    cruid: str
+    outcome: str
+    score: float | None
+    rule: str
+    identifiers: tuple[Mapping[str, Any], ...]
+    version: str | None = None
+
+    def response_patient(self, cruid_system: str) -> dict[str, Any]:
+        """What the POS gets back: its own identifiers and the CRUID — nothing else."""
+        patient: dict[str, Any] = {
+            "resourceType": "Patient",
+            "id": self.source_id,
+            "identifier": [
+                *self.identifiers,
+                {"use": "official", "system": cruid_system, "value": self.cruid},
+            ],
+            "link": [{"other": {"reference": records.ref(self.golden_id)}, "type": "refer"}],
+        }
+        if self.version:
+            patient["meta"] = {"versionId": self.version}
+        return patient
+
+
+class Registry:
+    def __init__(self, hapi: HapiClient, config: ConfigHolder, locks: LockManager, conflict_retries: int = 5):
+        self.hapi = hapi
+        self.config = config
+        self.locks = locks
+        self.conflict_retries = conflict_retries
+
+    # -- entry points -------------------------------------------------------------------------------
+
+    async def submit(self, submission: Submission) -> SubmissionResult:
+        results = await self.submit_all([submission])
+        return results[0]
+
+    async def submit_all(self, submissions: Sequence[Submission]) -> list[SubmissionResult]:
+        """Decide and write several submissions as one all-or-nothing HAPI transaction."""
+        cfg = self.config.current
+        prepared = [self.prepare(s, cfg) for s in submissions]  # raises before anything is written
+        ids = [p.source_id for p in prepared]
+        if len(set(ids)) != len(ids):
+            raise InvalidInput("The same source identifier appears twice in one transaction.")
+        keys = set()
+        for p in prepared:
+            keys.add(f"src:{p.source_id}")
+            keys.update(f"blk:{k}" for k in matching.block_keys(p.submission.patient, cfg.rules))
+        started = time.perf_counter()
+        async with self.locks.hold(keys):
+            for attempt in range(1, self.conflict_retries + 1):
+                uow = UnitOfWork(self.hapi)
+                results = [await self._process(p, uow, cfg) for p in prepared]
+                try:
+                    versions = await uow.commit()
+                except Conflict:
+                    if attempt == self.conflict_retries:
+                        raise
+                    log.info("version conflict, retrying", extra={"attempt": attempt})
+                    continue
+                elapsed_ms = (time.perf_counter() - started) * 1000
+                out = []
+                for r in results:
+                    version = versions.get(f"Patient/{r.source_id}")
+                    out.append(_with_version(r, version))
+                    log.info(
+                        "submission decided",
+                        extra={
+                            "source_id": r.source_id,
+                            "golden_id": r.golden_id,
+                            "outcome": r.outcome,
+                            "score": r.score,
+                            "created": r.created,
+                            "ms": round(elapsed_ms, 1),
+                        },
+                    )
+                return out
+        raise Conflict("Too many concurrent changes; retry the request.")  # pragma: no cover
+
+    # -- steps --------------------------------------------------------------------------------------
+
+    def prepare(self, submission: Submission, cfg: RegistryConfig) -> Prepared:
+        patient = submission.patient
+        identifiers = [i for i in patient.get("identifier", []) if isinstance(i, Mapping)]
+        for index, ident in enumerate(identifiers):
+            if not ident.get("system") or not ident.get("value"):
+                raise InvalidInput(
+                    "Every identifier needs a system and a value.",
+                    expression=[f"Patient.identifier[{index}]"],
+                )
+        client = submission.actor.client_id
+        if cfg.open_mode:
+            own = [i for i in identifiers if i["system"] not in cfg.shared_identifier_systems]
+        else:
+            allowed = cfg.client_systems.get(client or "", frozenset())
+            foreign = sorted(
+                {
+                    i["system"]
+                    for i in identifiers
+                    if i["system"] not in allowed and i["system"] not in cfg.shared_identifier_systems
+                }
+            )
+            if foreign:
+                raise Forbidden(
+                    f"Client '{client}' may not submit identifiers of system(s): {', '.join(foreign)}."
+                )
+            own = [i for i in identifiers if i["system"] in allowed]
+        if cfg.cruid_system in {i["system"] for i in identifiers}:
+            raise Forbidden("CRUIDs are assigned by the registry and cannot be submitted.")
+        if submission.conditional:
+            system, value = submission.conditional
+            if not any(i["system"] == system and i["value"] == value for i in own):
+                raise InvalidInput(
+                    "The conditional identifier must be one of the Patient's own identifiers of the client."
+                )
+        elif not own:
+            raise Unprocessable(
+                "The Patient has no identifier of the submitting system; shared identifiers "
+                "(national ids) are matching evidence, not record keys.",
+                expression=["Patient.identifier"],
+            )
+        system, value = submission.conditional or (own[0]["system"], own[0]["value"])
+        source_id = records.source_record_id(system, value)
+        if submission.target_id is not None and submission.target_id != source_id:
+            if submission.target_id.startswith("cr-"):
+                raise Forbidden(
+                    "Golden records are maintained by the registry and cannot be updated directly."
+                )
+            raise InvalidInput(
+                f"Patient/{submission.target_id} is not the record of the identifier {system}|{value}."
+            )
+        return Prepared(submission, system, value, source_id)
+
+    async def _process(self, prepared: Prepared, uow: UnitOfWork, cfg: RegistryConfig) -> SubmissionResult:
+        submission = prepared.submission
+        patient = submission.patient
+        existing = await uow.read("Patient", prepared.source_id)
+        if submission.target_id is not None and existing is None:
+            raise NotFound(f"Patient/{submission.target_id} does not exist.")
+        keys = matching.block_keys(patient, cfg.rules)
+        found = await uow.find_sources(keys, cfg.max_candidates)
+        candidates = [
+            matching.Candidate(id=r["id"], golden_id=golden, resource=r)
+            for r in found
+            if r["id"] != prepared.source_id and (golden := records.golden_id_of(r))
+        ]
+        decision = await _decide(patient, candidates, cfg.rules)
+
+        current = records.golden_id_of(existing) if existing else None
+        auto = decision.auto_match_goldens()
+        if existing is not None and records.is_manually_linked(existing) and current:
+            target = current  # a person decided this link; matching never changes it
+        elif current and current in auto:
+            target = current
+        elif auto:
+            target = auto[0]
+        elif current and await self._only_source(uow, current, prepared.source_id):
+            target = current
+        else:
+            target = None
+
+        golden = await self._golden(uow, target) if target else None
+        if golden is None:
+            golden = records.new_golden(records.new_golden_id(), cfg.cruid_system)
+        golden_id = golden["id"]
+        uow.put(records.with_source(golden, prepared.source_id))
+        if current and current != golden_id:
+            previous = await uow.read("Patient", current)
+            if previous is not None:
+                uow.put(records.without_source(previous, prepared.source_id))
+
+        source = records.build_source_record(
+            patient,
+            prepared.source_id,
+            client_id=submission.actor.client_id,
+            golden_id=golden_id,
+            block_keys=keys,
+            manual=bool(existing and records.is_manually_linked(existing) and current == golden_id),
+        )
+        uow.put(source)
+
+        await self._stage_reviews(uow, decision, prepared.source_id, golden_id)
+        uow.put(
+            submission_event(
+                actor=submission.actor,
+                action="update" if existing else "create",
+                source_id=prepared.source_id,
+                golden_id=golden_id,
+                previous_golden_id=current,
+                outcome=decision.outcome,
+                score=decision.score,
+                rule=decision.rule,
+            )
+        )
+        return SubmissionResult(
+            created=existing is None,
+            source_id=prepared.source_id,
+            golden_id=golden_id,
+            cruid=records.cruid_of(golden, cfg.cruid_system) or golden_id,
+            outcome=decision.outcome,
+            score=decision.score,
+            rule=decision.rule,
+            identifiers=tuple(
+                i
+                for i in patient.get("identifier", [])
+                if i.get("system") not in cfg.shared_identifier_systems
+            ),
+        )
+
+    async def _golden(self, uow: UnitOfWork, golden_id: str) -> dict[str, Any] | None:
+        """The golden record, following ``replaced-by`` links left by merges."""
+        for _ in range(10):
+            golden = await uow.read("Patient", golden_id)
+            if golden is None or not records.is_golden(golden):
+                return None
+            successor = records.replaced_by(golden)
+            if successor is None:
+                return golden
+            golden_id = successor
+        return None
+
+    async def _only_source(self, uow: UnitOfWork, golden_id: str, source_id: str) -> bool:
+        golden = await uow.read("Patient", golden_id)
+        return golden is not None and set(records.source_ids_of(golden)) <= {source_id}
+
+    async def _stage_reviews(
+        self, uow: UnitOfWork, decision: matching.Decision, source_id: str, golden_id: str
+    ) -> None:
+        best: dict[str, matching.CandidateScore] = {}
+        for s in decision.scores:
+            if s.classification != "no_match" and s.golden_id != golden_id and s.golden_id not in best:
+                best[s.golden_id] = s
+        for other, s in best.items():
+            kind = POSSIBLE_DUPLICATE if s.classification == "match" else POTENTIAL_MATCH
+            task = review_task(
+                kind=kind,
+                source_id=source_id,
+                golden_id=golden_id,
+                other_golden_id=other,
+                score=s.score,
+                rule=s.rule,
+            )
+            stored = await uow.read("Task", task["id"])
+            if stored is None or stored.get("status") == OPEN:
+                uow.put(task)
+
+
+async def _decide(
+    patient: Mapping[str, Any], candidates: list[matching.Candidate], rules: matching.Rules
+) -> matching.Decision:
+    if len(candidates) >= OFF_LOOP_CANDIDATES:
+        return await asyncio.to_thread(matching.decide, patient, candidates, rules)
+    return matching.decide(patient, candidates, rules)
+
+
+def _with_version(result: SubmissionResult, version: str | None) -> SubmissionResult:
+    from dataclasses import replace
+
+    return replace(result, version=version)
+
+
+__all__ = ["NotFound", "Registry", "Submission", "SubmissionResult"]

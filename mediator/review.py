@@ -1,0 +1,52 @@
+"""Reviewable facts the workflow leaves for HIE admins: FHIR ``Task`` resources.
+
+* ``potential-match``: a source record scored between the two thresholds against another golden record.
+  ``focus`` = the source record, ``for`` = its golden record, input ``candidate`` = the other golden record.
+* ``possible-duplicate``: a submission auto-matched two or more golden records; it was linked to the best
+  one (``for``) and the others are inputs ``candidate``.
+
+Ids are derived from the pair, so the same doubt raised twice stays one Task; a Task a person already
+closed (status other than ``requested``) is left alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from typing import Any
+
+from .records import REVIEW_SYSTEM, REVIEW_TYPE_SYSTEM, ref
+
+POTENTIAL_MATCH = "potential-match"
+POSSIBLE_DUPLICATE = "possible-duplicate"
+OPEN = "requested"
+
+
+def review_task_id(kind: str, subject_id: str, other_golden_id: str) -> str:
+    digest = hashlib.sha256(f"{kind}|{subject_id}|{other_golden_id}".encode()).hexdigest()[:40]
+    return f"rv-{digest}"
+
+
+def review_task(
+    *, kind: str, source_id: str, golden_id: str, other_golden_id: str, score: float | None, rule: str
+) -> dict[str, Any]:
+    subject = source_id if kind == POTENTIAL_MATCH else golden_id
+    inputs: list[dict[str, Any]] = [
+        {"type": {"text": "candidate"}, "valueReference": {"reference": ref(other_golden_id)}},
+        {"type": {"text": "rule"}, "valueString": rule},
+    ]
+    if score is not None:
+        inputs.append({"type": {"text": "score"}, "valueDecimal": round(score, 4)})
+    return {
+        "resourceType": "Task",
+        "id": review_task_id(kind, subject, other_golden_id),
+        "identifier": [{"system": REVIEW_SYSTEM, "value": f"{kind}:{subject}:{other_golden_id}"}],
+        "status": OPEN,
+        "intent": "proposal",
+        "priority": "routine",
+        "code": {"coding": [{"system": REVIEW_TYPE_SYSTEM, "code": kind}]},
+        "focus": {"reference": ref(source_id)},
+        "for": {"reference": ref(golden_id)},
+        "authoredOn": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "input": inputs,
+    }

@@ -1,0 +1,94 @@
+"""Typed settings, read once from the environment (``CR_*`` variables) at start.
+
+Settings that an HIE admin may change at run time from the OpenHIM console live in
+:class:`mediator.config.RegistryConfig`; these here are the process's start-up settings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _bool(value: str) -> bool:
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _list(value: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 3000
+    hapi_base_url: str = "http://127.0.0.1:8090/fhir"
+    hapi_connect_timeout_s: float = 3.0
+    hapi_timeout_s: float = 15.0
+    rules_path: Path = REPO_ROOT / "rules" / "default.yaml"
+    cruid_system: str = "urn:oid:2.25.310153142271591873458216447651146233113"  # registry's CRUID system
+    shared_identifier_systems: tuple[str, ...] = ("http://example.org/fhir/sid/national-id",)
+    # client id -> identifier systems it may submit; empty = open development mode (any system, any caller)
+    client_systems: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    max_body_bytes: int = 2_000_000
+    max_candidates: int = 500
+    conflict_retries: int = 5
+    # OpenHIM (mediator/openhim.py); no URL = the mediator runs on its own
+    openhim_api_url: str | None = None
+    openhim_username: str = "root@openhim.org"
+    openhim_password: str = ""
+    openhim_auth: str = "basic"  # basic (core >= 7.1) | token (older cores)
+    openhim_verify_tls: bool = True
+    openhim_ca_file: str | None = None
+    openhim_heartbeat_s: float = 10.0
+    openhim_install_channels: bool = False
+    openhim_allow_anonymous: bool = False
+    mediator_config_path: Path = REPO_ROOT / "mediator-config.json"
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        defaults = cls()
+        get = env.get
+
+        def num(name: str, default: float) -> float:
+            raw = get(name)
+            return float(raw) if raw not in (None, "") else default
+
+        client_systems_raw = get("CR_CLIENT_SYSTEMS")
+        client_systems = (
+            {k: tuple(v) for k, v in json.loads(client_systems_raw).items()} if client_systems_raw else {}
+        )
+        return cls(
+            host=get("CR_HOST", defaults.host),
+            port=int(num("CR_PORT", defaults.port)),
+            hapi_base_url=get("CR_HAPI_URL", defaults.hapi_base_url).rstrip("/"),
+            hapi_connect_timeout_s=num("CR_HAPI_CONNECT_TIMEOUT", defaults.hapi_connect_timeout_s),
+            hapi_timeout_s=num("CR_HAPI_TIMEOUT", defaults.hapi_timeout_s),
+            rules_path=Path(get("CR_RULES", str(defaults.rules_path))),
+            cruid_system=get("CR_CRUID_SYSTEM", defaults.cruid_system),
+            shared_identifier_systems=_list(
+                get("CR_SHARED_SYSTEMS", ",".join(defaults.shared_identifier_systems))
+            ),
+            client_systems=client_systems,
+            max_body_bytes=int(num("CR_MAX_BODY_BYTES", defaults.max_body_bytes)),
+            max_candidates=int(num("CR_MAX_CANDIDATES", defaults.max_candidates)),
+            conflict_retries=int(num("CR_CONFLICT_RETRIES", defaults.conflict_retries)),
+            openhim_api_url=get("CR_OPENHIM_API_URL") or None,
+            openhim_username=get("CR_OPENHIM_USERNAME", defaults.openhim_username),
+            openhim_password=get("CR_OPENHIM_PASSWORD", defaults.openhim_password),
+            openhim_auth=get("CR_OPENHIM_AUTH", defaults.openhim_auth),
+            openhim_verify_tls=_bool(get("CR_OPENHIM_VERIFY_TLS", "true")),
+            openhim_ca_file=get("CR_OPENHIM_CA_FILE") or None,
+            openhim_heartbeat_s=num("CR_OPENHIM_HEARTBEAT_S", defaults.openhim_heartbeat_s),
+            openhim_install_channels=_bool(get("CR_OPENHIM_INSTALL_CHANNELS", "false")),
+            openhim_allow_anonymous=_bool(get("CR_OPENHIM_ALLOW_ANONYMOUS", "false")),
+            mediator_config_path=Path(get("CR_MEDIATOR_CONFIG", str(defaults.mediator_config_path))),
+            log_level=get("CR_LOG_LEVEL", defaults.log_level),
+        )

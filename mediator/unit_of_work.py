@@ -1,0 +1,102 @@
+"""One all-or-nothing set of writes to HAPI.
+
+Reads go through the unit of work, which remembers the version it saw; writes are staged and sent as
+one FHIR ``transaction`` Bundle in which every update of a record that existed carries ``If-Match`` with
+that version. If anyone changed such a record meanwhile, HAPI refuses the whole Bundle (409/412) and
+nothing is written; the workflow then starts again from fresh reads.
+
+Staged resources are visible to later reads and candidate searches of the same unit of work, which lets
+one FHIR ``transaction`` request with several Patients be decided entry by entry and still be written
+at once.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from .fhir_client import HapiClient
+from .records import BLOCK_SYSTEM, RECORD_TYPE_SYSTEM, SOURCE, Resource, tags, version_of
+
+
+class UnitOfWork:
+    def __init__(self, hapi: HapiClient) -> None:
+        self._hapi = hapi
+        self._seen_versions: dict[str, str | None] = {}  # "Type/id" -> version read from HAPI (None: absent)
+        self._read_cache: dict[str, Resource | None] = {}
+        self._staged: dict[str, Resource] = {}  # "Type/id" -> resource to PUT, in staging order
+
+    async def read(self, resource_type: str, resource_id: str) -> Resource | None:
+        key = f"{resource_type}/{resource_id}"
+        if key in self._staged:
+            return copy.deepcopy(self._staged[key])
+        if key not in self._read_cache:
+            resource = await self._hapi.read(resource_type, resource_id)
+            self._remember(key, resource)
+        cached = self._read_cache[key]
+        return copy.deepcopy(cached) if cached is not None else None
+
+    def _remember(self, key: str, resource: Resource | None) -> None:
+        self._read_cache[key] = resource
+        self._seen_versions.setdefault(key, version_of(resource) if resource else None)
+
+    async def find_sources(self, block_keys: list[str], limit: int) -> list[Resource]:
+        """Source records sharing at least one blocking key, staged versions taking precedence."""
+        if not block_keys:
+            return []
+        found = await self._hapi.search(
+            "Patient",
+            {
+                "_tag": ",".join(f"{BLOCK_SYSTEM}|{key}" for key in block_keys),
+                "_count": str(min(limit, 1000)),
+            },
+            max_results=limit,
+        )
+        by_key: dict[str, Resource] = {}
+        for resource in found:
+            key = f"Patient/{resource['id']}"
+            if key not in self._read_cache:
+                self._remember(key, resource)
+            by_key[key] = resource
+        wanted = set(block_keys)
+        for key, staged in self._staged.items():
+            if key.startswith("Patient/") and wanted & set(tags(staged, BLOCK_SYSTEM)):
+                by_key[key] = staged
+            elif key in by_key:  # staged without those keys any more
+                del by_key[key]
+        return [copy.deepcopy(r) for r in by_key.values() if SOURCE in tags(r, RECORD_TYPE_SYSTEM)]
+
+    def put(self, resource: Resource) -> None:
+        key = f"{resource['resourceType']}/{resource['id']}"
+        self._staged.pop(key, None)  # re-staging moves it to the end, after what it may refer to
+        self._staged[key] = copy.deepcopy(resource)
+
+    @property
+    def staged(self) -> dict[str, Resource]:
+        return self._staged
+
+    def bundle(self) -> dict[str, Any]:
+        entries = []
+        for key, resource in self._staged.items():
+            request: dict[str, str] = {"method": "PUT", "url": key}
+            version = self._seen_versions.get(key)
+            if version is not None:
+                request["ifMatch"] = f'W/"{version}"'
+            body = copy.deepcopy(resource)
+            body.get("meta", {}).pop("versionId", None)
+            body.get("meta", {}).pop("lastUpdated", None)
+            entries.append({"fullUrl": f"{self._hapi.base_url}/{key}", "resource": body, "request": request})
+        return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+
+    async def commit(self) -> dict[str, str]:
+        """Write everything staged at once; returns "Type/id" -> new version id."""
+        if not self._staged:
+            return {}
+        response = await self._hapi.transaction(self.bundle())
+        versions: dict[str, str] = {}
+        for key, entry in zip(self._staged, response.get("entry", []), strict=False):
+            location = entry.get("response", {}).get("location", "")
+            parts = location.split("/")
+            if "_history" in parts:
+                versions[key] = parts[parts.index("_history") + 1]
+        return versions

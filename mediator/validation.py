@@ -1,0 +1,116 @@
+"""Read and validate FHIR R4 input: every problem becomes a 4xx with an OperationOutcome, before any write."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.patient import Patient
+from pydantic import ValidationError
+
+from .errors import InvalidInput, PayloadTooLarge, Unprocessable
+
+SUPPORTED_FHIR_VERSIONS = {"4.0", "4.0.0", "4.0.1"}
+GENDERS = {"male", "female", "other", "unknown"}
+JSON_TYPES = {"application/fhir+json", "application/json", "application/json+fhir", "text/json"}
+
+
+def check_fhir_version(request: web.Request) -> None:
+    for header in ("Content-Type", "Accept"):
+        value = request.headers.get(header, "")
+        for part in value.split(";")[1:]:
+            name, _, version = part.strip().partition("=")
+            if (
+                name.strip().lower() == "fhirversion"
+                and version.strip().strip('"') not in SUPPORTED_FHIR_VERSIONS
+            ):
+                raise InvalidInput(
+                    f"FHIR version {version.strip()} is not supported; this registry speaks FHIR R4 (4.0.1)."
+                )
+
+
+async def read_json(request: web.Request) -> dict[str, Any]:
+    check_fhir_version(request)
+    if request.content_type and request.content_type not in JSON_TYPES:
+        raise InvalidInput(
+            f"Content type {request.content_type} is not accepted; send application/fhir+json."
+        )
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise PayloadTooLarge(f"The body is larger than the limit of {exc.max_size} bytes.") from exc
+    if not raw:
+        raise InvalidInput("The request has no body.")
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"The body is not valid JSON: {exc}.") from exc
+    if not isinstance(data, dict):
+        raise InvalidInput("The body must be a JSON object holding one FHIR resource.")
+    return data
+
+
+def _pydantic_problems(exc: ValidationError, prefix: str) -> tuple[str, list[str]]:
+    problems, paths = [], []
+    for error in exc.errors()[:10]:
+        path = ".".join(str(p) for p in error["loc"])
+        paths.append(f"{prefix}.{path}" if path else prefix)
+        problems.append(f"{path or prefix}: {error['msg']}")
+    return "; ".join(problems), paths
+
+
+def validate_patient(data: dict[str, Any], where: str = "Patient") -> dict[str, Any]:
+    if data.get("resourceType") != "Patient":
+        raise InvalidInput(
+            f"Expected a Patient resource, got {data.get('resourceType')!r}.", expression=[where]
+        )
+    try:
+        Patient.model_validate(data)
+    except ValidationError as exc:
+        message, paths = _pydantic_problems(exc, where)
+        raise InvalidInput(f"Invalid Patient: {message}", expression=paths) from exc
+    gender = data.get("gender")
+    if gender is not None and gender not in GENDERS:
+        raise InvalidInput(
+            f"Patient.gender must be one of {sorted(GENDERS)}.", expression=[f"{where}.gender"]
+        )
+    if not data.get("identifier"):
+        raise Unprocessable("The Patient has no identifier.", expression=[f"{where}.identifier"])
+    for index, ident in enumerate(data["identifier"]):
+        if not ident.get("system"):
+            raise InvalidInput(
+                "Every identifier needs a system.", expression=[f"{where}.identifier[{index}].system"]
+            )
+        if not ident.get("value"):
+            raise InvalidInput(
+                "Every identifier needs a value.", expression=[f"{where}.identifier[{index}].value"]
+            )
+    return data
+
+
+def validate_bundle(data: dict[str, Any]) -> dict[str, Any]:
+    if data.get("resourceType") != "Bundle":
+        raise InvalidInput(f"Expected a Bundle, got {data.get('resourceType')!r}.")
+    if data.get("type") not in ("batch", "transaction"):
+        raise InvalidInput("Only batch and transaction Bundles are accepted.", expression=["Bundle.type"])
+    # Entries are validated one by one (a batch answers per entry); check the envelope only here.
+    envelope = {k: v for k, v in data.items() if k != "entry"}
+    try:
+        Bundle.model_validate(envelope)
+    except ValidationError as exc:
+        message, paths = _pydantic_problems(exc, "Bundle")
+        raise InvalidInput(f"Invalid Bundle: {message}", expression=paths) from exc
+    if not isinstance(data.get("entry", []), list):
+        raise InvalidInput("Bundle.entry must be a list.", expression=["Bundle.entry"])
+    return data
+
+
+def parse_identifier_param(value: str | None, name: str) -> tuple[str, str]:
+    if not value or "|" not in value:
+        raise InvalidInput(f"Parameter {name} must be system|value.")
+    system, _, ident = value.partition("|")
+    if not system or not ident:
+        raise InvalidInput(f"Parameter {name} must be system|value with both parts.")
+    return system, ident

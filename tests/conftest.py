@@ -1,0 +1,99 @@
+"""Shared fixtures: the real HAPI FHIR server (started once per test session) and the mediator app.
+
+HAPI runs on its own port and data folder for tests (``HAPI_PORT=8091``, ``var/test-hapi``), wiped at the
+start of the session, so the registry's own run command can stay up meanwhile. Set ``CR_TEST_HAPI_URL`` to
+use a server that is already running instead.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from mediator.app import create_app
+from mediator.settings import Settings
+
+REPO = Path(__file__).resolve().parent.parent
+TEST_HAPI_PORT = os.environ.get("CR_TEST_HAPI_PORT", "8091")
+
+
+@pytest.fixture(scope="session")
+def hapi_url() -> Iterator[str]:
+    external = os.environ.get("CR_TEST_HAPI_URL")
+    if external:
+        yield external.rstrip("/")
+        return
+    data_dir = REPO / "var" / "test-hapi"
+    env = {
+        **os.environ,
+        "HAPI_PORT": TEST_HAPI_PORT,
+        "HAPI_DATA_DIR": str(data_dir),
+        "HAPI_PID_FILE": str(REPO / "var" / "test-hapi.pid"),
+        "HAPI_LOG_FILE": str(REPO / "var" / "test-hapi.log"),
+    }
+    subprocess.run([str(REPO / "scripts" / "hapi-stop")], env=env, check=False)
+    shutil.rmtree(data_dir, ignore_errors=True)
+    subprocess.run([str(REPO / "scripts" / "hapi-start")], env=env, check=True)
+    try:
+        yield f"http://127.0.0.1:{TEST_HAPI_PORT}/fhir"
+    finally:
+        subprocess.run([str(REPO / "scripts" / "hapi-stop")], env=env, check=False)
+
+
+@pytest.fixture
+def settings(hapi_url: str) -> Settings:
+    return Settings(hapi_base_url=hapi_url, hapi_timeout_s=30.0)
+
+
+@pytest.fixture
+async def client(aiohttp_client: Callable[..., Any], settings: Settings) -> AsyncIterator[TestClient]:
+    yield await aiohttp_client(create_app(settings))
+
+
+@pytest.fixture
+def facility() -> str:
+    """A fresh identifier system per test, so tests never see each other's records as the same source."""
+    return f"http://facility-{uuid.uuid4().hex[:8]}.example.org/mrn"
+
+
+def unique_surname() -> str:
+    """A surname no other test uses (blocking keys then keep tests apart)."""
+    letters = "bcdfghjklmnprstvz"
+    vowels = "aeiou"
+    raw = uuid.uuid4().int
+    name = ""
+    for _ in range(4):
+        name += letters[raw % len(letters)] + vowels[(raw // 17) % len(vowels)]
+        raw //= 97
+    return name.capitalize()
+
+
+def patient(
+    system: str,
+    value: str,
+    *,
+    family: str,
+    given: str = "Amina",
+    birth_date: str = "1987-04-12",
+    gender: str = "female",
+    phone: str | None = "+256772000111",
+    extra_identifiers: list[dict[str, str]] | None = None,
+) -> dict[str, Any]:
+    resource: dict[str, Any] = {
+        "resourceType": "Patient",
+        "identifier": [{"system": system, "value": value}, *(extra_identifiers or [])],
+        "name": [{"use": "official", "family": family, "given": [given]}],
+        "gender": gender,
+        "birthDate": birth_date,
+    }
+    if phone:
+        resource["telecom"] = [{"system": "phone", "value": phone}]
+    return resource
