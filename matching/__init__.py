@@ -1,0 +1,27 @@
+"""Patient matching: rules, normalisation, blocking, comparators, Fellegi–Sunter scoring, decisions.
+
+Pure library (no I/O except the CLI in ``__main__``). Public interface used by the mediator:
+:func:`load_rules`, :class:`Rules`, :func:`block_keys`, :class:`Candidate`, :class:`CandidateScore`,
+:class:`Decision`, :func:`decide`, :class:`Explanation`, :class:`RulesError`.
+"""
+
+from .blocking import block_keys
+from .decision import Candidate, CandidateScore, Decision, decide, score_pair
+from .errors import MatchingError, RulesError
+from .explain import Explanation, FieldExplanation
+from .rules import Rules, load_rules
+
+__all__ = [
+    "Candidate",
+    "CandidateScore",
+    "Decision",
+    "Explanation",
+    "FieldExplanation",
+    "MatchingError",
+    "Rules",
+    "RulesError",
+    "block_keys",
+    "decide",
+    "load_rules",
+    "score_pair",
+]

@@ -1,0 +1,94 @@
+"""Explanations: per field the compared (normalised) values, the level and its weight; the total against
+the thresholds, and the rule that decided. JSON-serialisable via ``to_dict()``."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .rules import OUTCOMES, Rules
+from .scoring import Compared, Table
+
+
+@dataclass(frozen=True)
+class FieldExplanation:
+    field: str
+    left: tuple[str, ...]
+    right: tuple[str, ...]
+    level: str
+    weight: float
+    m: float | None
+    u: float | None
+
+
+@dataclass(frozen=True)
+class Explanation:
+    fields: tuple[FieldExplanation, ...]
+    prior_weight: float
+    score: float
+    auto_threshold: float
+    potential_threshold: float
+    classification: str
+    rule: str
+    names_swapped: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["fields"] = [{**f, "left": list(f["left"]), "right": list(f["right"])} for f in d["fields"]]
+        return d
+
+    def text(self) -> str:
+        """A human-readable table."""
+        out = [f"{'field':<14} {'left':<28} {'right':<28} {'level':<10} {'weight':>7}"]
+        for f in self.fields:
+            out.append(
+                f"{f.field:<14} {'|'.join(f.left)[:28]:<28} {'|'.join(f.right)[:28]:<28} {f.level:<10} "
+                f"{f.weight:>+7.2f}"
+            )
+        out.append(f"{'prior':<82} {self.prior_weight:>+7.2f}")
+        out.append(f"{'total':<82} {self.score:>+7.2f}")
+        out.append(
+            f"thresholds: auto_match {self.auto_threshold:+.2f}, potential_match "
+            f"{self.potential_threshold:+.2f}"
+            + ("; given/family compared swapped" if self.names_swapped else "")
+        )
+        out.append(f"classification: {self.classification} (rule: {self.rule})")
+        return "\n".join(out)
+
+
+def rule_label(rules: Rules, c: Compared, i: int) -> str:
+    d, cap = int(c.decided_by[i]), int(c.capped_by[i])
+    label = rules.deterministic[d].name if d >= 0 else "fellegi-sunter"
+    if cap >= 0:
+        label += f", capped by {rules.deterministic[cap].name}"
+    return f"{rules.name}:{label}"
+
+
+def explain_pair(rules: Rules, table: Table, c: Compared, i: int, li: int, ri: int) -> Explanation:
+    fields = []
+    for k, f in enumerate(rules.fields):
+        lv = int(c.levels[i, k])
+        a, b = f.name, f.name
+        if c.swapped[i] and rules.swap and f.name in rules.swap:
+            b = rules.swap[1] if f.name == rules.swap[0] else rules.swap[0]
+        fields.append(
+            FieldExplanation(
+                field=f.name,
+                left=table.columns[a].values[li],
+                right=table.columns[b].values[ri],
+                level=f.level_names[lv],
+                weight=round(float(f.weights[lv]), 4),
+                m=f.m[lv - 1] if lv else None,
+                u=f.u[lv - 1] if lv else None,
+            )
+        )
+    return Explanation(
+        fields=tuple(fields),
+        prior_weight=round(rules.prior_weight, 4),
+        score=round(float(c.scores[i]), 4),
+        auto_threshold=rules.auto_threshold,
+        potential_threshold=rules.potential_threshold,
+        classification=OUTCOMES[int(c.outcome[i])],
+        rule=rule_label(rules, c, i),
+        names_swapped=bool(c.swapped[i]),
+    )

@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+import json
+
+import matching
+
+from .conftest import NID, patient
+
+
+def decide_one(a: dict, b: dict, rules: matching.Rules) -> matching.Decision:
+    return matching.decide(a, [matching.Candidate(b["id"], "golden-" + b["id"], b)], rules)
+
+
+def test_identical_records_auto_match(rules: matching.Rules) -> None:
+    a = patient("a", "Neema", "Mollel")
+    d = decide_one(a, dict(a, id="b"), rules)
+    assert d.outcome == "match"
+    assert d.golden_id == "golden-b"
+    assert d.auto_match_goldens() == ["golden-b"]
+    assert d.potential_goldens() == []
+
+
+def test_twins_same_birth_date_and_address_do_not_auto_match(rules: matching.Rules) -> None:
+    a = patient("a", "Neema", "Mollel")
+    b = patient("b", "Rehema", "Mollel")
+    d = decide_one(a, b, rules)
+    assert d.outcome != "match"
+    assert d.golden_id is None
+
+
+def test_twins_with_similar_names_do_not_auto_match(rules: matching.Rules) -> None:
+    a = patient("a", "Hassan", "Juma", gender="male")
+    b = patient("b", "Hussein", "Juma", gender="male")
+    assert decide_one(a, b, rules).outcome != "match"
+
+
+def test_parent_and_child_namesake_do_not_auto_match(rules: matching.Rules) -> None:
+    father = patient("a", ["Kwame"], "Mensah Sr.", birth="1962-08-09", gender="male")
+    son = patient("b", ["Kwame"], "Mensah Jr", birth="1991-02-14", gender="male")
+    d = decide_one(son, father, rules)
+    assert d.outcome != "match"
+
+
+def test_nickname_and_typo_same_birth_date_match_or_potential(rules: matching.Rules) -> None:
+    a = patient("a", "William", "Otieno", gender="male")
+    b = patient("b", "Bill", "Otieno", gender="male", phone=None)
+    c = patient("c", "William", "Otiena", gender="male", line=None)
+    assert decide_one(a, b, rules).outcome in ("match", "potential")
+    assert decide_one(a, c, rules).outcome == "match"
+
+
+def test_national_id_rule_decides(rules: matching.Rules) -> None:
+    a = patient("a", "Amina", "Diallo", ids={NID: "123456789"}, phone=None, city=None, line=None)
+    b = patient(
+        "b", "Aminata", "Dialo", ids={NID: "123456789"}, phone="+221770000000", city="Thies", line=None
+    )
+    d = decide_one(a, b, rules)
+    assert d.outcome == "match"
+    assert d.rule == "default:national-id-and-birth-date"
+
+
+def test_national_id_conflict_caps_at_potential(rules: matching.Rules) -> None:
+    a = patient("a", "Amina", "Diallo", ids={NID: "123456789"})
+    b = patient("b", "Amina", "Diallo", ids={NID: "987654321"})
+    d = decide_one(a, b, rules)
+    assert d.outcome == "potential"
+    assert "capped by national-id-conflict" in d.rule
+
+
+def test_different_facility_ids_are_not_evidence(rules: matching.Rules) -> None:
+    a = patient("a", "Amina", "Diallo", ids={"http://facility-a.org/mrn": "A1"})
+    b = patient("b", "Amina", "Diallo", ids={"http://facility-b.org/mrn": "B7"})
+    d = decide_one(a, b, rules)
+    fields = {f.field: f for f in d.scores[0].explanation.fields}
+    assert fields["facility_id"].level == "null"
+    assert fields["facility_id"].weight == 0
+    assert d.outcome == "match"
+
+
+def test_missing_values_are_neutral(rules: matching.Rules) -> None:
+    a = patient("a", "Amina", "Diallo", phone=None)
+    b = patient("b", "Amina", "Diallo", phone="+221770000000")
+    e = decide_one(a, b, rules).scores[0].explanation
+    phone = next(f for f in e.fields if f.field == "phone")
+    assert (phone.level, phone.weight) == ("null", 0)
+
+
+def test_best_candidate_first_and_explanation_serialises(rules: matching.Rules) -> None:
+    a = patient("a", "Amina", "Diallo")
+    cands = [
+        matching.Candidate("x", "g1", patient("x", "Fatou", "Sow", birth="1950-01-02")),
+        matching.Candidate("y", "g2", patient("y", "Amina", "Diallo")),
+        matching.Candidate("z", "g3", patient("z", "Aminata", "Diallo", birth="1985-04-18")),
+    ]
+    d = matching.decide(a, cands, rules)
+    assert next(s.candidate_id for s in d.scores) == "y"
+    assert d.scores[0].score == d.score
+    assert d.scores[-1].classification == "no_match"
+    payload = json.loads(json.dumps(d.to_dict()))
+    e = payload["scores"][0]["explanation"]
+    assert {f["field"] for f in e["fields"]} >= {"given", "family", "birth_date"}
+    assert e["auto_threshold"] == rules.auto_threshold
+
+
+def test_no_candidates(rules: matching.Rules) -> None:
+    d = matching.decide(patient("a", "Amina", "Diallo"), [], rules)
+    assert (d.outcome, d.golden_id, d.score, d.scores) == ("no_match", None, None, ())

@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+import yaml
+
+import matching
+
+from .conftest import ROOT
+
+
+def test_default_rules_load_and_round_trip(rules: matching.Rules) -> None:
+    assert rules.name == "default"
+    assert rules.potential_threshold < rules.auto_threshold
+    again = matching.load_rules(rules.to_dict())
+    assert again == rules
+    assert again.to_dict() == rules.to_dict()
+
+
+def test_all_problems_reported_with_lines(tmp_path: pathlib.Path) -> None:
+    doc = yaml.safe_load((ROOT / "rules" / "default.yaml").read_text())
+    doc["fields"]["given"]["comparator"] = "jarowinkler"
+    doc["fields"]["family"]["levels"]["exact"]["m"] = 1.5
+    doc["thresholds"]["auto_match"] = 1000
+    doc["deterministic"][1]["when"] = {"nationalid": "else"}
+    doc["colour"] = "blue"
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    lines = path.read_text().splitlines()
+    with pytest.raises(matching.RulesError) as err:
+        matching.load_rules(path)
+    problems = err.value.problems
+    assert len(problems) == 5, problems
+
+    def line_of(text: str) -> int:
+        return next(i + 1 for i, line in enumerate(lines) if text in line)
+
+    by_key = {p.split(": ", 2)[1]: p for p in problems}
+    assert by_key["fields.given.comparator"].startswith(f"line {line_of('jarowinkler')}:")
+    assert "jaro_winkler" in by_key["fields.given.comparator"]  # the known names are listed
+    assert by_key["fields.family.levels.exact.m"].startswith(f"line {line_of('m: 1.5')}:")
+    assert by_key["thresholds.auto_match"].startswith(f"line {line_of('auto_match: 1000')}:")
+    assert by_key["deterministic.1.when.nationalid"].startswith(f"line {line_of('nationalid')}:")
+    assert by_key["colour"].startswith(f"line {line_of('colour')}:")
+
+
+def test_mapping_problems_name_key_paths(rules: matching.Rules) -> None:
+    doc = rules.to_dict()
+    doc["fields"]["birth_date"]["levels"].pop("swapped")
+    doc["blocking"][0]["key"] = ["birthDate.decade"]
+    doc["thresholds"]["potential_match"] = 50
+    with pytest.raises(matching.RulesError) as err:
+        matching.load_rules(doc)
+    text = "\n".join(err.value.problems)
+    assert "fields.birth_date.levels: level 'swapped' needs" in text
+    assert "blocking.0.key.0: unknown key part 'birthDate.decade'" in text
+    assert "thresholds.potential_match: must not be above auto_match" in text
+    assert "line " not in text
+
+
+def test_comparator_must_fit_the_path(rules: matching.Rules) -> None:
+    doc = rules.to_dict()
+    doc["fields"]["gender"]["comparator"] = "date"
+    with pytest.raises(
+        matching.RulesError, match=r"fields.gender.comparator: comparator 'date' cannot compare"
+    ):
+        matching.load_rules(doc)
+
+
+def test_unreadable_and_malformed_files(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(matching.RulesError, match="cannot read"):
+        matching.load_rules(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nfields: [\n")
+    with pytest.raises(matching.RulesError, match="YAML syntax error"):
+        matching.load_rules(bad)
