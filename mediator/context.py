@@ -7,7 +7,7 @@ from aiohttp import web
 
 from .config import ConfigHolder
 from .fhir_client import HapiClient
-from .registry import Registry
+from .registry import Registry, SubmissionResult
 from .settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -15,3 +15,6 @@ CONFIG = web.AppKey("config", ConfigHolder)
 HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)
 HAPI = web.AppKey("hapi", HapiClient)
 REGISTRY = web.AppKey("registry", Registry)
+
+# per request: the registry decision, for the OpenHIM envelope's properties
+REGISTRY_RESULT = web.RequestKey("registry_result", SubmissionResult)

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from . import pix
 from .audit import Actor
-from .context import CONFIG, HAPI, REGISTRY
+from .context import CONFIG, HAPI, REGISTRY, REGISTRY_RESULT
 from .errors import InvalidInput, RegistryError
 from .registry import Submission, SubmissionResult
 from .validation import parse_identifier_param, read_json, validate_bundle, validate_patient
@@ -53,7 +53,7 @@ def _result_headers(result: SubmissionResult) -> dict[str, str]:
 
 def _answer(request: web.Request, result: SubmissionResult) -> web.Response:
     cfg = request.app[CONFIG].current
-    request["registry_result"] = result  # for the OpenHIM envelope's properties
+    request[REGISTRY_RESULT] = result  # for the OpenHIM envelope's properties
     return fhir_response(
         result.response_patient(cfg.cruid_system),
         status=201 if result.created else 200,

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Protocol
 
 
 class LockManager(Protocol):
-    def hold(self, keys: Iterable[str]) -> AsyncIterator[None]: ...
+    def hold(self, keys: Iterable[str]) -> AbstractAsyncContextManager[None]: ...
 
 
 class LocalKeyedLocks:

@@ -124,7 +124,7 @@ class Registry:
                             "golden_id": r.golden_id,
                             "outcome": r.outcome,
                             "score": r.score,
-                            "created": r.created,
+                            "new_record": r.created,
                             "ms": round(elapsed_ms, 1),
                         },
                     )
@@ -194,9 +194,9 @@ class Registry:
         keys = matching.block_keys(patient, cfg.rules)
         found = await uow.find_sources(keys, cfg.max_candidates)
         candidates = [
-            matching.Candidate(id=r["id"], golden_id=golden, resource=r)
+            matching.Candidate(id=r["id"], golden_id=gid, resource=r)
             for r in found
-            if r["id"] != prepared.source_id and (golden := records.golden_id_of(r))
+            if r["id"] != prepared.source_id and (gid := records.golden_id_of(r))
         ]
         decision = await _decide(patient, candidates, cfg.rules)
 

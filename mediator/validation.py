@@ -10,6 +10,7 @@ from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.patient import Patient
 from pydantic import ValidationError
 
+from .context import SETTINGS
 from .errors import InvalidInput, PayloadTooLarge, Unprocessable
 
 SUPPORTED_FHIR_VERSIONS = {"4.0", "4.0.0", "4.0.1"}
@@ -40,7 +41,8 @@ async def read_json(request: web.Request) -> dict[str, Any]:
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge as exc:
-        raise PayloadTooLarge(f"The body is larger than the limit of {exc.max_size} bytes.") from exc
+        limit = request.app[SETTINGS].max_body_bytes
+        raise PayloadTooLarge(f"The body is larger than the limit of {limit} bytes.") from exc
     if not raw:
         raise InvalidInput("The request has no body.")
     try:

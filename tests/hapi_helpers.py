@@ -1,0 +1,44 @@
+"""Direct reads of the real HAPI server, for tests to check what the registry wrote."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+
+from mediator import records
+
+
+class Store:
+    def __init__(self, session: aiohttp.ClientSession, base_url: str) -> None:
+        self.session = session
+        self.base_url = base_url
+
+    async def read(self, resource_type: str, resource_id: str) -> dict[str, Any] | None:
+        async with self.session.get(f"{self.base_url}/{resource_type}/{resource_id}") as resp:
+            return await resp.json(content_type=None) if resp.status == 200 else None
+
+    async def search(self, resource_type: str, params: dict[str, str]) -> list[dict[str, Any]]:
+        async with self.session.get(
+            f"{self.base_url}/{resource_type}", params={**params, "_count": "1000"}
+        ) as resp:
+            assert resp.status == 200, await resp.text()
+            bundle = await resp.json(content_type=None)
+        return [e["resource"] for e in bundle.get("entry", [])]
+
+    async def sources_with(self, system: str) -> list[dict[str, Any]]:
+        return await self.search(
+            "Patient", {"identifier": f"{system}|", "_tag": f"{records.RECORD_TYPE_SYSTEM}|{records.SOURCE}"}
+        )
+
+    async def assert_consistent(self, source_id: str) -> dict[str, Any]:
+        """The source refers to one golden record, which lists it back and is active. Returns the golden."""
+        source = await self.read("Patient", source_id)
+        assert source is not None
+        golden_id = records.golden_id_of(source)
+        assert golden_id is not None
+        golden = await self.read("Patient", golden_id)
+        assert golden is not None and records.is_golden(golden)
+        assert source_id in records.source_ids_of(golden)
+        assert golden.get("active") is True
+        return golden

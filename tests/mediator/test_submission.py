@@ -1,0 +1,152 @@
+"""A Patient submission end to end, against the real HAPI server."""
+
+from __future__ import annotations
+
+from mediator import records
+from tests.conftest import patient, unique_surname
+
+FHIR = {"Content-Type": "application/fhir+json"}
+
+
+async def test_new_patient_gets_a_golden_record_and_only_identifiers_back(client, store, facility, settings):
+    family = unique_surname()
+    resp = await client.post("/fhir/Patient", json=patient(facility, "A1", family=family), headers=FHIR)
+    assert resp.status == 201
+    body = await resp.json(content_type=None)
+    cruid = resp.headers["X-CRUID"]
+    assert resp.headers["Location"].startswith(f"Patient/{body['id']}")
+    assert resp.headers["LocationCRUID"] == f"Patient/{cruid}"
+    # only the POS's own identifiers and the CRUID: no demographics
+    assert set(body) <= {"resourceType", "id", "identifier", "link", "meta"}
+    assert {(i["system"], i["value"]) for i in body["identifier"]} == {
+        (facility, "A1"),
+        (settings.cruid_system, cruid),
+    }
+    assert family not in str(body)
+
+    golden = await store.assert_consistent(body["id"])
+    assert records.cruid_of(golden, settings.cruid_system) == cruid
+    assert "name" not in golden and "birthDate" not in golden
+    source = await store.read("Patient", body["id"])
+    assert source["name"][0]["family"] == family
+    assert records.tags(source, records.RECORD_TYPE_SYSTEM) == [records.SOURCE]
+    assert records.tags(source, records.BLOCK_SYSTEM), "blocking keys are stored as tags"
+
+    events = await store.search("AuditEvent", {"entity": f"Patient/{body['id']}"})
+    assert len(events) == 1
+    details = {d["type"]: d["valueString"] for d in events[0]["entity"][0]["detail"]}
+    assert details["decision"] == resp.headers["X-Match-Outcome"] and details["cruid"] == cruid
+
+
+async def test_resubmission_updates_the_same_source_record(client, store, facility):
+    family = unique_surname()
+    first = await client.post("/fhir/Patient", json=patient(facility, "R1", family=family))
+    assert first.status == 201
+    second = await client.post(
+        "/fhir/Patient", json=patient(facility, "R1", family=family, phone="+256700000999")
+    )
+    assert second.status == 200
+    assert first.headers["X-CRUID"] == second.headers["X-CRUID"]
+    sources = await store.sources_with(facility)
+    assert len(sources) == 1
+    assert sources[0]["telecom"][0]["value"] == "+256700000999"
+    assert sources[0]["meta"]["versionId"] == "2"
+
+
+async def test_same_person_from_two_facilities_shares_one_cruid(client, store, facility):
+    family = unique_surname()
+    other = facility.replace("facility-", "clinic-")
+    a = await client.post("/fhir/Patient", json=patient(facility, "S1", family=family))
+    b = await client.post("/fhir/Patient", json=patient(other, "S2", family=family))
+    assert (a.status, b.status) == (201, 201)
+    assert b.headers["X-Match-Outcome"] == "match"
+    assert a.headers["X-CRUID"] == b.headers["X-CRUID"]
+    golden = await store.assert_consistent((await b.json(content_type=None))["id"])
+    assert len(records.source_ids_of(golden)) == 2
+
+
+async def test_a_different_person_gets_another_cruid(client, facility):
+    family = unique_surname()
+    a = await client.post("/fhir/Patient", json=patient(facility, "D1", family=family))
+    b = await client.post(
+        "/fhir/Patient",
+        json=patient(facility, "D2", family=family, given="Joseph", gender="male", birth_date="1961-11-03"),
+    )
+    assert (a.status, b.status) == (201, 201)
+    assert a.headers["X-CRUID"] != b.headers["X-CRUID"]
+
+
+async def test_update_relinks_to_another_person_and_retires_the_empty_golden(client, store, facility):
+    family = unique_surname()
+    other_family = unique_surname()
+    a = await client.post("/fhir/Patient", json=patient(facility, "U1", family=family))
+    b = await client.post(
+        "/fhir/Patient",
+        json=patient(facility, "U2", family=other_family, given="Grace", birth_date="1990-01-20"),
+    )
+    old_golden = b.headers["X-CRUID"]
+    b_id = (await b.json(content_type=None))["id"]
+    assert a.headers["X-CRUID"] != old_golden
+    # The facility corrects U2's demographics: it is the same person as U1.
+    resp = await client.put(f"/fhir/Patient/{b_id}", json=patient(facility, "U2", family=family))
+    assert resp.status == 200
+    assert resp.headers["X-CRUID"] == a.headers["X-CRUID"]
+    await store.assert_consistent(b_id)
+    retired = await store.read("Patient", old_golden)
+    assert retired is not None, "a golden record with no sources is kept"
+    assert retired["active"] is False and records.source_ids_of(retired) == []
+
+
+async def test_update_that_splits_a_person_creates_a_new_golden(client, store, facility):
+    family = unique_surname()
+    a = await client.post("/fhir/Patient", json=patient(facility, "P1", family=family))
+    b = await client.post("/fhir/Patient", json=patient(facility, "P2", family=family))
+    assert a.headers["X-CRUID"] == b.headers["X-CRUID"]
+    b_id = (await b.json(content_type=None))["id"]
+    changed = patient(
+        facility, "P2", family=unique_surname(), given="Peter", gender="male", birth_date="1950-03-03"
+    )
+    resp = await client.put(f"/fhir/Patient/{b_id}", json=changed)
+    assert resp.status == 200
+    assert resp.headers["X-CRUID"] != a.headers["X-CRUID"]
+    kept = await store.assert_consistent((await a.json(content_type=None))["id"])
+    assert records.source_ids_of(kept) == [(await a.json(content_type=None))["id"]]
+    await store.assert_consistent(b_id)
+
+
+async def test_conditional_update_by_identifier(client, store, facility):
+    family = unique_surname()
+    created = await client.put(
+        "/fhir/Patient", params={"identifier": f"{facility}|C1"}, json=patient(facility, "C1", family=family)
+    )
+    assert created.status == 201
+    again = await client.put(
+        "/fhir/Patient", params={"identifier": f"{facility}|C1"}, json=patient(facility, "C1", family=family)
+    )
+    assert again.status == 200
+    assert created.headers["X-CRUID"] == again.headers["X-CRUID"]
+    assert len(await store.sources_with(facility)) == 1
+    mismatch = await client.put(
+        "/fhir/Patient",
+        params={"identifier": f"{facility}|OTHER"},
+        json=patient(facility, "C1", family=family),
+    )
+    assert mismatch.status == 400
+
+
+async def test_put_to_a_golden_record_is_refused(client, facility):
+    resp = await client.post("/fhir/Patient", json=patient(facility, "G1", family=unique_surname()))
+    cruid = resp.headers["X-CRUID"]
+    refused = await client.put(f"/fhir/Patient/{cruid}", json=patient(facility, "G1", family="X"))
+    assert refused.status == 403
+    assert (await refused.json(content_type=None))["resourceType"] == "OperationOutcome"
+
+
+async def test_put_to_an_unknown_record_is_not_found(client, facility):
+    from mediator.records import source_record_id
+
+    unknown = source_record_id(facility, "NOPE")
+    resp = await client.put(
+        f"/fhir/Patient/{unknown}", json=patient(facility, "NOPE", family=unique_surname())
+    )
+    assert resp.status == 404

@@ -1,0 +1,76 @@
+"""HAPI down or slow: 503/504 with an OperationOutcome, nothing half-written, and retries converge.
+
+A real HAPI cannot be made to hang mid-transaction on demand, so these tests put a small in-process
+proxy between the mediator and the real HAPI server; the proxy forwards everything and, when told,
+swallows HAPI's answer to a transaction after HAPI has committed it (the worst case for a client).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from mediator.app import create_app
+from mediator.settings import Settings
+from tests.conftest import patient, unique_surname
+
+
+async def test_hapi_down_gives_503(aiohttp_client, unused_tcp_port_factory, facility):
+    port = unused_tcp_port_factory()  # nothing listens there
+    client = await aiohttp_client(create_app(Settings(hapi_base_url=f"http://127.0.0.1:{port}/fhir")))
+    resp = await client.post("/fhir/Patient", json=patient(facility, "DOWN", family=unique_surname()))
+    assert resp.status == 503
+    body = await resp.json(content_type=None)
+    assert body["resourceType"] == "OperationOutcome" and body["issue"][0]["code"] == "transient"
+
+
+@pytest.fixture
+async def proxy(aiohttp_server, hapi_url):
+    state = {"swallow_transactions": False, "swallowed": asyncio.Event()}
+    never = asyncio.Event()
+
+    async def forward(request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        target = hapi_url + request.path_qs.removeprefix("/fhir")
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
+        async with (
+            aiohttp.ClientSession() as session,
+            session.request(request.method, target, data=body or None, headers=headers) as upstream,
+        ):
+            payload = await upstream.read()
+            status = upstream.status
+            content_type = upstream.headers.get("Content-Type", "application/fhir+json")
+        if state["swallow_transactions"] and request.method == "POST" and request.path.rstrip("/") == "/fhir":
+            state["swallowed"].set()
+            await never.wait()  # HAPI committed; the answer never reaches the mediator
+        return web.Response(body=payload, status=status, headers={"Content-Type": content_type})
+
+    app = web.Application(client_max_size=10_000_000)
+    app.router.add_route("*", "/{tail:.*}", forward)
+    server = await aiohttp_server(app)
+    state["url"] = f"http://127.0.0.1:{server.port}/fhir"
+    yield state
+    never.set()
+
+
+async def test_timeout_mid_transaction_then_retry_gives_the_same_cruid(
+    aiohttp_client, proxy, store, facility
+):
+    slow = await aiohttp_client(create_app(Settings(hapi_base_url=proxy["url"], hapi_timeout_s=2.0)))
+    submission = patient(facility, "SLOW", family=unique_surname())
+    proxy["swallow_transactions"] = True
+    resp = await slow.post("/fhir/Patient", json=submission)
+    assert proxy["swallowed"].is_set()
+    assert resp.status == 504
+    assert (await resp.json(content_type=None))["issue"][0]["code"] == "timeout"
+
+    proxy["swallow_transactions"] = False
+    retry = await slow.post("/fhir/Patient", json=submission)
+    assert retry.status == 200, "HAPI had committed the first attempt: the retry updates that record"
+    sources = await store.sources_with(facility)
+    assert len(sources) == 1
+    golden = await store.assert_consistent(sources[0]["id"])
+    assert retry.headers["X-CRUID"] == golden["id"]
