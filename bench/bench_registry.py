@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def start_hapi(port: str) -> dict[str, str]:
