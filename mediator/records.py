@@ -1,5 +1,8 @@
 """The shape of the registry's records in HAPI — pure functions, no I/O.
 
+Tags are only ever added by HAPI (an update does not remove a tag), so state that changes lives in
+extensions: ``link-source`` (manual link) on source records, ``distinct-from`` on golden records.
+
 * A **source record** is what one point-of-service system sent for one of its identifiers. Its id is
   derived from that identifier (``src-<hash>``), so resubmitting the identifier always lands on the same
   record. It carries ``meta.tag`` entries: its record type, the submitting client, its blocking keys (how
@@ -21,9 +24,9 @@ NS = "urn:client-registry"
 RECORD_TYPE_SYSTEM = f"{NS}:record-type"
 CLIENT_SYSTEM = f"{NS}:client"
 BLOCK_SYSTEM = f"{NS}:block"
-LINK_SOURCE_SYSTEM = (
-    f"{NS}:link-source"  # code "manual": a person decided this link; never changed by matching
-)
+# Extensions (not tags: HAPI keeps tags across updates, an update replaces extensions)
+LINK_SOURCE_URL = f"{NS}:link-source"  # on a source record, valueCode "manual": a person decided this link
+DISTINCT_FROM_URL = f"{NS}:distinct-from"  # on a golden record, valueReference: decided to be another person
 REVIEW_SYSTEM = f"{NS}:review"
 REVIEW_TYPE_SYSTEM = f"{NS}:review-type"
 
@@ -64,8 +67,22 @@ def is_golden(resource: Mapping[str, Any]) -> bool:
     return GOLDEN in tags(resource, RECORD_TYPE_SYSTEM)
 
 
+def extension_values(resource: Mapping[str, Any], url: str) -> list[Any]:
+    values: list[Any] = []
+    for ext in resource.get("extension", []):
+        if ext.get("url") == url:
+            values.extend(v for k, v in ext.items() if k.startswith("value"))
+    return values
+
+
 def is_manually_linked(resource: Mapping[str, Any]) -> bool:
-    return MANUAL in tags(resource, LINK_SOURCE_SYSTEM)
+    """A person decided this source record's link; matching never changes it."""
+    return MANUAL in extension_values(resource, LINK_SOURCE_URL)
+
+
+def distinct_from(golden: Mapping[str, Any]) -> set[str]:
+    """Golden records an admin decided are other people than this one (never auto-matched)."""
+    return {rid for v in extension_values(golden, DISTINCT_FROM_URL) if (rid := ref_id(v.get("reference")))}
 
 
 def version_of(resource: Mapping[str, Any]) -> str | None:
@@ -145,12 +162,15 @@ def build_source_record(
 ) -> Resource:
     """The stored source record: the submitted demographics plus the registry's tags and its one link."""
     record = {k: copy.deepcopy(v) for k, v in submitted.items() if k not in ("id", "meta", "link", "text")}
+    record["extension"] = [e for e in record.get("extension", []) if e.get("url") != LINK_SOURCE_URL]
+    if manual:
+        record["extension"].append({"url": LINK_SOURCE_URL, "valueCode": MANUAL})
+    if not record["extension"]:
+        del record["extension"]
     tag = [{"system": RECORD_TYPE_SYSTEM, "code": SOURCE}]
     if client_id:
         tag.append({"system": CLIENT_SYSTEM, "code": client_id})
     tag.extend({"system": BLOCK_SYSTEM, "code": key} for key in sorted(set(block_keys)))
-    if manual:
-        tag.append({"system": LINK_SOURCE_SYSTEM, "code": MANUAL})
     record.update(
         resourceType="Patient",
         id=record_id,

@@ -193,14 +193,16 @@ class Registry:
             raise NotFound(f"Patient/{submission.target_id} does not exist.")
         keys = matching.block_keys(patient, cfg.rules)
         found = await uow.find_sources(keys, cfg.max_candidates)
+        current = records.golden_id_of(existing) if existing else None
+        current_golden = await uow.read("Patient", current) if current else None
+        never = records.distinct_from(current_golden) if current_golden else set()
         candidates = [
             matching.Candidate(id=r["id"], golden_id=gid, resource=r)
             for r in found
-            if r["id"] != prepared.source_id and (gid := records.golden_id_of(r))
+            if r["id"] != prepared.source_id and (gid := records.golden_id_of(r)) and gid not in never
         ]
         decision = await _decide(patient, candidates, cfg.rules)
 
-        current = records.golden_id_of(existing) if existing else None
         auto = decision.auto_match_goldens()
         if existing is not None and records.is_manually_linked(existing) and current:
             target = current  # a person decided this link; matching never changes it
