@@ -81,5 +81,9 @@ def create_app(
             yield
 
     app.cleanup_ctx.append(hapi_session)
+    if settings.openhim_api_url:  # behind OpenHIM: envelope, registration, heartbeat, live config
+        from . import openhim
+
+        openhim.setup(app, settings)
     handlers.add_routes(app)
     return app

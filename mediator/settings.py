@@ -48,6 +48,11 @@ class Settings:
     openhim_heartbeat_s: float = 10.0
     openhim_install_channels: bool = False
     openhim_allow_anonymous: bool = False
+    openhim_timeout_s: float = 10.0  # every call to the core's API
+    openhim_retry_max_s: float = 30.0  # registration backoff cap while the core is down
+    # how the core reaches this mediator (endpoints, default channel route); None = mediator-config.json
+    openhim_mediator_host: str | None = None
+    openhim_mediator_port: int | None = None
     mediator_config_path: Path = REPO_ROOT / "mediator-config.json"
     log_level: str = "INFO"
 
@@ -89,6 +94,10 @@ class Settings:
             openhim_heartbeat_s=num("CR_OPENHIM_HEARTBEAT_S", defaults.openhim_heartbeat_s),
             openhim_install_channels=_bool(get("CR_OPENHIM_INSTALL_CHANNELS", "false")),
             openhim_allow_anonymous=_bool(get("CR_OPENHIM_ALLOW_ANONYMOUS", "false")),
+            openhim_timeout_s=num("CR_OPENHIM_TIMEOUT_S", defaults.openhim_timeout_s),
+            openhim_retry_max_s=num("CR_OPENHIM_RETRY_MAX_S", defaults.openhim_retry_max_s),
+            openhim_mediator_host=get("CR_OPENHIM_MEDIATOR_HOST") or None,
+            openhim_mediator_port=int(get("CR_OPENHIM_MEDIATOR_PORT") or 0) or None,
             mediator_config_path=Path(get("CR_MEDIATOR_CONFIG", str(defaults.mediator_config_path))),
             log_level=get("CR_LOG_LEVEL", defaults.log_level),
         )

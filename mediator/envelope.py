@@ -1,0 +1,147 @@
+"""The OpenHIM mediator response envelope, for requests the core routed to us.
+
+The core routes a request with ``X-OpenHIM-TransactionID`` (src/middleware/messageStore.js
+``storeTransaction``) and, for an authenticated client, ``X-OpenHIM-ClientID`` (src/middleware/
+basicAuthentication.js, tlsAuthentication.js, ...). An answer whose ``Content-Type`` contains
+``application/json+openhim`` is parsed as the envelope (src/middleware/router.js): the client gets
+``response.status/headers/body``; the transaction stores ``orchestrations`` (src/model/transactions.js
+``OrchestrationMetadataDef``: ``name`` required, ``request.timestamp`` required, bodies are strings),
+``properties`` and ``status`` (one of ``transactionStatus``). Without the header we answer plain FHIR.
+
+This middleware sits outside ``errors_middleware`` so OperationOutcome error answers are enveloped too.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from .errors import operation_outcome
+from .fhir_client import CallRecord, CallRecorder, current_recorder
+from .handlers import fhir_response
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+ENVELOPE_TYPE = "application/json+openhim"
+TX_HEADER = "X-OpenHIM-TransactionID"
+CLIENT_HEADER = "X-OpenHIM-ClientID"
+# the core sets these itself from the envelope (src/middleware/router.js setKoaResponse skips them)
+_SKIP_HEADERS = {"content-length", "content-encoding", "transfer-encoding", "date", "server"}
+
+
+def _iso(moment: datetime | None) -> str:
+    return (moment or datetime.now(UTC)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def transaction_status(http_status: int) -> str:
+    """The core's own rule for a primary route (src/middleware/messageStore.js ``setFinalStatus``)."""
+    if http_status >= 500:
+        return "Failed"
+    if 200 <= http_status < 300:
+        return "Successful"
+    return "Completed"
+
+
+def orchestration(call: CallRecord) -> dict[str, Any]:
+    parts = urlsplit(call.url)
+    default_port = 443 if parts.scheme == "https" else 80
+    entry: dict[str, Any] = {
+        "name": f"HAPI FHIR: {call.name}",
+        "request": {
+            "host": parts.hostname or "",
+            "port": str(parts.port or default_port),
+            "path": parts.path,
+            "querystring": parts.query,
+            "method": call.method,
+            "headers": {"Accept": "application/fhir+json"}
+            | ({"Content-Type": "application/fhir+json"} if call.request_body is not None else {}),
+            "body": call.request_body or "",
+            "timestamp": _iso(call.started),
+        },
+    }
+    if call.status is not None:
+        entry["response"] = {
+            "status": call.status,
+            "headers": {"Content-Type": "application/fhir+json"},
+            "body": call.response_body or "",
+            "timestamp": _iso(call.finished),
+        }
+    if call.error is not None:
+        entry["error"] = {"message": f"HAPI FHIR call failed: {call.error}"}
+    return entry
+
+
+def properties_of(request: web.Request) -> dict[str, Any]:
+    result = request.get("registry_result")
+    if result is None:
+        return {}
+    props = {
+        "decision": result.outcome,
+        "score": None if result.score is None else round(float(result.score), 3),
+        "rule": result.rule,
+        "CRUID": result.cruid,
+        "goldenRecord": f"Patient/{result.golden_id}",
+        "sourceRecord": f"Patient/{result.source_id}",
+        "created": bool(getattr(result, "created", False)),
+    }
+    return {k: v for k, v in props.items() if v is not None}
+
+
+def envelope(
+    urn: str, response: web.Response, recorder: CallRecorder, request: web.Request
+) -> dict[str, Any]:
+    body = response.text if response.body is not None else ""
+    headers = {k: v for k, v in response.headers.items() if k.lower() not in _SKIP_HEADERS}
+    doc: dict[str, Any] = {
+        "x-mediator-urn": urn,
+        "status": transaction_status(response.status),
+        "response": {
+            "status": response.status,
+            "headers": headers,
+            "body": body or "",
+            "timestamp": _iso(None),
+        },
+        "orchestrations": [orchestration(c) for c in recorder.calls],
+        "properties": properties_of(request),
+    }
+    if response.status >= 500:
+        doc["error"] = {"message": f"HTTP {response.status} {response.reason}"}  # lets the core auto-retry
+    return doc
+
+
+def envelope_middleware(urn: str, *, require_client: bool) -> Callable[..., Awaitable[web.StreamResponse]]:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if TX_HEADER not in request.headers:
+            return await handler(request)
+        recorder = CallRecorder()
+        token = current_recorder.set(recorder)
+        try:
+            if require_client and not request.headers.get(CLIENT_HEADER):
+                log.warning("refused: OpenHIM request without client id", extra={"path": request.path})
+                response: web.StreamResponse = fhir_response(
+                    operation_outcome(
+                        "error",
+                        "forbidden",
+                        "The request carries no OpenHIM client id: the channel must authenticate its "
+                        "clients (or the mediator must be started with CR_OPENHIM_ALLOW_ANONYMOUS=true).",
+                    ),
+                    status=403,
+                )
+            else:
+                response = await handler(request)
+        finally:
+            current_recorder.reset(token)
+        if not isinstance(response, web.Response):  # a streamed answer cannot be wrapped
+            return response
+        doc = envelope(urn, response, recorder, request)
+        return web.json_response(doc, status=response.status, content_type=ENVELOPE_TYPE)
+
+    return middleware

@@ -1,0 +1,82 @@
+"""Authentication of the mediator to the OpenHIM core's API (an API *user*, not a channel client).
+
+Two schemes, chosen by ``CR_OPENHIM_AUTH`` (evidence: jembi/openhim-core-js src/api/authentication.js
+``requestType``/``authenticateRequest`` — any ``auth-*`` header selects token, ``Authorization: Basic``
+selects basic; failure is 401):
+
+- ``basic`` (cores >= 7.1, where ``api.authenticationTypes`` includes "basic"): ``Authorization: Basic
+  base64(email:password)`` on every request.
+- ``token`` (cores <= 7.0; deprecated but still enabled in v8): ``GET /authenticate/:email`` (public) answers
+  ``{"salt", "ts"}`` (src/api/users.js ``authenticateToken``); every request then carries
+  ``auth-username``, ``auth-ts`` (ISO-8601 now), ``auth-salt`` and
+  ``auth-token = hex(sha512(passwordhash + auth-salt + auth-ts))`` with
+  ``passwordhash = hex(sha512(userSalt + password))`` (src/protocols/token.js hashes
+  ``passport.passwordHash``, ``authSalt``, ``authTS`` in that order; jembi/openhim-mediator-utils@v0.3.0
+  auth.js ``genAuthHeaders`` sends the user's salt as ``auth-salt``; so do we). The core accepts
+  ``auth-ts`` within +-``api.authWindowSeconds`` (default 10 s) of its clock.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from datetime import UTC, datetime
+from urllib.parse import quote
+
+import aiohttp
+
+SCHEMES = ("basic", "token")
+
+
+class AuthError(Exception):
+    """The core refused our credentials (401/403/404 on the salt look-up); an admin must fix the setting."""
+
+
+def basic_header(username: str, password: str) -> dict[str, str]:
+    raw = f"{username}:{password}".encode()
+    return {"Authorization": "Basic " + base64.b64encode(raw).decode("ascii")}
+
+
+def password_hash(user_salt: str, password: str) -> str:
+    return hashlib.sha512((user_salt + password).encode()).hexdigest()
+
+
+def token_headers(
+    username: str, password: str, user_salt: str, *, now: datetime | None = None
+) -> dict[str, str]:
+    ts = (now or datetime.now(UTC)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    token = hashlib.sha512((password_hash(user_salt, password) + user_salt + ts).encode()).hexdigest()
+    return {"auth-username": username, "auth-ts": ts, "auth-salt": user_salt, "auth-token": token}
+
+
+class CoreAuth:
+    """Produces the auth headers for one call; for ``token`` fetches (and caches) the user's salt."""
+
+    def __init__(self, scheme: str, username: str, password: str) -> None:
+        if scheme not in SCHEMES:
+            raise ValueError(f"CR_OPENHIM_AUTH must be one of {', '.join(SCHEMES)}, not {scheme!r}")
+        self.scheme = scheme
+        self.username = username
+        self._password = password
+        self._salt: str | None = None
+
+    def forget(self) -> None:
+        """Drop the cached salt (after a 401: the user's password may have been changed)."""
+        self._salt = None
+
+    async def headers(
+        self, session: aiohttp.ClientSession, api_url: str, client_timeout: aiohttp.ClientTimeout
+    ) -> dict[str, str]:
+        if self.scheme == "basic":
+            return basic_header(self.username, self._password)
+        if self._salt is None:
+            url = f"{api_url}/authenticate/{quote(self.username, safe='')}"
+            async with session.get(url, timeout=client_timeout) as resp:
+                if resp.status != 200:
+                    raise AuthError(f"token salt look-up for the API user answered HTTP {resp.status}")
+                body = await resp.json(content_type=None)
+            salt = body.get("salt") if isinstance(body, dict) else None
+            if not isinstance(salt, str):
+                raise AuthError("token salt look-up answered without a salt")
+            self._salt = salt
+        return token_headers(self.username, self._password, self._salt)

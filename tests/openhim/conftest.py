@@ -1,0 +1,64 @@
+"""Fixtures for the OpenHIM integration tests: the core emulator and a mediator app registered with it."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from mediator.app import create_app
+from mediator.openhim import OPENHIM, OpenHIMLink
+from mediator.settings import Settings
+from tests.openhim_emulator import ROOT_PASSWORD, CoreEmulator, free_port
+
+WAIT_S = 10.0  # upper bound for every wait on a condition; a passing test waits a few heartbeats
+
+
+@pytest.fixture
+async def core() -> AsyncIterator[CoreEmulator]:
+    emulator = CoreEmulator()
+    await emulator.start()
+    yield emulator
+    await emulator.stop()
+
+
+@pytest.fixture
+def offline_settings() -> Settings:
+    """Settings whose HAPI address refuses connections: for tests that never reach the FHIR store."""
+    return Settings(
+        hapi_base_url=f"http://127.0.0.1:{free_port()}/fhir", hapi_timeout_s=2.0, hapi_connect_timeout_s=1.0
+    )
+
+
+def behind(core: CoreEmulator, base: Settings, **changes: Any) -> Settings:
+    """``base`` registered with ``core``: fast heartbeats and backoff for tests."""
+    values: dict[str, Any] = {
+        "openhim_api_url": core.url,
+        "openhim_password": ROOT_PASSWORD,
+        "openhim_heartbeat_s": 0.05,
+        "openhim_retry_max_s": 0.2,
+        "openhim_timeout_s": 2.0,
+        **changes,
+    }
+    return dataclasses.replace(base, **values)
+
+
+Start = Callable[[Settings], Awaitable[tuple[TestClient, OpenHIMLink]]]
+
+
+@pytest.fixture
+def start_mediator(aiohttp_client: Callable[..., Any]) -> Start:
+    async def start(settings: Settings) -> tuple[TestClient, OpenHIMLink]:
+        app: web.Application = create_app(settings)
+        client = await aiohttp_client(app)
+        return client, app[OPENHIM]
+
+    return start
+
+
+def mediator_url(client: TestClient) -> str:
+    return str(client.make_url("")).rstrip("/")

@@ -1,0 +1,203 @@
+"""Registration, heartbeats and re-registration against the core emulator (no FHIR store needed)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import ssl
+import subprocess
+
+import pytest
+
+from mediator.context import CONFIG
+from mediator.openhim_auth import token_headers
+from mediator.openhim_config import load_registration
+from tests.openhim.conftest import WAIT_S, behind
+from tests.openhim_emulator import ROOT_EMAIL, CoreEmulator
+
+URN = "urn:mediator:client-registry"
+
+
+async def test_registers_on_start_then_fetches_config_then_heartbeats(core, offline_settings, start_mediator):
+    settings = behind(core, offline_settings)
+    _, link = await start_mediator(settings)
+    await core.wait_for(lambda: len(core.heartbeats(URN)) >= 3, WAIT_S)
+
+    (registration,) = [c for c in core.api_log if c[0] == "POST" and c[1] == "/mediators"]
+    assert registration[2] == 201
+    assert registration[3] == load_registration(settings)
+    stored = core.mediators[URN]
+    assert stored["config"]["hapiBaseUrl"] == offline_settings.hapi_base_url
+    beats = core.heartbeats(URN)
+    assert beats[0]["config"] is True, "the first heartbeat asks for the console's config"
+    assert all("config" not in b for b in beats[1:])
+    assert all(isinstance(b["uptime"], int | float) for b in beats)
+    assert link.registrations == 1 and link.configs_applied == 1
+    assert not core.channels, "default channels are only installed when asked"
+
+
+async def test_core_down_at_start_then_up(offline_settings, start_mediator):
+    core = CoreEmulator()  # not started
+    try:
+        _, link = await start_mediator(behind(core, offline_settings))
+        await link.wait_for(lambda: link.failures >= 2, WAIT_S)
+        assert link.registrations == 0 and "ClientConnectorError" in (link.last_error or "")
+        await core.start()
+        await core.wait_for(lambda: len(core.heartbeats(URN)) >= 1, WAIT_S)
+        assert URN in core.mediators and link.registrations == 1
+    finally:
+        await core.stop()
+
+
+async def test_core_restarted_with_an_empty_database_gets_the_mediator_back(
+    core, offline_settings, start_mediator
+):
+    _, link = await start_mediator(behind(core, offline_settings))
+    await core.wait_for(lambda: len(core.heartbeats(URN)) >= 1, WAIT_S)
+    await core.restart(wipe=True)
+    assert URN not in core.mediators
+    await core.wait_for(lambda: URN in core.mediators and len(core.heartbeats(URN)) >= 2, WAIT_S)
+    assert link.registrations == 2
+
+
+async def test_404_on_heartbeat_leads_to_registration(core, offline_settings, start_mediator):
+    _, link = await start_mediator(behind(core, offline_settings))
+    await core.wait_for(lambda: len(core.heartbeats(URN)) >= 1, WAIT_S)
+    core.forget(URN)
+    await core.wait_for(lambda: len(core.heartbeats(URN, status=404)) >= 1, WAIT_S)
+    await link.wait_for(lambda: link.registrations == 2, WAIT_S)
+    assert URN in core.mediators
+    await core.wait_for(lambda: core.heartbeats(URN)[-1].get("config") is True, WAIT_S)
+
+
+async def test_core_5xx_on_registration_is_retried(core, offline_settings, start_mediator):
+    core.fail_next_registrations = 2
+    _, link = await start_mediator(behind(core, offline_settings))
+    await link.wait_for(lambda: link.registrations == 1, WAIT_S)
+    assert [c[2] for c in core.calls("POST", "/mediators") if c[1] == "/mediators"] == [500, 500, 201]
+
+
+async def test_bad_password_is_refused_and_never_registered(core, offline_settings, start_mediator, caplog):
+    _, link = await start_mediator(behind(core, offline_settings, openhim_password="wrong"))
+    await core.wait_for(lambda: len(core.calls("POST", "/mediators", status=401)) >= 2, WAIT_S)
+    assert URN not in core.mediators and link.registrations == 0
+    assert "401" in (link.last_error or "")
+    assert "wrong" not in caplog.text, "the password is never logged"
+
+
+async def test_user_without_rights_gets_403(core, offline_settings, start_mediator):
+    core.add_user("viewer@example.org", "pw", roles=())
+    settings = behind(core, offline_settings, openhim_username="viewer@example.org", openhim_password="pw")
+    _, link = await start_mediator(settings)
+    await core.wait_for(lambda: len(core.calls("POST", "/mediators", status=403)) >= 1, WAIT_S)
+    await link.wait_for(lambda: "403" in (link.last_error or ""), WAIT_S)
+    assert URN not in core.mediators
+
+
+async def test_token_authentication_for_older_cores(core, offline_settings, start_mediator):
+    _, link = await start_mediator(behind(core, offline_settings, openhim_auth="token"))
+    await core.wait_for(lambda: len(core.heartbeats(URN)) >= 2, WAIT_S)
+    assert core.calls("GET", f"/authenticate/{ROOT_EMAIL}", status=200)
+    assert link.registrations == 1
+
+
+async def test_token_authentication_with_a_bad_password(core, offline_settings, start_mediator):
+    _, link = await start_mediator(behind(core, offline_settings, openhim_auth="token", openhim_password="x"))
+    await core.wait_for(lambda: len(core.calls("POST", "/mediators", status=401)) >= 2, WAIT_S)
+    assert link.registrations == 0
+
+
+def test_token_headers_are_what_the_core_checks():
+    core = CoreEmulator()
+    user = core.users[ROOT_EMAIL]
+    good = token_headers(ROOT_EMAIL, user.password, user.salt)
+    assert core._token_user(good) is user
+    assert good["auth-ts"].endswith("Z") and len(good["auth-token"]) == 128
+    assert core._token_user(token_headers(ROOT_EMAIL, "nope", user.salt)) is None
+    assert core._token_user({**good, "auth-salt": "other"}) is None
+
+
+async def test_default_channel_installed_once_when_asked(core, offline_settings, start_mediator):
+    settings = behind(core, offline_settings, openhim_install_channels=True)
+    _, first = await start_mediator(settings)
+    await first.wait_for(lambda: first.heartbeats >= 1, WAIT_S)
+    assert list(core.channels) == ["Client Registry - FHIR Patient"]
+    _, second = await start_mediator(settings)  # a second instance (or a restart) finds it there
+    await second.wait_for(lambda: second.heartbeats >= 1, WAIT_S)
+    assert core.calls("POST", f"/mediators/{URN}/channels") == core.calls(
+        "POST", f"/mediators/{URN}/channels", status=201
+    )
+    assert len(core.calls("POST", f"/mediators/{URN}/channels")) == 1
+
+
+async def test_newer_version_replaces_the_registration_but_keeps_console_values(
+    core, offline_settings, start_mediator, tmp_path
+):
+    _, link = await start_mediator(behind(core, offline_settings))
+    await link.wait_for(lambda: link.heartbeats >= 1, WAIT_S)
+    edited = {**core.mediators[URN]["config"], "maxCandidates": 42}
+    assert (await core.console_set_config(URN, edited))[0] == 200
+
+    doc = json.loads(offline_settings.mediator_config_path.read_text())
+    same = tmp_path / "same.json"
+    same.write_text(json.dumps({**doc, "description": "same version"}))
+    _, again = await start_mediator(behind(core, offline_settings, mediator_config_path=same))
+    await again.wait_for(lambda: again.registrations == 1, WAIT_S)
+    assert core.mediators[URN]["description"] == doc["description"], "same version: nothing changes"
+
+    newer = tmp_path / "newer.json"
+    newer.write_text(json.dumps({**doc, "version": "99.0.0", "description": "newer"}))
+    client, upgraded = await start_mediator(behind(core, offline_settings, mediator_config_path=newer))
+    await upgraded.wait_for(lambda: upgraded.configs_applied == 1, WAIT_S)
+    assert core.mediators[URN]["description"] == "newer"
+    assert core.mediators[URN]["config"]["maxCandidates"] == 42, "console edits survive an upgrade"
+    assert upgraded.registration["config"]["maxCandidates"] == 500
+    assert client.server.app[CONFIG].current.max_candidates == 42
+
+
+# -- TLS ---------------------------------------------------------------------------------------------------
+@pytest.fixture
+def certificate(tmp_path):
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl CLI not installed")
+    cert, key = tmp_path / "core.pem", tmp_path / "core.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return cert, context
+
+
+@pytest.fixture
+async def tls_core(certificate):
+    core = CoreEmulator(ssl_context=certificate[1])
+    await core.start()
+    yield core
+    await core.stop()
+
+
+async def test_tls_verified_with_a_private_ca_file(tls_core, certificate, offline_settings, start_mediator):
+    assert tls_core.url.startswith("https://")
+    _, link = await start_mediator(behind(tls_core, offline_settings, openhim_ca_file=str(certificate[0])))
+    await link.wait_for(lambda: link.heartbeats >= 1, WAIT_S)
+
+
+async def test_tls_refuses_an_unknown_certificate(tls_core, offline_settings, start_mediator):
+    _, link = await start_mediator(behind(tls_core, offline_settings))
+    await link.wait_for(lambda: link.failures >= 2, WAIT_S)
+    assert link.registrations == 0 and "Certificate" in (link.last_error or "")
+    assert not tls_core.api_log
+
+
+async def test_tls_verification_off_is_explicit_and_warned(
+    tls_core, offline_settings, start_mediator, caplog
+):
+    with caplog.at_level(logging.WARNING, logger="mediator.openhim"):
+        _, link = await start_mediator(behind(tls_core, offline_settings, openhim_verify_tls=False))
+        await link.wait_for(lambda: link.heartbeats >= 1, WAIT_S)
+    assert "verification of the OpenHIM core is OFF" in caplog.text
