@@ -188,11 +188,12 @@ class Registry:
     async def _process(self, prepared: Prepared, uow: UnitOfWork, cfg: RegistryConfig) -> SubmissionResult:
         submission = prepared.submission
         patient = submission.patient
-        existing = await uow.read("Patient", prepared.source_id)
+        keys = matching.block_keys(patient, cfg.rules)
+        existing, found = await asyncio.gather(
+            uow.read("Patient", prepared.source_id), uow.find_sources(keys, cfg.max_candidates)
+        )
         if submission.target_id is not None and existing is None:
             raise NotFound(f"Patient/{submission.target_id} does not exist.")
-        keys = matching.block_keys(patient, cfg.rules)
-        found = await uow.find_sources(keys, cfg.max_candidates)
         current = records.golden_id_of(existing) if existing else None
         current_golden = await uow.read("Patient", current) if current else None
         never = records.distinct_from(current_golden) if current_golden else set()
