@@ -38,10 +38,12 @@ class RegistryConfig:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RegistryConfig:
+        rules = load_rules(settings.rules_path)
         return cls(
-            rules=load_rules(settings.rules_path),
+            rules=rules,
             cruid_system=settings.cruid_system,
-            shared_identifier_systems=frozenset(settings.shared_identifier_systems),
+            shared_identifier_systems=frozenset(settings.shared_identifier_systems)
+            | frozenset(rules.shared_identifier_systems),
             client_systems={k: frozenset(v) for k, v in settings.client_systems.items()},
             max_candidates=settings.max_candidates,
         )
