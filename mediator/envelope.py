@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from .context import REGISTRY_RESULT
 from .errors import operation_outcome
 from .fhir_client import CallRecord, CallRecorder, current_recorder
 from .handlers import fhir_response
@@ -79,7 +80,7 @@ def orchestration(call: CallRecord) -> dict[str, Any]:
 
 
 def properties_of(request: web.Request) -> dict[str, Any]:
-    result = request.get("registry_result")
+    result = request.get(REGISTRY_RESULT)
     if result is None:
         return {}
     props = {
@@ -89,7 +90,7 @@ def properties_of(request: web.Request) -> dict[str, Any]:
         "CRUID": result.cruid,
         "goldenRecord": f"Patient/{result.golden_id}",
         "sourceRecord": f"Patient/{result.source_id}",
-        "created": bool(getattr(result, "created", False)),
+        "created": result.created,
     }
     return {k: v for k, v in props.items() if v is not None}
 

@@ -54,6 +54,9 @@ TX_STATUSES = (  # src/model/transactions.js transactionStatus
 AUTH_WINDOW_S = 10  # config/default.json api.authWindowSeconds
 
 
+JSON_BODY = web.RequestKey("json_body", object)
+
+
 class ValidationError(Exception):
     """Mirrors the JS errors named 'ValidationError' that the core turns into 400."""
 
@@ -345,7 +348,7 @@ class CoreEmulator:
                         status=403, text=f"User {user.email} does not have an access role specified."
                     )
                 else:
-                    request["json"] = body
+                    request[JSON_BODY] = body
                     response = await handler(request)
         except web.HTTPException as exc:
             response = web.Response(status=exc.status, text=exc.text or "")
@@ -394,7 +397,7 @@ class CoreEmulator:
 
     # -- src/api/mediators.js -------------------------------------------------------------------------------
     async def _add_mediator(self, request: web.Request) -> web.Response:
-        doc = request["json"]
+        doc = request[JSON_BODY]
         if self.fail_next_registrations > 0:
             self.fail_next_registrations -= 1
             return web.Response(status=500, text="Could not add Mediator via the API: MongoNetworkError")
@@ -432,7 +435,7 @@ class CoreEmulator:
         mediator = self.mediators.get(request.match_info["urn"])
         if mediator is None:
             return web.Response(status=404)
-        beat = request["json"]
+        beat = request[JSON_BODY]
         if not isinstance(beat, dict) or beat.get("uptime") is None:
             return web.Response(status=400)
         modified, last = mediator.get("_configModifiedTS"), mediator.get("_lastHeartbeat")
@@ -451,7 +454,7 @@ class CoreEmulator:
         mediator = self.mediators.get(request.match_info["urn"])
         if mediator is None:
             return web.Response(status=404, text="No mediator found for this urn.")
-        config = request["json"]
+        config = request[JSON_BODY]
         try:
             if not isinstance(config, dict):
                 raise ValidationError("config must be an object")
@@ -466,7 +469,7 @@ class CoreEmulator:
         mediator = self.mediators.get(request.match_info["urn"])
         if mediator is None:
             return web.Response(status=404, text="No mediator found for this urn.")
-        names = request["json"]
+        names = request[JSON_BODY]
         defaults = mediator.get("defaultChannelConfig", [])
         chosen = defaults if not names else [c for c in defaults if c["name"] in names]
         if names and len(chosen) < len(names):

@@ -1,0 +1,129 @@
+"""Submissions routed through the core emulator to the mediator and the real HAPI server."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mediator.context import CONFIG
+from tests.conftest import patient, unique_surname
+from tests.openhim.conftest import WAIT_S, behind, mediator_url
+
+pytestmark = pytest.mark.hapi
+URN = "urn:mediator:client-registry"
+
+
+async def _mediator(core, settings, start_mediator):
+    client, link = await start_mediator(behind(core, settings))
+    await link.wait_for(lambda: link.configs_applied == 1, WAIT_S)
+    return mediator_url(client), link, client.server.app
+
+
+async def _console(core, link, **changes):
+    applied = link.configs_applied
+    config = {**core.mediators[URN]["config"], **changes}
+    assert await core.console_set_config(URN, config) == (200, "")
+    await link.wait_for(lambda: link.configs_applied == applied + 1 or link.config_errors, WAIT_S)
+    assert not link.config_errors, link.config_errors
+
+
+async def test_submission_envelope_has_orchestrations_and_properties(
+    core, settings, start_mediator, facility, store
+):
+    url, _, _ = await _mediator(core, settings, start_mediator)
+    tx = await core.route(url, "POST", "/fhir/Patient", body=patient(facility, "T1", family=unique_surname()))
+    assert tx.problems == [] and tx.enveloped and tx.mediator_urn == URN
+    assert tx.response["status"] == 201 and tx.status == "Successful"
+    answer = tx.json()
+    headers = tx.response["headers"]
+    assert headers["Location"].startswith(f"Patient/{answer['id']}")
+    assert tx.properties["CRUID"] == headers["X-CRUID"]
+    assert tx.properties["decision"] == headers["X-Match-Outcome"]
+    assert tx.properties["sourceRecord"] == f"Patient/{answer['id']}"
+    assert tx.properties["goldenRecord"] == headers["LocationCRUID"] or tx.properties["goldenRecord"]
+    assert "score" in tx.properties or tx.properties["decision"] == "no_match"
+
+    names = [o["name"] for o in tx.orchestrations]
+    assert all(n.startswith("HAPI FHIR: ") for n in names)
+    (write,) = [o for o in tx.orchestrations if o["name"] == "HAPI FHIR: transaction"]
+    assert write["request"]["method"] == "POST" and write["response"]["status"] == 200
+    bundle = json.loads(write["request"]["body"])
+    assert bundle["resourceType"] == "Bundle" and bundle["type"] == "transaction"
+    assert any(e["resource"].get("id") == answer["id"] for e in bundle["entry"])
+    for o in tx.orchestrations:
+        assert o["request"]["timestamp"] <= o["response"]["timestamp"]
+        assert isinstance(o["response"]["body"], str)
+    assert len(tx.orchestrations) >= 2, "reads/searches before the one write"
+
+    source = await store.read("Patient", answer["id"])
+    assert source is not None
+
+
+async def test_console_threshold_change_changes_the_next_decision(core, settings, start_mediator, facility):
+    url, link, app = await _mediator(core, settings, start_mediator)
+    family = unique_surname()
+    systems = [facility, facility.replace("facility-", "clinic-"), facility.replace("facility-", "hc-")]
+
+    first = await core.route(url, "POST", "/fhir/Patient", body=patient(systems[0], "L1", family=family))
+    second = await core.route(url, "POST", "/fhir/Patient", body=patient(systems[1], "L2", family=family))
+    assert (first.response["status"], second.response["status"]) == (201, 201)
+    assert second.properties["decision"] == "match", "same person, default thresholds: linked"
+    assert second.properties["CRUID"] == first.properties["CRUID"]
+
+    await _console(core, link, overrideThresholds=True, autoMatchThreshold=99, potentialMatchThreshold=98)
+    assert app[CONFIG].current.rules.auto_threshold == 99
+
+    third = await core.route(url, "POST", "/fhir/Patient", body=patient(systems[2], "L3", family=family))
+    assert third.response["status"] == 201
+    assert third.properties["decision"] == "no_match"
+    assert third.properties["CRUID"] != first.properties["CRUID"], "not linked under the stricter rule"
+
+
+async def test_console_client_map_enforces_identifier_systems(
+    core, settings, start_mediator, facility, store
+):
+    url, link, _ = await _mediator(core, settings, start_mediator)
+    sys_a, sys_b = facility, facility.replace("facility-", "clinic-")
+    sys_open = facility.replace("facility-", "open-")
+
+    # open mode (no map yet): any client may use any system
+    tx = await core.route(
+        url, "POST", "/fhir/Patient", body=patient(sys_open, "O1", family=unique_surname()), client_id="pos-b"
+    )
+    assert tx.response["status"] == 201
+
+    await _console(core, link, clientSystems={"pos-a": sys_a, "pos-b": f"{sys_b} {sys_open}"})
+
+    refused = await core.route(
+        url, "POST", "/fhir/Patient", body=patient(sys_b, "B1", family=unique_surname()), client_id="pos-a"
+    )
+    assert refused.problems == [] and refused.response["status"] == 403
+    outcome = refused.json()
+    assert outcome["resourceType"] == "OperationOutcome" and outcome["issue"][0]["code"] == "forbidden"
+    assert sys_b in outcome["issue"][0]["diagnostics"]
+    assert refused.orchestrations == [], "refused before any call to the FHIR store"
+
+    mixed = patient(
+        sys_a, "A2", family=unique_surname(), extra_identifiers=[{"system": sys_b, "value": "B2"}]
+    )
+    refused_mixed = await core.route(url, "POST", "/fhir/Patient", body=mixed, client_id="pos-a")
+    assert refused_mixed.response["status"] == 403
+
+    unknown = await core.route(
+        url, "POST", "/fhir/Patient", body=patient(sys_a, "A3", family=unique_surname()), client_id="pos-z"
+    )
+    assert unknown.response["status"] == 403
+
+    assert await store.sources_with(sys_b) == [], "nothing was written"
+    assert await store.sources_with(sys_a) == []
+
+    own = await core.route(
+        url, "POST", "/fhir/Patient", body=patient(sys_a, "A1", family=unique_surname()), client_id="pos-a"
+    )
+    assert own.response["status"] == 201
+    other = await core.route(
+        url, "POST", "/fhir/Patient", body=patient(sys_b, "B1", family=unique_surname()), client_id="pos-b"
+    )
+    assert other.response["status"] == 201
+    assert [s["id"] for s in await store.sources_with(sys_b)] == [other.json()["id"]]
