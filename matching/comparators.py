@@ -160,6 +160,33 @@ class JaroWinklerCmp(Comparator):
         )
 
 
+@register
+class AddressLine(Comparator):
+    """Street lines: Jaro-Winkler on the text, but different house/plot numbers are never close."""
+
+    name = "address_line"
+    kinds = frozenset({"text"})
+    levels = ("exact", "close", "similar", "else")
+    defaults: ClassVar[Mapping[str, Any]] = {"close": 0.94, "similar": 0.85}
+
+    def token_levels(self, a: list[str], b: list[str]) -> np.ndarray:
+        s = _jw(a, b)
+        digits_differ = np.array(
+            [
+                _digits(x) != _digits(y) and bool(_digits(x)) and bool(_digits(y))
+                for x, y in zip(a, b, strict=True)
+            ],
+            dtype=bool,
+        )
+        lv = np.where(s >= self.params["close"], 2, np.where(s >= self.params["similar"], 3, 4))
+        lv[digits_differ] = 4
+        return lv.astype(np.int16)
+
+
+def _digits(s: str) -> str:
+    return "".join(c if c.isdigit() else " " for c in s).strip()
+
+
 class _EditDistance(Comparator):
     kinds = frozenset({"name", "text", "identifier"})
     levels = ("exact", "close", "similar", "else")
@@ -226,7 +253,7 @@ class Name(Comparator):
         return out
 
 
-ESTIMATED_DAYS = frozenset({(1, 1), (6, 15), (7, 1), (6, 30), (12, 31), (1, 15)})
+ESTIMATED_DAYS = frozenset({(1, 1), (6, 15), (7, 1), (6, 30)})
 
 
 @register
@@ -249,8 +276,8 @@ class BirthDate(Comparator):
         dy = np.abs(y1 - y2)
         out = np.full(len(li), 5, dtype=np.int8)
         one_part = (
-            ((y1 == y2) & (m1 == m2))
-            | ((y1 == y2) & (d1 == d2))
+            ((y1 == y2) & (m1 == m2) & _digit_typo(d1, d2))
+            | ((y1 == y2) & (d1 == d2) & _digit_typo(m1, m2))
             | ((m1 == m2) & (d1 == d2) & ((dy <= 1) | (y1 // 10 == y2 // 10)))
         )
         out[one_part] = 4
@@ -259,6 +286,12 @@ class BirthDate(Comparator):
         out[(y1 == y2) & (m1 == m2) & (d1 == d2) & ~est1 & ~est2] = 1
         out[(y1 == 0) | (y2 == 0)] = NULL
         return out
+
+
+def _digit_typo(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Two-digit numbers one keystroke apart: one digit differs, digits transposed, or +-1."""
+    ta, oa, tb, ob = a // 10, a % 10, b // 10, b % 10
+    return (ta == tb) | (oa == ob) | ((ta == ob) & (oa == tb)) | (np.abs(a - b) <= 1)
 
 
 def _is_default(m: np.ndarray, d: np.ndarray) -> np.ndarray:

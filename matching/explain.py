@@ -77,7 +77,7 @@ def explain_pair(rules: Rules, table: Table, c: Compared, i: int, li: int, ri: i
                 left=table.columns[a].values[li],
                 right=table.columns[b].values[ri],
                 level=f.level_names[lv],
-                weight=round(float(f.weights[lv]), 4),
+                weight=round(float(c.weights[i, k]), 4),
                 m=f.m[lv - 1] if lv else None,
                 u=f.u[lv - 1] if lv else None,
             )

@@ -62,6 +62,7 @@ class Field:
     u: tuple[float, ...]
     comparator: Comparator = field(compare=False, repr=False)
     weights: np.ndarray = field(compare=False, repr=False)  # index 0 (null) = 0
+    frequencies: Mapping[str, float] = field(default_factory=dict)  # term frequency of common values
 
     @property
     def kind(self) -> str:
@@ -125,6 +126,7 @@ class Rules:
                 "levels": {
                     lv: {"m": m, "u": u} for lv, m, u in zip(f.level_names[1:], f.m, f.u, strict=True)
                 },
+                **({"frequencies": dict(f.frequencies)} if f.frequencies else {}),
             }
             for f in self.fields
         }
@@ -304,8 +306,8 @@ def _fields(raw: Any, P: _Problems, context: Context) -> list[Field]:
             P.add(at, "must be a mapping with path, comparator, levels")
             continue
         for k in spec:
-            if k not in ("path", "comparator", "params", "levels"):
-                P.add((*at, k), "unknown key (known: path, comparator, params, levels)")
+            if k not in ("path", "comparator", "params", "levels", "frequencies"):
+                P.add((*at, k), "unknown key (known: path, comparator, params, levels, frequencies)")
         path, cname = str(spec.get("path")), str(spec.get("comparator"))
         ok = True
         if path not in EXTRACTORS:
@@ -357,7 +359,15 @@ def _fields(raw: Any, P: _Problems, context: Context) -> list[Field]:
         w = np.zeros(len(names) + 1)
         for i, (mi, ui) in enumerate(zip(m, u, strict=True)):
             w[i + 1] = math.log2(max(mi, 1e-6) / max(ui, 1e-6))
-        out.append(Field(str(fname), path, cname, dict(params), tuple(m), tuple(u), comp, w))
+        freq = spec.get("frequencies") or {}
+        if not isinstance(freq, Mapping) or not all(
+            isinstance(k, str) and _num(v) and 0 < v <= 1 for k, v in freq.items()
+        ):
+            P.add((*at, "frequencies"), "must map normalised values to frequencies in (0, 1]")
+            freq = {}
+        elif freq and "exact" not in names:
+            P.add((*at, "frequencies"), f"comparator {cname!r} has no 'exact' level to adjust")
+        out.append(Field(str(fname), path, cname, dict(params), tuple(m), tuple(u), comp, w, dict(freq)))
     return out
 
 

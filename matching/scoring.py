@@ -16,7 +16,7 @@ import numpy as np
 
 from .comparators import Column, Vocab
 from .normalise import EXTRACTORS
-from .rules import OUTCOMES, Rules
+from .rules import OUTCOMES, Field, Rules
 
 NO_MATCH, POTENTIAL, MATCH = 0, 1, 2
 
@@ -50,6 +50,7 @@ def extract(patient: Mapping[str, Any], rules: Rules) -> dict[str, tuple[str, ..
 @dataclass
 class Compared:
     levels: np.ndarray  # (pairs, fields) int8
+    weights: np.ndarray  # (pairs, fields) float: the level's weight, term-frequency adjusted
     swapped: np.ndarray  # (pairs,) bool: given/family compared crosswise
     scores: np.ndarray  # (pairs,) float
     outcome: np.ndarray  # (pairs,) int8: 0 no_match, 1 potential, 2 match
@@ -76,20 +77,51 @@ def compare(table: Table, left: np.ndarray, right: np.ndarray, rules: Rules) -> 
         swapped = (cross_a > 0) & (cross_b > 0) & (cross > straight + 1.0)
         levels[swapped, ka] = cross_a[swapped]
         levels[swapped, kb] = cross_b[swapped]
-    scores = score(levels, rules)
+    weights = np.zeros(levels.shape, dtype=np.float64)
+    for k, f in enumerate(rules.fields):
+        weights[:, k] = f.weights[levels[:, k]]
+        if f.frequencies and len(li):
+            exact = np.nonzero(levels[:, k] == 1)[0]
+            if len(exact):
+                other = f.name
+                if rules.swap and f.name in rules.swap:
+                    other_name = rules.swap[1] if f.name == rules.swap[0] else rules.swap[0]
+                else:
+                    other_name = f.name
+                for swap_state, col_b in ((False, other), (True, other_name)):
+                    sel = exact[swapped[exact] == swap_state]
+                    if len(sel):
+                        weights[sel, k] = _tf_weights(
+                            f, table.columns[f.name], rt.columns[col_b], li[sel], ri[sel]
+                        )
+    scores = rules.prior_weight + weights.sum(axis=1)
     outcome, decided, capped = classify(levels, scores, rules)
-    return Compared(levels, swapped, scores, outcome, decided, capped)
+    return Compared(levels, weights, swapped, scores, outcome, decided, capped)
+
+
+def _tf_weights(f: Field, left: Column, right: Column, li: np.ndarray, ri: np.ndarray) -> np.ndarray:
+    """Exact-level weight with u replaced by the frequency of the rarest shared value when that is larger:
+    agreeing on "Mohamed" says less than agreeing on "Oluwaseun"."""
+    tf = _token_frequencies(left, f)
+    lt, rt = left.tok[li], right.tok[ri]
+    eq = (lt[:, :, None] == rt[:, None, :]).any(axis=2) & (lt >= 0)
+    shared = np.where(eq, tf[lt.clip(min=0)], np.inf).min(axis=1)
+    shared[~np.isfinite(shared)] = 0.0
+    m, u = max(f.m[0], 1e-6), max(f.u[0], 1e-6)
+    return np.log2(m / np.maximum(u, shared))
+
+
+def _token_frequencies(col: Column, f: Field) -> np.ndarray:
+    cache: dict[str, np.ndarray] = col.__dict__.setdefault("_tf_cache", {})
+    arr = cache.get(f.name)
+    if arr is None or len(arr) < len(col.vocab.strings):
+        arr = np.array([f.frequencies.get(s, 0.0) for s in col.vocab.strings] or [0.0], dtype=np.float64)
+        cache[f.name] = arr
+    return arr
 
 
 def _index(rules: Rules, name: str) -> int:
     return next(i for i, f in enumerate(rules.fields) if f.name == name)
-
-
-def score(levels: np.ndarray, rules: Rules) -> np.ndarray:
-    total = np.full(levels.shape[0], rules.prior_weight)
-    for k, f in enumerate(rules.fields):
-        total += f.weights[levels[:, k]]
-    return total
 
 
 def classify(

@@ -1,0 +1,136 @@
+"""Batch de-duplication: blocking -> vectorised comparison -> non-chaining clustering."""
+
+from __future__ import annotations
+
+import sys
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+import numpy as np
+
+from .blocking import block_keys
+from .cluster import cluster
+from .rules import Rules
+from .scoring import MATCH, NO_MATCH, Compared, Table, compare
+
+CHUNK = 200_000
+
+
+@dataclass
+class DedupeResult:
+    ids: list[str]
+    labels: np.ndarray  # cluster label (record index of the cluster's first record)
+    left: np.ndarray  # compared pairs
+    right: np.ndarray
+    compared: Compared
+    refused: list[tuple[int, int]]  # auto-match edges refused by clustering (would have chained)
+    skipped_blocks: list[tuple[str, int]]
+
+    def cluster_ids(self) -> list[str]:
+        return [self.ids[int(x)] for x in self.labels]
+
+    def review_pairs(self) -> list[tuple[int, int, float, str]]:
+        """Potential matches across clusters and refused auto-matches: (i, j, score, reason)."""
+        out = []
+        c = self.compared
+        pot = np.nonzero(c.outcome == 1)[0]
+        for k in pot.tolist():
+            i, j = int(self.left[k]), int(self.right[k])
+            if self.labels[i] != self.labels[j]:
+                out.append((i, j, float(c.scores[k]), "potential"))
+        index = {(int(a), int(b)): k for k, (a, b) in enumerate(zip(self.left, self.right, strict=True))}
+        for i, j in self.refused:
+            pos = index.get((min(i, j), max(i, j)))
+            score = float(c.scores[pos]) if pos is not None else float("nan")
+            out.append((i, j, score, "refused-would-chain"))
+        return out
+
+
+Progress = Callable[[str], None]
+
+
+def stderr_progress(stream: TextIO | None = None) -> Progress:
+    def report(msg: str) -> None:
+        print(msg, file=stream or sys.stderr, flush=True)
+
+    return report
+
+
+def candidate_pairs(
+    keys: Sequence[Sequence[str]], max_block_size: int
+) -> tuple[np.ndarray, np.ndarray, list[tuple[str, int]]]:
+    """Unique pairs ``(i < j)`` of records sharing at least one key; blocks over the limit are skipped."""
+    blocks: dict[str, list[int]] = defaultdict(list)
+    for i, ks in enumerate(keys):
+        for k in ks:
+            blocks[k].append(i)
+    skipped = []
+    parts = []
+    for k, members in blocks.items():
+        s = len(members)
+        if s < 2:
+            continue
+        if s > max_block_size:
+            skipped.append((k, s))
+            continue
+        m = np.asarray(members, dtype=np.int64)
+        a, b = np.triu_indices(s, k=1)
+        parts.append(m[a] * len(keys) + m[b])
+    if not parts:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, skipped
+    code = np.unique(np.concatenate(parts))
+    return code // len(keys), code % len(keys), skipped
+
+
+def compare_all(
+    table: Table, left: np.ndarray, right: np.ndarray, rules: Rules, progress: Progress | None
+) -> Compared:
+    chunks = []
+    for start in range(0, len(left), CHUNK):
+        chunks.append(compare(table, left[start : start + CHUNK], right[start : start + CHUNK], rules))
+        if progress and len(left) > CHUNK:
+            progress(f"compared {min(start + CHUNK, len(left)):,}/{len(left):,} pairs")
+    if not chunks:
+        return compare(table, left, right, rules)
+    return Compared(*(np.concatenate([getattr(c, f) for c in chunks]) for f in Compared.__dataclass_fields__))
+
+
+def dedupe(
+    patients: Sequence[Mapping[str, Any]], rules: Rules, progress: Progress | None = None
+) -> DedupeResult:
+    n = len(patients)
+    ids = [str(p.get("id")) for p in patients]
+    if progress:
+        progress(f"normalising {n:,} records")
+    table = Table.from_patients(patients, rules)
+    keys = [block_keys(p, rules) for p in patients]
+    left, right, skipped = candidate_pairs(keys, rules.max_block_size)
+    if progress:
+        progress(f"{len(left):,} candidate pairs from blocking")
+        for k, s in skipped:
+            progress(f"skipped block {k} of {s} records (max_block_size {rules.max_block_size})")
+    c = compare_all(table, left, right, rules, progress)
+    auto = np.nonzero(c.outcome == MATCH)[0]
+    in_auto = np.zeros(n, dtype=bool)
+    in_auto[left[auto]] = True
+    in_auto[right[auto]] = True
+    sel = np.nonzero(in_auto[left] & in_auto[right])[0]
+    ok = (c.outcome[sel] > NO_MATCH) & (c.capped_by[sel] < 0)
+    compatible = dict(
+        zip(zip(left[sel].tolist(), right[sel].tolist(), strict=True), ok.tolist(), strict=True)
+    )
+
+    def check(li: np.ndarray, ri: np.ndarray) -> np.ndarray:
+        cc = compare(table, li, ri, rules)
+        return (cc.outcome > NO_MATCH) & (cc.capped_by < 0)
+
+    labels, refused = cluster(n, left[auto], right[auto], c.scores[auto], compatible, check)
+    if progress:
+        progress(
+            f"{len(auto):,} auto-match pairs, {len(refused):,} refused to avoid chaining, "
+            f"{len(set(labels.tolist())):,} clusters"
+        )
+    return DedupeResult(ids, labels, left, right, c, refused, skipped)

@@ -1,0 +1,185 @@
+"""Estimating m, u and the prior from unlabelled records (expectation–maximisation), Splink-style.
+
+- u (P(level | different people)) is counted on random record pairs: almost all of them are different
+  people, so no labels are needed.
+- m (P(level | same person)) and λ (the share of matches among *blocked* pairs) come from a two-class EM on
+  the blocked candidate pairs (their non-matches are far more alike than random pairs, so the EM has its
+  own "blocked u", started from the random-pair u and then discarded); null levels are left out.
+- The written prior is the expected number of matching pairs (λ × blocked pairs) over all pairs.
+- Only *identity* fields (names, gender, birth date, shared identifiers) drive the EM's latent class.
+  Household fields (address, phone, email, facility ids) are shared by relatives: letting them vote makes EM
+  discover "same household" instead of "same person". Their m is estimated afterwards from the posteriors.
+Thresholds and deterministic rules are kept: they are decisions, not estimates.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import yaml
+
+from .blocking import block_keys
+from .dedupe import Progress, candidate_pairs, compare_all
+from .rules import Rules
+from .scoring import Table
+
+FLOOR = 1e-5
+
+
+def level_frequencies(levels: np.ndarray, weights: np.ndarray | None, rules: Rules) -> list[np.ndarray]:
+    out = []
+    for k, f in enumerate(rules.fields):
+        n = len(f.level_names)
+        w = np.ones(len(levels)) if weights is None else weights
+        counts = np.bincount(levels[:, k].astype(np.int64), weights=w, minlength=n)[1:]
+        total = counts.sum()
+        p = (counts + FLOOR * max(total, 1.0)) / (total + FLOOR * max(total, 1.0) * len(counts))
+        out.append(p)
+    return out
+
+
+def train(
+    patients: Sequence[Mapping[str, Any]],
+    rules: Rules,
+    *,
+    random_pairs: int = 500_000,
+    iterations: int = 30,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Return a rules dict (same shape as the input rules) with estimated m, u and prior."""
+    n = len(patients)
+    if n < 3:
+        raise ValueError("need at least 3 records to train")
+    table = Table.from_patients(patients, rules)
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, n, size=random_pairs)
+    b = rng.integers(0, n, size=random_pairs)
+    keep = a != b
+    if progress:
+        progress(f"estimating u on {int(keep.sum()):,} random pairs")
+    rand = compare_all(table, a[keep], b[keep], rules, progress)
+    u = level_frequencies(rand.levels, None, rules)
+
+    keys = [block_keys(p, rules) for p in patients]
+    left, right, _ = candidate_pairs(keys, rules.max_block_size)
+    if progress:
+        progress(f"EM on {len(left):,} blocked pairs")
+    blocked = compare_all(table, left, right, rules, None).levels
+    core = [k for k, f in enumerate(rules.fields) if is_identity(f.path, f.params)]
+    m = [np.asarray(f.m, dtype=float) for f in rules.fields]
+    # Sessions (as Splink does): pairs agreeing exactly on one identity field; EM over the *other* identity
+    # fields learns their m. A field's m is the mean over the sessions that did not condition on it.
+    learned: dict[int, list[np.ndarray]] = {k: [] for k in core}
+    for k_fix in core:
+        sel = blocked[:, k_fix] == 1
+        if sel.sum() < 50:
+            continue
+        others = [k for k in core if k != k_fix]
+        mm, _, lam_s, _ = _em(blocked[sel], others, m, u, rules, iterations)
+        if progress:
+            progress(
+                f"session on {rules.fields[k_fix].name} = exact: {int(sel.sum()):,} pairs, λ={lam_s:.3f}"
+            )
+        for k in others:
+            learned[k].append(mm[k])
+    for k in core:
+        if learned[k]:
+            m[k] = np.mean(learned[k], axis=0)
+    # λ and household fields' m: one E-step with the learned identity m on all blocked pairs
+    mm, _, lam, post = _em(blocked, core, m, u, rules, iterations, fixed_m=True)
+    m_all = level_frequencies(blocked, post, rules)
+    for k in range(len(rules.fields)):
+        if k not in core:
+            m[k] = m_all[k]
+    total_pairs = n * (n - 1) / 2
+    prior = float(np.clip(lam * len(left) / total_pairs, 1e-9, 0.5))
+    doc = rules.to_dict()
+    doc["prior"] = _round(prior)
+    for k, f in enumerate(rules.fields):
+        doc["fields"][f.name]["levels"] = {
+            lv: {"m": _round(float(m[k][i])), "u": _round(float(u[k][i]))}
+            for i, lv in enumerate(f.level_names[1:])
+        }
+    for f in rules.fields:
+        if f.kind == "name" and "exact" in f.level_names:
+            doc["fields"][f.name]["frequencies"] = frequencies(table.columns[f.name].values)
+    return doc
+
+
+def frequencies(
+    values: Sequence[tuple[str, ...]], min_frequency: float = 0.002, top: int = 300
+) -> dict[str, float]:
+    """Share of records carrying each common token (the term-frequency table of a field)."""
+    counts: dict[str, int] = {}
+    for v in values:
+        for tok in set(v):
+            counts[tok] = counts.get(tok, 0) + 1
+    n = max(len(values), 1)
+    common = sorted(((c / n, t) for t, c in counts.items() if c / n >= min_frequency), reverse=True)[:top]
+    return {t: _round(fr) for fr, t in common}
+
+
+def _em(
+    levels: np.ndarray,
+    fields: list[int],
+    m0: list[np.ndarray],
+    u0: list[np.ndarray],
+    rules: Rules,
+    iterations: int,
+    fixed_m: bool = False,
+) -> tuple[list[np.ndarray], list[np.ndarray], float, np.ndarray]:
+    """Two-class EM over ``fields`` of ``levels``; returns (m, blocked u, λ, posteriors)."""
+    m = [x.copy() for x in m0]
+    ub = [x.copy() for x in u0]
+    lam = 0.1
+    post = np.zeros(len(levels))
+    for _ in range(iterations):
+        logit = np.full(len(levels), math.log(lam) - math.log(1 - lam))
+        for k in fields:
+            lv = levels[:, k].astype(np.int64)
+            pm = np.concatenate([[1.0], np.maximum(m[k], FLOOR)])
+            pu = np.concatenate([[1.0], np.maximum(ub[k], FLOOR)])
+            logit += np.log(pm[lv]) - np.log(pu[lv])
+        post = 1.0 / (1.0 + np.exp(-np.clip(logit, -50, 50)))
+        new_lam = float(np.clip(post.mean(), 1e-6, 1 - 1e-6))
+        new_m = m if fixed_m else level_frequencies(levels, post, rules)
+        ub = level_frequencies(levels, 1.0 - post, rules)
+        delta = max(abs(new_lam - lam), *(float(np.abs(new_m[k] - m[k]).max()) for k in fields))
+        lam, m = new_lam, [x.copy() for x in new_m]
+        if delta < 1e-5:
+            break
+    return m, ub, lam, post
+
+
+def is_identity(path: str, params: Mapping[str, Any]) -> bool:
+    """Fields that identify a person rather than a household."""
+    if path == "identifier":
+        return params.get("systems", "shared") != "local"
+    return path.startswith("name.") or path in ("gender", "birthDate")
+
+
+def _round(x: float) -> float:
+    return float(f"{x:.4g}")
+
+
+_LEVEL_LINE = re.compile(r"^(\s+)([A-Za-z_]+): \{m: ([0-9.e-]+), u: ([0-9.e-]+)\}$")
+
+
+def dump(doc: Mapping[str, Any], header: str = "") -> str:
+    """YAML a person can read: one line per level with its weight as a comment."""
+    text = yaml.safe_dump(dict(doc), sort_keys=False, allow_unicode=True, width=110, default_flow_style=None)
+    lines = []
+    for line in text.splitlines():
+        mm = _LEVEL_LINE.match(line)
+        if mm:
+            m, u = float(mm.group(3)), float(mm.group(4))
+            w = math.log2(max(m, 1e-6) / max(u, 1e-6))
+            line = f"{line}  # weight {w:+.2f}"
+        lines.append(line)
+    out = "\n".join(lines) + "\n"
+    return (header + out) if header else out

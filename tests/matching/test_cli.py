@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+import csv
+import json
+import pathlib
+
+import pytest
+
+import matching
+from matching.__main__ import main
+
+from .conftest import ROOT, patient
+
+RULES = str(ROOT / "rules" / "default.yaml")
+
+
+def write_ndjson(path: pathlib.Path, lines: list[str]) -> pathlib.Path:
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def population(tmp_path: pathlib.Path) -> pathlib.Path:
+    a = patient("a", "Neema", "Mollel")
+    b = patient("b", "Neema", "Molel", phone=None)
+    twin = patient("t", "Rehema", "Mollel")
+    other = patient("o", "Kofi", "Boateng", birth="1970-01-30", gender="male", phone="+233200000001")
+    return write_ndjson(tmp_path / "in.ndjson", [json.dumps(x) for x in (a, b, twin, other)])
+
+
+def test_dedupe_contract(
+    tmp_path: pathlib.Path, population: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, review = tmp_path / "out.csv", tmp_path / "review.csv"
+    assert main(["dedupe", "--rules", RULES, str(population), "-o", str(out), "--review", str(review)]) == 0
+    rows = list(csv.reader(out.read_text().splitlines()))
+    assert rows[0] == ["id", "cluster"]
+    cluster = dict(rows[1:])
+    assert set(cluster) == {"a", "b", "t", "o"}
+    assert cluster["a"] == cluster["b"]
+    assert cluster["t"] != cluster["a"]
+    assert cluster["o"] not in (cluster["a"], cluster["t"])
+    review_rows = list(csv.DictReader(review.read_text().splitlines()))
+    assert any({r["id_a"], r["id_b"]} <= {"a", "b", "t"} for r in review_rows)
+    assert "candidate pairs" in capsys.readouterr().err  # progress on stderr
+
+
+def test_bad_lines_reported_and_skipped_or_fatal(
+    tmp_path: pathlib.Path, population: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lines = population.read_text().splitlines()
+    bad = write_ndjson(
+        tmp_path / "bad.ndjson",
+        [lines[0], "{not json", '{"resourceType": "Observation", "id": "x"}', lines[1]],
+    )
+    out = tmp_path / "out.csv"
+    assert main(["dedupe", "--rules", RULES, str(bad), "-o", str(out), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert f"{bad}:2: not JSON" in err
+    assert f"{bad}:3: not a FHIR Patient" in err
+    assert [r[0] for r in csv.reader(out.read_text().splitlines())][1:] == ["a", "b"]
+    out.unlink()
+    assert main(["dedupe", "--rules", RULES, str(bad), "-o", str(out), "--on-bad-line", "fail"]) == 2
+    assert not out.exists()
+
+
+def test_invalid_rules_exit_1(
+    tmp_path: pathlib.Path, population: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "r.yaml"
+    bad.write_text("name: x\nthresholds: {auto_match: 5, potential_match: 9}\n")
+    assert main(["dedupe", "--rules", str(bad), str(population), "-o", str(tmp_path / "o.csv")]) == 1
+    assert "line 2: thresholds.potential_match" in capsys.readouterr().err
+
+
+def test_explain(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(patient("a", "Joseph", "Otieno")))
+    b.write_text(json.dumps(patient("b", "Yusuf", "Otieno")))
+    assert main(["explain", "--rules", RULES, str(a), str(b), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert {f["field"]: f["level"] for f in doc["fields"]}["given"] == "alias"
+    assert main(["explain", "--rules", RULES, str(a), str(b)]) == 0
+    assert "classification:" in capsys.readouterr().out
+
+
+def test_train_writes_readable_rules_that_load(tmp_path: pathlib.Path) -> None:
+    from bench.population import generate_population
+
+    patients, _ = generate_population(300, seed=5)
+    src = write_ndjson(tmp_path / "p.ndjson", [json.dumps(p) for p in patients])
+    out = tmp_path / "trained.yaml"
+    assert main(["train", "--rules", RULES, str(src), "-o", str(out), "--quiet"]) == 0
+    text = out.read_text()
+    assert "# weight" in text
+    trained = matching.load_rules(out)
+    default = matching.load_rules(RULES)
+    assert trained.auto_threshold == default.auto_threshold
+    assert trained.deterministic == default.deterministic
+    assert trained.field("given").frequencies  # term frequencies learnt
+    given_exact = trained.field("given").weights[1]
+    given_else = trained.field("given").weights[-1]
+    assert given_exact > 2 > 0 > given_else
