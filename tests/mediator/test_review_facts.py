@@ -1,0 +1,65 @@
+"""Doubtful decisions leave reviewable ``Task``s in HAPI; auto-matches into two people are flagged."""
+
+from __future__ import annotations
+
+from mediator import records
+from mediator.review import POSSIBLE_DUPLICATE, POTENTIAL_MATCH
+from tests.conftest import patient, unique_surname
+
+
+def _kind(task) -> str:
+    return task["code"]["coding"][0]["code"]
+
+
+async def test_potential_match_gets_its_own_golden_and_a_review_task(client, store, facility):
+    family = unique_surname()
+    other = facility.replace("facility-", "hc-")
+    a = await client.post(
+        "/fhir/Patient", json=patient(facility, "PM1", family=family, phone="+256772000111")
+    )
+    # same name, day and month of the birth date swapped, no phone: not enough to merge automatically
+    doubtful = patient(other, "PM2", family=family, phone=None, birth_date="1987-12-04")
+    b = await client.post("/fhir/Patient", json=doubtful)
+    assert b.status == 201
+    assert b.headers["X-Match-Outcome"] == "potential"
+    assert a.headers["X-CRUID"] != b.headers["X-CRUID"]
+    b_id = (await b.json(content_type=None))["id"]
+    tasks = await store.search("Task", {"focus": f"Patient/{b_id}"})
+    assert [_kind(t) for t in tasks] == [POTENTIAL_MATCH]
+    task = tasks[0]
+    assert task["status"] == "requested"
+    assert task["for"]["reference"] == f"Patient/{b.headers['X-CRUID']}"
+    inputs = {i["type"]["text"]: i for i in task["input"]}
+    assert inputs["candidate"]["valueReference"]["reference"] == f"Patient/{a.headers['X-CRUID']}"
+    assert inputs["score"]["valueDecimal"] > 0
+
+    # the same doubt raised again stays one Task
+    again = await client.post("/fhir/Patient", json=doubtful)
+    assert again.status == 200
+    assert len(await store.search("Task", {"focus": f"Patient/{b_id}"})) == 1
+
+
+async def test_auto_match_into_two_people_links_the_best_and_flags_the_other(
+    client, store, facility, settings
+):
+    nid_system = settings.shared_identifier_systems[0]
+    nid = {"system": nid_system, "value": f"NID-{unique_surname()}"}
+    maiden, married = unique_surname(), unique_surname()
+    a = await client.post(
+        "/fhir/Patient", json=patient(facility, "A", family=maiden, phone=None, extra_identifiers=[nid])
+    )
+    b = await client.post("/fhir/Patient", json=patient(facility, "B", family=married, phone="+256772000222"))
+    assert a.headers["X-CRUID"] != b.headers["X-CRUID"]
+    c = await client.post(
+        "/fhir/Patient",
+        json=patient(facility, "C", family=married, phone="+256772000222", extra_identifiers=[nid]),
+    )
+    assert c.headers["X-Match-Outcome"] == "match"
+    assert c.headers["X-CRUID"] in (a.headers["X-CRUID"], b.headers["X-CRUID"])
+    linked = c.headers["X-CRUID"]
+    flagged = b.headers["X-CRUID"] if linked == a.headers["X-CRUID"] else a.headers["X-CRUID"]
+    tasks = await store.search(
+        "Task", {"subject": f"Patient/{linked}", "code": f"{records.REVIEW_TYPE_SYSTEM}|{POSSIBLE_DUPLICATE}"}
+    )
+    assert len(tasks) == 1
+    assert tasks[0]["input"][0]["valueReference"]["reference"] == f"Patient/{flagged}"
