@@ -55,6 +55,7 @@ AUTH_WINDOW_S = 10  # config/default.json api.authWindowSeconds
 
 
 JSON_BODY = web.RequestKey("json_body", object)
+USER = web.RequestKey("user", object)
 
 
 class ValidationError(Exception):
@@ -188,6 +189,7 @@ class User:
     email: str
     password: str
     roles: tuple[str, ...] = ("admin",)  # v8 role with every permission; () = no access role → 403
+    may_view_channels: bool = True  # False: a role with mediator permissions only (GET /channels → 403)
     salt: str = field(default_factory=lambda: secrets.token_hex(16))
     token_passport: bool = True  # users created in a v7.2+ console have none (404 on the salt look-up)
 
@@ -349,6 +351,7 @@ class CoreEmulator:
                     )
                 else:
                     request[JSON_BODY] = body
+                    request[USER] = user
                     response = await handler(request)
         except web.HTTPException as exc:
             response = web.Response(status=exc.status, text=exc.text or "")
@@ -482,6 +485,8 @@ class CoreEmulator:
         return web.Response(status=201)
 
     async def _get_channels(self, request: web.Request) -> web.Response:
+        if not request[USER].may_view_channels:  # src/api/channels.js getChannels: channel-view-all
+            return web.Response(status=403, text="does not have the channel-view-all permission")
         return web.json_response(list(self.channels.values()))
 
     # -- the router: a client request routed to the mediator ------------------------------------------------

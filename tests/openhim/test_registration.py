@@ -201,3 +201,18 @@ async def test_tls_verification_off_is_explicit_and_warned(
         _, link = await start_mediator(behind(tls_core, offline_settings, openhim_verify_tls=False))
         await link.wait_for(lambda: link.heartbeats >= 1, WAIT_S)
     assert "verification of the OpenHIM core is OFF" in caplog.text
+
+
+async def test_channel_install_with_a_user_that_cannot_list_channels(core, offline_settings, start_mediator):
+    core.add_user("mediator@example.org", "pw", may_view_channels=False)
+    settings = behind(
+        core,
+        offline_settings,
+        openhim_install_channels=True,
+        openhim_username="mediator@example.org",
+        openhim_password="pw",
+    )
+    _, link = await start_mediator(settings)
+    await link.wait_for(lambda: link.heartbeats >= 1, WAIT_S)
+    assert core.calls("GET", "/channels", status=403)
+    assert list(core.channels) == ["Client Registry - FHIR Patient"]

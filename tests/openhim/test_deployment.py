@@ -1,0 +1,43 @@
+"""docker-compose.yml wires the mediator with settings it really reads (it cannot be run in tests)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import yaml
+
+from mediator.settings import REPO_ROOT, Settings
+
+COMPOSE = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
+KNOWN = set(
+    re.findall(r'"(CR_[A-Z_]+)"', (REPO_ROOT / "mediator" / "settings.py").read_text(encoding="utf-8"))
+)
+
+
+def test_mediator_environment_names_are_settings_the_mediator_reads():
+    env = COMPOSE["services"]["client-registry"]["environment"]
+    assert set(env) <= KNOWN, set(env) - KNOWN
+
+
+def test_mediator_settings_from_the_compose_environment():
+    env = {k: str(v) for k, v in COMPOSE["services"]["client-registry"]["environment"].items()}
+    env["CR_OPENHIM_PASSWORD"] = "secret"
+    settings = Settings.from_env(env)
+    assert settings.openhim_api_url == "https://openhim-core:8080"
+    assert settings.openhim_verify_tls and settings.openhim_ca_file == "/certs/ca.crt"
+    assert not settings.openhim_allow_anonymous
+    doc = json.loads((REPO_ROOT / "mediator-config.json").read_text(encoding="utf-8"))
+    assert settings.openhim_mediator_host in COMPOSE["services"]
+    assert settings.port == settings.openhim_mediator_port == doc["endpoints"][0]["port"]
+    hapi = COMPOSE["services"]["hapi-fhir"]["environment"]
+    assert settings.hapi_base_url == f"http://hapi-fhir:{hapi['SERVER_PORT']}/fhir"
+
+
+def test_core_and_console_images_and_core_certificate():
+    services = COMPOSE["services"]
+    assert services["openhim-core"]["image"].startswith("jembi/openhim-core:")
+    assert services["openhim-console"]["image"].startswith("jembi/openhim-console:")
+    core_env = services["openhim-core"]["environment"]
+    assert json.loads(core_env["api_authenticationTypes"])[0] == "basic"
+    assert core_env["mongo_url"].startswith("mongodb://mongo/")
