@@ -189,7 +189,7 @@ class User:
     email: str
     password: str
     roles: tuple[str, ...] = ("admin",)  # v8 role with every permission; () = no access role → 403
-    may_view_channels: bool = True  # False: a role with mediator permissions only (GET /channels → 403)
+    may_view_channels: bool = True  # False: a role with mediator permissions only (sees no channel)
     salt: str = field(default_factory=lambda: secrets.token_hex(16))
     token_passport: bool = True  # users created in a v7.2+ console have none (404 on the salt look-up)
 
@@ -485,8 +485,8 @@ class CoreEmulator:
         return web.Response(status=201)
 
     async def _get_channels(self, request: web.Request) -> web.Response:
-        if not request[USER].may_view_channels:  # src/api/channels.js getChannels: channel-view-all
-            return web.Response(status=403, text="does not have the channel-view-all permission")
+        if not request[USER].may_view_channels:  # src/api/channels.js getChannels →
+            return web.json_response([])  # authorisation.getUserViewableChannels: only viewable ones
         return web.json_response(list(self.channels.values()))
 
     # -- the router: a client request routed to the mediator ------------------------------------------------

@@ -203,7 +203,7 @@ async def test_tls_verification_off_is_explicit_and_warned(
     assert "verification of the OpenHIM core is OFF" in caplog.text
 
 
-async def test_channel_install_with_a_user_that_cannot_list_channels(core, offline_settings, start_mediator):
+async def test_channel_install_with_a_user_that_cannot_see_channels(core, offline_settings, start_mediator):
     core.add_user("mediator@example.org", "pw", may_view_channels=False)
     settings = behind(
         core,
@@ -212,7 +212,11 @@ async def test_channel_install_with_a_user_that_cannot_list_channels(core, offli
         openhim_username="mediator@example.org",
         openhim_password="pw",
     )
-    _, link = await start_mediator(settings)
-    await link.wait_for(lambda: link.heartbeats >= 1, WAIT_S)
-    assert core.calls("GET", "/channels", status=403)
+    _, first = await start_mediator(settings)
+    await first.wait_for(lambda: first.heartbeats >= 1, WAIT_S)
     assert list(core.channels) == ["Client Registry - FHIR Patient"]
+    # the next start cannot see it, tries, gets the core's duplicate-name 500, and carries on
+    _, second = await start_mediator(settings)
+    await second.wait_for(lambda: second.heartbeats >= 1, WAIT_S)
+    assert core.calls("POST", f"/mediators/{URN}/channels", status=500)
+    assert list(core.channels) == ["Client Registry - FHIR Patient"] and second.registrations == 1
