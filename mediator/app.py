@@ -86,4 +86,7 @@ def create_app(
 
         openhim.setup(app, settings)
     handlers.add_routes(app)
+    from .admin import setup as setup_admin  # curation API and page at /admin (mediator/admin/)
+
+    setup_admin(app)
     return app

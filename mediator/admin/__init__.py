@@ -1,0 +1,34 @@
+"""Curation for HIE admins, mounted at ``/admin``: review queue, decisions, repairs, audit, web page.
+
+Public: :func:`setup` (mounts the sub-application), :class:`AdminSettings`, :class:`UserStore`.
+Modules: ``users`` (argon2 password file), ``auth`` (session cookie, CSRF, per-request checks),
+``curation`` (decisions as single HAPI transactions with AuditEvents), ``queries`` (read side),
+``api`` (JSON), ``pages`` (server-rendered HTML), ``__main__`` (``python -m mediator.admin create-user``).
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from . import api, pages
+from .auth import ADMIN_SETTINGS, USERS, AdminSettings, auth_middleware
+from .users import UserStore
+
+
+def create_admin_app(admin_settings: AdminSettings | None = None) -> web.Application:
+    settings = admin_settings or AdminSettings.from_env()
+    admin = web.Application()
+    admin[ADMIN_SETTINGS] = settings
+    admin[USERS] = UserStore(settings.users_file)
+    admin.middlewares.append(auth_middleware)
+    api.add_routes(admin)
+    pages.add_routes(admin)
+    return admin
+
+
+def setup(app: web.Application, admin_settings: AdminSettings | None = None) -> None:
+    """Mount the admin sub-application at ``/admin`` on the mediator's app."""
+    app.add_subapp("/admin", create_admin_app(admin_settings))
+
+
+__all__ = ["AdminSettings", "UserStore", "create_admin_app", "setup"]

@@ -1,0 +1,224 @@
+"""Admin authentication: encrypted session cookie (Fernet), CSRF token, checks per request.
+
+(aiohttp-session was tried and dropped: it stores request items under plain string keys, which
+aiohttp 3.14 turns into a warning on every request. The cookie here is the same idea in 40 lines.)
+
+* The session cookie (``cr_admin``) is encrypted and authenticated with ``CR_ADMIN_SECRET_KEY`` (a Fernet
+  key; when unset one is generated once into ``var/admin-secret.key``, mode 0600), HttpOnly,
+  SameSite=Strict, ``Secure`` when ``CR_ADMIN_COOKIE_SECURE`` is true; it expires after
+  ``CR_ADMIN_SESSION_HOURS`` (8).
+* Every request re-checks that the session's user still exists in the user file; nothing is remembered
+  in the process about who is logged in.
+* Every state-changing request (POST/PUT/PATCH/DELETE) must carry the session's CSRF token, as header
+  ``X-CSRF-Token`` (JSON API) or form field ``csrf_token`` (HTML forms). The login form has one too.
+* A request from a point-of-service system (it carries ``X-OpenHIM-ClientID``) is refused with 403; a
+  request without an admin session gets 401 (JSON) or is sent to the login page (HTML GET).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+from cryptography.fernet import Fernet, InvalidToken
+
+from ..errors import Forbidden, RegistryError
+from ..settings import REPO_ROOT
+from .users import UserStore
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
+COOKIE = "cr_admin"
+
+
+class Session(dict[str, object]):
+    """The cookie's content; written back only when changed."""
+
+    changed = False
+    invalid = False
+
+    def __setitem__(self, key: str, value: object) -> None:
+        super().__setitem__(key, value)
+        self.changed = True
+
+    def invalidate(self) -> None:
+        self.clear()
+        self.changed = self.invalid = True
+
+
+SESSION = web.RequestKey("admin_session", Session)
+ADMIN_USER = web.RequestKey("admin_user", str)
+ADMIN_CSRF = web.RequestKey("admin_csrf", str)
+USERS = web.AppKey("admin_users", UserStore)
+
+
+class Unauthorized(RegistryError):
+    status = 401
+    code = "login"
+
+
+@dataclass(frozen=True)
+class AdminSettings:
+    users_file: Path
+    secret_key: bytes
+    session_max_age_s: int = 8 * 3600
+    cookie_secure: bool = False
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> AdminSettings:
+        env = dict(os.environ) if env is None else env
+        var = REPO_ROOT / "var"
+        users_file = Path(env.get("CR_ADMIN_USERS_FILE") or var / "admin-users.json")
+        raw = env.get("CR_ADMIN_SECRET_KEY")
+        key = (
+            raw.encode()
+            if raw
+            else _stored_key(Path(env.get("CR_ADMIN_SECRET_FILE") or var / "admin-secret.key"))
+        )
+        Fernet(key)  # fails early on a malformed key
+        return cls(
+            users_file=users_file,
+            secret_key=key,
+            session_max_age_s=int(float(env.get("CR_ADMIN_SESSION_HOURS") or 8) * 3600),
+            cookie_secure=(env.get("CR_ADMIN_COOKIE_SECURE") or "").lower() in {"1", "true", "yes"},
+        )
+
+
+def _stored_key(path: Path) -> bytes:
+    try:
+        return path.read_bytes().strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = Fernet.generate_key()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(key)
+    return key
+
+
+def csrf_token(session: Session) -> str:
+    token = session.get("csrf")
+    if not token:
+        token = secrets.token_urlsafe(32)
+        session["csrf"] = token
+    return str(token)
+
+
+def _wants_html(request: web.Request) -> bool:
+    return "text/html" in request.headers.get("Accept", "") and not request.path.startswith("/admin/api/")
+
+
+PUBLIC = {("GET", "/admin/login"), ("POST", "/admin/login"), ("POST", "/admin/api/login")}
+
+
+def _load_session(request: web.Request) -> Session:
+    settings = request.app[ADMIN_SETTINGS]
+    raw = request.cookies.get(COOKIE)
+    if raw:
+        try:
+            data = json.loads(Fernet(settings.secret_key).decrypt(raw, ttl=settings.session_max_age_s))
+            if isinstance(data, dict):
+                return Session(data)
+        except (InvalidToken, ValueError):
+            pass
+    return Session()
+
+
+def _save_session(request: web.Request, session: Session, response: web.StreamResponse) -> None:
+    if not session.changed or response.prepared:
+        return
+    settings = request.app[ADMIN_SETTINGS]
+    if session.invalid and not session:
+        response.del_cookie(COOKIE, path="/admin")
+        return
+    token = Fernet(settings.secret_key).encrypt(json.dumps(dict(session)).encode()).decode()
+    response.set_cookie(
+        COOKIE,
+        token,
+        path="/admin",
+        max_age=settings.session_max_age_s,
+        httponly=True,
+        samesite="Strict",
+        secure=settings.cookie_secure,
+    )
+
+
+def get_session(request: web.Request) -> Session:
+    return request[SESSION]
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.headers.get("X-OpenHIM-ClientID"):
+        raise Forbidden("Point-of-service clients may not use the admin interface.")
+    session = _load_session(request)
+    request[SESSION] = session
+    try:
+        response = await _authorised(request, session, handler)
+    except web.HTTPException as exc:
+        _save_session(request, session, exc)
+        raise
+    _save_session(request, session, response)
+    return response
+
+
+async def _authorised(request: web.Request, session: Session, handler: Handler) -> web.StreamResponse:
+    if (request.method, request.path) in PUBLIC or request.path.startswith("/admin/static/"):
+        if request.method in UNSAFE and request.path == "/admin/login":
+            await _check_csrf(request, session)
+        return await handler(request)
+    user = session.get("user")
+    since = session.get("since")
+    fresh = (
+        isinstance(since, (int, float))
+        and time.time() - since < request.app[ADMIN_SETTINGS].session_max_age_s
+    )
+    if not user or not fresh or request.app[USERS].get(str(user)) is None:
+        session.invalidate()
+        if request.method == "GET" and _wants_html(request):
+            raise web.HTTPSeeOther(f"/admin/login?next={request.path_qs}")
+        raise Unauthorized("Log in as an HIE admin first.")
+    if request.method in UNSAFE:
+        await _check_csrf(request, session)
+    request[ADMIN_USER] = str(user)
+    request[ADMIN_CSRF] = csrf_token(session)
+    return await handler(request)
+
+
+async def _check_csrf(request: web.Request, session: Session) -> None:
+    sent = request.headers.get("X-CSRF-Token")
+    if sent is None and request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        form = await request.post()
+        value = form.get("csrf_token")
+        sent = value if isinstance(value, str) else None
+    expected = session.get("csrf")
+    if not sent or not expected or not hmac.compare_digest(str(sent), str(expected)):
+        raise Forbidden("Missing or wrong CSRF token; reload the page and try again.")
+
+
+async def log_in(request: web.Request, name: str, password: str) -> str:
+    """Check the password; on success start a fresh session and return its CSRF token."""
+    user = request.app[USERS].verify(name, password)
+    if user is None:
+        raise Unauthorized("Unknown user or wrong password.")
+    session = get_session(request)
+    session.invalidate()
+    session.invalid = False
+    session["user"] = user.name
+    session["since"] = time.time()
+    return csrf_token(session)
+
+
+async def log_out(request: web.Request) -> None:
+    get_session(request).invalidate()
+
+
+ADMIN_SETTINGS = web.AppKey("admin_settings", AdminSettings)

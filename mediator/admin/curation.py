@@ -1,0 +1,470 @@
+"""Curation decisions and repairs: each one is ONE HAPI transaction (``UnitOfWork``, ``If-Match`` on every
+update) holding the changed records, the closed review Task and an ``AuditEvent`` with the link state of
+every touched record before and after (ids and links only, never demographics).
+
+* same-person   merge two golden records: the survivor keeps its CRUID; the other becomes ``active: false``
+                with a ``replaced-by`` link, its sources are relinked to the survivor and marked manual.
+* different-people  ``distinct-from`` on both golden records (the registry never auto-matches them again).
+* break         split one source out into a new golden record (new CRUID); both marked distinct-from.
+* move          relink one source to another golden record (manual).
+* confirm       an automatic link is confirmed by a person (manual from now on).
+* undo          restore the "before" link state of the last decision touching a record, if nothing changed
+                those records since (else 409).
+
+A stale version anywhere (another admin or a submission got there first) → HAPI 409 → :class:`Conflict`
+(409 OperationOutcome); nothing is retried, the admin looks again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from .. import records
+from ..audit import Actor, event
+from ..errors import Conflict, InvalidInput, NotFound
+from ..fhir_client import HapiClient
+from ..records import NS, Resource
+from ..review import OPEN
+from ..unit_of_work import UnitOfWork
+
+ADMIN_USER_SYSTEM = f"{NS}:admin-user"
+ADMIN_ACTION_SYSTEM = f"{NS}:admin-action"
+SAME_PERSON = "same-person"
+DIFFERENT_PEOPLE = "different-people"
+BREAK = "break"
+MOVE = "move"
+CONFIRM = "confirm"
+UNDO = "undo"
+DECISIONS = (SAME_PERSON, DIFFERENT_PEOPLE)
+ACTIONS = (SAME_PERSON, DIFFERENT_PEOPLE, BREAK, MOVE, CONFIRM, UNDO)
+
+
+@dataclass(frozen=True)
+class Admin:
+    name: str
+    address: str | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    action: str
+    audit_event_id: str
+    golden_ids: tuple[str, ...]
+    task_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "action": self.action,
+            "auditEvent": f"AuditEvent/{self.audit_event_id}",
+            "golden": [records.ref(g) for g in self.golden_ids],
+            **({"task": f"Task/{self.task_id}"} if self.task_id else {}),
+        }
+
+
+# -- link state: what a decision changes, and what undo restores -----------------------------------------
+
+
+def link_state(resource: Resource | None) -> dict[str, Any]:
+    if resource is None:
+        return {"kind": "absent"}
+    if records.is_golden(resource):
+        return {
+            "kind": "golden",
+            "active": resource.get("active", True),
+            "sources": sorted(records.source_ids_of(resource)),
+            "replaced_by": records.replaced_by(resource),
+            "distinct_from": sorted(records.distinct_from(resource)),
+        }
+    return {
+        "kind": "source",
+        "golden": records.golden_id_of(resource),
+        "manual": records.is_manually_linked(resource),
+    }
+
+
+def with_state(resource: Resource, state: dict[str, Any]) -> Resource:
+    """``resource`` with the link state ``state`` (the inverse of :func:`link_state`)."""
+    out = copy.deepcopy(resource)
+    kind = state["kind"]
+    if kind == "absent":  # a golden record created by the undone decision: emptied, never deleted
+        kind, state = "golden", {"active": False, "sources": [], "replaced_by": None, "distinct_from": []}
+    if kind == "golden":
+        links: list[dict[str, Any]] = [
+            {"other": {"reference": records.ref(s)}, "type": "seealso"} for s in state["sources"]
+        ]
+        if state["replaced_by"]:
+            links.append({"other": {"reference": records.ref(state["replaced_by"])}, "type": "replaced-by"})
+        out["link"] = links
+        out["active"] = state["active"]
+        _set_extensions(
+            out,
+            records.DISTINCT_FROM_URL,
+            [{"valueReference": {"reference": records.ref(g)}} for g in state["distinct_from"]],
+        )
+    else:
+        out["link"] = [{"other": {"reference": records.ref(state["golden"])}, "type": "refer"}]
+        _set_extensions(
+            out, records.LINK_SOURCE_URL, [{"valueCode": records.MANUAL}] if state["manual"] else []
+        )
+    return out
+
+
+def _set_extensions(resource: Resource, url: str, values: list[dict[str, Any]]) -> None:
+    kept = [e for e in resource.get("extension", []) if e.get("url") != url]
+    kept.extend({"url": url, **v} for v in values)
+    if kept:
+        resource["extension"] = kept
+    else:
+        resource.pop("extension", None)
+
+
+def manually_linked(source: Resource, golden_id: str) -> Resource:
+    state = {"kind": "source", "golden": golden_id, "manual": True}
+    return with_state(source, state)
+
+
+def golden_with(golden: Resource, **changes: Any) -> Resource:
+    state = link_state(golden)
+    state.update(changes)
+    return with_state(golden, state)
+
+
+# -- the decisions ---------------------------------------------------------------------------------------
+
+
+class _Change:
+    """One unit of work plus the before-state of every Patient it read, for the AuditEvent."""
+
+    def __init__(self, hapi: HapiClient) -> None:
+        self.uow = UnitOfWork(hapi)
+        self.before: dict[str, dict[str, Any]] = {}
+
+    async def patient(self, resource_id: str) -> Resource | None:
+        resource = await self.uow.read("Patient", resource_id)
+        self.before.setdefault(resource_id, link_state(resource))
+        return resource
+
+    async def require(self, resource_id: str, what: str) -> Resource:
+        resource = await self.patient(resource_id)
+        if resource is None:
+            raise NotFound(f"{what} Patient/{resource_id} does not exist.")
+        return resource
+
+    async def golden(self, resource_id: str) -> Resource:
+        """The live golden record, following ``replaced-by`` links left by merges."""
+        for _ in range(10):
+            golden = await self.require(resource_id, "Golden record")
+            if not records.is_golden(golden):
+                raise InvalidInput(f"Patient/{resource_id} is not a golden record.")
+            successor = records.replaced_by(golden)
+            if successor is None:
+                return golden
+            resource_id = successor
+        raise Conflict("Too many replaced-by links.", retryable=False)
+
+    def put(self, resource: Resource) -> None:
+        self.uow.put(resource)
+
+    def patient_changes(self) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+        out = []
+        for key, staged in self.uow.staged.items():
+            if key.startswith("Patient/"):
+                rid = key.split("/", 1)[1]
+                out.append((rid, self.before.get(rid, {"kind": "absent"}), link_state(staged)))
+        return out
+
+    async def commit(
+        self,
+        admin: Admin,
+        action: str,
+        *,
+        task: Resource | None = None,
+        task_before: str | None = None,
+        undoes: str | None = None,
+        note: str | None = None,
+    ) -> str:
+        entities: list[dict[str, Any]] = []
+        for rid, before, after in self.patient_changes():
+            entities.append(
+                {
+                    "what": {"reference": records.ref(rid)},
+                    "description": f"{after['kind'] if after['kind'] != 'absent' else before['kind']} record",
+                    "detail": [
+                        {"type": "before", "valueString": json.dumps(before, sort_keys=True)},
+                        {"type": "after", "valueString": json.dumps(after, sort_keys=True)},
+                    ],
+                }
+            )
+        if task is not None:
+            entities.append(
+                {
+                    "what": {"reference": f"Task/{task['id']}"},
+                    "description": "review task",
+                    "detail": [
+                        {"type": "status-before", "valueString": task_before or OPEN},
+                        {"type": "status-after", "valueString": task.get("status", "")},
+                    ],
+                }
+            )
+        if undoes:
+            entities.append({"what": {"reference": f"AuditEvent/{undoes}"}, "description": "undone decision"})
+        audit = event(
+            actor=Actor(client_id=admin.name, address=admin.address), subtype=action, entities=entities
+        )
+        audit["subtype"] = [{"system": ADMIN_ACTION_SYSTEM, "code": action}]
+        audit["agent"][0]["who"] = {
+            "identifier": {"system": ADMIN_USER_SYSTEM, "value": admin.name},
+            "display": admin.name,
+        }
+        audit["agent"][0]["name"] = admin.name
+        if note:
+            audit["outcomeDesc"] = note[:500]
+        if task is not None and task.get("status") != task_before:
+            task.setdefault("output", []).append(
+                {
+                    "type": {"text": "audit-event"},
+                    "valueReference": {"reference": f"AuditEvent/{audit['id']}"},
+                }
+            )
+            self.put(task)
+        self.put(audit)
+        await self.uow.commit()
+        return str(audit["id"])
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _task_candidate(task: Resource) -> str | None:
+    for item in task.get("input", []):
+        if item.get("type", {}).get("text") == "candidate":
+            return records.ref_id(item.get("valueReference", {}).get("reference"))
+    return None
+
+
+def close_task(task: Resource, decision: str, admin: Admin, status: str = "completed") -> Resource:
+    closed = copy.deepcopy(task)
+    closed["status"] = status
+    closed["lastModified"] = _now()
+    closed["businessStatus"] = {"text": decision}
+    closed["output"] = [
+        {"type": {"text": "decision"}, "valueString": decision},
+        {"type": {"text": "decided-by"}, "valueString": admin.name},
+    ]
+    return closed
+
+
+class Curation:
+    def __init__(self, hapi: HapiClient, cruid_system: str) -> None:
+        self.hapi = hapi
+        self.cruid_system = cruid_system
+
+    async def pair_goldens(self, change: _Change, task: Resource) -> tuple[Resource, Resource, str | None]:
+        """(golden of the task's subject now, the other golden now, the focus source id)."""
+        focus = records.ref_id(task.get("focus", {}).get("reference"))
+        subject_golden = records.ref_id(task.get("for", {}).get("reference"))
+        if focus and focus.startswith("src-"):
+            source = await change.patient(focus)
+            if source is not None:
+                subject_golden = records.golden_id_of(source) or subject_golden
+        other = _task_candidate(task)
+        if not subject_golden or not other:
+            raise InvalidInput(f"Task/{task['id']} is not a review of two records.")
+        return await change.golden(subject_golden), await change.golden(other), focus
+
+    async def _open_task(self, change: _Change, task_id: str) -> Resource:
+        task = await change.uow.read("Task", task_id)
+        if task is None:
+            raise NotFound(f"Task/{task_id} does not exist.")
+        if task.get("status") != OPEN:
+            decided = task.get("businessStatus", {}).get("text", task.get("status"))
+            raise Conflict(f"This pair was already decided ({decided}).", retryable=False)
+        return task
+
+    async def decide(
+        self,
+        task_id: str,
+        decision: str,
+        admin: Admin,
+        *,
+        survivor: str | None = None,
+        note: str | None = None,
+    ) -> Outcome:
+        if decision not in DECISIONS:
+            raise InvalidInput(f"decision must be one of {', '.join(DECISIONS)}.")
+        change = _Change(self.hapi)
+        task = await self._open_task(change, task_id)
+        a, b, _ = await self.pair_goldens(change, task)
+        if decision == SAME_PERSON:
+            if a["id"] != b["id"]:
+                keep, lose = _survivor(a, b, survivor)
+                await self._merge(change, keep, lose)
+                goldens: tuple[str, ...] = (keep["id"], lose["id"])
+            else:
+                goldens = (a["id"],)
+        else:
+            if a["id"] == b["id"]:
+                raise Conflict(
+                    "These records already belong to the same person; use break or move to split them.",
+                    retryable=False,
+                )
+            change.put(_distinct(a, b["id"]))
+            change.put(_distinct(b, a["id"]))
+            goldens = (a["id"], b["id"])
+        closed = close_task(task, decision, admin)
+        audit_id = await change.commit(
+            admin, decision, task=closed, task_before=task.get("status"), note=note
+        )
+        return Outcome(decision, audit_id, goldens, task_id)
+
+    async def _merge(self, change: _Change, keep: Resource, lose: Resource) -> None:
+        moved = records.source_ids_of(lose)
+        sources = await asyncio.gather(*(change.patient(s) for s in moved))
+        survivor = copy.deepcopy(keep)
+        for sid, source in zip(moved, sources, strict=True):
+            if source is not None:
+                change.put(manually_linked(source, keep["id"]))
+                survivor = records.with_source(survivor, sid)
+        merged_distinct = (records.distinct_from(keep) | records.distinct_from(lose)) - {
+            keep["id"],
+            lose["id"],
+        }
+        change.put(golden_with(survivor, distinct_from=sorted(merged_distinct), active=True))
+        change.put(golden_with(lose, sources=[], active=False, replaced_by=keep["id"], distinct_from=[]))
+
+    async def break_out(
+        self, golden_id: str, source_id: str, admin: Admin, note: str | None = None
+    ) -> Outcome:
+        change = _Change(self.hapi)
+        golden = await change.require(golden_id, "Golden record")
+        if source_id not in records.source_ids_of(golden):
+            raise InvalidInput(f"Patient/{source_id} is not a source record of Patient/{golden_id}.")
+        if records.source_ids_of(golden) == [source_id]:
+            raise InvalidInput("This is the golden record's only source record; there is nothing to split.")
+        source = await change.require(source_id, "Source record")
+        await change.patient(new_id := records.new_golden_id())
+        fresh = records.with_source(records.new_golden(new_id, self.cruid_system), source_id)
+        change.put(_distinct(fresh, golden_id))
+        change.put(_distinct(records.without_source(golden, source_id), new_id))
+        change.put(manually_linked(source, new_id))
+        audit_id = await change.commit(admin, BREAK, note=note)
+        return Outcome(BREAK, audit_id, (golden_id, new_id))
+
+    async def move(self, source_id: str, target_id: str, admin: Admin, note: str | None = None) -> Outcome:
+        change = _Change(self.hapi)
+        source = await change.require(source_id, "Source record")
+        if records.is_golden(source):
+            raise InvalidInput(f"Patient/{source_id} is a golden record, not a source record.")
+        target = await change.require(target_id, "Golden record")
+        if not records.is_golden(target) or records.replaced_by(target):
+            raise InvalidInput(f"Patient/{target_id} is not a live golden record.")
+        current = records.golden_id_of(source)
+        if current == target_id:
+            raise InvalidInput("The source record already belongs to that golden record.")
+        if current:
+            old = await change.patient(current)
+            if old is not None:
+                change.put(records.without_source(old, source_id))
+        change.put(records.with_source(target, source_id))
+        change.put(manually_linked(source, target_id))
+        audit_id = await change.commit(admin, MOVE, note=note)
+        return Outcome(MOVE, audit_id, tuple(g for g in (current, target_id) if g))
+
+    async def confirm(self, source_id: str, admin: Admin, note: str | None = None) -> Outcome:
+        change = _Change(self.hapi)
+        source = await change.require(source_id, "Source record")
+        golden_id = records.golden_id_of(source)
+        if records.is_golden(source) or not golden_id:
+            raise InvalidInput(f"Patient/{source_id} is not a linked source record.")
+        if records.is_manually_linked(source):
+            raise Conflict("This link was already decided by a person.", retryable=False)
+        change.put(manually_linked(source, golden_id))
+        audit_id = await change.commit(admin, CONFIRM, note=note)
+        return Outcome(CONFIRM, audit_id, (golden_id,))
+
+    async def undo_last(self, patient_id: str, admin: Admin) -> Outcome:
+        last = await self.last_decision(patient_id)
+        if last is None:
+            raise NotFound(f"No decision on Patient/{patient_id} to undo.")
+        change = _Change(self.hapi)
+        task: Resource | None = None
+        task_before: str | None = None
+        goldens: list[str] = []
+        for entity in last.get("entity", []):
+            reference = entity.get("what", {}).get("reference", "")
+            details = {d.get("type"): d.get("valueString") for d in entity.get("detail", [])}
+            if reference.startswith("Patient/") and "before" in details:
+                rid = reference.split("/", 1)[1]
+                before, after = json.loads(details["before"]), json.loads(details["after"])
+                current = await change.patient(rid)
+                if current is None or link_state(current) != after:
+                    raise Conflict(
+                        f"Patient/{rid} changed after that decision; undo the later decisions first.",
+                        retryable=False,
+                    )
+                change.put(with_state(current, before))
+                if after["kind"] == "golden" or before["kind"] == "golden":
+                    goldens.append(rid)
+            elif reference.startswith("Task/"):
+                stored = await change.uow.read("Task", reference.split("/", 1)[1])
+                if stored is not None and stored.get("status") == details.get("status-after"):
+                    task_before = stored.get("status")
+                    task = copy.deepcopy(stored)
+                    task["status"] = details.get("status-before") or OPEN
+                    task.pop("output", None)
+                    task.pop("businessStatus", None)
+                    task["lastModified"] = _now()
+        audit_id = await change.commit(admin, UNDO, task=task, task_before=task_before, undoes=last["id"])
+        return Outcome(UNDO, audit_id, tuple(goldens), task["id"] if task else None)
+
+    async def last_decision(self, patient_id: str) -> Resource | None:
+        """The latest admin decision touching the record that is not itself an undo nor undone."""
+        events = await self.hapi.search(
+            "AuditEvent",
+            {
+                "entity": records.ref(patient_id),
+                "subtype": f"{ADMIN_ACTION_SYSTEM}|",
+                "_sort": "-date",
+                "_count": "200",
+            },
+            max_results=200,
+        )
+        undone = {
+            ref.split("/", 1)[1]
+            for ev in events
+            if _action_of(ev) == UNDO
+            for e in ev.get("entity", [])
+            if (ref := e.get("what", {}).get("reference", "")).startswith("AuditEvent/")
+        }
+        for ev in events:
+            if _action_of(ev) != UNDO and ev["id"] not in undone:
+                return ev
+        return None
+
+
+def _action_of(ev: Resource) -> str | None:
+    for coding in ev.get("subtype", []):
+        if coding.get("system") == ADMIN_ACTION_SYSTEM:
+            return coding.get("code")
+    return None
+
+
+def _distinct(golden: Resource, other_id: str) -> Resource:
+    return golden_with(golden, distinct_from=sorted(records.distinct_from(golden) | {other_id}))
+
+
+def _survivor(a: Resource, b: Resource, wanted: str | None) -> tuple[Resource, Resource]:
+    if wanted is not None:
+        if wanted == a["id"]:
+            return a, b
+        if wanted == b["id"]:
+            return b, a
+        raise InvalidInput("survivor must be one of the two golden records of the pair.")
+    # default: the golden record with more sources keeps its CRUID (ties: the established candidate)
+    return (a, b) if len(records.source_ids_of(a)) > len(records.source_ids_of(b)) else (b, a)

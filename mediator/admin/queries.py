@@ -1,0 +1,388 @@
+"""Read side of curation: the review queue, one pair with its explanation, new auto-matches, person search,
+golden record views and audit history. Everything here only reads HAPI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import matching
+
+from .. import records
+from ..config import RegistryConfig
+from ..errors import InvalidInput, NotFound
+from ..fhir_client import HapiClient
+from ..records import Resource
+from ..review import OPEN, POSSIBLE_DUPLICATE, POTENTIAL_MATCH
+from .curation import ADMIN_ACTION_SYSTEM, ADMIN_USER_SYSTEM
+
+MAX_QUEUE = 20_000
+KINDS = (POTENTIAL_MATCH, POSSIBLE_DUPLICATE)
+RESTFUL = "http://hl7.org/fhir/restful-interaction"
+
+
+def task_kind(task: Mapping[str, Any]) -> str | None:
+    for coding in task.get("code", {}).get("coding", []):
+        if coding.get("system") == records.REVIEW_TYPE_SYSTEM:
+            return coding.get("code")
+    return None
+
+
+def task_input(task: Mapping[str, Any], name: str) -> Any:
+    for item in task.get("input", []):
+        if item.get("type", {}).get("text") == name:
+            for key, value in item.items():
+                if key.startswith("value"):
+                    return value
+    return None
+
+
+def task_score(task: Mapping[str, Any]) -> float | None:
+    value = task_input(task, "score")
+    return float(value) if value is not None else None
+
+
+def person_summary(patient: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The demographics an admin needs to recognise a source record."""
+    if patient is None:
+        return {}
+    name: dict[str, Any] = next(iter(patient.get("name", [])), {})
+    return {
+        "id": patient.get("id"),
+        "name": " ".join([*name.get("given", []), name.get("family", "")]).strip(),
+        "birthDate": patient.get("birthDate"),
+        "gender": patient.get("gender"),
+        "identifiers": [f"{i.get('system')}|{i.get('value')}" for i in patient.get("identifier", [])],
+        "client": records.client_of(patient),
+        "golden": records.golden_id_of(patient),
+        "manual": records.is_manually_linked(patient),
+    }
+
+
+async def read_many(hapi: HapiClient, resource_type: str, ids: list[str]) -> dict[str, Resource]:
+    """Several resources by id with one search per 100 ids."""
+    ids = list(dict.fromkeys(i for i in ids if i))
+    chunks = [ids[i : i + 100] for i in range(0, len(ids), 100)]
+    found = await asyncio.gather(
+        *(
+            hapi.search(resource_type, {"_id": ",".join(c), "_count": str(len(c))}, max_results=len(c))
+            for c in chunks
+        )
+    )
+    return {r["id"]: r for chunk in found for r in chunk}
+
+
+@dataclass(frozen=True)
+class QueueFilter:
+    kind: str = POTENTIAL_MATCH
+    system: str | None = None  # identifier system (facility) of the submitted record
+    since: str | None = None  # authored on or after (FHIR date/dateTime)
+    until: str | None = None
+    page: int = 1
+    per_page: int = 50
+
+    @classmethod
+    def from_query(cls, query: Mapping[str, str]) -> QueueFilter:
+        kind = query.get("kind", POTENTIAL_MATCH)
+        if kind not in KINDS:
+            raise InvalidInput(f"kind must be one of {', '.join(KINDS)}.")
+        try:
+            page = max(1, int(query.get("page", "1")))
+            per_page = min(200, max(1, int(query.get("per_page", "50"))))
+        except ValueError as exc:
+            raise InvalidInput("page and per_page must be integers.") from exc
+        return cls(
+            kind=kind,
+            system=query.get("system") or None,
+            since=query.get("since") or None,
+            until=query.get("until") or None,
+            page=page,
+            per_page=per_page,
+        )
+
+
+async def queue(hapi: HapiClient, f: QueueFilter) -> dict[str, Any]:
+    params = {
+        "status": OPEN,
+        "code": f"{records.REVIEW_TYPE_SYSTEM}|{f.kind}",
+        "_count": "1000",
+        "_elements": "id,focus,for,input,authoredOn,code,status",
+    }
+    if f.system:
+        params["focus:Patient.identifier"] = f"{f.system}|"
+    dates = [f"ge{f.since}"] if f.since else []
+    if f.until:
+        dates.append(f"le{f.until}")
+    tasks = []
+    if dates:
+        # two authored-on bounds need the parameter twice; HapiClient takes a dict, so filter the upper here
+        params["authored-on"] = dates[0]
+    tasks = await hapi.search("Task", params, max_results=MAX_QUEUE)
+    if f.until:
+        tasks = [t for t in tasks if str(t.get("authoredOn", ""))[: len(f.until)] <= f.until]
+    tasks.sort(key=lambda t: (-(task_score(t) or float("-inf")), t.get("authoredOn", ""), t["id"]))
+    total = len(tasks)
+    start = (f.page - 1) * f.per_page
+    page = tasks[start : start + f.per_page]
+    sources = await read_many(
+        hapi, "Patient", [records.ref_id(t.get("focus", {}).get("reference")) or "" for t in page]
+    )
+    items = []
+    for t in page:
+        focus = records.ref_id(t.get("focus", {}).get("reference"))
+        items.append(
+            {
+                "task": t["id"],
+                "kind": task_kind(t),
+                "score": task_score(t),
+                "rule": task_input(t, "rule"),
+                "authoredOn": t.get("authoredOn"),
+                "source": person_summary(sources.get(focus or "")),
+                "golden": records.ref_id(t.get("for", {}).get("reference")),
+                "candidate": records.ref_id((task_input(t, "candidate") or {}).get("reference")),
+            }
+        )
+    return {"total": total, "page": f.page, "per_page": f.per_page, "kind": f.kind, "items": items}
+
+
+async def _live_golden(hapi: HapiClient, golden_id: str) -> Resource:
+    for _ in range(10):
+        golden = await hapi.read("Patient", golden_id)
+        if golden is None or not records.is_golden(golden):
+            raise NotFound(f"Golden record Patient/{golden_id} does not exist.")
+        successor = records.replaced_by(golden)
+        if successor is None:
+            return golden
+        golden_id = successor
+    raise NotFound("Too many replaced-by links.")
+
+
+def field_agreement(level: str, field: matching.FieldExplanation, rules: matching.Rules) -> str:
+    """agree / close / differ / missing for one compared field."""
+    names = next((f.level_names for f in rules.fields if f.name == field.field), ())
+    if not field.left or not field.right or (names and level == names[0]):
+        return "missing"
+    if names and len(names) > 1 and level == names[1]:
+        return "agree"
+    if level == "else" or field.weight <= 0:
+        return "differ"
+    return "close"
+
+
+async def pair(hapi: HapiClient, cfg: RegistryConfig, task_id: str) -> dict[str, Any]:
+    task = await hapi.read("Task", task_id)
+    if task is None or task_kind(task) not in KINDS:
+        raise NotFound(f"Review Task/{task_id} does not exist.")
+    focus = records.ref_id(task.get("focus", {}).get("reference"))
+    source = await hapi.read("Patient", focus) if focus else None
+    if source is None:
+        raise NotFound(f"The submitted record of Task/{task_id} no longer exists.")
+    subject_golden = await _live_golden(
+        hapi, records.golden_id_of(source) or records.ref_id(task["for"]["reference"]) or ""
+    )
+    other_id = records.ref_id((task_input(task, "candidate") or {}).get("reference")) or ""
+    other_golden = await _live_golden(hapi, other_id)
+    other_sources = await read_many(hapi, "Patient", records.source_ids_of(other_golden))
+    candidates = [
+        matching.Candidate(id=sid, golden_id=other_golden["id"], resource=s)
+        for sid, s in other_sources.items()
+        if sid != source["id"]
+    ]
+    result: dict[str, Any] = {
+        "task": {
+            "id": task["id"],
+            "kind": task_kind(task),
+            "status": task.get("status"),
+            "decision": task.get("businessStatus", {}).get("text"),
+            "score": task_score(task),
+            "rule": task_input(task, "rule"),
+            "authoredOn": task.get("authoredOn"),
+        },
+        "same_golden": subject_golden["id"] == other_golden["id"],
+        "left": {
+            "record": person_summary(source),
+            "golden": subject_golden["id"],
+            "golden_sources": len(records.source_ids_of(subject_golden)),
+        },
+        "right": {"golden": other_golden["id"], "golden_sources": len(records.source_ids_of(other_golden))},
+        "thresholds": {
+            "auto_match": cfg.rules.auto_threshold,
+            "potential_match": cfg.rules.potential_threshold,
+        },
+    }
+    if candidates:
+        decision = matching.decide(source, candidates, cfg.rules)
+        best = decision.scores[0]
+        explanation = best.explanation
+        result["right"]["record"] = person_summary(other_sources[best.candidate_id])
+        result["score"] = best.score
+        result["classification"] = best.classification
+        result["explanation"] = explanation.to_dict()
+        result["fields"] = [
+            {
+                "field": fe.field,
+                "left": list(fe.left),
+                "right": list(fe.right),
+                "level": fe.level,
+                "weight": fe.weight,
+                "agreement": field_agreement(fe.level, fe, cfg.rules),
+            }
+            for fe in explanation.fields
+        ]
+        result["others"] = [
+            {"candidate": s.candidate_id, "score": s.score, "classification": s.classification}
+            for s in decision.scores
+        ]
+    return result
+
+
+async def auto_matches(hapi: HapiClient, since: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    """Recent submissions linked automatically to an existing person, not yet confirmed by a person."""
+    params = {
+        "subtype": f"{RESTFUL}|create,{RESTFUL}|update",
+        "_sort": "-date",
+        "_count": "500",
+    }
+    if since:
+        params["date"] = f"ge{since}"
+    events = await hapi.search("AuditEvent", params, max_results=2000)
+    picked: list[tuple[Resource, dict[str, str]]] = []
+    seen: set[str] = set()
+    for ev in events:
+        entity: dict[str, Any] = next(iter(ev.get("entity", [])), {})
+        details = {d.get("type"): d.get("valueString") for d in entity.get("detail", [])}
+        source_id = records.ref_id(entity.get("what", {}).get("reference"))
+        if details.get("decision") == "match" and source_id and source_id not in seen:
+            seen.add(source_id)
+            picked.append((ev, details))
+    sources = await read_many(
+        hapi, "Patient", [records.ref_id(e["entity"][0]["what"]["reference"]) or "" for e, _ in picked]
+    )
+    out = []
+    for ev, details in picked:
+        source_id = records.ref_id(ev["entity"][0]["what"]["reference"]) or ""
+        source = sources.get(source_id)
+        if source is None or records.is_manually_linked(source):
+            continue
+        out.append(
+            {
+                "auditEvent": ev["id"],
+                "recorded": ev.get("recorded"),
+                "score": float(details["score"]) if details.get("score") else None,
+                "rule": details.get("rule"),
+                "source": person_summary(source),
+                "golden": records.golden_id_of(source),
+            }
+        )
+        if len(out) >= limit:
+            break
+    return out
+
+
+async def search_people(
+    hapi: HapiClient, cfg: RegistryConfig, identifier: str | None, name: str | None
+) -> list[dict[str, Any]]:
+    if not identifier and not name:
+        raise InvalidInput("Search by identifier (system|value or value) or by name.")
+    goldens: dict[str, Resource] = {}
+    if identifier and identifier.startswith("cr-"):
+        golden = await hapi.read("Patient", identifier)
+        if golden is not None and records.is_golden(golden):
+            goldens[golden["id"]] = golden
+    params = {"_tag": f"{records.RECORD_TYPE_SYSTEM}|{records.SOURCE}", "_count": "100"}
+    if identifier:
+        params["identifier"] = identifier
+    if name:
+        params["name"] = name
+    sources = await hapi.search("Patient", params, max_results=100)
+    golden_ids = [g for s in sources if (g := records.golden_id_of(s)) and g not in goldens]
+    goldens.update(await read_many(hapi, "Patient", golden_ids))
+    out = []
+    for gid, golden in goldens.items():
+        matched = [person_summary(s) for s in sources if records.golden_id_of(s) == gid]
+        out.append(
+            {
+                "golden": gid,
+                "cruid": records.cruid_of(golden, cfg.cruid_system),
+                "active": golden.get("active", True),
+                "replaced_by": records.replaced_by(golden),
+                "sources": len(records.source_ids_of(golden)),
+                "matched": matched,
+            }
+        )
+    return out
+
+
+async def golden_view(hapi: HapiClient, cfg: RegistryConfig, golden_id: str) -> dict[str, Any]:
+    golden = await hapi.read("Patient", golden_id)
+    if golden is None or not records.is_golden(golden):
+        raise NotFound(f"Golden record Patient/{golden_id} does not exist.")
+    sources = await read_many(hapi, "Patient", records.source_ids_of(golden))
+    return {
+        "golden": golden_id,
+        "cruid": records.cruid_of(golden, cfg.cruid_system),
+        "active": golden.get("active", True),
+        "replaced_by": records.replaced_by(golden),
+        "distinct_from": sorted(records.distinct_from(golden)),
+        "sources": [person_summary(sources[s]) for s in records.source_ids_of(golden) if s in sources],
+        "history": await history(hapi, golden_id),
+    }
+
+
+def _event_summary(ev: Resource) -> dict[str, Any]:
+    agent: dict[str, Any] = next(iter(ev.get("agent", [])), {})
+    who = agent.get("who", {}).get("identifier", {})
+    action = next((c.get("code") for c in ev.get("subtype", [])), None)
+    admin = any(c.get("system") == ADMIN_ACTION_SYSTEM for c in ev.get("subtype", []))
+    entities = []
+    decision = None
+    for e in ev.get("entity", []):
+        details = {d.get("type"): d.get("valueString") for d in e.get("detail", [])}
+        item: dict[str, Any] = {
+            "what": e.get("what", {}).get("reference"),
+            "description": e.get("description"),
+        }
+        if "before" in details:
+            item["before"] = json.loads(details["before"] or "{}")
+            item["after"] = json.loads(details["after"] or "{}")
+        if "decision" in details:
+            decision = details["decision"]
+            item["details"] = details
+        entities.append(item)
+    return {
+        "id": ev["id"],
+        "recorded": ev.get("recorded"),
+        "action": action,
+        "by": who.get("value"),
+        "admin": admin and who.get("system") == ADMIN_USER_SYSTEM,
+        "decision": decision,
+        "note": ev.get("outcomeDesc"),
+        "entities": entities,
+    }
+
+
+async def history(hapi: HapiClient, patient_id: str) -> list[dict[str, Any]]:
+    """AuditEvents about the record and, for a golden record, about its source records; newest first."""
+    patient = await hapi.read("Patient", patient_id)
+    if patient is None:
+        raise NotFound(f"Patient/{patient_id} does not exist.")
+    ids = [patient_id]
+    if records.is_golden(patient):
+        ids.extend(records.source_ids_of(patient))
+    chunks = [ids[i : i + 50] for i in range(0, len(ids), 50)]
+    found = await asyncio.gather(
+        *(
+            hapi.search(
+                "AuditEvent",
+                {"entity": ",".join(records.ref(i) for i in c), "_sort": "-date", "_count": "200"},
+                max_results=500,
+            )
+            for c in chunks
+        )
+    )
+    events = {ev["id"]: ev for chunk in found for ev in chunk}
+    ordered = sorted(events.values(), key=lambda ev: ev.get("recorded", ""), reverse=True)
+    return [_event_summary(ev) for ev in ordered]

@@ -1,0 +1,102 @@
+"""Admin authentication: POS credentials refused, sessions checked on every request, CSRF, the CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from mediator.admin.users import UserStore
+from tests.admin.conftest import PASSWORD, AdminClient
+
+
+async def _outcome(resp, status: int) -> dict:
+    assert resp.status == status, await resp.text()
+    body = await resp.json(content_type=None)
+    assert body["resourceType"] == "OperationOutcome"
+    return body
+
+
+async def test_pos_client_is_refused_even_with_an_admin_session(admin):
+    resp = await admin.client.get("/admin/api/queue", headers={"X-OpenHIM-ClientID": "clinic-a"})
+    await _outcome(resp, 403)
+
+
+async def test_no_session_gets_401_and_html_is_sent_to_login(app_client):
+    await _outcome(await app_client.get("/admin/api/queue"), 401)
+    await _outcome(await app_client.get("/admin/audit", params={"patient": "x"}), 401)
+    resp = await app_client.get("/admin/", headers={"Accept": "text/html"}, allow_redirects=False)
+    assert resp.status == 303 and resp.headers["Location"].startswith("/admin/login")
+
+
+async def test_wrong_password_is_refused(app_client):
+    resp = await app_client.post("/admin/api/login", json={"username": "alice", "password": "nope" * 4})
+    await _outcome(resp, 401)
+    resp = await app_client.post("/admin/api/login", json={"username": "mallory", "password": PASSWORD})
+    await _outcome(resp, 401)
+
+
+async def test_cookie_is_httponly_samesite_strict(app_client):
+    resp = await app_client.post("/admin/api/login", json={"username": "alice", "password": PASSWORD})
+    assert resp.status == 200
+    cookie = resp.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/admin" in cookie
+
+
+async def test_state_change_without_csrf_token_is_refused_and_nothing_written(admin, pair, store):
+    resp = await admin.client.post(f"/admin/api/pairs/{pair.task}/decision", json={"decision": "same-person"})
+    await _outcome(resp, 403)
+    resp = await admin.client.post(
+        f"/admin/api/pairs/{pair.task}/decision",
+        json={"decision": "same-person"},
+        headers={"X-CSRF-Token": "forged"},
+    )
+    await _outcome(resp, 403)
+    task = await store.read("Task", pair.task)
+    assert task["status"] == "requested"
+
+
+async def test_removed_user_session_stops_working(admin, admin_settings):
+    assert (await admin.client.get("/admin/api/me")).status == 200
+    UserStore(admin_settings.users_file).remove("alice")
+    await _outcome(await admin.client.get("/admin/api/me"), 401)
+
+
+async def test_logout_ends_the_session(admin):
+    await admin.post("/admin/api/logout", {})
+    await _outcome(await admin.client.get("/admin/api/me"), 401)
+
+
+async def test_second_login_gets_its_own_session(app_client, second_admin):
+    alice = await AdminClient(app_client).login()
+    assert alice.csrf != second_admin.csrf
+    assert (await alice.get("/admin/api/me"))["user"] == "alice"
+    assert (await second_admin.get("/admin/api/me"))["user"] == "bob"
+
+
+def test_cli_creates_a_user_with_password_from_stdin(tmp_path):
+    users = tmp_path / "users.json"
+    env = {"CR_ADMIN_USERS_FILE": str(users), "CR_ADMIN_SECRET_KEY": "", "PATH": "/usr/bin:/bin"}
+    env["CR_ADMIN_SECRET_FILE"] = str(tmp_path / "secret.key")
+    run = subprocess.run(
+        [sys.executable, "-m", "mediator.admin", "create-user", "carol"],
+        input="a long enough password\n",
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    store = UserStore(users)
+    assert store.verify("carol", "a long enough password") is not None
+    assert store.verify("carol", "wrong password!!") is None
+    assert "a long enough password" not in users.read_text()
+    assert oct(users.stat().st_mode & 0o777) == "0o600"
+    short = subprocess.run(
+        [sys.executable, "-m", "mediator.admin", "create-user", "dave"],
+        input="short\n",
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert short.returncode == 2 and store.get("dave") is None
