@@ -76,6 +76,8 @@ def train(
     # fields learns their m. A field's m is the mean over the sessions that did not condition on it.
     learned: dict[int, list[np.ndarray]] = {k: [] for k in core}
     for k_fix in core:
+        if u[k_fix][0] > 0.05:
+            continue  # agreeing on gender conditions on nothing useful
         sel = blocked[:, k_fix] == 1
         if sel.sum() < 50:
             continue
