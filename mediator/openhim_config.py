@@ -68,7 +68,10 @@ def load_registration(settings: Settings) -> dict[str, Any]:
 
 
 def settings_as_console_config(settings: Settings) -> dict[str, Any]:
+    rules = load_rules(settings.rules_path)  # the thresholds in force, shown while not overridden
     return {
+        "autoMatchThreshold": rules.auto_threshold,
+        "potentialMatchThreshold": rules.potential_threshold,
         "hapiBaseUrl": settings.hapi_base_url,
         "hapiTimeoutSeconds": settings.hapi_timeout_s,
         "hapiConnectTimeoutSeconds": settings.hapi_connect_timeout_s,

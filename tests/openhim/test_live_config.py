@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from matching import load_rules
 from mediator.context import CONFIG, HAPI
 from tests.openhim.conftest import WAIT_S, behind
 
@@ -17,7 +18,8 @@ async def _registered(core, offline_settings, start_mediator, **changes):
 async def test_console_edit_is_applied_live(core, offline_settings, start_mediator):
     app, link = await _registered(core, offline_settings, start_mediator)
     before = app[CONFIG].current
-    assert before.rules.auto_threshold == 12 and before.open_mode
+    assert before.rules.auto_threshold == load_rules(offline_settings.rules_path).auto_threshold != 20
+    assert before.open_mode
 
     config = {
         **core.mediators[URN]["config"],

@@ -9,6 +9,7 @@ import tomllib
 
 import pytest
 
+from matching import load_rules
 from mediator.openhim_config import ConsoleConfigError, live_config, load_registration
 from mediator.settings import REPO_ROOT, Settings
 from tests.openhim_emulator import ValidationError, validate_config, validate_registration
@@ -28,6 +29,10 @@ def test_document_and_seeded_registration_pass_the_cores_validation():
     validate_registration(doc)
     assert doc["config"]["clientSystems"] == {"pos-a": "http://a.example.org/mrn"}
     assert doc["config"]["hapiTimeoutSeconds"] == 7
+    rules = load_rules(settings.rules_path)
+    assert doc["config"]["autoMatchThreshold"] == rules.auto_threshold, "the console shows the rules' values"
+    assert doc["config"]["potentialMatchThreshold"] == rules.potential_threshold
+    assert doc["config"]["overrideThresholds"] is False
 
 
 def test_the_emulators_validation_can_fail():
@@ -63,7 +68,7 @@ def test_every_config_param_changes_what_the_mediator_runs_with():
     settings = Settings()
     base = {**load_registration(settings)["config"], "autoMatchThreshold": 30}  # not in force: no override
     reference = live_config(base, settings)
-    assert reference.registry.rules.auto_threshold == 12
+    assert reference.registry.rules.auto_threshold == load_rules(settings.rules_path).auto_threshold != 30
     changes = {
         "hapiBaseUrl": "http://elsewhere:8080/fhir",
         "hapiTimeoutSeconds": 99,
