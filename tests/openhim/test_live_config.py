@@ -105,3 +105,16 @@ async def test_config_edit_while_the_mediator_was_away_arrives_at_its_start(
     assert (await core.console_set_config(URN, config))[0] == 200
     app, _ = await _registered(core, offline_settings, start_mediator)
     assert app[CONFIG].current.max_candidates == 77
+
+
+async def test_heartbeat_answer_ok_means_no_config(core, offline_settings, start_mediator):
+    """A mediator document without config: Koa answers the body-less 200 as "OK" (not a config)."""
+    app, link = await _registered(core, offline_settings, start_mediator)
+    before = app[CONFIG].current
+    core.mediators[URN]["config"] = None
+    core.mediators[URN]["_configModifiedTS"] = core.mediators[URN]["_lastHeartbeat"] + 3600  # "edited"
+    beats = len(core.heartbeats(URN))
+    await core.wait_for(lambda: len(core.heartbeats(URN)) >= beats + 3, WAIT_S)
+    assert link.configs_applied == 1 and link.config_errors == []
+    assert link.last_error is None and link.registrations == 1, "no error, no start-over"
+    assert app[CONFIG].current is before
