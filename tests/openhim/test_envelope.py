@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 
+from mediator.app import create_app
+from mediator.openhim import OPENHIM
 from tests.conftest import patient, unique_surname
 from tests.openhim.conftest import behind, mediator_url
 
@@ -76,3 +78,11 @@ async def test_bad_input_is_enveloped_as_completed(core, offline_settings, start
     tx = await core.route(mediator_url(client), "POST", "/fhir/Patient", body={"resourceType": "Observation"})
     assert tx.response["status"] == 400 and tx.status == "Completed" and tx.error is None
     assert json.loads(tx.response["body"])["resourceType"] == "OperationOutcome"
+
+
+async def test_without_openhim_settings_the_mediator_runs_on_its_own(aiohttp_client, offline_settings):
+    app = create_app(offline_settings)
+    client = await aiohttp_client(app)
+    assert OPENHIM not in app
+    resp = await client.get("/fhir/metadata", headers={"X-OpenHIM-TransactionID": "0" * 24})
+    assert resp.status == 200 and resp.content_type == "application/fhir+json"
