@@ -67,6 +67,10 @@ def create_app(
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[errors_middleware])
     app[SETTINGS] = settings
     app[CONFIG] = ConfigHolder(config or RegistryConfig.from_settings(settings))
+    if locks is None and settings.locks == "postgres":  # shared by replicas
+        from . import pg_locks
+
+        locks = pg_locks.setup(app, settings)
     lock_manager = locks or LocalKeyedLocks()
 
     async def hapi_session(app: web.Application) -> AsyncIterator[None]:

@@ -55,6 +55,11 @@ class Settings:
     openhim_mediator_port: int | None = None
     mediator_config_path: Path = REPO_ROOT / "mediator-config.json"
     log_level: str = "INFO"
+    # key locks: "local" (one process) or "postgres" (advisory locks shared by replicas, mediator/pg_locks.py)
+    locks: str = "local"
+    locks_dsn: str | None = None
+    locks_pool_size: int = 20
+    locks_timeout_s: float = 30.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -70,6 +75,9 @@ class Settings:
         client_systems = (
             {k: tuple(v) for k, v in json.loads(client_systems_raw).items()} if client_systems_raw else {}
         )
+        locks = get("CR_LOCKS", defaults.locks)
+        if locks not in ("local", "postgres"):
+            raise ValueError(f"CR_LOCKS must be 'local' or 'postgres', not {locks!r}")
         return cls(
             host=get("CR_HOST", defaults.host),
             port=int(num("CR_PORT", defaults.port)),
@@ -100,4 +108,8 @@ class Settings:
             openhim_mediator_port=int(get("CR_OPENHIM_MEDIATOR_PORT") or 0) or None,
             mediator_config_path=Path(get("CR_MEDIATOR_CONFIG", str(defaults.mediator_config_path))),
             log_level=get("CR_LOG_LEVEL", defaults.log_level),
+            locks=locks,
+            locks_dsn=get("CR_LOCKS_DSN") or None,
+            locks_pool_size=int(num("CR_LOCKS_POOL_SIZE", defaults.locks_pool_size)),
+            locks_timeout_s=num("CR_LOCKS_TIMEOUT_S", defaults.locks_timeout_s),
         )
