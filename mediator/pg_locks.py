@@ -1,0 +1,136 @@
+"""Key locks shared by every mediator replica: PostgreSQL transaction-level advisory locks.
+
+``hold(keys)`` takes one connection from a small pool, opens a transaction and takes
+``pg_advisory_xact_lock(k)`` for each key, each key hashed to a signed 64-bit integer and all taken in
+ascending order of that integer (the same total order in every replica, so two holders never deadlock).
+The transaction stays open for the duration of the ``async with`` body and is rolled back at the end, which
+releases every lock at once — also when the body raises, the task is cancelled, or the connection drops
+(PostgreSQL ends the transaction with the session). A hash collision of two keys only serialises two
+unrelated submissions; it never lets two related ones run together.
+
+Timeouts: waiting for a pool connection and for the locks is bounded by ``acquire_timeout_s``; past it the
+submission fails with 503 (:class:`~mediator.errors.UpstreamUnavailable`) and nothing has been written.
+
+Limitation: if the lock connection is lost while the body runs, PostgreSQL releases the locks before the
+body finishes. The body's HAPI writes keep their ``If-Match`` safety, so nothing is corrupted, but the
+"one golden record for a new person" guarantee is then only as good as one replica's. The loss is logged.
+Use with ``CR_LOCKS=postgres CR_LOCKS_DSN=postgresql://user:password@host:port/db`` (any database of the
+cluster; HAPI's own database is fine: advisory locks touch no table).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]
+from aiohttp import web
+
+from .errors import UpstreamUnavailable
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+# the array comes sorted from Python; unnest() yields it in order and count() consumes every row
+_LOCK_ALL = "SELECT count(pg_advisory_xact_lock(k)) FROM unnest($1::bigint[]) AS k"
+
+
+def key_id(key: str) -> int:
+    """A stable signed 64-bit integer for a lock key (the first 8 bytes of its BLAKE2b digest)."""
+    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8, person=b"cr-locks").digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+class PgAdvisoryLocks:
+    """A :class:`~mediator.locks.LockManager` over PostgreSQL advisory locks; ``start()`` before use."""
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        pool_size: int = 20,
+        acquire_timeout_s: float = 30.0,
+        connect_timeout_s: float = 5.0,
+    ) -> None:
+        self.dsn = dsn
+        self.pool_size = pool_size
+        self.acquire_timeout_s = acquire_timeout_s
+        self.connect_timeout_s = connect_timeout_s
+        self._pool: Any = None
+
+    async def start(self) -> None:
+        try:
+            self._pool = await asyncpg.create_pool(
+                self.dsn,
+                min_size=1,
+                max_size=self.pool_size,
+                timeout=self.connect_timeout_s,
+                command_timeout=self.acquire_timeout_s + 5,
+            )
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise UpstreamUnavailable(f"Cannot reach the lock database: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+    async def cleanup_ctx(self, app: web.Application) -> AsyncIterator[None]:
+        await self.start()
+        try:
+            yield
+        finally:
+            await self.close()
+
+    @asynccontextmanager
+    async def hold(self, keys: Iterable[str]) -> AsyncIterator[None]:
+        if self._pool is None:
+            raise RuntimeError("PgAdvisoryLocks.start() was not called")
+        ids = sorted({key_id(k) for k in keys})
+        try:
+            conn = await self._pool.acquire(timeout=self.acquire_timeout_s)
+        except TimeoutError as exc:
+            raise UpstreamUnavailable("All lock connections are busy; retry the request.") from exc
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise UpstreamUnavailable(f"Cannot reach the lock database: {exc}") from exc
+        try:
+            try:
+                await conn.execute(f"BEGIN; SET LOCAL lock_timeout = {int(self.acquire_timeout_s * 1000)}")
+                await conn.fetchval(_LOCK_ALL, ids)
+            except asyncpg.LockNotAvailableError as exc:
+                raise UpstreamUnavailable("Timed out waiting for a record lock; retry the request.") from exc
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                raise UpstreamUnavailable(f"Lock database error: {exc}") from exc
+            yield
+        finally:
+            await self._end(conn, len(ids))
+
+    async def _end(self, conn: Any, n_keys: int) -> None:
+        """Roll back (releasing every lock of the transaction) and give the connection back to the pool."""
+        try:
+            if conn.is_closed():
+                log.error("lock connection lost while holding locks", extra={"keys": n_keys})
+            else:
+                try:
+                    await conn.execute("ROLLBACK")
+                except Exception:
+                    log.warning("lock transaction did not roll back; closing its connection", exc_info=True)
+                    conn.terminate()  # ends the session, which releases its locks too
+        finally:
+            await self._pool.release(conn)
+
+
+def setup(app: web.Application, settings: Settings) -> PgAdvisoryLocks:
+    """Create the lock manager of ``settings`` and open/close its pool with the application."""
+    if not settings.locks_dsn:
+        raise ValueError("CR_LOCKS=postgres needs CR_LOCKS_DSN (postgresql://user:password@host:port/db)")
+    locks = PgAdvisoryLocks(
+        settings.locks_dsn,
+        pool_size=settings.locks_pool_size,
+        acquire_timeout_s=settings.locks_timeout_s,
+    )
+    app.cleanup_ctx.append(locks.cleanup_ctx)
+    return locks

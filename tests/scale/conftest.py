@@ -1,0 +1,126 @@
+"""PostgreSQL, HAPI on PostgreSQL and real mediator processes, started once per test session.
+
+``scripts/pg-start`` starts (or reuses) the project's private cluster on ``CR_TEST_PG_PORT`` (5433) and
+recreates the database ``hapi_test``; HAPI runs on it at ``CR_TEST_PG_HAPI_PORT`` (8096) with its own pid and
+log files, so the development servers can stay up meanwhile.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import patient, unique_surname
+
+REPO = Path(__file__).resolve().parents[2]
+PG_PORT = os.environ.get("CR_TEST_PG_PORT", "5433")
+PG_HAPI_PORT = os.environ.get("CR_TEST_PG_HAPI_PORT", "8096")
+PG_DB = os.environ.get("CR_TEST_PG_DB", "hapi_test")
+
+
+@pytest.fixture(scope="session")
+def pg_dsn() -> str:
+    env = {**os.environ, "PG_PORT": PG_PORT, "PG_DB": PG_DB, "PG_RESET_DB": "1"}
+    subprocess.run([str(REPO / "scripts" / "pg-start")], env=env, check=True)
+    return f"postgresql://hapi:hapi@127.0.0.1:{PG_PORT}/{PG_DB}"
+
+
+@pytest.fixture(scope="session")
+def pg_hapi_url(pg_dsn: str) -> Iterator[str]:
+    env = {
+        **os.environ,
+        "HAPI_DB": "postgres",
+        "SPRING_DATASOURCE_URL": f"jdbc:postgresql://127.0.0.1:{PG_PORT}/{PG_DB}",
+        "SPRING_DATASOURCE_USERNAME": "hapi",
+        "SPRING_DATASOURCE_PASSWORD": "hapi",
+        "HAPI_PORT": PG_HAPI_PORT,
+        "HAPI_DATA_DIR": str(REPO / "var" / f"test-pg-hapi-{PG_HAPI_PORT}"),
+        "HAPI_PID_FILE": str(REPO / "var" / f"test-pg-hapi-{PG_HAPI_PORT}.pid"),
+        "HAPI_LOG_FILE": str(REPO / "var" / f"test-pg-hapi-{PG_HAPI_PORT}.log"),
+    }
+    subprocess.run([str(REPO / "scripts" / "hapi-stop")], env=env, check=False)
+    subprocess.run([str(REPO / "scripts" / "hapi-start")], env=env, check=True)
+    try:
+        yield f"http://127.0.0.1:{PG_HAPI_PORT}/fhir"
+    finally:
+        subprocess.run([str(REPO / "scripts" / "hapi-stop")], env=env, check=False)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+@contextmanager
+def mediator_process(env: dict[str, str], log_path: Path, timeout_s: float = 60.0) -> Iterator[str]:
+    """``python -m mediator`` in a child process; yields its base URL once ``/health`` answers 200."""
+    port = free_port()
+    full_env = {**os.environ, **env, "CR_HOST": "127.0.0.1", "CR_PORT": str(port)}
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mediator"], cwd=REPO, env=full_env, stdout=log, stderr=subprocess.STDOUT
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not _healthy(f"{url}/health"):
+            if proc.poll() is not None:
+                raise RuntimeError(f"mediator exited with {proc.returncode}; see {log_path}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"mediator not healthy within {timeout_s}s; see {log_path}")
+            time.sleep(0.2)  # polling a condition with a deadline, not synchronising on time
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def replica_urls(pg_dsn: str, pg_hapi_url: str) -> Iterator[list[str]]:
+    """Two mediator replicas against one HAPI (on PostgreSQL), sharing PostgreSQL advisory locks."""
+    env = {
+        "CR_HAPI_URL": pg_hapi_url,
+        "CR_LOCKS": "postgres",
+        "CR_LOCKS_DSN": pg_dsn,
+        "CR_HAPI_TIMEOUT": "60",
+    }
+    logs = REPO / "var"
+    with (
+        mediator_process(env, logs / f"test-replica-{PG_HAPI_PORT}-1.log") as one,
+        mediator_process(env, logs / f"test-replica-{PG_HAPI_PORT}-2.log") as two,
+    ):
+        for n, url in enumerate((one, two)):  # warm both (first requests are slow), so they really race
+            warm_up = patient(f"urn:warm-up:{uuid.uuid4().hex}", str(n), family=unique_surname())
+            request = urllib.request.Request(
+                f"{url}/fhir/Patient",
+                data=json.dumps(warm_up).encode(),
+                headers={"Content-Type": "application/fhir+json"},
+            )
+            with urllib.request.urlopen(request, timeout=120) as response:
+                assert response.status == 201
+        yield [one, two]
+

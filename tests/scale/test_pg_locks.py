@@ -1,0 +1,112 @@
+"""PgAdvisoryLocks on a real PostgreSQL: exclusion across instances (as across replicas), release, timeout."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from mediator.errors import UpstreamUnavailable
+from mediator.pg_locks import PgAdvisoryLocks, key_id
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+async def two_managers(pg_dsn):
+    """Two lock managers with their own pools: what two mediator processes have."""
+    a = PgAdvisoryLocks(pg_dsn, pool_size=4, acquire_timeout_s=5)
+    b = PgAdvisoryLocks(pg_dsn, pool_size=4, acquire_timeout_s=0.5)
+    await a.start()
+    await b.start()
+    try:
+        yield a, b
+    finally:
+        await a.close()
+        await b.close()
+
+
+def test_key_ids_are_stable_signed_64_bit():
+    assert key_id("blk:abc") == key_id("blk:abc")
+    assert key_id("blk:abc") != key_id("blk:abd")
+    assert all(-(2**63) <= key_id(f"k{n}") < 2**63 for n in range(1000))
+
+
+async def test_a_held_key_blocks_the_other_instance_until_released(two_managers):
+    a, b = two_managers
+    entered = asyncio.Event()
+    release = asyncio.Event()
+    order: list[str] = []
+
+    async def first():
+        async with a.hold(["blk:x", "src:1"]):
+            order.append("a in")
+            entered.set()
+            await release.wait()
+            order.append("a out")
+
+    async def second():
+        await entered.wait()
+        async with b.hold(["src:2", "blk:x"]):  # shares blk:x
+            order.append("b in")
+
+    b.acquire_timeout_s = 10
+    task_a = asyncio.create_task(first())
+    task_b = asyncio.create_task(second())
+    await entered.wait()
+    await until_someone_waits_for_an_advisory_lock(a)
+    assert order == ["a in"]
+    release.set()
+    await asyncio.wait_for(asyncio.gather(task_a, task_b), 10)
+    assert order == ["a in", "a out", "b in"]
+
+
+async def test_disjoint_keys_do_not_wait(two_managers):
+    a, b = two_managers
+    async with a.hold(["blk:p"]), b.hold(["blk:q"]):
+        pass
+
+
+async def test_lock_wait_times_out_as_503_and_keys_are_released_after_errors(two_managers):
+    a, b = two_managers
+    with pytest.raises(RuntimeError):
+        async with a.hold(["blk:e"]):
+            raise RuntimeError("body failed")
+    async with a.hold(["blk:t"]):
+        with pytest.raises(UpstreamUnavailable):
+            async with b.hold(["blk:t"]):
+                pass  # pragma: no cover
+    async with b.hold(["blk:e", "blk:t"]):  # both free again
+        pass
+
+
+async def test_cancelled_waiter_leaves_no_lock_behind(two_managers):
+    a, b = two_managers
+    b.acquire_timeout_s = 10
+    async with a.hold(["blk:c"]):
+        waiter = asyncio.create_task(_enter(b, ["blk:c"]))
+        await until_someone_waits_for_an_advisory_lock(a)
+        assert not waiter.done()
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+    b.acquire_timeout_s = 0.5
+    async with b.hold(["blk:c"]):
+        pass
+
+
+async def _enter(locks, keys):
+    async with locks.hold(keys):
+        pass
+
+
+async def until_someone_waits_for_an_advisory_lock(locks, timeout_s=10.0):
+    """Bounded polling of pg_locks until a session waits for (has not been granted) an advisory lock."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    async with locks._pool.acquire() as conn:
+        while not await conn.fetchval(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        ):
+            assert loop.time() < deadline, "nobody waited for an advisory lock"
+            await asyncio.sleep(0.02)
