@@ -121,7 +121,10 @@ class CoreAPI:
             raise CoreUnavailable(f"heartbeat answered HTTP {status}")
         if not text.strip() or text.strip() == "OK":
             return None
-        return json.loads(text)
+        try:
+            return json.loads(text)
+        except ValueError:
+            return text  # not JSON: refused (and logged) like any other invalid config
 
 
 class RegistrationRefused(Exception):
