@@ -34,7 +34,10 @@ class Explanation:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["fields"] = [{**f, "left": list(f["left"]), "right": list(f["right"])} for f in d["fields"]]
+        d["fields"] = [
+            {**f, "left": list(f["left"]), "right": list(f["right"]), "weight": round(f["weight"], 4)}
+            for f in d["fields"]
+        ]
         return d
 
     def text(self) -> str:
@@ -77,7 +80,7 @@ def explain_pair(rules: Rules, table: Table, c: Compared, i: int, li: int, ri: i
                 left=table.columns[a].values[li],
                 right=table.columns[b].values[ri],
                 level=f.level_names[lv],
-                weight=round(float(c.weights[i, k]), 4),
+                weight=float(c.weights[i, k]),
                 m=f.m[lv - 1] if lv else None,
                 u=f.u[lv - 1] if lv else None,
             )

@@ -10,6 +10,7 @@ import math
 import pathlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, TypeGuard
 
 import numpy as np
@@ -100,6 +101,20 @@ class Rules:
     swap: tuple[str, str] | None
     max_block_size: int
     source: Mapping[str, Any] = field(compare=False, repr=False)
+
+    @cached_property
+    def compiled_rules(self) -> tuple[tuple[tuple[int, np.ndarray], ...], ...]:
+        """Per deterministic rule: (field index, allowed-level mask) for each condition."""
+        index = {f.name: k for k, f in enumerate(self.fields)}
+        out = []
+        for r in self.deterministic:
+            conds = []
+            for fname, allowed in r.when.items():
+                k = index[fname]
+                names = self.fields[k].level_names
+                conds.append((k, np.array([nm in allowed for nm in names], dtype=bool)))
+            out.append(tuple(conds))
+        return tuple(out)
 
     @property
     def prior_weight(self) -> float:

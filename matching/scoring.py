@@ -8,6 +8,7 @@ fields' weights: the log2 posterior odds that the two records are the same perso
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,7 +38,33 @@ class Table:
         return cls([extract(p, rules) for p in patients], rules)
 
 
+_EXTRACTED: OrderedDict[tuple[int, str, str, str], dict[str, tuple[str, ...]]] = OrderedDict()
+_EXTRACTED_MAX = 200_000
+
+
 def extract(patient: Mapping[str, Any], rules: Rules) -> dict[str, tuple[str, ...]]:
+    """The normalised values of every field. Stored records carry ``meta.versionId`` (HAPI bumps it on every
+    change), so their values are cached by (rules, id, versionId, lastUpdated); others are recomputed."""
+    meta = patient.get("meta")
+    key = None
+    if (
+        isinstance(meta, Mapping)
+        and isinstance(meta.get("versionId"), str)
+        and isinstance(patient.get("id"), str)
+    ):
+        key = (id(rules), patient["id"], meta["versionId"], str(meta.get("lastUpdated")))
+        hit = _EXTRACTED.get(key)
+        if hit is not None:
+            return hit
+    row = _extract(patient, rules)
+    if key is not None:
+        _EXTRACTED[key] = row
+        if len(_EXTRACTED) > _EXTRACTED_MAX:
+            _EXTRACTED.popitem(last=False)
+    return row
+
+
+def _extract(patient: Mapping[str, Any], rules: Rules) -> dict[str, tuple[str, ...]]:
     cache: dict[str, tuple[str, ...]] = {}
     out = {}
     for f in rules.fields:
@@ -138,8 +165,9 @@ def classify(
     decided = np.full(n, -1, dtype=np.int16)
     capped = np.full(n, -1, dtype=np.int16)
     undecided = np.ones(n, dtype=bool)
+    compiled = rules.compiled_rules
     for i, r in enumerate(rules.deterministic):
-        fires = _fires(levels, r.when, rules)
+        fires = _fires(levels, compiled[i])
         if r.then is not None:
             hit = fires & undecided
             outcome[hit] = OUTCOMES.index(r.then)
@@ -148,17 +176,14 @@ def classify(
     for i, r in enumerate(rules.deterministic):
         if r.at_most is not None:
             cap = OUTCOMES.index(r.at_most)
-            hit = _fires(levels, r.when, rules) & (outcome > cap)
+            hit = _fires(levels, compiled[i]) & (outcome > cap)
             outcome[hit] = cap
             capped[hit & (capped < 0)] = i
     return outcome, decided, capped
 
 
-def _fires(levels: np.ndarray, when: Mapping[str, frozenset[str]], rules: Rules) -> np.ndarray:
+def _fires(levels: np.ndarray, conds: tuple[tuple[int, np.ndarray], ...]) -> np.ndarray:
     ok = np.ones(levels.shape[0], dtype=bool)
-    for fname, allowed in when.items():
-        k = _index(rules, fname)
-        names = rules.fields[k].level_names
-        codes = [i for i, nm in enumerate(names) if nm in allowed]
-        ok &= np.isin(levels[:, k], codes)
+    for k, mask in conds:
+        ok &= mask[levels[:, k]]
     return ok

@@ -66,8 +66,10 @@ def test_phonetic_spelling_variants_of_african_names(rules: matching.Rules) -> N
     assert phonetic("tchoumi") == phonetic("choumi")
 
 
-def test_middle_name_used_as_given(rules: matching.Rules) -> None:
+def test_middle_name_used_as_given_is_its_own_level(rules: matching.Rules) -> None:
     got = levels(rules, patient("a", ["Samuel", "Kiprono"], "Kiprop"), patient("b", "Kiprono", "Kiprop"))
+    assert got["given"] == "middle"
+    got = levels(rules, patient("a", ["Samuel", "Kiprono"], "Kiprop"), patient("b", "Samuel", "Kiprop"))
     assert got["given"] == "exact"
 
 
