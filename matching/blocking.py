@@ -63,13 +63,21 @@ def _full(p: Mapping[str, Any]) -> list[str]:
     return [f"{d[0]:04d}{a:02d}{b:02d}"]  # day/month sorted: swaps land in the same block
 
 
+def _name_pairs(p: Mapping[str, Any]) -> list[str]:
+    """Sorted (given, family) phonetic pairs: the same key whichever way round the names were recorded."""
+    gs, fs = _phon(nz.given(p)[:3]), _phon(nz.family(p)[:2])
+    return list(dict.fromkeys("-".join(sorted((g, f))) for g in gs for f in fs if g != f))
+
+
 PARTS: dict[str, Callable[[Mapping[str, Any], Rules], list[str]]] = {
     "family.phonetic": lambda p, r: _phon(nz.family(p)),
     "given.phonetic": lambda p, r: _phon(nz.given(p)),
     "names.phonetic": lambda p, r: _phon(nz.given(p) + nz.family(p)),
     "family.initial": lambda p, r: [t[0].upper() for t in nz.family(p)[:1]],
     "given.initial": lambda p, r: [t[0].upper() for t in nz.given(p)[:1]],
+    "names.pair": lambda p, r: _name_pairs(p),
     "birthDate.year": lambda p, r: [s[:4] for s in nz.birth_date(p)],
+    "birthDate.decade": lambda p, r: [s[:3] for s in nz.birth_date(p)],
     "birthDate.day_month": lambda p, r: _day_month(p),
     "birthDate.full": lambda p, r: _full(p),
     "gender": lambda p, r: [g[0].upper() for g in nz.gender(p)],

@@ -48,13 +48,13 @@ def test_all_problems_reported_with_lines(tmp_path: pathlib.Path) -> None:
 def test_mapping_problems_name_key_paths(rules: matching.Rules) -> None:
     doc = rules.to_dict()
     doc["fields"]["birth_date"]["levels"].pop("swapped")
-    doc["blocking"][0]["key"] = ["birthDate.decade"]
+    doc["blocking"][0]["key"] = ["birthDate.century"]
     doc["thresholds"]["potential_match"] = 50
     with pytest.raises(matching.RulesError) as err:
         matching.load_rules(doc)
     text = "\n".join(err.value.problems)
     assert "fields.birth_date.levels: level 'swapped' needs" in text
-    assert "blocking.0.key.0: unknown key part 'birthDate.decade'" in text
+    assert "blocking.0.key.0: unknown key part 'birthDate.century'" in text
     assert "thresholds.potential_match: must not be above auto_match" in text
     assert "line " not in text
 
