@@ -123,4 +123,3 @@ def replica_urls(pg_dsn: str, pg_hapi_url: str) -> Iterator[list[str]]:
             with urllib.request.urlopen(request, timeout=120) as response:
                 assert response.status == 201
         yield [one, two]
-

@@ -1,0 +1,454 @@
+"""Bulk load of a facility's patient list (FHIR NDJSON or CSV) through the registry's own workflow.
+
+    python -m mediator.bulk load FILE --system URI [--registry URL | (in-process: CR_* settings)]
+                                      [--batch 50] [--concurrency 2] [--job-dir var/bulk]
+
+Rows are decided in batches of at most ``--batch`` submissions, each batch one all-or-nothing HAPI
+transaction (``Registry.submit_all``, or a transaction Bundle posted to a running registry's ``/fhir``). A
+batch that fails is retried one row at a time, so a bad row is reported with its row number (its line in
+the file; a CSV's header is line 1) and the rest go on; nothing half-written remains of a failed row.
+
+Resumable: the job's state (rows done, counts) is a JSON file in ``--job-dir`` written after every batch;
+running the same command again goes on after the last row known done. Rows after it that were written
+before a stop are submitted again, which updates the same source records (their ids derive from the
+identifiers), so a resume never duplicates a record. The decisions report is a CSV beside the state:
+``row,source_id,outcome,golden_id,cruid,score,rule,error`` (outcome: match / potential / no_match, the
+registry's own words; in ``--registry`` mode the FHIR API gives no scores: outcome ``created``/``updated``).
+
+CSV columns (header row; names are case-insensitive; empty cells are left out; unknown columns are an error):
+
+    id           required  the record's number at the facility -> identifier {system: --system, value: id}
+    family, given          name (given: space-separated names)
+    gender                 male | female | other | unknown (M / F accepted)
+    birth_date             YYYY, YYYY-MM or YYYY-MM-DD
+    phone, email           telecom
+    national_id            identifier of --national-id-system (default: the first CR_SHARED_SYSTEMS)
+    address_line, city, district, country      address
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from .audit import Actor
+from .errors import RegistryError, UpstreamTimeout, UpstreamUnavailable
+from .registry import Registry, Submission, SubmissionResult
+from .validation import validate_patient
+
+CSV_COLUMNS = (
+    *("id", "family", "given", "gender", "birth_date", "phone", "email", "national_id"),
+    *("address_line", "city", "district", "country"),
+)
+REPORT_FIELDS = ["row", "source_id", "outcome", "golden_id", "cruid", "score", "rule", "error"]
+_UPSTREAM = (UpstreamUnavailable, UpstreamTimeout)
+_GENDERS = {
+    "m": "male",
+    "f": "female",
+    "male": "male",
+    "female": "female",
+    "other": "other",
+    "unknown": "unknown",
+}
+
+
+@dataclass
+class Row:
+    number: int
+    patient: dict[str, Any] | None
+    error: str | None = None
+
+
+@dataclass
+class Decision:
+    row: int
+    source_id: str = ""
+    outcome: str = ""
+    golden_id: str = ""
+    cruid: str = ""
+    score: float | None = None
+    rule: str = ""
+    error: str = ""
+
+
+# -- reading -----------------------------------------------------------------------------------------
+
+
+def csv_patient(record: dict[str, str], system: str, national_id_system: str | None) -> dict[str, Any]:
+    get = {k.strip().lower(): (v or "").strip() for k, v in record.items() if k}.get
+    if not get("id"):
+        raise ValueError("the id column is empty")
+    patient: dict[str, Any] = {
+        "resourceType": "Patient",
+        "identifier": [{"system": system, "value": get("id")}],
+    }
+    if get("national_id") and national_id_system:
+        patient["identifier"].append({"system": national_id_system, "value": get("national_id")})
+    name: dict[str, Any] = {}
+    if get("family"):
+        name["family"] = get("family")
+    if get("given"):
+        name["given"] = (get("given") or "").split()
+    if name:
+        patient["name"] = [{"use": "official", **name}]
+    if get("gender"):
+        gender = _GENDERS.get((get("gender") or "").lower())
+        if gender is None:
+            raise ValueError(f"gender {get('gender')!r} is not one of male, female, other, unknown")
+        patient["gender"] = gender
+    if get("birth_date"):
+        patient["birthDate"] = get("birth_date")
+    telecom = [{"system": s, "value": get(s)} for s in ("phone", "email") if get(s)]
+    if telecom:
+        patient["telecom"] = telecom
+    address: dict[str, Any] = {k: get(k) for k in ("city", "district", "country") if get(k)}
+    if get("address_line"):
+        address["line"] = [get("address_line")]
+    if address:
+        patient["address"] = [address]
+    return patient
+
+
+def read_rows(path: Path, system: str | None, national_id_system: str | None) -> Iterator[Row]:
+    """Every data row of the file as a validated Patient, or an error with its line number."""
+    if path.suffix.lower() == ".csv":
+        if not system:
+            raise ValueError("a CSV file needs --system (the facility's identifier system)")
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            unknown = [c for c in reader.fieldnames or [] if c.strip().lower() not in CSV_COLUMNS]
+            if unknown or "id" not in [c.strip().lower() for c in reader.fieldnames or []]:
+                raise ValueError(
+                    f"CSV columns: unknown {unknown}, or no id column; known: {', '.join(CSV_COLUMNS)}"
+                )
+            for record in reader:
+                yield _checked(reader.line_num, lambda r=record: csv_patient(r, system, national_id_system))
+        return
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if line.strip():
+                yield _checked(number, lambda line=line: json.loads(line))
+
+
+def _checked(number: int, build: Any) -> Row:
+    try:
+        patient = build()
+        if not isinstance(patient, dict):
+            raise ValueError("not a JSON object")
+        patient.pop("id", None)  # the registry names records by their identifiers
+        patient.pop("meta", None)
+        return Row(number, validate_patient(patient))
+    except RegistryError as exc:
+        return Row(number, None, exc.diagnostics)
+    except ValueError as exc:  # json.JSONDecodeError is a ValueError
+        return Row(number, None, str(exc))
+
+
+# -- submitting --------------------------------------------------------------------------------------
+
+
+class Submitter(Protocol):
+    async def submit(self, rows: Sequence[Row]) -> list[Decision]: ...
+
+
+def _key(patient: dict[str, Any], system: str | None) -> tuple[str, str] | None:
+    if system is None:
+        return None
+    for ident in patient.get("identifier", []):
+        if ident.get("system") == system and ident.get("value"):
+            return system, str(ident["value"])
+    raise RegistryError(f"The row has no identifier of the file's system {system}.")
+
+
+class InProcess:
+    """Decide through a :class:`Registry` in this process (``Registry.submit_all``: one HAPI transaction)."""
+
+    def __init__(self, registry: Registry, system: str | None) -> None:
+        self.registry = registry
+        self.system = system
+        self.actor = Actor(client_id=None, address="bulk-load")
+
+    async def submit(self, rows: Sequence[Row]) -> list[Decision]:
+        subs = [
+            Submission(
+                patient=r.patient or {}, actor=self.actor, conditional=_key(r.patient or {}, self.system)
+            )
+            for r in rows
+        ]
+        results = await self.registry.submit_all(subs)
+        return [_decision(r.number, res) for r, res in zip(rows, results, strict=True)]
+
+
+def _decision(row: int, res: SubmissionResult) -> Decision:
+    return Decision(row, res.source_id, res.outcome, res.golden_id, res.cruid, res.score, res.rule)
+
+
+class OverHttp:
+    """Decide through a running registry: a transaction Bundle per batch, posted to ``{url}/fhir``."""
+
+    def __init__(self, session: Any, url: str, system: str | None) -> None:
+        self.session, self.url, self.system = session, url.rstrip("/"), system
+
+    async def submit(self, rows: Sequence[Row]) -> list[Decision]:
+        entries = []
+        for r in rows:
+            key = _key(r.patient or {}, self.system)
+            url = f"Patient?identifier={key[0]}|{key[1]}" if key else "Patient"
+            entries.append(
+                {"resource": r.patient, "request": {"method": "PUT" if key else "POST", "url": url}}
+            )
+        body = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+        async with self.session.post(f"{self.url}/fhir", json=body) as resp:
+            answer = await resp.json(content_type=None)
+            if resp.status != 200:
+                issues = answer.get("issue", [{}]) if isinstance(answer, dict) else [{}]
+                message = str(issues[0].get("diagnostics", f"HTTP {resp.status}"))
+                raise (UpstreamUnavailable if resp.status >= 500 else RegistryError)(message)
+        out = []
+        for r, entry in zip(rows, answer.get("entry", []), strict=True):
+            patient = entry.get("resource", {})
+            golden = next((lk["other"]["reference"].split("/")[1] for lk in patient.get("link", [])), "")
+            cruid = patient.get("identifier", [{}])[-1].get("value", "")
+            outcome = "created" if entry["response"]["status"].startswith("201") else "updated"
+            out.append(Decision(r.number, patient.get("id", ""), outcome, golden, cruid))
+        return out
+
+
+# -- the job -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class JobState:
+    file: str
+    system: str | None
+    rows_done: int = 0  # every row up to this line number is decided (or reported as an error)
+    counts: dict[str, int] = field(default_factory=dict)
+    finished: bool = False
+    seconds: float = 0.0
+
+
+class BulkJob:
+    def __init__(
+        self,
+        path: Path,
+        submitter: Submitter,
+        *,
+        system: str | None,
+        job_dir: Path,
+        national_id_system: str | None = None,
+        batch_size: int = 50,
+        concurrency: int = 2,
+        progress: Any = None,
+    ) -> None:
+        self.path, self.submitter, self.system = path, submitter, system
+        self.national_id_system = national_id_system
+        self.batch_size, self.concurrency = max(1, batch_size), max(1, concurrency)
+        ident = hashlib.sha256(f"{path.resolve()}|{system}".encode()).hexdigest()[:12]
+        job_dir.mkdir(parents=True, exist_ok=True)
+        self.state_path = job_dir / f"{path.stem}-{ident}.state.json"
+        self.report_path = job_dir / f"{path.stem}-{ident}.report.csv"
+        self.progress = progress
+        self.state = self._load()
+
+    def _load(self) -> JobState:
+        if self.state_path.exists():
+            return JobState(**json.loads(self.state_path.read_text()))
+        return JobState(file=str(self.path), system=self.system)
+
+    def _save(self) -> None:
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self.state)))
+        os.replace(tmp, self.state_path)
+
+    def _open_report(self) -> Any:
+        """The report keeps the lines of rows known done; lines of rows after them are written again."""
+        kept: list[dict[str, str]] = []
+        if self.report_path.exists():
+            with self.report_path.open(newline="") as f:
+                kept = [r for r in csv.DictReader(f) if int(r["row"]) <= self.state.rows_done]
+        f = self.report_path.open("w", newline="")
+        writer = csv.DictWriter(f, REPORT_FIELDS)
+        writer.writeheader()
+        writer.writerows(kept)
+        return f, writer
+
+    async def run(self) -> JobState:
+        if self.state.finished:
+            return self.state
+        started = time.perf_counter() - self.state.seconds
+        rows = (r for r in read_rows(self.path, self.system, self.national_id_system))
+        report_file, writer = self._open_report()
+        pending: dict[int, list[Decision] | None] = {}  # batch index -> decisions once done
+        last_row: dict[int, int] = {}
+        next_to_flush = 0
+        sem = asyncio.Semaphore(self.concurrency)
+        tasks: set[asyncio.Task[None]] = set()
+        failures: list[Exception] = []  # a batch that failed as a whole (not a row error) stops the job
+
+        async def decide(index: int, batch: list[Row]) -> None:
+            try:
+                pending[index] = await self._decide(batch)
+            except Exception as exc:
+                failures.append(exc)
+            finally:
+                sem.release()
+
+        def flush() -> None:
+            nonlocal next_to_flush
+            while pending.get(next_to_flush) is not None:
+                decisions = pending.pop(next_to_flush) or []
+                for d in decisions:
+                    writer.writerow({**asdict(d), "score": "" if d.score is None else round(d.score, 4)})
+                    key = "error" if d.error else d.outcome
+                    self.state.counts[key] = self.state.counts.get(key, 0) + 1
+                report_file.flush()
+                self.state.rows_done = last_row.pop(next_to_flush)
+                self.state.seconds = time.perf_counter() - started
+                self._save()
+                next_to_flush += 1
+                if self.progress:
+                    self.progress(self.state)
+
+        try:
+            todo = (r for r in rows if r.number > self.state.rows_done)
+            for index, batch in enumerate(_batches(todo, self.batch_size)):
+                await sem.acquire()
+                flush()
+                if failures:
+                    break
+                pending[index], last_row[index] = None, batch[-1].number
+                task = asyncio.create_task(decide(index, batch))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            if tasks:
+                await asyncio.gather(*tasks)
+            flush()
+            if failures:
+                raise failures[0]
+            self.state.finished = True
+            self.state.seconds = time.perf_counter() - started
+            self._save()
+        finally:
+            for task in tasks:
+                task.cancel()
+            report_file.close()
+        return self.state
+
+    async def _decide(self, batch: list[Row]) -> list[Decision]:
+        bad = {r.number: Decision(r.number, error=r.error or "") for r in batch if r.patient is None}
+        good = [r for r in batch if r.patient is not None]
+        decided: dict[int, Decision] = {}
+        try:
+            if good:
+                decided = {d.row: d for d in await self.submitter.submit(good)}
+        except _UPSTREAM:
+            raise  # HAPI or the registry is down: stop; the job resumes from its last saved row
+        except RegistryError:
+            for r in good:  # one at a time: the bad row gets its error, the others their decision
+                try:
+                    decided[r.number] = (await self.submitter.submit([r]))[0]
+                except _UPSTREAM:
+                    raise
+                except RegistryError as exc:
+                    decided[r.number] = Decision(r.number, error=exc.diagnostics)
+        merged = {**bad, **decided}
+        return [merged[r.number] for r in batch]
+
+
+def _batches(rows: Iterator[Row], size: int) -> Iterator[list[Row]]:
+    batch: list[Row] = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+# -- CLI ---------------------------------------------------------------------------------------------
+
+
+def _print_progress(state: JobState) -> None:
+    done = sum(state.counts.values())
+    rate = done / state.seconds if state.seconds else 0.0
+    print(f"bulk: line {state.rows_done}  {json.dumps(state.counts)}  {rate:.1f} rows/s", file=sys.stderr)
+
+
+async def load(args: argparse.Namespace) -> JobState:
+    import aiohttp
+
+    from .settings import Settings
+
+    settings = Settings.from_env()
+    national = args.national_id_system or (settings.shared_identifier_systems or (None,))[0]
+    options = dict(
+        system=args.system,
+        job_dir=Path(args.job_dir),
+        national_id_system=national,
+        batch_size=args.batch,
+        concurrency=args.concurrency,
+        progress=None if args.quiet else _print_progress,
+    )
+    timeout = aiohttp.ClientTimeout(total=max(settings.hapi_timeout_s * 4, 120))
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        if args.registry:
+            return await BulkJob(
+                Path(args.file), OverHttp(session, args.registry, args.system), **options
+            ).run()
+        async with registry_in_process(settings) as registry:
+            return await BulkJob(Path(args.file), InProcess(registry, args.system), **options).run()
+
+
+@asynccontextmanager
+async def registry_in_process(settings: Any) -> AsyncIterator[Registry]:
+    """The registry of ``create_app(settings)`` with its resources (HAPI session, locks) open, no server."""
+    from aiohttp import web
+
+    from .app import create_app
+    from .context import REGISTRY
+
+    app = create_app(settings)
+    runner = web.AppRunner(app)
+    await runner.setup()  # runs the cleanup_ctx start-up half
+    try:
+        yield app[REGISTRY]
+    finally:
+        await runner.cleanup()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mediator.bulk", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("load", help="load a .ndjson or .csv file (resumes an interrupted job of that file)")
+    p.add_argument("file")
+    p.add_argument("--system", help="the facility's identifier system (required for CSV)")
+    p.add_argument("--national-id-system", help="identifier system of the CSV national_id column")
+    p.add_argument("--registry", help="base URL of a running mediator; default: decide in this process")
+    p.add_argument("--batch", type=int, default=50, help="submissions per HAPI transaction (default 50)")
+    p.add_argument("--concurrency", type=int, default=2, help="batches in flight (default 2)")
+    p.add_argument("--job-dir", default="var/bulk", help="job state and report (default var/bulk)")
+    p.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        state = asyncio.run(load(args))
+    except ValueError as exc:
+        print(f"bulk: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(asdict(state)))
+    return 0 if not state.counts.get("error") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

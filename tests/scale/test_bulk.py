@@ -1,0 +1,179 @@
+"""Bulk load through the registry workflow, against the real (H2) test HAPI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mediator import bulk, records
+from mediator.app import create_app
+from mediator.errors import RegistryError
+from tests.conftest import REPO, patient, unique_surname
+
+
+def _report(job: bulk.BulkJob) -> list[dict[str, str]]:
+    with job.report_path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _csv(path: Path, rows: list[dict[str, str]]) -> Path:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, ["id", "family", "given", "gender", "birth_date", "phone", "city"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+async def test_csv_rows_are_decided_and_a_bad_row_is_reported_with_its_line(
+    settings, store, facility, tmp_path
+):
+    family = unique_surname()
+    person = {"family": family, "given": "Amina", "gender": "F", "birth_date": "1987-04-12"}
+    phone = patient(facility, "-", family=family)["telecom"][0]["value"]
+    path = _csv(
+        tmp_path / "clinic.csv",
+        [
+            {"id": "A1", **person, "phone": phone},
+            {"id": "A2", **person, "phone": phone},  # the same person again: linked
+            {"id": "A3", **person, "gender": "x"},  # line 4: bad gender
+            {"id": "A4", **person, "birth_date": "12/04/1987"},  # line 5: bad date (FHIR validation)
+            {"id": "A5", "family": unique_surname(), "given": "Okello", "gender": "male"},
+        ],
+    )
+    async with bulk.registry_in_process(settings) as registry:
+        job = bulk.BulkJob(
+            path, bulk.InProcess(registry, facility), system=facility, job_dir=tmp_path / "jobs", batch_size=2
+        )
+        state = await job.run()
+    report = {int(r["row"]): r for r in _report(job)}
+    assert sorted(report) == [2, 3, 4, 5, 6]
+    assert report[4]["error"] and "gender" in report[4]["error"]
+    assert report[5]["error"] and not report[5]["source_id"]
+    assert report[3]["outcome"] == "match"
+    assert report[2]["golden_id"] == report[3]["golden_id"]
+    assert float(report[3]["score"]) > 0
+    assert state.finished and state.rows_done == 6 and state.counts["error"] == 2
+    sources = await store.sources_with(facility)
+    assert sorted(i["value"] for s in sources for i in s["identifier"] if i["system"] == facility) == [
+        "A1",
+        "A2",
+        "A5",
+    ]
+    golden = await store.read("Patient", report[2]["golden_id"])
+    assert sorted(records.source_ids_of(golden)) == sorted([report[2]["source_id"], report[3]["source_id"]])
+
+
+class Crash(Exception):
+    pass
+
+
+class CrashAfter:
+    """A submitter that stops the job (like a killed process) after ``n`` batches."""
+
+    def __init__(self, inner: bulk.Submitter, n: int) -> None:
+        self.inner, self.n = inner, n
+
+    async def submit(self, rows):
+        if self.n == 0:
+            raise Crash  # not a row error: the job stops where it is
+        self.n -= 1
+        return await self.inner.submit(rows)
+
+
+async def test_an_interrupted_ndjson_job_resumes_without_duplicates(settings, store, facility, tmp_path):
+    lines = [json.dumps(patient(facility, f"P{n}", family=unique_surname())) for n in range(9)]
+    lines.insert(4, "{not json")  # line 5
+    lines.insert(7, json.dumps(patient("urn:other", "X", family=unique_surname())))  # line 8: not this system
+    path = tmp_path / "clinic.ndjson"
+    path.write_text("\n".join(lines) + "\n")
+    jobs = tmp_path / "jobs"
+    async with bulk.registry_in_process(settings) as registry:
+        first = bulk.BulkJob(
+            path,
+            CrashAfter(bulk.InProcess(registry, facility), 2),
+            system=facility,
+            job_dir=jobs,
+            batch_size=3,
+            concurrency=1,
+        )
+        with pytest.raises(Crash):
+            await first.run()
+        assert first.state.rows_done == 6 and not first.state.finished
+        second = bulk.BulkJob(
+            path, bulk.InProcess(registry, facility), system=facility, job_dir=jobs, batch_size=3
+        )
+        assert second.state.rows_done == 6  # read back from the state file
+        state = await second.run()
+    assert state.finished and state.rows_done == 11
+    report = _report(second)
+    assert [int(r["row"]) for r in report] == list(range(1, 12))
+    errors = {int(r["row"]): r["error"] for r in report if r["error"]}
+    assert set(errors) == {5, 8}
+    assert "urn:other" not in errors[8] and facility in errors[8]
+    sources = await store.sources_with(facility)
+    assert len(sources) == 9 and all(s["meta"]["versionId"] == "1" for s in sources)
+
+
+async def test_over_http_to_a_running_registry(aiohttp_server, settings, store, facility, tmp_path):
+    import aiohttp
+
+    server = await aiohttp_server(create_app(settings))
+    family = unique_surname()
+    lines = [json.dumps(patient(facility, f"H{n}", family=family, phone="+256700999888")) for n in range(3)]
+    lines.append(json.dumps({"resourceType": "Observation"}))
+    path = tmp_path / "c.ndjson"
+    path.write_text("\n".join(lines))
+    async with aiohttp.ClientSession() as session:
+        job = bulk.BulkJob(
+            path,
+            bulk.OverHttp(session, str(server.make_url("")), facility),
+            system=facility,
+            job_dir=tmp_path,
+        )
+        state = await job.run()
+    report = _report(job)
+    assert [r["outcome"] for r in report[:3]] == ["created"] * 3
+    assert len({r["golden_id"] for r in report[:3]}) == 1
+    assert report[3]["error"] and state.counts == {"created": 3, "error": 1}
+    assert len(await store.sources_with(facility)) == 3
+
+
+def test_cli_loads_a_csv_in_process(hapi_url, facility, tmp_path):
+    path = _csv(tmp_path / "f.csv", [{"id": "C1", "family": unique_surname(), "given": "Ali", "gender": "m"}])
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mediator.bulk",
+            "load",
+            str(path),
+            "--system",
+            facility,
+            "--job-dir",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        env={"CR_HAPI_URL": hapi_url, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    state = json.loads(run.stdout)
+    assert state["counts"] == {"no_match": 1} and state["finished"]
+
+
+def test_unknown_csv_columns_are_refused_together(tmp_path):
+    path = tmp_path / "x.csv"
+    path.write_text("id,surname,dob\n1,a,b\n")
+    with pytest.raises(ValueError, match=r"surname.*dob"):
+        list(bulk.read_rows(path, "urn:s", None))
+
+
+def test_registry_error_is_the_row_error_type():
+    assert issubclass(bulk.UpstreamUnavailable, RegistryError)
