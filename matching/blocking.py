@@ -11,6 +11,7 @@ import hashlib
 import itertools
 import re
 from collections.abc import Callable, Mapping
+from functools import cached_property
 from typing import Any
 
 from . import normalise as nz
@@ -24,12 +25,29 @@ def _h(s: str) -> str:
     return hashlib.sha1(s.encode()).hexdigest()[:12]
 
 
-def _date(p: Mapping[str, Any]) -> tuple[int, int, int] | None:
-    v = nz.birth_date(p)
-    if not v:
-        return None
-    s = v[0]
-    return int(s[:4]), int(s[5:7]), int(s[8:10])
+class _Facts:
+    """The normalised values block keys are made of, each computed at most once per record."""
+
+    def __init__(self, patient: Mapping[str, Any], rules: Rules) -> None:
+        self.p = patient
+        self.rules = rules
+
+    @cached_property
+    def given(self) -> tuple[str, ...]:
+        return nz.given(self.p)
+
+    @cached_property
+    def family(self) -> tuple[str, ...]:
+        return nz.family(self.p)
+
+    @cached_property
+    def date(self) -> tuple[int, int, int] | None:
+        v = nz.birth_date(self.p)
+        return (int(v[0][:4]), int(v[0][5:7]), int(v[0][8:10])) if v else None
+
+    @cached_property
+    def identifiers(self) -> tuple[str, ...]:
+        return nz.identifiers(self.p)
 
 
 def _precise(d: tuple[int, int, int] | None) -> bool:
@@ -40,58 +58,57 @@ def _phon(tokens: tuple[str, ...]) -> list[str]:
     return list(dict.fromkeys(nz.phonetic(t)[:8].upper() for t in tokens if len(t) > 1))
 
 
-def _shared_ids(p: Mapping[str, Any], rules: Rules) -> list[str]:
-    shared = set(rules.shared_identifier_systems)
-    return [_h(x) for x in nz.identifiers(p) if x.rpartition("|")[0] in shared]
+def _shared_ids(f: _Facts) -> list[str]:
+    shared = set(f.rules.shared_identifier_systems)
+    return [_h(x) for x in f.identifiers if x.rpartition("|")[0] in shared]
 
 
-def _day_month(p: Mapping[str, Any]) -> list[str]:
-    d = _date(p)
-    if not _precise(d):
+def _day_month(f: _Facts) -> list[str]:
+    d = f.date
+    if d is None or not _precise(d):
         return []
-    assert d is not None
     a, b = sorted((d[1], d[2]))
     return [f"{a:02d}{b:02d}"]
 
 
-def _full(p: Mapping[str, Any]) -> list[str]:
-    d = _date(p)
-    if not _precise(d):
+def _full(f: _Facts) -> list[str]:
+    d = f.date
+    if d is None or not _precise(d):
         return []
-    assert d is not None
     a, b = sorted((d[1], d[2]))
     return [f"{d[0]:04d}{a:02d}{b:02d}"]  # day/month sorted: swaps land in the same block
 
 
-def _name_pairs(p: Mapping[str, Any]) -> list[str]:
+def _name_pairs(f: _Facts) -> list[str]:
     """Sorted (given, family) phonetic pairs: the same key whichever way round the names were recorded."""
-    gs, fs = _phon(nz.given(p)[:3]), _phon(nz.family(p)[:2])
-    return list(dict.fromkeys("-".join(sorted((g, f))) for g in gs for f in fs if g != f))
+    gs, fs = _phon(f.given[:3]), _phon(f.family[:2])
+    return list(dict.fromkeys("-".join(sorted((g, x))) for g in gs for x in fs if g != x))
 
 
-PARTS: dict[str, Callable[[Mapping[str, Any], Rules], list[str]]] = {
-    "family.phonetic": lambda p, r: _phon(nz.family(p)),
-    "given.phonetic": lambda p, r: _phon(nz.given(p)),
-    "names.phonetic": lambda p, r: _phon(nz.given(p) + nz.family(p)),
-    "family.initial": lambda p, r: [t[0].upper() for t in nz.family(p)[:1]],
-    "given.initial": lambda p, r: [t[0].upper() for t in nz.given(p)[:1]],
-    "names.pair": lambda p, r: _name_pairs(p),
-    "birthDate.year": lambda p, r: [s[:4] for s in nz.birth_date(p)],
-    "birthDate.decade": lambda p, r: [s[:3] for s in nz.birth_date(p)],
-    "birthDate.day_month": lambda p, r: _day_month(p),
-    "birthDate.full": lambda p, r: _full(p),
-    "gender": lambda p, r: [g[0].upper() for g in nz.gender(p)],
+PARTS: dict[str, Callable[[_Facts], list[str]]] = {
+    "family.phonetic": lambda f: _phon(f.family),
+    "given.phonetic": lambda f: _phon(f.given),
+    "names.phonetic": lambda f: _phon(f.given + f.family),
+    "family.initial": lambda f: [t[0].upper() for t in f.family[:1]],
+    "given.initial": lambda f: [t[0].upper() for t in f.given[:1]],
+    "names.pair": _name_pairs,
+    "birthDate.year": lambda f: [f"{f.date[0]:04d}"] if f.date else [],
+    "birthDate.decade": lambda f: [f"{f.date[0] // 10:03d}"] if f.date else [],
+    "birthDate.day_month": _day_month,
+    "birthDate.full": _full,
+    "gender": lambda f: [g[0].upper() for g in nz.gender(f.p)],
     "identifier.shared": _shared_ids,
-    "identifier.any": lambda p, r: [_h(x) for x in nz.identifiers(p)],
-    "telecom.phone": lambda p, r: [_h(x) for x in nz.phones(p)],
+    "identifier.any": lambda f: [_h(x) for x in f.identifiers],
+    "telecom.phone": lambda f: [_h(x) for x in nz.phones(f.p)],
 }
 
 
 def block_keys(patient: Mapping[str, Any], rules: Rules) -> list[str]:
     """Blocking keys of a FHIR Patient dict under ``rules``: deterministic, sorted, de-duplicated."""
     keys: set[str] = set()
+    facts = _Facts(patient, rules)
     for block in rules.blocking:
-        values = [PARTS[part](patient, rules) for part in block.parts]
+        values = [PARTS[part](facts) for part in block.parts]
         for combo in itertools.product(*values):
             key = ":".join((block.name, *(_SAFE.sub("", c) for c in combo)))
             keys.add(key[:60])

@@ -158,6 +158,14 @@ class Exact(Comparator):
     def token_levels(self, a: list[str], b: list[str]) -> np.ndarray:
         return np.full(len(a), 2, dtype=np.int16)  # equal tokens never reach here
 
+    def compare(self, left: Column, right: Column, li: np.ndarray, ri: np.ndarray) -> np.ndarray:
+        lt, rt = left.tok[li], right.tok[ri]
+        has_l, has_r = (lt >= 0).any(axis=1), (rt >= 0).any(axis=1)
+        equal = ((lt[:, :, None] == rt[:, None, :]) & (lt >= 0)[:, :, None]).any(axis=(1, 2))
+        out = np.where(equal, 1, 2).astype(np.int8)
+        out[~(has_l & has_r)] = NULL
+        return out
+
 
 @register
 class JaroWinklerCmp(Comparator):

@@ -6,6 +6,7 @@ import sys
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, TextIO
 
 import numpy as np
@@ -58,6 +59,12 @@ def stderr_progress(stream: TextIO | None = None) -> Progress:
     return report
 
 
+@lru_cache(maxsize=1024)
+def _triu(size: int) -> tuple[np.ndarray, np.ndarray]:
+    a, b = np.triu_indices(size, k=1)
+    return a, b
+
+
 def candidate_pairs(
     keys: Sequence[Sequence[str]], max_block_size: int
 ) -> tuple[np.ndarray, np.ndarray, list[tuple[str, int]]]:
@@ -76,7 +83,7 @@ def candidate_pairs(
             skipped.append((k, s))
             continue
         m = np.asarray(members, dtype=np.int64)
-        a, b = np.triu_indices(s, k=1)
+        a, b = _triu(s)
         parts.append(m[a] * len(keys) + m[b])
     if not parts:
         empty = np.zeros(0, dtype=np.int64)

@@ -3,15 +3,16 @@ the thresholds, and the rule that decided. JSON-serialisable via ``to_dict()``."
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from .rules import OUTCOMES, Rules
 from .scoring import Compared, Table
 
 
-@dataclass(frozen=True)
-class FieldExplanation:
+class FieldExplanation(NamedTuple):
+    """One compared field (a named tuple: cheap to build for every candidate)."""
+
     field: str
     left: tuple[str, ...]
     right: tuple[str, ...]
@@ -33,10 +34,10 @@ class Explanation:
     names_swapped: bool
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
         d["fields"] = [
-            {**f, "left": list(f["left"]), "right": list(f["right"]), "weight": round(f["weight"], 4)}
-            for f in d["fields"]
+            {**f._asdict(), "left": list(f.left), "right": list(f.right), "weight": round(f.weight, 4)}
+            for f in self.fields
         ]
         return d
 
@@ -68,21 +69,24 @@ def rule_label(rules: Rules, c: Compared, i: int) -> str:
 
 
 def explain_pair(rules: Rules, table: Table, c: Compared, i: int, li: int, ri: int) -> Explanation:
+    levels = c.levels[i].tolist()
+    weights = c.weights[i].tolist()
+    swapped = bool(c.swapped[i])
+    columns = table.columns
     fields = []
-    for k, f in enumerate(rules.fields):
-        lv = int(c.levels[i, k])
-        a, b = f.name, f.name
-        if c.swapped[i] and rules.swap and f.name in rules.swap:
+    for f, lv, w in zip(rules.fields, levels, weights, strict=True):
+        a = b = f.name
+        if swapped and rules.swap and f.name in rules.swap:
             b = rules.swap[1] if f.name == rules.swap[0] else rules.swap[0]
         fields.append(
             FieldExplanation(
-                field=f.name,
-                left=table.columns[a].values[li],
-                right=table.columns[b].values[ri],
-                level=f.level_names[lv],
-                weight=float(c.weights[i, k]),
-                m=f.m[lv - 1] if lv else None,
-                u=f.u[lv - 1] if lv else None,
+                f.name,
+                columns[a].values[li],
+                columns[b].values[ri],
+                f.level_names[lv],
+                w,
+                f.m[lv - 1] if lv else None,
+                f.u[lv - 1] if lv else None,
             )
         )
     return Explanation(
@@ -93,5 +97,5 @@ def explain_pair(rules: Rules, table: Table, c: Compared, i: int, li: int, ri: i
         potential_threshold=rules.potential_threshold,
         classification=OUTCOMES[int(c.outcome[i])],
         rule=rule_label(rules, c, i),
-        names_swapped=bool(c.swapped[i]),
+        names_swapped=swapped,
     )

@@ -97,13 +97,19 @@ def compare(table: Table, left: np.ndarray, right: np.ndarray, rules: Rules) -> 
         a, b = rules.swap
         ka, kb = _index(rules, a), _index(rules, b)
         fa, fb = rules.fields[ka], rules.fields[kb]
-        cross_a = fa.comparator.compare(table.columns[a], rt.columns[b], li, ri)
-        cross_b = fb.comparator.compare(table.columns[b], rt.columns[a], li, ri)
-        straight = fa.weights[levels[:, ka]] + fb.weights[levels[:, kb]]
-        cross = fa.weights[cross_a] + fb.weights[cross_b]
-        swapped = (cross_a > 0) & (cross_b > 0) & (cross > straight + 1.0)
-        levels[swapped, ka] = cross_a[swapped]
-        levels[swapped, kb] = cross_b[swapped]
+        # only pairs whose names disagree somewhere can gain from comparing them crosswise
+        poor = np.nonzero((fa.weights[levels[:, ka]] <= 0) | (fb.weights[levels[:, kb]] <= 0))[0]
+        if len(poor):
+            pl, pr = li[poor], ri[poor]
+            cross_a = fa.comparator.compare(table.columns[a], rt.columns[b], pl, pr)
+            cross_b = fb.comparator.compare(table.columns[b], rt.columns[a], pl, pr)
+            straight = fa.weights[levels[poor, ka]] + fb.weights[levels[poor, kb]]
+            cross = fa.weights[cross_a] + fb.weights[cross_b]
+            better = (cross_a > 0) & (cross_b > 0) & (cross > straight + 1.0)
+            sel = poor[better]
+            swapped[sel] = True
+            levels[sel, ka] = cross_a[better]
+            levels[sel, kb] = cross_b[better]
     weights = np.zeros(levels.shape, dtype=np.float64)
     for k, f in enumerate(rules.fields):
         weights[:, k] = f.weights[levels[:, k]]
