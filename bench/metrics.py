@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 
@@ -55,3 +55,11 @@ def pairwise(
                 total = sum(counts)
                 household += _pairs(total) - sum(_pairs(c) for c in counts)
     return PairwiseScores(true_pairs, predicted, correct, predicted - correct, household)
+
+
+def pairwise_edges(edges: Iterable[tuple[str, str]], truth: Mapping[str, str]) -> PairwiseScores:
+    """Scores of matched pairs as predicted, before any clustering (no transitive closure)."""
+    true_pairs = sum(_pairs(c) for c in Counter(truth.values()).values())
+    seen = {(a, b) if a < b else (b, a) for a, b in edges}
+    correct = sum(1 for a, b in seen if truth[a] == truth[b])
+    return PairwiseScores(true_pairs, len(seen), correct, len(seen) - correct, 0)

@@ -43,8 +43,8 @@ def flatten(p: Mapping[str, Any]) -> dict[str, Any]:
 
 def splink_dedupe(
     patients: Sequence[Mapping[str, Any]], thresholds: Sequence[float], seed: int = 1
-) -> dict[float, dict[str, str]]:
-    """Clusters (record id -> cluster id) at each match-probability threshold."""
+) -> tuple[dict[float, dict[str, str]], list[tuple[str, str, float]]]:
+    """Clusters (record id -> cluster id) at each match-probability threshold, and the scored pairs."""
     import pandas as pd
     import splink.comparison_library as cl
     from splink import Linker, SettingsCreator, block_on
@@ -87,10 +87,17 @@ def splink_dedupe(
     linker.training.estimate_parameters_using_expectation_maximisation(block_on("first_name", "surname"))
     # linker.training.estimate_parameters_using_expectation_maximisation(block_on("phone"))
     predictions = linker.inference.predict(threshold_match_probability=min(thresholds))
+    pairs_df = predictions.as_pandas_dataframe()
+    pairs = [
+        (str(a), str(b), float(p))
+        for a, b, p in zip(
+            pairs_df["unique_id_l"], pairs_df["unique_id_r"], pairs_df["match_probability"], strict=True
+        )
+    ]
     out: dict[float, dict[str, str]] = {}
     for t in thresholds:
         clusters = linker.clustering.cluster_pairwise_predictions_at_threshold(
             predictions, threshold_match_probability=t
         ).as_pandas_dataframe()
         out[t] = {str(u): str(c) for u, c in zip(clusters["unique_id"], clusters["cluster_id"], strict=True)}
-    return out
+    return out, pairs

@@ -127,7 +127,7 @@ class Comparator:
 
     def combine(self, out: np.ndarray) -> np.ndarray:
         """Token-pair levels (pairs, left tokens, right tokens) -> pair level: the best one."""
-        return out.reshape(out.shape[0], -1).min(axis=1)
+        return out.reshape(out.shape[0], out.shape[1] * out.shape[2]).min(axis=1)
 
 
 REGISTRY: dict[str, type[Comparator]] = {}
@@ -279,7 +279,7 @@ class Name(Comparator):
         return out
 
     def combine(self, out: np.ndarray) -> np.ndarray:
-        best = out.reshape(out.shape[0], -1).min(axis=1)
+        best = out.reshape(out.shape[0], out.shape[1] * out.shape[2]).min(axis=1)
         first = out[:, 0, 0]
         # agreement (exact / alias / close) only through a middle name
         best[(best <= 4) & (first > best)] = 3

@@ -101,3 +101,17 @@ def test_train_writes_readable_rules_that_load(tmp_path: pathlib.Path) -> None:
     given_exact = trained.field("given").weights[1]
     given_else = trained.field("given").weights[-1]
     assert given_exact > 2 > 0 > given_else
+
+
+def test_missing_input_exits_2(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert (
+        main(["dedupe", "--rules", RULES, str(tmp_path / "nope.ndjson"), "-o", str(tmp_path / "o.csv")]) == 2
+    )
+    assert "nope.ndjson" in capsys.readouterr().err
+
+
+def test_duplicate_ids_are_bad_lines(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a = json.dumps(patient("a", "Neema", "Mollel"))
+    src = write_ndjson(tmp_path / "dup.ndjson", [a, a])
+    assert main(["dedupe", "--rules", RULES, str(src), "-o", str(tmp_path / "o.csv"), "--quiet"]) == 0
+    assert "dup.ndjson:2: duplicate Patient id 'a'" in capsys.readouterr().err

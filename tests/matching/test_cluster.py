@@ -56,3 +56,8 @@ def test_dedupe_father_son_and_a_bridging_record(rules: matching.Rules) -> None:
     assert label["f"] != label["s"]
     reasons = {r[3] for r in result.review_pairs()}
     assert "potential" in reasons
+
+
+def test_dedupe_of_one_and_of_none(rules: matching.Rules) -> None:
+    assert dedupe([], rules).cluster_ids() == []
+    assert dedupe([patient("a", "Amina", "Diallo")], rules).cluster_ids() == ["a"]

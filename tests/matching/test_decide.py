@@ -105,3 +105,26 @@ def test_best_candidate_first_and_explanation_serialises(rules: matching.Rules) 
 def test_no_candidates(rules: matching.Rules) -> None:
     d = matching.decide(patient("a", "Amina", "Diallo"), [], rules)
     assert (d.outcome, d.golden_id, d.score, d.scores) == ("no_match", None, None, ())
+
+
+def test_rules_are_frozen(rules: matching.Rules) -> None:
+    import dataclasses
+
+    import pytest
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        rules.auto_threshold = 0  # type: ignore[misc]
+
+
+def test_potential_and_auto_goldens_are_distinct_and_ordered(rules: matching.Rules) -> None:
+    a = patient("a", "Amina", "Diallo")
+    cands = [
+        matching.Candidate("p", "g-pot", patient("p", "Amina", "Diallo", birth="1985-04-28", phone=None)),
+        matching.Candidate("m1", "g-auto", patient("m1", "Amina", "Diallo")),
+        matching.Candidate("m2", "g-auto", patient("m2", "Amina", "Dialo")),
+    ]
+    d = matching.decide(a, cands, rules)
+    assert d.outcome == "match"
+    assert d.auto_match_goldens() == ["g-auto"]
+    assert d.potential_goldens() == ["g-pot"]
+    assert [s.score for s in d.scores] == sorted((s.score for s in d.scores), reverse=True)
