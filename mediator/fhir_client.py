@@ -148,7 +148,11 @@ class HapiClient:
         return int((bundle or {}).get("total", 0))
 
     async def transaction(self, bundle: dict[str, Any]) -> dict[str, Any]:
-        _, payload = await self._call("transaction", "POST", "", body=bundle)
+        # Snapshot mode: each written resource's meta.tag is exactly what we send (HAPI would otherwise keep
+        # old tags, e.g. blocking keys of a name that was corrected).
+        _, payload = await self._call(
+            "transaction", "POST", "", body=bundle, headers={"X-Meta-Snapshot-Mode": "TAG"}
+        )
         if payload is None:
             raise UpstreamUnavailable("The FHIR store answered a transaction without a body.")
         return payload

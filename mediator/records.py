@@ -1,7 +1,8 @@
 """The shape of the registry's records in HAPI — pure functions, no I/O.
 
-Tags are only ever added by HAPI (an update does not remove a tag), so state that changes lives in
-extensions: ``link-source`` (manual link) on source records, ``distinct-from`` on golden records.
+HAPI keeps old tags on update unless told otherwise; the client sends ``X-Meta-Snapshot-Mode: TAG`` with
+every transaction so tags are replaced. Decisions of people live in extensions: ``link-source`` (manual
+link) on source records, ``distinct-from`` on golden records.
 
 * A **source record** is what one point-of-service system sent for one of its identifiers. Its id is
   derived from that identifier (``src-<hash>``), so resubmitting the identifier always lands on the same

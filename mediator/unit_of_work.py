@@ -12,11 +12,15 @@ at once.
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import logging
 from typing import Any
 
 from .fhir_client import HapiClient
 from .records import BLOCK_SYSTEM, RECORD_TYPE_SYSTEM, SOURCE, Resource, tags, version_of
+
+log = logging.getLogger(__name__)
 
 
 class UnitOfWork:
@@ -41,17 +45,21 @@ class UnitOfWork:
         self._seen_versions.setdefault(key, version_of(resource) if resource else None)
 
     async def find_sources(self, block_keys: list[str], limit: int) -> list[Resource]:
-        """Source records sharing at least one blocking key, staged versions taking precedence."""
+        """Source records sharing at least one blocking key, staged versions taking precedence.
+
+        One ``_tag`` search covers all keys. When that finds more than ``limit`` records, some key is too
+        common (a birth date shared by thousands): the keys are then searched one by one and any block
+        larger than ``limit`` is left out, so the selective keys (phone, national id, name) still work.
+        """
         if not block_keys:
             return []
-        found = await self._hapi.search(
-            "Patient",
-            {
-                "_tag": ",".join(f"{BLOCK_SYSTEM}|{key}" for key in block_keys),
-                "_count": str(min(limit, 1000)),
-            },
-            max_results=limit,
-        )
+        found = await self._search_blocks(block_keys, limit)
+        if len(found) > limit:
+            blocks = await asyncio.gather(*(self._search_blocks([key], limit) for key in block_keys))
+            oversized = [key for key, block in zip(block_keys, blocks, strict=True) if len(block) > limit]
+            log.warning("blocks over the candidate limit skipped", extra={"keys": oversized, "limit": limit})
+            unique = {r["id"]: r for block in blocks if len(block) <= limit for r in block}
+            found = list(unique.values())
         by_key: dict[str, Resource] = {}
         for resource in found:
             key = f"Patient/{resource['id']}"
@@ -65,6 +73,16 @@ class UnitOfWork:
             elif key in by_key:  # staged without those keys any more
                 del by_key[key]
         return [copy.deepcopy(r) for r in by_key.values() if SOURCE in tags(r, RECORD_TYPE_SYSTEM)]
+
+    async def _search_blocks(self, block_keys: list[str], limit: int) -> list[Resource]:
+        return await self._hapi.search(
+            "Patient",
+            {
+                "_tag": ",".join(f"{BLOCK_SYSTEM}|{key}" for key in block_keys),
+                "_count": str(min(limit + 1, 1000)),
+            },
+            max_results=limit + 1,
+        )
 
     def put(self, resource: Resource) -> None:
         key = f"{resource['resourceType']}/{resource['id']}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 from mediator import records
 from tests.conftest import patient, unique_surname
 
@@ -42,15 +44,28 @@ async def test_resubmission_updates_the_same_source_record(client, store, facili
     family = unique_surname()
     first = await client.post("/fhir/Patient", json=patient(facility, "R1", family=family))
     assert first.status == 201
-    second = await client.post(
-        "/fhir/Patient", json=patient(facility, "R1", family=family, phone="+256700000999")
-    )
+    new_phone = f"+2567{uuid.uuid4().int % 10**8:08d}"
+    second = await client.post("/fhir/Patient", json=patient(facility, "R1", family=family, phone=new_phone))
     assert second.status == 200
     assert first.headers["X-CRUID"] == second.headers["X-CRUID"]
     sources = await store.sources_with(facility)
     assert len(sources) == 1
-    assert sources[0]["telecom"][0]["value"] == "+256700000999"
+    assert sources[0]["telecom"][0]["value"] == new_phone
     assert sources[0]["meta"]["versionId"] == "2"
+
+
+async def test_corrected_demographics_replace_the_blocking_keys(client, store, facility):
+    first = await client.post("/fhir/Patient", json=patient(facility, "K1", family=unique_surname()))
+    source_id = (await first.json(content_type=None))["id"]
+    before = set(records.tags(await store.read("Patient", source_id), records.BLOCK_SYSTEM))
+    corrected = patient(facility, "K1", family=unique_surname(), given="Wanjiru", birth_date="1975-09-30")
+    assert (await client.post("/fhir/Patient", json=corrected)).status == 200
+    source = await store.read("Patient", source_id)
+    after = set(records.tags(source, records.BLOCK_SYSTEM))
+    assert after
+    old_name_and_birth_keys = {k for k in before if k.startswith(("nm", "dob:", "gy:"))}
+    assert old_name_and_birth_keys and not old_name_and_birth_keys & after
+    assert records.tags(source, records.RECORD_TYPE_SYSTEM) == [records.SOURCE]
 
 
 async def test_same_person_from_two_facilities_shares_one_cruid(client, store, facility):
@@ -150,3 +165,25 @@ async def test_put_to_an_unknown_record_is_not_found(client, facility):
         f"/fhir/Patient/{unknown}", json=patient(facility, "NOPE", family=unique_surname())
     )
     assert resp.status == 404
+
+
+async def test_an_oversized_block_does_not_hide_the_true_match(aiohttp_client, settings, facility):
+    """A birth date shared by more records than the candidate limit: the other keys still find the person."""
+    from dataclasses import replace
+
+    from mediator.app import create_app
+
+    small = await aiohttp_client(create_app(replace(settings, max_candidates=5)))
+    givens = ["Achieng", "Nafula", "Wambui", "Chebet", "Atieno", "Njeri", "Akinyi"]
+    people = [
+        patient(facility, f"O{n}", family=unique_surname(), given=g, birth_date="1969-02-27")
+        for n, g in enumerate(givens)
+    ]
+    for p in people:
+        assert (await small.post("/fhir/Patient", json=p)).status == 201
+    first = await small.post("/fhir/Patient", json=people[0])
+    again = {**people[0], "identifier": [{"system": facility.replace("facility-", "hosp-"), "value": "Z9"}]}
+    resp = await small.post("/fhir/Patient", json=again)
+    assert resp.status == 201
+    assert resp.headers["X-Match-Outcome"] == "match"
+    assert resp.headers["X-CRUID"] == first.headers["X-CRUID"]
