@@ -406,7 +406,8 @@ def _people(n_people: int, rng: random.Random) -> list[Person]:
                     if twins and t == 1 and rng.random() < 0.5:
                         g = members[-1].gender
                     given = _given_names(rng, pools, g)
-                    while any(m.given[0] == given[0] for m in members):  # parents don't reuse a name...
+                    used = {x for m in members for x in m.given}
+                    while used & set(given):  # parents don't give a name twice (first or middle)...
                         given = _given_names(rng, pools, g)
                     if twins and t == 1 and g == members[-1].gender and rng.random() < 0.5:
                         a_, b_ = rng.choice(TWIN_PAIRS[g])
