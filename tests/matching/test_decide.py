@@ -128,3 +128,17 @@ def test_potential_and_auto_goldens_are_distinct_and_ordered(rules: matching.Rul
     assert d.auto_match_goldens() == ["g-auto"]
     assert d.potential_goldens() == ["g-pot"]
     assert [s.score for s in d.scores] == sorted((s.score for s in d.scores), reverse=True)
+
+
+def test_same_facility_record_number_overrides_a_mistyped_birth_date(rules: matching.Rules) -> None:
+    mrn = {"http://facility-a.org/mrn": "004211"}
+    a = patient("a", "Kwame", "Mensah", birth="1962-08-09", gender="male", ids=mrn)
+    b = patient("b", "Kwame", "Mensah", birth="1926-03-19", gender="male", ids=mrn)
+    assert decide_one(a, b, rules).outcome == "match"
+
+
+def test_shared_national_id_does_not_merge_parent_and_child(rules: matching.Rules) -> None:
+    nid = {NID: "123456789"}  # a child's record carrying the father's national id
+    father = patient("a", "Kwame", "Mensah", birth="1962-08-09", gender="male", ids=nid)
+    son = patient("b", "Kwame", "Mensah", birth="1991-02-14", gender="male", ids=nid)
+    assert decide_one(son, father, rules).outcome == "potential"
