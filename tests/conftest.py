@@ -76,6 +76,10 @@ def unique_surname() -> str:
     return name.capitalize()
 
 
+def unique_phone() -> str:
+    return f"+2567{uuid.uuid4().int % 10**8:08d}"
+
+
 def patient(
     system: str,
     value: str,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from mediator import records
-from tests.conftest import patient, unique_surname
+from tests.conftest import patient, unique_phone, unique_surname
 
 
 async def test_twenty_concurrent_new_submissions_of_one_person_make_one_golden(client, store, facility):
@@ -25,12 +25,11 @@ async def test_twenty_concurrent_new_submissions_of_one_person_make_one_golden(c
 
 async def test_twenty_concurrent_resubmissions_make_one_source_record(client, store, facility):
     family = unique_surname()
+    phones = [unique_phone() for _ in range(20)]
     responses = await asyncio.gather(
         *(
-            client.post(
-                "/fhir/Patient", json=patient(facility, "SAME", family=family, phone=f"+2567000000{n:02d}")
-            )
-            for n in range(20)
+            client.post("/fhir/Patient", json=patient(facility, "SAME", family=family, phone=p))
+            for p in phones
         )
     )
     statuses = sorted(r.status for r in responses)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mediator import records
 from mediator.review import POSSIBLE_DUPLICATE, POTENTIAL_MATCH
-from tests.conftest import patient, unique_surname
+from tests.conftest import patient, unique_phone, unique_surname
 
 
 def _kind(task) -> str:
@@ -14,29 +14,36 @@ def _kind(task) -> str:
 async def test_potential_match_gets_its_own_golden_and_a_review_task(client, store, facility):
     family = unique_surname()
     other = facility.replace("facility-", "hc-")
-    a = await client.post(
-        "/fhir/Patient", json=patient(facility, "PM1", family=family, phone="+256772000111")
-    )
-    # same name, day and month of the birth date swapped, no phone: not enough to merge automatically
-    doubtful = patient(other, "PM2", family=family, phone=None, birth_date="1987-12-04")
+    a = await client.post("/fhir/Patient", json=patient(facility, "PM1", family=family, phone=unique_phone()))
+    # same name, another birth year, no phone: not enough to merge automatically
+    doubtful = patient(other, "PM2", family=family, phone=None, birth_date="1988-04-12")
     b = await client.post("/fhir/Patient", json=doubtful)
     assert b.status == 201
     assert b.headers["X-Match-Outcome"] == "potential"
     assert a.headers["X-CRUID"] != b.headers["X-CRUID"]
     b_id = (await b.json(content_type=None))["id"]
     tasks = await store.search("Task", {"focus": f"Patient/{b_id}"})
-    assert [_kind(t) for t in tasks] == [POTENTIAL_MATCH]
-    task = tasks[0]
+    assert {_kind(t) for t in tasks} == {POTENTIAL_MATCH}
+    about_a = [
+        t
+        for t in tasks
+        if {"text": "candidate"} in [i["type"] for i in t["input"]]
+        and any(
+            i.get("valueReference", {}).get("reference") == f"Patient/{a.headers['X-CRUID']}"
+            for i in t["input"]
+        )
+    ]
+    assert len(about_a) == 1, "one Task for the doubtful pair (other namesakes may add their own)"
+    task = about_a[0]
     assert task["status"] == "requested"
     assert task["for"]["reference"] == f"Patient/{b.headers['X-CRUID']}"
     inputs = {i["type"]["text"]: i for i in task["input"]}
-    assert inputs["candidate"]["valueReference"]["reference"] == f"Patient/{a.headers['X-CRUID']}"
     assert inputs["score"]["valueDecimal"] > 0
 
     # the same doubt raised again stays one Task
     again = await client.post("/fhir/Patient", json=doubtful)
     assert again.status == 200
-    assert len(await store.search("Task", {"focus": f"Patient/{b_id}"})) == 1
+    assert len(await store.search("Task", {"focus": f"Patient/{b_id}"})) == len(tasks)
 
 
 async def test_auto_match_into_two_people_links_the_best_and_flags_the_other(
@@ -44,15 +51,15 @@ async def test_auto_match_into_two_people_links_the_best_and_flags_the_other(
 ):
     nid_system = settings.shared_identifier_systems[0]
     nid = {"system": nid_system, "value": f"NID-{unique_surname()}"}
-    maiden, married = unique_surname(), unique_surname()
+    maiden, married, phone = unique_surname(), unique_surname(), unique_phone()
     a = await client.post(
         "/fhir/Patient", json=patient(facility, "A", family=maiden, phone=None, extra_identifiers=[nid])
     )
-    b = await client.post("/fhir/Patient", json=patient(facility, "B", family=married, phone="+256772000222"))
+    b = await client.post("/fhir/Patient", json=patient(facility, "B", family=married, phone=phone))
     assert a.headers["X-CRUID"] != b.headers["X-CRUID"]
     c = await client.post(
         "/fhir/Patient",
-        json=patient(facility, "C", family=married, phone="+256772000222", extra_identifiers=[nid]),
+        json=patient(facility, "C", family=married, phone=phone, extra_identifiers=[nid]),
     )
     assert c.headers["X-Match-Outcome"] == "match"
     assert c.headers["X-CRUID"] in (a.headers["X-CRUID"], b.headers["X-CRUID"])
