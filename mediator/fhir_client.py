@@ -60,6 +60,10 @@ class HapiClient:
         self, session: aiohttp.ClientSession, base_url: str, timeout_s: float, connect_s: float
     ) -> None:
         self._session = session
+        self.reconfigure(base_url, timeout_s, connect_s)
+
+    def reconfigure(self, base_url: str, timeout_s: float, connect_s: float) -> None:
+        """Point at another store or change timeouts in place (live config from the OpenHIM console)."""
         self.base_url = base_url.rstrip("/")
         self._timeout = aiohttp.ClientTimeout(total=timeout_s, connect=connect_s)
 

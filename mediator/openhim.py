@@ -268,8 +268,7 @@ class OpenHIMLink:
 
 def _retarget(hapi: HapiClient, target: HapiTarget) -> None:
     """Point the one HAPI client at a new URL/timeouts in place (the registry holds this same object)."""
-    hapi.base_url = target.base_url
-    hapi._timeout = aiohttp.ClientTimeout(total=target.timeout_s, connect=target.connect_timeout_s)
+    hapi.reconfigure(target.base_url, target.timeout_s, target.connect_timeout_s)
 
 
 OPENHIM = web.AppKey("openhim", OpenHIMLink)

@@ -32,7 +32,7 @@ class Settings:
     hapi_timeout_s: float = 15.0
     rules_path: Path = REPO_ROOT / "rules" / "default.yaml"
     cruid_system: str = "urn:oid:2.25.310153142271591873458216447651146233113"  # registry's CRUID system
-    # shared identifier systems (national ids): matching evidence, never record keys; the rules file adds its own
+    # shared identifier systems (national ids): matching evidence, never record keys; plus the rules file's
     shared_identifier_systems: tuple[str, ...] = ("http://example.org/national-id",)
     # client id -> identifier systems it may submit; empty = open development mode (any system, any caller)
     client_systems: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
