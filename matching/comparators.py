@@ -94,6 +94,10 @@ class Comparator:
         return problems
 
     def level_names(self) -> tuple[str, ...]:
+        return self._level_names
+
+    @property
+    def _level_names(self) -> tuple[str, ...]:
         return ("null", *self.levels)
 
     # -- token based default implementation -------------------------------------------------------

@@ -73,24 +73,20 @@ def explain_pair(rules: Rules, table: Table, c: Compared, i: int, li: int, ri: i
     weights = c.weights[i].tolist()
     swapped = bool(c.swapped[i])
     columns = table.columns
-    fields = []
-    for f, lv, w in zip(rules.fields, levels, weights, strict=True):
-        a = b = f.name
-        if swapped and rules.swap and f.name in rules.swap:
-            b = rules.swap[1] if f.name == rules.swap[0] else rules.swap[0]
-        fields.append(
-            FieldExplanation(
-                f.name,
-                columns[a].values[li],
-                columns[b].values[ri],
-                f.level_names[lv],
-                w,
-                f.m[lv - 1] if lv else None,
-                f.u[lv - 1] if lv else None,
-            )
+    fields = tuple(
+        FieldExplanation(
+            name,
+            columns[name].values[li],
+            columns[other if swapped else name].values[ri],
+            names[lv],
+            w,
+            m[lv] if lv else None,
+            u[lv] if lv else None,
         )
+        for (name, other, names, m, u), lv, w in zip(rules.explain_table, levels, weights, strict=True)
+    )
     return Explanation(
-        fields=tuple(fields),
+        fields=fields,
         prior_weight=round(rules.prior_weight, 4),
         score=round(float(c.scores[i]), 4),
         auto_threshold=rules.auto_threshold,

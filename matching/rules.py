@@ -71,7 +71,7 @@ class Field:
     def kind(self) -> str:
         return EXTRACTORS[self.path][1]
 
-    @property
+    @cached_property
     def level_names(self) -> tuple[str, ...]:
         return self.comparator.level_names()
 
@@ -103,6 +103,19 @@ class Rules:
     swap: tuple[str, str] | None
     max_block_size: int
     source: Mapping[str, Any] = field(compare=False, repr=False)
+
+    @cached_property
+    def explain_table(
+        self,
+    ) -> tuple[tuple[str, str, tuple[str, ...], tuple[float, ...], tuple[float, ...]], ...]:
+        """Per field: (name, field compared on the right when names are swapped, level names, m, u)."""
+        out = []
+        for f in self.fields:
+            other = f.name
+            if self.swap and f.name in self.swap:
+                other = self.swap[1] if f.name == self.swap[0] else self.swap[0]
+            out.append((f.name, other, f.level_names, (0.0, *f.m), (0.0, *f.u)))
+        return tuple(out)
 
     @cached_property
     def compiled_rules(self) -> tuple[tuple[tuple[int, np.ndarray], ...], ...]:
