@@ -285,9 +285,9 @@ class Name(Comparator):
     def combine(self, out: np.ndarray) -> np.ndarray:
         best = out.reshape(out.shape[0], out.shape[1] * out.shape[2]).min(axis=1)
         first = out[:, 0, 0]
-        # agreement (exact / alias / close) only through a middle name
-        best[(best <= 4) & (first > best)] = 3
-        return best
+        # the first names agree (exact / alias / close): their level; otherwise agreement (exact / alias /
+        # close) through a middle name is level "middle"
+        return np.where(first <= 4, first, np.where(best <= 4, 3, best))
 
 
 ESTIMATED_DAYS = frozenset({(1, 1), (6, 15), (7, 1), (6, 30)})
