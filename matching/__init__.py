@@ -9,7 +9,8 @@ from .blocking import block_keys
 from .decision import Candidate, CandidateScore, Decision, decide, score_pair
 from .errors import MatchingError, RulesError
 from .explain import Explanation, FieldExplanation
-from .rules import Rules, load_rules
+from .loading import load_rules
+from .rules import Rules
 
 __all__ = [
     "Candidate",

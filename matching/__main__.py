@@ -24,7 +24,8 @@ from .decision import score_pair
 from .dedupe import dedupe, stderr_progress
 from .em import dump, train
 from .errors import RulesError
-from .rules import Rules, load_rules
+from .loading import load_rules
+from .rules import Rules
 
 
 class BadInput(Exception):
