@@ -4,8 +4,10 @@ the thresholds, and the rule that decided. JSON-serialisable via ``to_dict()``."
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, NamedTuple
 
+from .comparators import Identifier
 from .rules import OUTCOMES, Rules
 from .scoring import Compared, Table
 
@@ -45,10 +47,8 @@ class Explanation:
         """A human-readable table."""
         out = [f"{'field':<14} {'left':<28} {'right':<28} {'level':<10} {'weight':>7}"]
         for f in self.fields:
-            out.append(
-                f"{f.field:<14} {'|'.join(f.left)[:28]:<28} {'|'.join(f.right)[:28]:<28} {f.level:<10} "
-                f"{f.weight:>+7.2f}"
-            )
+            left, right = (" ".join(v.rpartition("|")[2] for v in side) for side in (f.left, f.right))
+            out.append(f"{f.field:<14} {left[:28]:<28} {right[:28]:<28} {f.level:<10} {f.weight:>+7.2f}")
         out.append(f"{'prior':<82} {self.prior_weight:>+7.2f}")
         out.append(f"{'total':<82} {self.score:>+7.2f}")
         out.append(
@@ -68,6 +68,18 @@ def rule_label(rules: Rules, c: Compared, i: int) -> str:
     return f"{rules.name}:{label}"
 
 
+def _shown(comparator: object, values: tuple[str, ...]) -> tuple[str, ...]:
+    """Identifier fields show only the identifiers of the systems they compare."""
+    if values and isinstance(comparator, Identifier):
+        return _selected(comparator, values)
+    return values
+
+
+@lru_cache(maxsize=65_536)
+def _selected(comparator: Identifier, values: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(v for v in values if comparator.selects(v.rpartition("|")[0]))
+
+
 def explain_pair(rules: Rules, table: Table, c: Compared, i: int, li: int, ri: int) -> Explanation:
     levels = c.levels[i].tolist()
     weights = c.weights[i].tolist()
@@ -76,14 +88,16 @@ def explain_pair(rules: Rules, table: Table, c: Compared, i: int, li: int, ri: i
     fields = tuple(
         FieldExplanation(
             name,
-            columns[name].values[li],
-            columns[other if swapped else name].values[ri],
+            _shown(f.comparator, columns[name].values[li]),
+            _shown(f.comparator, columns[other if swapped else name].values[ri]),
             names[lv],
             w,
             m[lv] if lv else None,
             u[lv] if lv else None,
         )
-        for (name, other, names, m, u), lv, w in zip(rules.explain_table, levels, weights, strict=True)
+        for (name, other, names, m, u), f, lv, w in zip(
+            rules.explain_table, rules.fields, levels, weights, strict=True
+        )
     )
     return Explanation(
         fields=fields,

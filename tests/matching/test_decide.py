@@ -142,3 +142,14 @@ def test_shared_national_id_does_not_merge_parent_and_child(rules: matching.Rule
     father = patient("a", "Kwame", "Mensah", birth="1962-08-09", gender="male", ids=nid)
     son = patient("b", "Kwame", "Mensah", birth="1991-02-14", gender="male", ids=nid)
     assert decide_one(son, father, rules).outcome == "potential"
+
+
+def test_identifier_explanations_show_only_compared_systems(rules: matching.Rules) -> None:
+    ids = {NID: "123456789", "http://facility-a.org/mrn": "A1"}
+    e = matching.score_pair(
+        patient("a", "Amina", "Diallo", ids=ids), patient("b", "Amina", "Diallo", ids=ids), rules
+    )
+    shown = {f.field: f.left for f in e.fields}
+    assert shown["national_id"] == (f"{NID}|123456789",)
+    assert shown["facility_id"] == ("http://facility-a.org/mrn|a1",)
+    assert "123456789" in e.text()
