@@ -12,6 +12,7 @@ import contextvars
 import json
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -144,6 +145,22 @@ class HapiClient:
                 break
             _, bundle = await self._call(f"search {resource_type} (next page)", "GET", self._local(next_url))
         return results[:max_results]
+
+    async def pages(self, resource_type: str, params: dict[str, str]) -> AsyncIterator[list[dict[str, Any]]]:
+        """Run a search and yield its result pages one at a time (``_count`` bounds a page)."""
+        _, bundle = await self._call(f"search {resource_type}", "GET", resource_type, params=params)
+        while bundle is not None:
+            yield [
+                e["resource"]
+                for e in bundle.get("entry", [])
+                if e.get("resource") and e.get("search", {}).get("mode", "match") == "match"
+            ]
+            next_url = next(
+                (lnk["url"] for lnk in bundle.get("link", []) if lnk.get("relation") == "next"), None
+            )
+            if next_url is None:
+                break
+            _, bundle = await self._call(f"search {resource_type} (next page)", "GET", self._local(next_url))
 
     async def count(self, resource_type: str, params: dict[str, str]) -> int:
         _, bundle = await self._call(

@@ -1,0 +1,411 @@
+"""Re-matching the stored source records after a rules change: a dry run, then a resumable apply job.
+
+**Dry run** (:func:`dry_run`): pages through the stored source records (``_tag`` record-type ``source``,
+``_sort=_id``, bounded pages), keeps them in memory with their golden records, and re-decides every record
+in ``_id`` order with the new rules through the registry's own steps — ``matching.block_keys`` (the *new*
+keys, looked up in an in-memory index, since the stored ``block`` tags still carry the old ones), the same
+candidate filter (not itself, not a golden record its golden was decided distinct from), the same
+``max_candidates`` rule for oversized blocks, ``matching.decide`` and the same choice of golden record as
+``Registry._process`` (manual link kept; current golden kept while any of its records still auto-matches;
+else the best auto-matched golden; else the current golden if the record is alone in it; else a new one).
+Nothing is written. The :class:`Plan` counts the links that would change, with examples of records that
+would join another person (``merge``: with the pair that matched) and records that would leave theirs
+(``split``).
+
+**Order effects.** Re-deciding records one by one changes the candidates of later ones (a record that
+moved is seen in its new golden by the records after it). The dry run *simulates* that sequence: after each
+re-decision it updates its in-memory links, so the plan is what the apply job does in the same ``_id``
+order when no other traffic interleaves. The rules are conservative by construction: a record stays with
+its person while *any* of that person's records still auto-matches it, so splits only detach records that
+match nobody there any more, and chains (A~B, B~C, not A~C) stay together. The result can still depend on
+the order (as the registry's does on arrival order); ``_id`` order makes it deterministic and repeatable.
+
+**Apply** (:class:`RematchJob`): makes the new rules the live rules (new submissions are decided with them
+from then on), then (1) rewrites the ``block`` tags of every record whose keys changed (batches of
+``RETAG_BATCH`` records per transaction, ``If-Match``; links untouched), so the registry's ``_tag``
+candidate search sees everyone under the new keys; (2) re-submits each record of the plan, in order,
+through ``Registry.submit`` — the normal write path: key locks, fresh reads, one transaction with
+``If-Match``, the source record's tags rewritten, review Tasks, and an ``AuditEvent`` (action ``update``,
+``previous-cruid`` when the link changed; network address ``rematch:<job id>``). Manually linked records and
+``distinct-from`` decisions are left alone by the registry itself. The job's state (phase, plan, position,
+counts) is a JSON file in its directory written after every step, so a restarted mediator resumes it; a
+record re-submitted twice after a crash lands on the same decision (idempotent apart from a second
+AuditEvent). Note: restart the mediator with ``CR_RULES`` pointing at the new rules file, or the live
+rules revert to the old ones once the job has finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matching
+
+from . import records
+from .audit import Actor
+from .config import ConfigHolder, RegistryConfig
+from .errors import Conflict, RegistryError, UpstreamTimeout, UpstreamUnavailable
+from .fhir_client import HapiClient
+from .registry import Registry, Submission
+from .unit_of_work import UnitOfWork
+
+log = logging.getLogger(__name__)
+
+PAGE_SIZE = 500
+RETAG_BATCH = 50
+EXAMPLES = 10
+_NEW = "new:"  # placeholder id of a golden record the plan would create
+
+
+@dataclass(frozen=True)
+class Change:
+    source_id: str
+    kind: str  # "merge" (joins another person's golden record) | "split" (gets a new golden record)
+    from_golden: str | None
+    to_golden: str | None  # None: a new golden record
+    partner: str | None = None  # merge: the record it auto-matched in the target golden
+    score: float | None = None
+    rule: str = ""
+
+
+@dataclass
+class Plan:
+    records: int = 0
+    unchanged: int = 0
+    manual_kept: int = 0
+    potential: int = 0  # decided 'potential' against someone (a review Task would be raised or kept)
+    changes: list[Change] = field(default_factory=list)
+    retag: list[str] = field(default_factory=list)  # records whose blocking keys differ under the new rules
+
+    def summary(self) -> dict[str, Any]:
+        merges = [c for c in self.changes if c.kind == "merge"]
+        splits = [c for c in self.changes if c.kind == "split"]
+        return {
+            "records": self.records,
+            "links_changed": len(self.changes),
+            "merges": len(merges),
+            "splits": len(splits),
+            "unchanged": self.unchanged,
+            "manual_kept": self.manual_kept,
+            "potential": self.potential,
+            "retag": len(self.retag),
+            "examples": {
+                "merge": [asdict(c) for c in merges[:EXAMPLES]],
+                "split": [asdict(c) for c in splits[:EXAMPLES]],
+            },
+        }
+
+
+@dataclass
+class Snapshot:
+    sources: dict[str, dict[str, Any]]
+    goldens: dict[str, dict[str, Any]]
+
+
+# -- reading the store ---------------------------------------------------------------------------------
+
+
+async def source_pages(
+    hapi: HapiClient, systems: Sequence[str] = (), page_size: int = PAGE_SIZE
+) -> AsyncIterator[list[dict[str, Any]]]:
+    """Stored source records, a bounded page at a time, sorted by ``_id`` (optionally only some systems)."""
+    params = {
+        "_tag": f"{records.RECORD_TYPE_SYSTEM}|{records.SOURCE}",
+        "_sort": "_id",
+        "_count": str(page_size),
+    }
+    if systems:
+        params["identifier"] = ",".join(f"{s}|" for s in systems)
+    async for page in hapi.pages("Patient", params):
+        yield page
+
+
+async def load_snapshot(
+    hapi: HapiClient, systems: Sequence[str] = (), page_size: int = PAGE_SIZE
+) -> Snapshot:
+    sources: dict[str, dict[str, Any]] = {}
+    async for page in source_pages(hapi, systems, page_size):
+        for r in page:
+            if records.SOURCE in records.tags(r, records.RECORD_TYPE_SYSTEM):
+                sources[r["id"]] = r
+    goldens: dict[str, dict[str, Any]] = {}
+    wanted = {g for r in sources.values() if (g := records.golden_id_of(r))}
+    while wanted:  # the goldens, then the successors of merged ones, 100 ids per search
+        ids = sorted(wanted)
+        for i in range(0, len(ids), 100):
+            chunk = ids[i : i + 100]
+            for g in await hapi.search("Patient", {"_id": ",".join(chunk), "_count": "100"}, max_results=100):
+                goldens[g["id"]] = g
+        wanted = {s for g in goldens.values() if (s := records.replaced_by(g)) and s not in goldens}
+        wanted -= set(ids)
+    return Snapshot(sources, goldens)
+
+
+# -- the simulation ------------------------------------------------------------------------------------
+
+
+def plan(snapshot: Snapshot, cfg: RegistryConfig) -> Plan:
+    """Re-decide every source record in ``_id`` order with ``cfg.rules``, each result seen by the next."""
+    rules, limit = cfg.rules, cfg.max_candidates
+    sources, goldens = snapshot.sources, snapshot.goldens
+    golden_of = {sid: records.golden_id_of(r) for sid, r in sources.items()}
+    members: dict[str, set[str]] = defaultdict(set)
+    for sid, gid in golden_of.items():
+        if gid:
+            members[gid].add(sid)
+    keys = {sid: matching.block_keys(r, rules) for sid, r in sources.items()}
+    index: dict[str, list[str]] = defaultdict(list)
+    for sid in sorted(sources):
+        for key in keys[sid]:
+            index[key].append(sid)
+
+    def resolve(gid: str) -> str | None:  # Registry._golden: follow replaced-by, None if not a golden record
+        for _ in range(10):
+            if gid.startswith(_NEW):
+                return gid
+            golden = goldens.get(gid)
+            if golden is None or not records.is_golden(golden):
+                return None
+            successor = records.replaced_by(golden)
+            if successor is None:
+                return gid
+            gid = successor
+        return None
+
+    out = Plan()
+    for sid in sorted(sources):
+        source = sources[sid]
+        out.records += 1
+        if sorted(set(records.tags(source, records.BLOCK_SYSTEM))) != keys[sid]:
+            out.retag.append(sid)
+        current = golden_of[sid]
+        if current and records.is_manually_linked(source):
+            out.manual_kept += 1
+            out.unchanged += 1
+            continue
+        found = {c for key in keys[sid] for c in index[key]}
+        if len(found) > limit:  # UnitOfWork.find_sources: leave out the blocks over the limit
+            found = {c for key in keys[sid] if len(index[key]) <= limit for c in index[key]}
+        current_golden = goldens.get(current) if current and not current.startswith(_NEW) else None
+        never = records.distinct_from(current_golden) if current_golden else set()
+        candidates = [
+            matching.Candidate(id=c, golden_id=gid, resource=sources[c])
+            for c in sorted(found)
+            if c != sid and (gid := golden_of[c]) and gid not in never
+        ]
+        decision = matching.decide(source, candidates, rules)
+        if decision.outcome == "potential":
+            out.potential += 1
+        auto = decision.auto_match_goldens()
+        if current and current in auto:
+            target: str | None = current
+        elif auto:
+            target = auto[0]
+        elif current and members[current] <= {sid}:
+            target = current
+        else:
+            target = None
+        resolved = resolve(target) if target else None
+        if resolved is None:
+            resolved = f"{_NEW}{sid}"
+        if resolved == current:
+            out.unchanged += 1
+            continue
+        if resolved.startswith(_NEW):
+            out.changes.append(Change(sid, "split", current, None, score=decision.score, rule=decision.rule))
+        else:
+            best = next((s for s in decision.scores if s.golden_id == target), None)
+            out.changes.append(
+                Change(
+                    sid,
+                    "merge",
+                    current,
+                    resolved,
+                    partner=best.candidate_id if best else None,
+                    score=best.score if best else decision.score,
+                    rule=best.rule if best else decision.rule,
+                )
+            )
+        if current:
+            members[current].discard(sid)
+        members[resolved].add(sid)
+        golden_of[sid] = resolved
+    return out
+
+
+async def dry_run(
+    hapi: HapiClient, cfg: RegistryConfig, systems: Sequence[str] = (), page_size: int = PAGE_SIZE
+) -> Plan:
+    """What re-matching with ``cfg.rules`` would change; writes nothing."""
+    snapshot = await load_snapshot(hapi, systems, page_size)
+    return await asyncio.to_thread(plan, snapshot, cfg)
+
+
+# -- the apply job ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class RematchState:
+    id: str
+    rules: dict[str, Any]  # matching.Rules.to_dict() of the new rules
+    systems: list[str] = field(default_factory=list)
+    phase: str = "planning"  # planning | retagging | relinking | finished | failed
+    summary: dict[str, Any] = field(default_factory=dict)  # the dry-run summary the job applies
+    relink: list[str] = field(default_factory=list)
+    retag: list[str] = field(default_factory=list)
+    retag_done: int = 0
+    relink_done: int = 0
+    changed: int = 0  # re-submissions that did change the link
+    unchanged: int = 0
+    errors: list[dict[str, str]] = field(default_factory=list)
+    error: str = ""
+    seconds: float = 0.0
+
+    def progress(self) -> dict[str, Any]:
+        out = {k: v for k, v in asdict(self).items() if k not in ("rules", "relink", "retag")}
+        out.update(retag_total=len(self.retag), relink_total=len(self.relink))
+        return out
+
+
+class RematchJob:
+    def __init__(
+        self,
+        state: RematchState,
+        *,
+        job_dir: Path,
+        hapi: HapiClient,
+        config: ConfigHolder,
+        registry: Registry,
+        page_size: int = PAGE_SIZE,
+    ) -> None:
+        self.state, self.hapi, self.config, self.registry = state, hapi, config, registry
+        self.page_size = page_size
+        job_dir.mkdir(parents=True, exist_ok=True)
+        self.state_path = job_dir / f"{state.id}.rematch.json"
+
+    @classmethod
+    def load(cls, path: Path, **kwargs: Any) -> RematchJob:
+        return cls(RematchState(**json.loads(path.read_text())), job_dir=path.parent, **kwargs)
+
+    def save(self) -> None:
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self.state)))
+        os.replace(tmp, self.state_path)
+
+    async def run(self) -> RematchState:
+        s = self.state
+        if s.phase == "finished":
+            return s
+        started = time.perf_counter() - s.seconds
+        try:
+            rules = matching.load_rules(s.rules)
+            cfg = self.config.current.with_changes(rules=rules)
+            self.config.replace(cfg)  # from now on every submission is decided with the new rules
+            if not s.summary:
+                the_plan = await dry_run(self.hapi, cfg, s.systems, self.page_size)
+                s.summary = the_plan.summary()
+                s.relink = [c.source_id for c in the_plan.changes]
+                s.retag = the_plan.retag
+            s.phase = "retagging"
+            self.save()
+            while s.retag_done < len(s.retag):
+                chunk = s.retag[s.retag_done : s.retag_done + RETAG_BATCH]
+                await self._retag(chunk, rules)
+                s.retag_done += len(chunk)
+                s.seconds = time.perf_counter() - started
+                self.save()
+            s.phase = "relinking"
+            self.save()
+            while s.relink_done < len(s.relink):
+                await self._relink(s.relink[s.relink_done])
+                s.relink_done += 1
+                s.seconds = time.perf_counter() - started
+                self.save()
+            s.phase = "finished"
+        except asyncio.CancelledError:
+            self.save()  # the mediator stops: resume from here next time
+            raise
+        except Exception as exc:  # HAPI down, …: stop; a restart (or resume) goes on from the saved position
+            log.exception("re-match job failed", extra={"job": s.id})
+            s.phase, s.error = "failed", f"{type(exc).__name__}: {exc}"
+        s.seconds = time.perf_counter() - started
+        self.save()
+        return s
+
+    async def _retag(self, ids: Sequence[str], rules: matching.Rules) -> None:
+        for attempt in range(1, 6):
+            uow = UnitOfWork(self.hapi)
+            for sid in ids:
+                stored = await uow.read("Patient", sid)
+                if stored is None:
+                    continue
+                keys = matching.block_keys(stored, rules)
+                if sorted(set(records.tags(stored, records.BLOCK_SYSTEM))) == keys:
+                    continue
+                kept = [
+                    t
+                    for t in stored.get("meta", {}).get("tag", [])
+                    if t.get("system") != records.BLOCK_SYSTEM
+                ]
+                stored["meta"] = {
+                    "tag": [*kept, *({"system": records.BLOCK_SYSTEM, "code": k} for k in keys)]
+                }
+                uow.put(stored)
+            try:
+                await uow.commit()
+                return
+            except Conflict:
+                if attempt == 5:
+                    raise
+
+    async def _relink(self, sid: str) -> None:
+        stored = await self.hapi.read("Patient", sid)
+        if stored is None:
+            return
+        before = records.golden_id_of(stored)
+        key = next(
+            (
+                (i["system"], i["value"])
+                for i in stored.get("identifier", [])
+                if i.get("system")
+                and i.get("value")
+                and records.source_record_id(i["system"], i["value"]) == sid
+            ),
+            None,
+        )
+        if key is None:
+            self.state.errors.append({"source_id": sid, "error": "no identifier gives this record's id"})
+            return
+        patient = {k: v for k, v in stored.items() if k not in ("id", "meta", "link", "text")}
+        actor = Actor(client_id=records.client_of(stored), address=f"rematch:{self.state.id}")
+        try:
+            result = await self.registry.submit(Submission(patient, actor, target_id=sid, conditional=key))
+        except (UpstreamUnavailable, UpstreamTimeout):
+            raise
+        except RegistryError as exc:
+            self.state.errors.append({"source_id": sid, "error": exc.diagnostics})
+            return
+        if result.golden_id != before:
+            self.state.changed += 1
+        else:
+            self.state.unchanged += 1
+
+
+def new_state(job_id: str, rules: matching.Rules, systems: Sequence[str] = ()) -> RematchState:
+    return RematchState(id=job_id, rules=rules.to_dict(), systems=list(systems))
+
+
+def rules_from(source: str | Path | Mapping[str, Any]) -> matching.Rules:
+    """``matching.load_rules`` (a YAML path or a parsed mapping); errors are ``matching.RulesError``."""
+    return matching.load_rules(source)
+
+
+__all__ = ["Change", "Plan", "RematchJob", "RematchState", "dry_run", "load_snapshot", "new_state", "plan"]
