@@ -142,9 +142,9 @@ async def load_snapshot(
         ids = sorted(wanted)
         for i in range(0, len(ids), 100):
             chunk = ids[i : i + 100]
-            for g in await hapi.search("Patient", {"_id": ",".join(chunk), "_count": "100"}, max_results=100):
-                goldens[g["id"]] = g
-        wanted = {s for g in goldens.values() if (s := records.replaced_by(g)) and s not in goldens}
+            found = await hapi.search("Patient", {"_id": ",".join(chunk), "_count": "100"}, max_results=100)
+            goldens.update((r["id"], r) for r in found)
+        wanted = {s for r in goldens.values() if (s := records.replaced_by(r)) and s not in goldens}
         wanted -= set(ids)
     return Snapshot(sources, goldens)
 
