@@ -1,7 +1,7 @@
 """Quality benchmark: pairwise precision / recall / F1 of ``matching`` against the truth, side by side with
 Splink 5 (unsupervised) on the same synthetic population in the same run, and on FEBRL3 / FEBRL4.
 
-    python -m bench.quality [--people 3000] [--seed 7] [--no-splink] [--no-febrl]
+    python -m bench.quality [--people 3000] [--seed 7] [--no-splink] [--no-febrl] [--large 30000]
 
 Precision and recall are over record pairs placed in the same cluster (auto-matches only). "household FM"
 counts false-merge pairs between different people of the same household (twins, parent/child, siblings,
@@ -60,6 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--no-splink", action="store_true")
     ap.add_argument("--no-febrl", action="store_true")
+    ap.add_argument("--large", type=int, default=0, help="also run on a population of this many people")
     args = ap.parse_args(argv)
 
     patients, truth = generate_population(args.people, args.seed)
@@ -79,7 +80,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     trained = matching.load_rules(train(patients, rules))
     t_train = time.perf_counter() - t0
     s, sec = ours(patients, truth, trained)
-    print(row("ours: default + `train` on this data (EM)", s, sec + t_train))
+    print(row("ours: default + `train` (EM m/u, prior, TF)", s, sec + t_train))
+    t0 = time.perf_counter()
+    kept = matching.load_rules(train(patients, rules, keep_weights=True))
+    t_train = time.perf_counter() - t0
+    s, sec = ours(patients, truth, kept)
+    print(row("ours: default + `train --keep-weights`", s, sec + t_train, f"(prior {kept.prior:.3g})"))
     print("threshold trade-off (shipped rules, auto_match varied):")
     for auto in (2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 16.0):
         s, sec = ours(patients, truth, with_threshold(rules, auto))
@@ -97,6 +103,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         for th in thresholds:
             edges = [(a, b) for a, b, p in scored if p >= th]
             print(row(f"  Splink 5 pairs p >= {th}", pairwise_edges(edges, truth), sec))
+
+    if args.large:
+        print(f"\nlarger population: {args.large} people (the prior depends on the registry's size)")
+        big, big_truth = generate_population(args.large, args.seed + 1)
+        print(f"{len(big)} records")
+        print(HEADER)
+        s, sec = ours(big, big_truth, rules)
+        print(row(f"ours: {ROOT_RULES} as shipped", s, sec))
+        t0 = time.perf_counter()
+        kept = matching.load_rules(train(big, rules, keep_weights=True))
+        t_train = time.perf_counter() - t0
+        s, sec = ours(big, big_truth, kept)
+        print(row("ours: default + `train --keep-weights`", s, sec + t_train, f"(prior {kept.prior:.3g})"))
 
     if not args.no_febrl:
         from .febrl import load

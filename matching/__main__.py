@@ -88,10 +88,13 @@ def _cmd_dedupe(args: argparse.Namespace, rules: Rules) -> int:
 
 def _cmd_train(args: argparse.Namespace, rules: Rules) -> int:
     patients = read_ndjson(args.input, args.on_bad_line)
-    doc = train(patients, rules, progress=None if args.quiet else stderr_progress())
+    doc = train(
+        patients, rules, keep_weights=args.keep_weights, progress=None if args.quiet else stderr_progress()
+    )
+    what = "prior and name frequencies" if args.keep_weights else "m/u, prior and name frequencies"
     header = (
         f"# Trained by `python -m matching train` from {args.input.name} ({len(patients)} records),\n"
-        f"# starting from rules '{rules.name}'. m/u/prior/frequencies estimated without labels (EM);\n"
+        f"# starting from rules '{rules.name}': {what} estimated without labels (EM);\n"
         "# thresholds and deterministic rules copied unchanged. Weights (log2 m/u) shown as comments.\n"
     )
     text = dump(doc, header)
@@ -121,6 +124,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         s.add_argument("--quiet", action="store_true", help="no progress on stderr")
         if name == "dedupe":
             s.add_argument("--review", type=pathlib.Path, help="CSV of potential matches for human review")
+        else:
+            s.add_argument(
+                "--keep-weights",
+                action="store_true",
+                help="keep the rules' m/u; estimate only the prior and name frequencies (recommended for "
+                "the shipped rules on a new population)",
+            )
     s = sub.add_parser("explain")
     s.add_argument("--rules", type=pathlib.Path, required=True)
     s.add_argument("a", type=pathlib.Path)

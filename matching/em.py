@@ -28,6 +28,7 @@ from .rules import Rules
 from .scoring import Table
 
 FLOOR = 1e-5
+STRICT_RECALL = 0.6  # share of true matches that agree exactly on given, family and birth date (assumed)
 
 
 def level_frequencies(levels: np.ndarray, weights: np.ndarray | None, rules: Rules) -> list[np.ndarray]:
@@ -49,13 +50,20 @@ def train(
     random_pairs: int = 500_000,
     iterations: int = 30,
     seed: int = 0,
+    keep_weights: bool = False,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Return a rules dict (same shape as the input rules) with estimated m, u and prior."""
+    """Return a rules dict (same shape as the input rules) with estimated m, u, prior and term frequencies.
+
+    ``keep_weights``: keep the rules' m and u (hand-set and reviewed) and estimate only the prior and the
+    term frequencies, the two things that depend on the size and the names of the registry's population.
+    """
     n = len(patients)
     if n < 3:
         raise ValueError("need at least 3 records to train")
     table = Table.from_patients(patients, rules)
+    if keep_weights:
+        return _prior_and_frequencies(patients, rules, table, progress)
     rng = np.random.default_rng(seed)
     a = rng.integers(0, n, size=random_pairs)
     b = rng.integers(0, n, size=random_pairs)
@@ -124,6 +132,33 @@ def frequencies(
     n = max(len(values), 1)
     common = sorted(((c / n, t) for t, c in counts.items() if c / n >= min_frequency), reverse=True)[:top]
     return {t: _round(fr) for fr, t in common}
+
+
+def _prior_and_frequencies(
+    patients: Sequence[Mapping[str, Any]], rules: Rules, table: Table, progress: Progress | None
+) -> dict[str, Any]:
+    keys = [block_keys(p, rules) for p in patients]
+    left, right, _ = candidate_pairs(keys, rules.max_block_size)
+    blocked = compare_all(table, left, right, rules, None).levels
+    # Splink's direct estimate: pairs agreeing exactly on given name, family name and full birth date are
+    # almost all matches; they are a share STRICT_RECALL of all matches.
+    strict = np.ones(len(blocked), dtype=bool)
+    for path in ("name.given", "name.family", "birthDate"):
+        ks = [k for k, f in enumerate(rules.fields) if f.path == path and "exact" in f.level_names]
+        if not ks:
+            raise ValueError(f"--keep-weights needs a field reading {path} with an 'exact' level")
+        strict &= blocked[:, ks[0]] == 1
+    n = len(patients)
+    matches = max(int(strict.sum()), 1) / STRICT_RECALL
+    prior = float(np.clip(matches / (n * (n - 1) / 2), 1e-9, 0.5))
+    if progress:
+        progress(f"{int(strict.sum()):,} pairs agree exactly on names and birth date -> prior {prior:.3g}")
+    doc = rules.to_dict()
+    doc["prior"] = _round(prior)
+    for f in rules.fields:
+        if f.kind == "name" and "exact" in f.level_names:
+            doc["fields"][f.name]["frequencies"] = frequencies(table.columns[f.name].values)
+    return doc
 
 
 def _em(

@@ -115,3 +115,16 @@ def test_duplicate_ids_are_bad_lines(tmp_path: pathlib.Path, capsys: pytest.Capt
     src = write_ndjson(tmp_path / "dup.ndjson", [a, a])
     assert main(["dedupe", "--rules", RULES, str(src), "-o", str(tmp_path / "o.csv"), "--quiet"]) == 0
     assert "dup.ndjson:2: duplicate Patient id 'a'" in capsys.readouterr().err
+
+
+def test_train_keep_weights_estimates_only_prior_and_frequencies(tmp_path: pathlib.Path) -> None:
+    from bench.population import generate_population
+
+    patients, _ = generate_population(300, seed=6)
+    src = write_ndjson(tmp_path / "p.ndjson", [json.dumps(p) for p in patients])
+    out = tmp_path / "kept.yaml"
+    assert main(["train", "--rules", RULES, str(src), "-o", str(out), "--quiet", "--keep-weights"]) == 0
+    kept, default = matching.load_rules(out), matching.load_rules(RULES)
+    assert [(f.m, f.u) for f in kept.fields] == [(f.m, f.u) for f in default.fields]
+    assert kept.prior != default.prior
+    assert kept.field("given").frequencies
