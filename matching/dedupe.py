@@ -41,11 +41,14 @@ class DedupeResult:
             i, j = int(self.left[k]), int(self.right[k])
             if self.labels[i] != self.labels[j]:
                 out.append((i, j, float(c.scores[k]), "potential"))
-        index = {(int(a), int(b)): k for k, (a, b) in enumerate(zip(self.left, self.right, strict=True))}
-        for i, j in self.refused:
-            pos = index.get((min(i, j), max(i, j)))
-            score = float(c.scores[pos]) if pos is not None else float("nan")
-            out.append((i, j, score, "refused-would-chain"))
+        if self.refused:
+            n = np.int64(len(self.ids))
+            codes = self.left * n + self.right  # sorted: candidate_pairs returns them in code order
+            for i, j in self.refused:
+                code = min(i, j) * n + max(i, j)
+                pos = int(np.searchsorted(codes, code))
+                found = pos < len(codes) and codes[pos] == code
+                out.append((i, j, float(c.scores[pos]) if found else float("nan"), "refused-would-chain"))
         return out
 
 

@@ -61,3 +61,16 @@ def test_dedupe_father_son_and_a_bridging_record(rules: matching.Rules) -> None:
 def test_dedupe_of_one_and_of_none(rules: matching.Rules) -> None:
     assert dedupe([], rules).cluster_ids() == []
     assert dedupe([patient("a", "Amina", "Diallo")], rules).cluster_ids() == ["a"]
+
+
+def test_dedupe_refuses_the_chaining_edge_and_reports_it(rules: matching.Rules) -> None:
+    a = patient("a", "Kwame", "Mensah", birth="1991-02-14", gender="male")
+    b = patient("b", "Kwame", "Mensah", birth="1991", gender="male")  # estimated: compatible with both
+    c = patient("c", "Kwame", "Mensah", birth="1991-11-30", gender="male")
+    result = dedupe([a, b, c], rules)
+    label = dict(zip(result.ids, result.cluster_ids(), strict=True))
+    assert label["a"] != label["c"]
+    assert label["b"] in (label["a"], label["c"])
+    refused = [r for r in result.review_pairs() if r[3] == "refused-would-chain"]
+    assert len(refused) == 1
+    assert refused[0][2] >= rules.auto_threshold
