@@ -93,4 +93,7 @@ def create_app(
     from .admin import setup as setup_admin  # curation API and page at /admin (mediator/admin/)
 
     setup_admin(app)
+    from .admin.jobs import setup as setup_jobs  # background jobs (bulk, re-matching), resumed at start
+
+    setup_jobs(app)
     return app

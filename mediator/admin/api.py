@@ -166,3 +166,6 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/api/search", search)
     r.add_get("/api/golden/{golden}", golden)
     r.add_get("/audit", audit)
+    from . import jobs  # /admin/jobs/… (bulk upload, re-matching); imports pages, which imports this module
+
+    jobs.add_routes(app)

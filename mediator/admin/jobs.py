@@ -1,0 +1,387 @@
+"""Background jobs for HIE admins under ``/admin/jobs/…``: bulk upload and re-matching after a rules change.
+
+* ``POST /admin/jobs/bulk`` (multipart: ``file`` = .ndjson/.csv, ``system``, optional
+  ``national_id_system``) → 202 with the job's progress; the file is decided by ``mediator.bulk`` in this
+  process, in the background.
+* ``POST /admin/jobs/rematch/dry-run`` ``{rules: {…}}`` or ``{rules_yaml: "…"}``, optional ``systems``
+  (only the source records of these identifier systems) → 202; the job's ``result`` is the dry-run summary
+  (links that would change, merges, splits, examples). Writes nothing.
+* ``POST /admin/jobs/rematch/apply`` (same body) → 202; the new rules become the live rules and the
+  records are relinked (``mediator.rematch``); 409 while another apply runs.
+* ``GET /admin/jobs``, ``GET /admin/jobs/{id}``: progress JSON — bulk ``rows_done``, ``rows_total``,
+  ``counts`` (no_match / match / potential / error); apply ``phase``, ``relink_done`` / ``relink_total``,
+  ``changed``, ``summary``.
+* ``GET /admin/jobs/{id}/report.csv``: a bulk job's decisions (row, source_id, outcome, golden_id, cruid,
+  score, rule, error).
+* ``GET /admin/jobs/page``: HTML list of the jobs with their progress.
+
+Same auth and CSRF as the rest of ``/admin`` (the admin app's middleware). Jobs are asyncio tasks owned by
+the mediator's app (``cleanup_ctx``: cancelled at shutdown); each keeps its state in ``CR_JOBS_DIR``
+(default ``var/jobs``) — ``<id>.job.json`` (kind and parameters) plus the engine's own state — so a
+restarted mediator resumes every job that had not finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from aiohttp import BodyPartReader, web
+
+import matching
+
+from .. import bulk, rematch
+from ..context import CONFIG, HAPI, REGISTRY
+from ..errors import Conflict, InvalidInput, NotFound
+from ..settings import REPO_ROOT
+from .pages import e, layout
+
+log = logging.getLogger(__name__)
+
+MAX_UPLOAD_BYTES = 512 * 1024 * 1024
+
+
+@dataclass
+class JobInfo:
+    id: str
+    kind: str  # bulk | rematch-dry-run | rematch-apply
+    created: float
+    params: dict[str, Any] = field(default_factory=dict)
+    result: dict[str, Any] = field(default_factory=dict)  # dry run: the summary
+    error: str = ""
+    status: str = "running"  # running | finished | failed
+
+
+class Jobs:
+    """The app's jobs: their files, their tasks, resumption at start-up."""
+
+    def __init__(self, app: web.Application, job_dir: Path) -> None:
+        self.app, self.dir = app, job_dir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.infos: dict[str, JobInfo] = {}
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.bulk_jobs: dict[str, bulk.BulkJob] = {}
+        self.rematch_jobs: dict[str, rematch.RematchJob] = {}
+
+    def _info_path(self, job_id: str) -> Path:
+        return self.dir / f"{job_id}.job.json"
+
+    def save(self, info: JobInfo) -> None:
+        tmp = self._info_path(info.id).with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(info)))
+        os.replace(tmp, self._info_path(info.id))
+
+    def resume_all(self) -> None:
+        for path in sorted(self.dir.glob("*.job.json")):
+            info = JobInfo(**json.loads(path.read_text()))
+            self.infos[info.id] = info
+            if info.status != "finished":
+                self.start(info)
+
+    def start(self, info: JobInfo) -> None:
+        info.status, info.error = "running", ""
+        self.infos[info.id] = info
+        self.save(info)
+        task = asyncio.create_task(self._run(info), name=f"job-{info.id}")
+        self.tasks[info.id] = task
+        task.add_done_callback(lambda _t: self.tasks.pop(info.id, None))
+
+    async def _run(self, info: JobInfo) -> None:
+        try:
+            if info.kind == "bulk":
+                await self._bulk(info)
+            elif info.kind == "rematch-dry-run":
+                cfg = self.app[CONFIG].current.with_changes(rules=matching.load_rules(info.params["rules"]))
+                the_plan = await rematch.dry_run(self.app[HAPI], cfg, info.params.get("systems", []))
+                info.result = the_plan.summary()
+            else:
+                state = await self._rematch(info).run()
+                if state.phase != "finished":
+                    raise RuntimeError(state.error)
+            info.status = "finished"
+        except asyncio.CancelledError:
+            raise  # shutting down: resumed at the next start
+        except Exception as exc:
+            log.exception("job failed", extra={"job": info.id, "kind": info.kind})
+            info.status, info.error = "failed", f"{type(exc).__name__}: {exc}"
+        self.save(info)
+
+    def _bulk_job(self, info: JobInfo) -> bulk.BulkJob:
+        if info.id not in self.bulk_jobs:
+            p = info.params
+            self.bulk_jobs[info.id] = bulk.BulkJob(
+                Path(p["file"]),
+                bulk.InProcess(self.app[REGISTRY], p["system"]),
+                system=p["system"],
+                job_dir=self.dir / "bulk",
+                national_id_system=p.get("national_id_system"),
+            )
+        return self.bulk_jobs[info.id]
+
+    async def _bulk(self, info: JobInfo) -> None:
+        await self._bulk_job(info).run()
+
+    def _rematch(self, info: JobInfo) -> rematch.RematchJob:
+        if info.id not in self.rematch_jobs:
+            path = self.dir / f"{info.id}.rematch.json"
+            hapi, config, registry = self.app[HAPI], self.app[CONFIG], self.app[REGISTRY]
+            if path.exists():
+                job = rematch.RematchJob.load(path, hapi=hapi, config=config, registry=registry)
+            else:
+                rules = matching.load_rules(info.params["rules"])
+                state = rematch.new_state(info.id, rules, info.params.get("systems", []))
+                job = rematch.RematchJob(state, job_dir=self.dir, hapi=hapi, config=config, registry=registry)
+            self.rematch_jobs[info.id] = job
+        return self.rematch_jobs[info.id]
+
+    def progress(self, info: JobInfo) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": info.id,
+            "kind": info.kind,
+            "status": info.status,
+            "created": info.created,
+            "error": info.error,
+        }
+        if info.kind == "bulk":
+            state = self._bulk_job(info).state
+            out.update(
+                file=info.params.get("filename"),
+                system=info.params.get("system"),
+                rows_done=sum(state.counts.values()),
+                rows_total=info.params.get("rows_total"),
+                counts=state.counts,
+                seconds=round(state.seconds, 1),
+            )
+        elif info.kind == "rematch-dry-run":
+            out["result"] = info.result
+        else:
+            out.update(self._rematch(info).state.progress())
+            out["status"] = info.status  # the job's, not the engine's phase
+        return out
+
+    async def stop(self) -> None:
+        tasks = list(self.tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+JOBS = web.AppKey("jobs", Jobs)
+
+
+def setup(app: web.Application) -> None:
+    """Own the jobs in the mediator app's ``cleanup_ctx`` (after the HAPI session: jobs need the registry)."""
+
+    async def jobs_ctx(app: web.Application) -> AsyncIterator[None]:
+        jobs = Jobs(app, Path(os.environ.get("CR_JOBS_DIR") or REPO_ROOT / "var" / "jobs"))
+        app[JOBS] = jobs
+        jobs.resume_all()
+        yield
+        await jobs.stop()
+
+    app.cleanup_ctx.append(jobs_ctx)
+
+
+# -- handlers ------------------------------------------------------------------------------------------
+
+
+def _jobs(request: web.Request) -> Jobs:
+    return request.config_dict[JOBS]
+
+
+def _count_rows(path: Path) -> int:
+    if path.suffix == ".csv":
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            return max(0, sum(1 for _ in csv.reader(f)) - 1)
+    with path.open(encoding="utf-8") as f:
+        return sum(1 for line in f if line.strip())
+
+
+async def upload_bulk(request: web.Request) -> web.Response:
+    if not request.content_type.startswith("multipart/"):
+        raise InvalidInput(
+            "Send multipart/form-data with 'file', 'system' and optional 'national_id_system'."
+        )
+    jobs = _jobs(request)
+    job_id = f"bulk-{uuid.uuid4().hex[:12]}"
+    fields: dict[str, str] = {}
+    saved: Path | None = None
+    filename = ""
+    reader = await request.multipart()
+    while (part := await reader.next()) is not None:
+        if not isinstance(part, BodyPartReader) or part.name is None:
+            continue
+        if part.name == "file":
+            filename = part.filename or "upload.ndjson"
+            suffix = ".csv" if filename.lower().endswith(".csv") else ".ndjson"
+            (jobs.dir / "uploads").mkdir(exist_ok=True)
+            saved = jobs.dir / "uploads" / f"{job_id}{suffix}"
+            size = 0
+            with saved.open("wb") as out:
+                while chunk := await part.read_chunk():
+                    size += len(chunk)
+                    if size > MAX_UPLOAD_BYTES:
+                        out.close()
+                        saved.unlink()
+                        raise InvalidInput(f"The file is larger than {MAX_UPLOAD_BYTES} bytes.")
+                    out.write(chunk)
+        else:
+            fields[part.name] = (await part.text()).strip()
+    if saved is None:
+        raise InvalidInput("No 'file' part.")
+    system = fields.get("system", "")
+    if not system:
+        saved.unlink()
+        raise InvalidInput("Give the facility's identifier system ('system').")
+    cfg = request.config_dict[CONFIG].current
+    national = fields.get("national_id_system") or next(iter(sorted(cfg.shared_identifier_systems)), None)
+    try:
+        total = _count_rows(saved)
+        if saved.suffix == ".csv":
+            next(bulk.read_rows(saved, system, national), None)  # checks the header
+    except (ValueError, UnicodeDecodeError) as exc:
+        saved.unlink()
+        raise InvalidInput(f"Cannot read the file: {exc}") from exc
+    info = JobInfo(
+        id=job_id,
+        kind="bulk",
+        created=time.time(),
+        params={
+            "file": str(saved),
+            "filename": filename,
+            "system": system,
+            "national_id_system": national,
+            "rows_total": total,
+        },
+    )
+    jobs.start(info)
+    return web.json_response(jobs.progress(info), status=202)
+
+
+async def _rules_body(request: web.Request) -> dict[str, Any]:
+    from .api import body
+
+    data = await body(request)
+    doc = data.get("rules")
+    if doc is None and isinstance(data.get("rules_yaml"), str):
+        try:
+            doc = yaml.safe_load(data["rules_yaml"])
+        except yaml.YAMLError as exc:
+            raise InvalidInput(f"rules_yaml is not valid YAML: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise InvalidInput("Give the new rules: 'rules' (an object) or 'rules_yaml' (the YAML text).")
+    try:
+        rules = matching.load_rules(doc)
+    except matching.RulesError as exc:
+        raise InvalidInput(str(exc)) from exc
+    systems = data.get("systems", [])
+    if not isinstance(systems, list) or not all(isinstance(s, str) and s for s in systems):
+        raise InvalidInput("'systems' must be a list of identifier systems.")
+    return {"rules": rules.to_dict(), "systems": systems}
+
+
+async def rematch_dry_run(request: web.Request) -> web.Response:
+    params = await _rules_body(request)
+    info = JobInfo(
+        id=f"dry-{uuid.uuid4().hex[:12]}", kind="rematch-dry-run", created=time.time(), params=params
+    )
+    _jobs(request).start(info)
+    return web.json_response(_jobs(request).progress(info), status=202)
+
+
+async def rematch_apply(request: web.Request) -> web.Response:
+    params = await _rules_body(request)
+    jobs = _jobs(request)
+    if any(i.kind == "rematch-apply" and i.id in jobs.tasks for i in jobs.infos.values()):
+        raise Conflict("A re-match is already being applied; wait for it to finish.")
+    info = JobInfo(
+        id=f"rematch-{uuid.uuid4().hex[:12]}", kind="rematch-apply", created=time.time(), params=params
+    )
+    jobs.start(info)
+    return web.json_response(jobs.progress(info), status=202)
+
+
+def _info(request: web.Request) -> JobInfo:
+    info = _jobs(request).infos.get(request.match_info["job"])
+    if info is None:
+        raise NotFound(f"No job {request.match_info['job']}.")
+    return info
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    jobs = _jobs(request)
+    items = [jobs.progress(i) for i in sorted(jobs.infos.values(), key=lambda i: i.created, reverse=True)]
+    return web.json_response({"items": items})
+
+
+async def job_progress(request: web.Request) -> web.Response:
+    return web.json_response(_jobs(request).progress(_info(request)))
+
+
+async def job_report(request: web.Request) -> web.StreamResponse:
+    info = _info(request)
+    if info.kind != "bulk":
+        raise NotFound("Only bulk jobs have a decisions report.")
+    path = _jobs(request)._bulk_job(info).report_path
+    if not path.exists():
+        raise NotFound("The report is not written yet.")
+    return web.FileResponse(
+        path,
+        headers={
+            "Content-Type": "text/csv; charset=utf-8",
+            "Content-Disposition": f'attachment; filename="{info.id}-decisions.csv"',
+        },
+    )
+
+
+async def jobs_page(request: web.Request) -> web.Response:
+    jobs = _jobs(request)
+    rows = []
+    for info in sorted(jobs.infos.values(), key=lambda i: i.created, reverse=True):
+        p = jobs.progress(info)
+        if info.kind == "bulk":
+            done = f"{p['rows_done']} / {p['rows_total']} rows · {e(json.dumps(p['counts']))}"
+            link = f' · <a href="/admin/jobs/{e(info.id)}/report.csv">report</a>'
+        elif info.kind == "rematch-dry-run":
+            r = p.get("result") or {}
+            done = (
+                f"{r.get('links_changed', '…')} links would change "
+                f"({r.get('merges', 0)} merges, {r.get('splits', 0)} splits)"
+            )
+            link = ""
+        else:
+            done = (
+                f"{p.get('phase')} · {p.get('relink_done')} / {p.get('relink_total')} relinked, "
+                f"{p.get('changed')} changed"
+            )
+            link = ""
+        rows.append(
+            f"<tr><td>{e(info.id)}</td><td>{e(info.kind)}</td><td>{e(info.status)} {e(info.error)}</td>"
+            f"<td>{done}{link}</td></tr>"
+        )
+    body = (
+        "<table><caption>Jobs (newest first)</caption><thead><tr><th>Job</th><th>Kind</th><th>Status</th>"
+        f"<th>Progress</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    )
+    return layout(request, "Jobs", body)
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_post("/jobs/bulk", upload_bulk)
+    r.add_post("/jobs/rematch/dry-run", rematch_dry_run)
+    r.add_post("/jobs/rematch/apply", rematch_apply)
+    r.add_get("/jobs", list_jobs)
+    r.add_get("/jobs/page", jobs_page)
+    r.add_get("/jobs/{job}", job_progress)
+    r.add_get("/jobs/{job}/report.csv", job_report)

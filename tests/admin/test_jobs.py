@@ -1,0 +1,150 @@
+"""Admin jobs under /admin/jobs: bulk upload with progress and report, re-match dry run and apply, resume."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+
+from mediator import records
+from mediator.admin.jobs import JOBS
+from mediator.app import create_app
+from mediator.settings import REPO_ROOT
+from tests.admin.conftest import AdminClient
+from tests.conftest import unique_phone, unique_surname
+
+
+@pytest.fixture(autouse=True)
+def jobs_dir(tmp_path: Path, monkeypatch) -> Path:
+    path = tmp_path / "jobs"
+    monkeypatch.setenv("CR_JOBS_DIR", str(path))
+    return path
+
+
+async def _finished(admin: AdminClient, job_id: str) -> dict[str, Any]:
+    """Wait for the job's own task (no sleeping), then read its progress through the API."""
+    task = admin.client.app[JOBS].tasks.get(job_id)
+    if task is not None:
+        await asyncio.wait_for(asyncio.shield(task), 120)
+    return await admin.get(f"/admin/jobs/{job_id}")
+
+
+def _csv_text(facility_rows: list[dict[str, str]]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, ["id", "family", "given", "gender", "birth_date", "phone"])
+    writer.writeheader()
+    writer.writerows(facility_rows)
+    return out.getvalue()
+
+
+async def _upload(
+    admin: AdminClient, text: str, system: str, csrf: str | None = None
+) -> aiohttp.ClientResponse:
+    form = aiohttp.FormData()
+    form.add_field("system", system)
+    form.add_field("file", text.encode(), filename="clinic.csv", content_type="text/csv")
+    headers = {"X-CSRF-Token": admin.csrf if csrf is None else csrf}
+    return await admin.client.post("/admin/jobs/bulk", data=form, headers=headers)
+
+
+async def test_bulk_upload_progress_and_report(admin: AdminClient, facility: str):
+    family, phone = unique_surname(), unique_phone()
+    person = {"family": family, "given": "Amina", "gender": "F", "birth_date": "1987-04-12", "phone": phone}
+    text = _csv_text(
+        [
+            {"id": "A1", **person},
+            {"id": "A2", **person},
+            {"id": "A3", **person, "gender": "x"},
+            {
+                "id": "A4",
+                **{"family": unique_surname(), "given": unique_surname(), "gender": "male"},
+                **{"birth_date": "1950-01-02", "phone": unique_phone()},
+            },
+        ]
+    )
+    assert (await _upload(admin, text, facility, csrf="wrong")).status == 403
+    resp = await _upload(admin, text, facility)
+    assert resp.status == 202, await resp.text()
+    started = await resp.json()
+    assert started["kind"] == "bulk" and started["rows_total"] == 4
+    progress = await _finished(admin, started["id"])
+    assert progress["status"] == "finished", progress
+    assert progress["rows_done"] == 4
+    counts = progress["counts"]
+    assert (
+        counts["match"] == 1 and counts["error"] == 1
+    )  # the first row may be 'potential' to other tests' Aminas
+    assert counts.get("no_match", 0) + counts.get("potential", 0) == 2
+    resp = await admin.client.get(f"/admin/jobs/{started['id']}/report.csv")
+    assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/csv")
+    report = {int(r["row"]): r for r in csv.DictReader(io.StringIO(await resp.text()))}
+    assert report[3]["outcome"] == "match" and report[2]["golden_id"] == report[3]["golden_id"]
+    assert "gender" in report[4]["error"]
+    listing = await admin.get("/admin/jobs")
+    assert started["id"] in [j["id"] for j in listing["items"]]
+    page = await admin.client.get("/admin/jobs/page")
+    assert page.status == 200 and started["id"] in await page.text()
+
+
+async def test_jobs_need_a_session(app_client):
+    assert (await app_client.get("/admin/jobs")).status == 401
+
+
+async def test_rematch_dry_run_then_apply(admin: AdminClient, facility: str, store):
+    family, phone = unique_surname(), unique_phone()
+    person = {"family": family, "given": "Amina", "gender": "F", "birth_date": "1987-04-12", "phone": phone}
+    resp = await _upload(admin, _csv_text([{"id": "A1", **person}, {"id": "A2", **person}]), facility)
+    await _finished(admin, (await resp.json())["id"])
+    doc = yaml.safe_load((REPO_ROOT / "rules" / "default.yaml").read_text())
+    doc["thresholds"] = {"auto_match": 99.0, "potential_match": 98.0}
+    doc["deterministic"] = []
+    bad = await admin.post("/admin/jobs/rematch/dry-run", {"rules": {"name": "x"}}, status=400)
+    assert bad["resourceType"] == "OperationOutcome"
+    dry = await admin.post(
+        "/admin/jobs/rematch/dry-run", {"rules_yaml": yaml.safe_dump(doc), "systems": [facility]}, status=202
+    )
+    result = (await _finished(admin, dry["id"]))["result"]
+    assert result["records"] == 2 and result["links_changed"] == 1 and result["splits"] == 1
+    goldens = {records.golden_id_of(r) for r in await store.sources_with(facility)}
+    assert len(goldens) == 1  # the dry run wrote nothing
+    apply = await admin.post("/admin/jobs/rematch/apply", {"rules": doc, "systems": [facility]}, status=202)
+    progress = await _finished(admin, apply["id"])
+    assert progress["status"] == "finished" and progress["changed"] == 1, progress
+    assert progress["relink_done"] == progress["relink_total"] == 1
+    assert len({records.golden_id_of(r) for r in await store.sources_with(facility)}) == 2
+
+
+def _unfinished_job(jobs_dir: Path, facility: str) -> None:
+    """The files a mediator leaves of a bulk job that it had started and not finished."""
+    upload = jobs_dir / "uploads"
+    upload.mkdir(parents=True)
+    data = upload / "bulk-resume.csv"
+    data.write_text(
+        _csv_text([{"id": "R1", "family": unique_surname(), "given": "Okello", "gender": "male"}])
+    )
+    info = {
+        "id": "bulk-resume",
+        "kind": "bulk",
+        "created": time.time(),
+        "params": {"file": str(data), "filename": "c.csv", "system": facility, "rows_total": 1},
+        "status": "running",
+    }
+    (jobs_dir / "bulk-resume.job.json").write_text(json.dumps(info))
+
+
+async def test_an_unfinished_job_resumes_when_the_mediator_starts(
+    aiohttp_client, settings, admin_settings, jobs_dir: Path, facility: str, store
+):
+    _unfinished_job(jobs_dir, facility)
+    admin = await AdminClient(await aiohttp_client(create_app(settings))).login()
+    progress = await _finished(admin, "bulk-resume")
+    assert progress["status"] == "finished" and progress["counts"] == {"no_match": 1}
+    assert len(await store.sources_with(facility)) == 1
