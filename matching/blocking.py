@@ -100,6 +100,7 @@ PARTS: dict[str, Callable[[_Facts], list[str]]] = {
     "identifier.shared": _shared_ids,
     "identifier.any": lambda f: [_h(x) for x in f.identifiers],
     "telecom.phone": lambda f: [_h(x) for x in nz.phones(f.p)],
+    "address.postalCode": lambda f: [x.replace(" ", "") for x in nz.EXTRACTORS["address.postalCode"][0](f.p)],
 }
 
 

@@ -13,8 +13,8 @@ import numpy as np
 
 from .blocking import block_keys
 from .cluster import cluster
-from .rules import Rules
-from .scoring import MATCH, NO_MATCH, Compared, Table, compare
+from .rules import OUTCOMES, Rules
+from .scoring import MATCH, Compared, Table, compare
 
 CHUNK = 200_000
 
@@ -128,14 +128,15 @@ def dedupe(
     in_auto[left[auto]] = True
     in_auto[right[auto]] = True
     sel = np.nonzero(in_auto[left] & in_auto[right])[0]
-    ok = (c.outcome[sel] > NO_MATCH) & (c.capped_by[sel] < 0)
+    least = OUTCOMES.index(rules.min_cross_pair)
+    ok = (c.outcome[sel] >= least) & (c.capped_by[sel] < 0)
     compatible = dict(
         zip(zip(left[sel].tolist(), right[sel].tolist(), strict=True), ok.tolist(), strict=True)
     )
 
     def check(li: np.ndarray, ri: np.ndarray) -> np.ndarray:
         cc = compare(table, li, ri, rules)
-        return (cc.outcome > NO_MATCH) & (cc.capped_by < 0)
+        return (cc.outcome >= least) & (cc.capped_by < 0)
 
     labels, refused = cluster(n, left[auto], right[auto], c.scores[auto], compatible, check)
     if progress:

@@ -157,6 +157,18 @@ def _build(doc: Any, lines: dict[tuple[str, ...], int], base: pathlib.Path) -> R
     if not isinstance(mbs, int) or isinstance(mbs, bool) or mbs < 2:
         P.add(("max_block_size",), f"must be an integer >= 2, got {mbs!r}")
         mbs = 500
+    min_cross = "potential"
+    cl = doc.get("clustering", {})
+    if not isinstance(cl, Mapping):
+        P.add(("clustering",), "must be a mapping {min_cross_pair: potential | no_match}")
+    else:
+        for k in cl:
+            if k != "min_cross_pair":
+                P.add(("clustering", k), "unknown key (known: min_cross_pair)")
+        min_cross = cl.get("min_cross_pair", "potential")
+        if min_cross not in ("potential", "no_match"):
+            P.add(("clustering", "min_cross_pair"), f"must be potential or no_match, got {min_cross!r}")
+            min_cross = "potential"
     if P.items:
         raise RulesError(P.items)
     return Rules(
@@ -170,6 +182,7 @@ def _build(doc: Any, lines: dict[tuple[str, ...], int], base: pathlib.Path) -> R
         shared_identifier_systems=tuple(shared),
         swap=(swap[0], swap[1]) if swap else None,
         max_block_size=mbs,
+        min_cross_pair=min_cross,
         source=_plain(doc),
     )
 

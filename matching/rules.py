@@ -30,6 +30,7 @@ BLOCK_PARTS = (
     "identifier.shared",
     "identifier.any",
     "telecom.phone",
+    "address.postalCode",
 )
 TOP_KEYS = {
     "name",
@@ -45,6 +46,7 @@ TOP_KEYS = {
     "deterministic",
     "blocking",
     "max_block_size",
+    "clustering",
 }
 
 
@@ -95,6 +97,7 @@ class Rules:
     shared_identifier_systems: tuple[str, ...]
     swap: tuple[str, str] | None
     max_block_size: int
+    min_cross_pair: str  # clustering: least outcome every pair across two merged clusters needs
     source: Mapping[str, Any] = field(compare=False, repr=False)
 
     @cached_property

@@ -50,9 +50,11 @@ def test_mapping_problems_name_key_paths(rules: matching.Rules) -> None:
     doc["fields"]["birth_date"]["levels"].pop("swapped")
     doc["blocking"][0]["key"] = ["birthDate.century"]
     doc["thresholds"]["potential_match"] = 50
+    doc["clustering"] = {"min_cross_pair": "match"}
     with pytest.raises(matching.RulesError) as err:
         matching.load_rules(doc)
     text = "\n".join(err.value.problems)
+    assert "clustering.min_cross_pair: must be potential or no_match, got 'match'" in text
     assert "fields.birth_date.levels: level 'swapped' needs" in text
     assert "blocking.0.key.0: unknown key part 'birthDate.century'" in text
     assert "thresholds.potential_match: must not be above auto_match" in text
