@@ -153,3 +153,12 @@ def test_identifier_explanations_show_only_compared_systems(rules: matching.Rule
     assert shown["national_id"] == (f"{NID}|123456789",)
     assert shown["facility_id"] == ("http://facility-a.org/mrn|a1",)
     assert "123456789" in e.text()
+
+
+def test_shared_national_id_without_birth_date_is_only_potential(rules: matching.Rules) -> None:
+    nid = {NID: "123456789"}
+    father = patient("a", "Kwame", "Mensah", birth="1962-08-09", gender="male", ids=nid)
+    son = patient("b", "Kwame", "Mensah", birth=None, gender="male", ids=nid)
+    d = decide_one(son, father, rules)
+    assert d.outcome == "potential"
+    assert "capped by no-birth-date" in d.rule
