@@ -12,7 +12,7 @@ import contextvars
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -25,6 +25,8 @@ from .errors import Conflict, NotFound, Unprocessable, UpstreamTimeout, Upstream
 log = logging.getLogger(__name__)
 
 FHIR_JSON = "application/fhir+json"
+# search parameters: a dict, or (name, value) pairs when a parameter repeats (authored-on=ge…&authored-on=le…)
+Params = Mapping[str, str] | Sequence[tuple[str, str]]
 
 
 @dataclass
@@ -74,7 +76,7 @@ class HapiClient:
         method: str,
         path: str,
         *,
-        params: dict[str, str] | None = None,
+        params: Params | None = None,
         body: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
         accept_status: tuple[int, ...] = (),
@@ -128,7 +130,7 @@ class HapiClient:
         return payload if status == 200 else None
 
     async def search(
-        self, resource_type: str, params: dict[str, str], *, max_results: int = 1000
+        self, resource_type: str, params: Params, *, max_results: int = 1000
     ) -> list[dict[str, Any]]:
         """Run a search and follow ``next`` links until ``max_results`` resources were read."""
         results: list[dict[str, Any]] = []
@@ -162,9 +164,10 @@ class HapiClient:
                 break
             _, bundle = await self._call(f"search {resource_type} (next page)", "GET", self._local(next_url))
 
-    async def count(self, resource_type: str, params: dict[str, str]) -> int:
+    async def count(self, resource_type: str, params: Params) -> int:
+        pairs = list(params.items()) if isinstance(params, Mapping) else list(params)
         _, bundle = await self._call(
-            f"count {resource_type}", "GET", resource_type, params={**params, "_summary": "count"}
+            f"count {resource_type}", "GET", resource_type, params=[*pairs, ("_summary", "count")]
         )
         return int((bundle or {}).get("total", 0))
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import api, pages
+from ..context import HAPI
+from . import api, pages, score_index
 from .auth import ADMIN_SETTINGS, USERS, AdminSettings, auth_middleware
 from .users import UserStore
 
@@ -29,6 +30,15 @@ def create_admin_app(admin_settings: AdminSettings | None = None) -> web.Applica
 def setup(app: web.Application, admin_settings: AdminSettings | None = None) -> None:
     """Mount the admin sub-application at ``/admin`` on the mediator's app."""
     app.add_subapp("/admin", create_admin_app(admin_settings))
+
+    async def install_score_index(app: web.Application) -> None:
+        score_index.start(app[HAPI])  # in the background: HAPI may still be starting
+
+    async def stop_score_index(app: web.Application) -> None:
+        await score_index.stop()
+
+    app.on_startup.append(install_score_index)
+    app.on_shutdown.append(stop_score_index)  # before the HAPI session closes
 
 
 __all__ = ["AdminSettings", "UserStore", "create_admin_app", "setup"]

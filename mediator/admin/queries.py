@@ -13,10 +13,11 @@ import matching
 
 from .. import records
 from ..config import RegistryConfig
-from ..errors import InvalidInput, NotFound
+from ..errors import InvalidInput, NotFound, Unprocessable
 from ..fhir_client import HapiClient
 from ..records import Resource
 from ..review import OPEN, POSSIBLE_DUPLICATE, POTENTIAL_MATCH
+from . import score_index
 from .curation import ADMIN_ACTION_SYSTEM, ADMIN_USER_SYSTEM
 
 MAX_QUEUE = 20_000
@@ -104,29 +105,48 @@ class QueueFilter:
         )
 
 
-async def queue(hapi: HapiClient, f: QueueFilter) -> dict[str, Any]:
-    params = {
-        "status": OPEN,
-        "code": f"{records.REVIEW_TYPE_SYSTEM}|{f.kind}",
-        "_count": "1000",
-        "_elements": "id,focus,for,input,authoredOn,code,status",
-    }
+def _queue_params(f: QueueFilter) -> list[tuple[str, str]]:
+    params = [("status", OPEN), ("code", f"{records.REVIEW_TYPE_SYSTEM}|{f.kind}")]
     if f.system:
-        params["focus:Patient.identifier"] = f"{f.system}|"
-    dates = [f"ge{f.since}"] if f.since else []
+        params.append(("focus:Patient.identifier", f"{f.system}|"))
+    if f.since:
+        params.append(("authored-on", f"ge{f.since}"))
     if f.until:
-        dates.append(f"le{f.until}")
-    tasks = []
-    if dates:
-        # two authored-on bounds need the parameter twice; HapiClient takes a dict, so filter the upper here
-        params["authored-on"] = dates[0]
-    tasks = await hapi.search("Task", params, max_results=MAX_QUEUE)
-    if f.until:
-        tasks = [t for t in tasks if str(t.get("authoredOn", ""))[: len(f.until)] <= f.until]
-    tasks.sort(key=lambda t: (-(task_score(t) or float("-inf")), t.get("authoredOn", ""), t["id"]))
-    total = len(tasks)
-    start = (f.page - 1) * f.per_page
-    page = tasks[start : start + f.per_page]
+        params.append(("authored-on", f"le{f.until}"))
+    return params
+
+
+QUEUE_ELEMENTS = ("_elements", "id,focus,for,input,authoredOn,code,status")
+
+
+async def queue(hapi: HapiClient, f: QueueFilter) -> dict[str, Any]:
+    """One page of open review Tasks, highest score first (ties: oldest first, then id).
+
+    HAPI sorts and pages through the ``review-score`` search parameter (:mod:`.score_index`); until that is
+    installed and every open Task indexed, the Tasks are read and sorted here (slow with thousands)."""
+    params = _queue_params(f)
+    score_index.start(hapi)
+    if score_index.is_ready(hapi):
+        try:
+            total, page = await asyncio.gather(
+                hapi.count("Task", params),
+                hapi.search(
+                    "Task",
+                    [
+                        *params,
+                        ("_sort", f"-{score_index.CODE},authored-on,_id"),
+                        ("_count", str(f.per_page)),
+                        ("_offset", str((f.page - 1) * f.per_page)),
+                        QUEUE_ELEMENTS,
+                    ],
+                    max_results=f.per_page,
+                ),
+            )
+        except Unprocessable:  # the store no longer knows review-score
+            score_index.forget(hapi)
+            total, page = await _queue_in_memory(hapi, f, params)
+    else:
+        total, page = await _queue_in_memory(hapi, f, params)
     sources = await read_many(
         hapi, "Patient", [records.ref_id(t.get("focus", {}).get("reference")) or "" for t in page]
     )
@@ -146,6 +166,15 @@ async def queue(hapi: HapiClient, f: QueueFilter) -> dict[str, Any]:
             }
         )
     return {"total": total, "page": f.page, "per_page": f.per_page, "kind": f.kind, "items": items}
+
+
+async def _queue_in_memory(
+    hapi: HapiClient, f: QueueFilter, params: list[tuple[str, str]]
+) -> tuple[int, list[Resource]]:
+    tasks = await hapi.search("Task", [*params, ("_count", "1000"), QUEUE_ELEMENTS], max_results=MAX_QUEUE)
+    tasks.sort(key=lambda t: (-(task_score(t) or float("-inf")), t.get("authoredOn", ""), t["id"]))
+    start = (f.page - 1) * f.per_page
+    return len(tasks), tasks[start : start + f.per_page]
 
 
 async def _live_golden(hapi: HapiClient, golden_id: str) -> Resource:

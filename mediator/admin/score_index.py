@@ -1,0 +1,169 @@
+"""The review score as a HAPI search parameter, so HAPI sorts and pages the review queue.
+
+* ``SearchParameter/cr-review-score`` (code ``review-score``, type number, base Task, expression on the
+  Task's ``input`` typed ``score``) is PUT with a fixed id when the mediator starts (only when absent or
+  different, so replicas and restarts write nothing).
+* HAPI 8.8 JPA indexes resources *written after* the parameter exists. Tasks already stored stay unindexed
+  (measured: HAPI queues a Batch2 REINDEX job on the new parameter, but nothing guarantees when it runs;
+  an identical PUT is a no-op and is not reindexed either). So :func:`install` backfills: every open review
+  Task with a score that ``review-score`` does not find is written again with ``lastModified`` set, in
+  transactions of 200 with ``If-Match`` (a Task a person decided meanwhile is left to the next pass).
+* The expression belongs to the id and code: a different expression needs a new id and code (values indexed
+  under the old expression would look indexed and be stale; a new parameter starts empty and is backfilled).
+* Until the install finished for a HAPI base URL, :func:`is_ready` is false and the queue sorts in memory
+  (the old, slow but always correct path); a failed install is retried on the next queue request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from .. import records
+from ..errors import Conflict, RegistryError, Unprocessable
+from ..fhir_client import HapiClient
+from ..review import OPEN, POSSIBLE_DUPLICATE, POTENTIAL_MATCH
+
+log = logging.getLogger(__name__)
+
+SP_ID = "cr-review-score"
+CODE = "review-score"
+# HAPI stores number index values with two decimals (measured: 5.9858, 5.985 and 5.9889 sorted as equal);
+# scores carry four, so the index holds score × 10,000.
+SCALE = 10_000
+EXPRESSION = f"(Task.input.where(type.text = 'score').value.ofType(decimal) * {SCALE})"
+SEARCH_PARAMETER: dict[str, Any] = {
+    "resourceType": "SearchParameter",
+    "id": SP_ID,
+    "url": f"{records.NS}:SearchParameter/{CODE}",
+    "name": "review-score",
+    "status": "active",
+    "description": "Score of a client-registry review Task (input typed 'score'); sorts the review queue.",
+    "code": CODE,
+    "base": ["Task"],
+    "type": "number",
+    "expression": EXPRESSION,
+}
+LOWEST = "ge-10000000000"  # every (scaled) score the matcher can give (weights sum to a few dozen at most)
+BATCH = 100  # ids per search URL (200 ids overflow the request line)
+
+_ready: set[str] = set()
+_running: dict[str, asyncio.Task[None]] = {}
+
+
+def is_ready(hapi: HapiClient) -> bool:
+    return hapi.base_url in _ready
+
+
+def forget(hapi: HapiClient) -> None:
+    """The store lost the parameter (e.g. a new database behind the same URL): install again."""
+    _ready.discard(hapi.base_url)
+
+
+def start(hapi: HapiClient) -> None:
+    """Start :func:`install` in the background unless it is done or running for this store."""
+    key = hapi.base_url
+    if key in _ready or (key in _running and not _running[key].done()):
+        return
+    _running[key] = asyncio.get_running_loop().create_task(_install_logged(hapi))
+
+
+async def stop() -> None:
+    running = [t for t in _running.values() if not t.done()]
+    for task in running:
+        task.cancel()
+    await asyncio.gather(*running, return_exceptions=True)
+    _running.clear()
+
+
+async def _install_logged(hapi: HapiClient) -> None:
+    try:
+        await install(hapi)
+    except RegistryError as exc:
+        log.warning("review-score search parameter not installed yet", extra={"error": exc.diagnostics})
+
+
+def _same(stored: dict[str, Any] | None) -> bool:
+    return stored is not None and all(
+        stored.get(k) == SEARCH_PARAMETER[k] for k in ("code", "base", "type", "expression", "status")
+    )
+
+
+async def install(hapi: HapiClient) -> int:
+    """Install the parameter (idempotent) and index the open review Tasks; returns how many were rewritten."""
+    stored = await hapi.read("SearchParameter", SP_ID)
+    if not _same(stored):
+        request = {"method": "PUT", "url": f"SearchParameter/{SP_ID}"}
+        entry = {"resource": SEARCH_PARAMETER, "request": request}
+        try:
+            await hapi.transaction({"resourceType": "Bundle", "type": "transaction", "entry": [entry]})
+        except Conflict:  # another replica (or start-up) wrote it at the same moment
+            if not _same(await hapi.read("SearchParameter", SP_ID)):
+                raise
+        log.info("installed search parameter", extra={"search_parameter": SP_ID})
+    rewritten = 0
+    for _ in range(5):
+        missing = await unindexed_open_tasks(hapi)
+        if not missing:
+            _ready.add(hapi.base_url)
+            return rewritten
+        for i in range(0, len(missing), BATCH):
+            try:
+                await _touch(hapi, missing[i : i + BATCH])
+                rewritten += len(missing[i : i + BATCH])
+            except Conflict:
+                pass  # decided or re-raised meanwhile; the next pass reads them again
+    raise Conflict("Review Tasks kept changing while they were being indexed; try again.")
+
+
+async def unindexed_open_tasks(hapi: HapiClient, everything: bool = False) -> list[dict[str, Any]]:
+    """Open review Tasks with a score that the ``review-score`` index does not know (yet); all of them
+    with ``everything``."""
+    codes = ",".join(f"{records.REVIEW_TYPE_SYSTEM}|{k}" for k in (POTENTIAL_MATCH, POSSIBLE_DUPLICATE))
+    base = {"status": OPEN, "code": codes}
+    known: set[str] = set()
+    if not everything:
+        try:
+            counts = await asyncio.gather(
+                hapi.count("Task", base), hapi.count("Task", {**base, CODE: LOWEST})
+            )
+            if counts[0] == counts[1]:  # two counts instead of reading every open Task
+                return []
+            indexed = await hapi.search(
+                "Task", {**base, CODE: LOWEST, "_elements": "id", "_count": "1000"}, max_results=1_000_000
+            )
+            known = {t["id"] for t in indexed}
+        except Unprocessable:  # the store does not know the parameter: nothing is indexed
+            pass
+    open_tasks = await hapi.search(
+        "Task", {**base, "_elements": "id,input", "_count": "1000"}, max_results=1_000_000
+    )
+    return [
+        t
+        for t in open_tasks
+        if t["id"] not in known and any(i.get("type", {}).get("text") == "score" for i in t.get("input", []))
+    ]
+
+
+async def _touch(hapi: HapiClient, tasks: list[dict[str, Any]]) -> None:
+    full = await hapi.search(
+        "Task", {"_id": ",".join(t["id"] for t in tasks), "_count": str(len(tasks))}, max_results=len(tasks)
+    )
+    now = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    entries = []
+    for task in full:
+        if task.get("status") != OPEN:
+            continue
+        version = task.get("meta", {}).get("versionId")
+        task = {k: v for k, v in task.items() if k != "meta"}
+        task["lastModified"] = now
+        entries.append(
+            {
+                "resource": task,
+                "request": {"method": "PUT", "url": f"Task/{task['id']}", "ifMatch": f'W/"{version}"'},
+            }
+        )
+    if entries:
+        await hapi.transaction({"resourceType": "Bundle", "type": "transaction", "entry": entries})
