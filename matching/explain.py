@@ -3,8 +3,9 @@ the thresholds, and the rule that decided. JSON-serialisable via ``to_dict()``."
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import lru_cache
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property, lru_cache
 from typing import Any, NamedTuple
 
 from .comparators import Identifier
@@ -24,9 +25,22 @@ class FieldExplanation(NamedTuple):
     u: float | None
 
 
+_SCALARS = (
+    "prior_weight",
+    "score",
+    "auto_threshold",
+    "potential_threshold",
+    "classification",
+    "rule",
+    "names_swapped",
+)
+
+
 @dataclass(frozen=True)
 class Explanation:
-    fields: tuple[FieldExplanation, ...]
+    """The explanation of one pair. ``fields`` is built on first access: a decision scores every candidate,
+    but only the ones somebody looks at need their per-field breakdown."""
+
     prior_weight: float
     score: float
     auto_threshold: float
@@ -34,9 +48,14 @@ class Explanation:
     classification: str
     rule: str
     names_swapped: bool
+    build_fields: Callable[[], tuple[FieldExplanation, ...]] = field(repr=False, compare=False)
+
+    @cached_property
+    def fields(self) -> tuple[FieldExplanation, ...]:
+        return self.build_fields()
 
     def to_dict(self) -> dict[str, Any]:
-        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d: dict[str, Any] = {k: getattr(self, k) for k in _SCALARS}
         d["fields"] = [
             {**f._asdict(), "left": list(f.left), "right": list(f.right), "weight": round(f.weight, 4)}
             for f in self.fields
@@ -81,26 +100,26 @@ def _selected(comparator: Identifier, values: tuple[str, ...]) -> tuple[str, ...
 
 
 def explain_pair(rules: Rules, table: Table, c: Compared, i: int, li: int, ri: int) -> Explanation:
-    levels = c.levels[i].tolist()
-    weights = c.weights[i].tolist()
     swapped = bool(c.swapped[i])
-    columns = table.columns
-    fields = tuple(
-        FieldExplanation(
-            name,
-            _shown(f.comparator, columns[name].values[li]),
-            _shown(f.comparator, columns[other if swapped else name].values[ri]),
-            names[lv],
-            w,
-            m[lv] if lv else None,
-            u[lv] if lv else None,
+
+    def build() -> tuple[FieldExplanation, ...]:
+        columns = table.columns
+        return tuple(
+            FieldExplanation(
+                name,
+                _shown(f.comparator, columns[name].values[li]),
+                _shown(f.comparator, columns[other if swapped else name].values[ri]),
+                names[lv],
+                w,
+                m[lv] if lv else None,
+                u[lv] if lv else None,
+            )
+            for (name, other, names, m, u), f, lv, w in zip(
+                rules.explain_table, rules.fields, c.levels[i].tolist(), c.weights[i].tolist(), strict=True
+            )
         )
-        for (name, other, names, m, u), f, lv, w in zip(
-            rules.explain_table, rules.fields, levels, weights, strict=True
-        )
-    )
+
     return Explanation(
-        fields=fields,
         prior_weight=round(rules.prior_weight, 4),
         score=round(float(c.scores[i]), 4),
         auto_threshold=rules.auto_threshold,
@@ -108,4 +127,5 @@ def explain_pair(rules: Rules, table: Table, c: Compared, i: int, li: int, ri: i
         classification=OUTCOMES[int(c.outcome[i])],
         rule=rule_label(rules, c, i),
         names_swapped=swapped,
+        build_fields=build,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, ClassVar
 
 import numpy as np
@@ -31,22 +32,33 @@ class Vocab:
         return i
 
 
-@dataclass
 class Column:
-    """One field of a batch of records: ``values[i]`` the normalised tuple, ``tok[i]`` its token ids."""
+    """One field of a batch of records: ``values[i]`` the normalised tuple, ``tok[i]`` its token ids
+    (encoded on first use: date and identifier comparators never need them)."""
 
-    values: list[tuple[str, ...]]
-    tok: np.ndarray  # (n, k) int32, -1 = padding
-    vocab: Vocab
+    def __init__(self, values: list[tuple[str, ...]], vocab: Vocab, max_tokens: int = 4) -> None:
+        self.values = values
+        self.vocab = vocab
+        self.max_tokens = max_tokens
 
     @classmethod
     def encode(cls, values: list[tuple[str, ...]], vocab: Vocab, max_tokens: int = 4) -> Column:
-        k = max(1, min(max_tokens, max((len(v) for v in values), default=1)))
+        return cls(values, vocab, max_tokens)
+
+    @cached_property
+    def tok(self) -> np.ndarray:
+        """(n, k) int32 token ids, -1 = padding."""
+        values, k = self.values, max(1, min(self.max_tokens, max(map(len, self.values), default=1)))
+        ids, strings = self.vocab.ids, self.vocab.strings
         tok = np.full((len(values), k), -1, dtype=np.int32)
         for i, v in enumerate(values):
             for j, s in enumerate(v[:k]):
-                tok[i, j] = vocab.id(s)
-        return cls(values, tok, vocab)
+                t = ids.get(s)
+                if t is None:
+                    t = ids[s] = len(strings)
+                    strings.append(s)
+                tok[i, j] = t
+        return tok
 
 
 @dataclass(frozen=True)
