@@ -30,6 +30,7 @@ from .unit_of_work import UnitOfWork
 log = logging.getLogger(__name__)
 
 OFF_LOOP_CANDIDATES = 64  # score this many candidates or more in a worker thread
+PREFETCH_CONCURRENCY = 8  # candidate searches of one batch in flight at once
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,8 @@ class Registry:
         async with self.locks.hold(keys):
             for attempt in range(1, self.conflict_retries + 1):
                 uow = UnitOfWork(self.hapi)
+                if len(prepared) > 1:
+                    await self._prefetch(uow, prepared, cfg)
                 results = [await self._process(p, uow, cfg) for p in prepared]
                 try:
                     versions = await uow.commit()
@@ -263,6 +266,27 @@ class Registry:
                 if i.get("system") not in cfg.shared_identifier_systems
             ),
         )
+
+    async def _prefetch(self, uow: UnitOfWork, prepared: Sequence[Prepared], cfg: RegistryConfig) -> None:
+        """Batch the reads that ``_process`` would make one entry at a time: the entries' own records, their
+        candidate searches (concurrently) and the golden records of both. Same reads, same locks held, so
+        the same decisions; ``_process`` then finds them in the unit of work's cache."""
+        sem = asyncio.Semaphore(PREFETCH_CONCURRENCY)
+
+        async def search(keys: list[str]) -> list[dict[str, Any]]:
+            async with sem:
+                return await uow.find_sources(keys, cfg.max_candidates)
+
+        own_read = uow.prefetch("Patient", [p.source_id for p in prepared])
+        found = await asyncio.gather(
+            own_read, *(search(matching.block_keys(p.submission.patient, cfg.rules)) for p in prepared)
+        )
+        goldens = {g for rs in found[1:] for r in rs if (g := records.golden_id_of(r))}
+        for p in prepared:
+            own = await uow.read("Patient", p.source_id)
+            if own is not None and (g := records.golden_id_of(own)):
+                goldens.add(g)
+        await uow.prefetch("Patient", sorted(goldens))
 
     async def _golden(self, uow: UnitOfWork, golden_id: str) -> dict[str, Any] | None:
         """The golden record, following ``replaced-by`` links left by merges."""

@@ -29,6 +29,7 @@ class UnitOfWork:
         self._seen_versions: dict[str, str | None] = {}  # "Type/id" -> version read from HAPI (None: absent)
         self._read_cache: dict[str, Resource | None] = {}
         self._staged: dict[str, Resource] = {}  # "Type/id" -> resource to PUT, in staging order
+        self._searches: dict[tuple[str, ...], list[Resource]] = {}  # block keys -> HAPI's answer
 
     async def read(self, resource_type: str, resource_id: str) -> Resource | None:
         key = f"{resource_type}/{resource_id}"
@@ -75,14 +76,38 @@ class UnitOfWork:
         return [copy.deepcopy(r) for r in by_key.values() if SOURCE in tags(r, RECORD_TYPE_SYSTEM)]
 
     async def _search_blocks(self, block_keys: list[str], limit: int) -> list[Resource]:
-        return await self._hapi.search(
-            "Patient",
-            {
-                "_tag": ",".join(f"{BLOCK_SYSTEM}|{key}" for key in block_keys),
-                "_count": str(min(limit + 1, 1000)),
-            },
-            max_results=limit + 1,
+        """HAPI's answer for these keys, asked once per unit of work (staged records are overlaid later)."""
+        cache_key = (str(limit), *block_keys)
+        if cache_key not in self._searches:
+            self._searches[cache_key] = await self._hapi.search(
+                "Patient",
+                {
+                    "_tag": ",".join(f"{BLOCK_SYSTEM}|{key}" for key in block_keys),
+                    "_count": str(min(limit + 1, 1000)),
+                },
+                max_results=limit + 1,
+            )
+        return self._searches[cache_key]
+
+    async def prefetch(self, resource_type: str, ids: list[str], chunk: int = 50) -> None:
+        """Read many records with ``_id`` searches (``chunk`` ids each) into the read cache; absent ones as
+        absent. Later :meth:`read` calls then cost nothing; versions seen are remembered as by ``read``."""
+        todo = sorted({i for i in ids if f"{resource_type}/{i}" not in self._read_cache})
+        chunks = [todo[k : k + chunk] for k in range(0, len(todo), chunk)]
+        answers = await asyncio.gather(
+            *(
+                self._hapi.search(
+                    resource_type, {"_id": ",".join(c), "_count": str(len(c))}, max_results=len(c)
+                )
+                for c in chunks
+            )
         )
+        for c, found in zip(chunks, answers, strict=True):
+            by_id = {r["id"]: r for r in found}
+            for i in c:
+                key = f"{resource_type}/{i}"
+                if key not in self._read_cache:
+                    self._remember(key, by_id.get(i))
 
     def put(self, resource: Resource) -> None:
         key = f"{resource['resourceType']}/{resource['id']}"

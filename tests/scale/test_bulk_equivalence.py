@@ -1,0 +1,99 @@
+"""Bulk load and single submissions give identical decisions on the same data.
+
+Each path needs a store of its own (the records of one run would be candidates of the other), so this test
+starts two fresh HAPI servers (H2, temporary folders, free ports) side by side — slow, but nothing shared.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.population import generate_population
+from mediator import bulk
+from mediator.audit import Actor
+from mediator.registry import Submission
+from mediator.settings import Settings
+from tests.conftest import REPO
+from tests.scale.conftest import free_port
+
+
+def _hapi_env(tmp: Path, port: int) -> dict[str, str]:
+    return {
+        **os.environ,
+        "HAPI_PORT": str(port),
+        "HAPI_DATA_DIR": str(tmp / f"hapi-{port}"),
+        "HAPI_PID_FILE": str(tmp / f"hapi-{port}.pid"),
+        "HAPI_LOG_FILE": str(tmp / f"hapi-{port}.log"),
+        "HAPI_JAVA_OPTS": "-Xmx768m",
+    }
+
+
+@pytest.fixture(scope="module")
+def two_fresh_hapis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
+    tmp = tmp_path_factory.mktemp("hapis")
+    envs = [_hapi_env(tmp, free_port()) for _ in range(2)]
+    start = [str(REPO / "scripts" / "hapi-start")]
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            for done in pool.map(lambda env: subprocess.run(start, env=env, check=False), envs):
+                assert done.returncode == 0, "a HAPI did not start; see its log in the tmp folder"
+        yield [f"http://127.0.0.1:{env['HAPI_PORT']}/fhir" for env in envs]
+    finally:
+        for env in envs:
+            subprocess.run([str(REPO / "scripts" / "hapi-stop")], env=env, check=False)
+
+
+def _population(n_people: int, seed: int) -> list[dict[str, Any]]:
+    patients, _ = generate_population(n_people, seed)
+    return [{k: v for k, v in p.items() if k not in ("id", "meta")} for p in patients]
+
+
+def _key(p: dict[str, Any]) -> str:
+    own = next(i for i in p["identifier"] if i["system"] != "http://example.org/national-id")
+    return f"{own['system']}|{own['value']}"
+
+
+async def test_bulk_and_single_submissions_decide_alike(two_fresh_hapis: list[str], tmp_path: Path):
+    population = _population(60, 3)
+    assert len(population) > 100
+    path = tmp_path / "population.ndjson"
+    path.write_text("".join(json.dumps(p) + "\n" for p in population))
+
+    bulk_url, single_url = two_fresh_hapis
+    async with bulk.registry_in_process(Settings(hapi_base_url=bulk_url, hapi_timeout_s=60)) as registry:
+        job = bulk.BulkJob(
+            path, bulk.InProcess(registry, None), system=None, job_dir=tmp_path / "jobs", batch_size=25
+        )
+        state = await job.run()
+        assert state.finished and not state.counts.get("error"), state.counts
+        with job.report_path.open() as f:
+            by_row = {int(r["row"]): r for r in csv.DictReader(f)}
+    bulk_decisions = [(by_row[n + 1]["outcome"], by_row[n + 1]["golden_id"]) for n in range(len(population))]
+
+    single_decisions = []
+    actor = Actor(client_id=None, address="test")
+    async with bulk.registry_in_process(Settings(hapi_base_url=single_url, hapi_timeout_s=60)) as registry:
+        for p in population:
+            result = await registry.submit(Submission(patient=p, actor=actor))
+            single_decisions.append((result.outcome, result.golden_id))
+
+    assert [o for o, _ in bulk_decisions] == [o for o, _ in single_decisions]
+    assert {o for o, _ in bulk_decisions} >= {"match", "no_match"}  # the population exercises both
+
+    def partition(decisions: list[tuple[str, str]]) -> set[frozenset[str]]:
+        groups: dict[str, set[str]] = {}
+        for p, (_, golden) in zip(population, decisions, strict=True):
+            groups.setdefault(golden, set()).add(_key(p))
+        return {frozenset(g) for g in groups.values()}
+
+    # golden ids are random uuids: compare who is grouped with whom
+    assert partition(bulk_decisions) == partition(single_decisions)
