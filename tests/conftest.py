@@ -48,6 +48,13 @@ def hapi_url() -> Iterator[str]:
         subprocess.run([str(REPO / "scripts" / "hapi-stop")], env=env, check=False)
 
 
+@pytest.fixture(autouse=True)
+def _jobs_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every app a test starts keeps its admin jobs in a folder of its own (never resumes var/jobs)."""
+    if not os.environ.get("CR_JOBS_DIR"):
+        monkeypatch.setenv("CR_JOBS_DIR", str(tmp_path_factory.mktemp("jobs")))
+
+
 @pytest.fixture
 def settings(hapi_url: str) -> Settings:
     return Settings(hapi_base_url=hapi_url, hapi_timeout_s=30.0)
