@@ -22,13 +22,15 @@ p95 60 ms, 30 records/s one at a time; RSS mediator 120 MB, HAPI 1096 MB. 100k n
 rate on this machine). Bulk is batch-bounded by the per-record reads (own record, candidate search, golden)
 that ``submit_all`` still does one by one, and by key locks that serialise overlapping batches.
 
-Since then ``submit_all`` prefetches a batch's reads (own records and goldens by ``_id`` searches, candidate
-searches 8 at a time). Measured 2026-11-25 on H2 (warm HAPI, same noisy 2 cores), 1500 records on top of
-earlier runs, batches of 50, 2 in flight: bulk 13.8 records/s without the prefetch, 27.1 with it (2.0x).
-HAPI's warm H2 plain creates ran at 510-550 records/s in the same runs, so the ratio on H2 is 3 % -> 5 %;
-the 30 % target is for PostgreSQL (147 plain creates/s there): not re-measured on PostgreSQL yet. What
-remains per record: 3-4 resources written (source, golden, AuditEvent, Tasks) against 1 for a plain create,
-with HAPI indexing 6 block-key tags per source record.
+Since then ``submit_all`` prefetches a batch's reads: own records and goldens by ``_id`` searches, and the
+candidate searches of the whole batch as a few ``_tag`` searches of 60 keys each, split locally into each
+record's answer (per-record searches again when a block is huge). Measured 2026-11-25, same noisy 2 cores,
+HAPI on PostgreSQL 15, 1500 records per run on top of the earlier runs, batches of 50, 2 in flight: bulk
+37.0 records/s without the prefetch, 49.3 with per-record searches prefetched, 69.7 with the batched
+``_tag`` searches (1.9x). HAPI's plain creates are very sensitive to its JIT warm-up: 133 records/s in the
+first run of a fresh HAPI, 437-853 once warm, so the ratio is 15 % cold and 8 % warm: the 30 % target is not
+met. What remains per record: 3-4 resources written (source, golden, AuditEvent, Tasks) against 1 for a
+plain create, HAPI indexing 6 block-key tags per source record, and the key locks of overlapping batches.
 """
 
 from __future__ import annotations

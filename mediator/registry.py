@@ -277,11 +277,13 @@ class Registry:
             async with sem:
                 return await uow.find_sources(keys, cfg.max_candidates)
 
-        own_read = uow.prefetch("Patient", [p.source_id for p in prepared])
-        found = await asyncio.gather(
-            own_read, *(search(matching.block_keys(p.submission.patient, cfg.rules)) for p in prepared)
+        key_sets = [matching.block_keys(p.submission.patient, cfg.rules) for p in prepared]
+        await asyncio.gather(
+            uow.prefetch("Patient", [p.source_id for p in prepared]),
+            uow.prefetch_blocks([ks for ks in key_sets if ks], cfg.max_candidates),
         )
-        goldens = {g for rs in found[1:] for r in rs if (g := records.golden_id_of(r))}
+        found = await asyncio.gather(*(search(ks) for ks in key_sets))  # from the cache when batched
+        goldens = {g for rs in found for r in rs if (g := records.golden_id_of(r))}
         for p in prepared:
             own = await uow.read("Patient", p.source_id)
             if own is not None and (g := records.golden_id_of(own)):

@@ -89,6 +89,39 @@ class UnitOfWork:
             )
         return self._searches[cache_key]
 
+    async def prefetch_blocks(
+        self, key_sets: list[list[str]], limit: int, chunk: int = 60, cap: int = 2000
+    ) -> bool:
+        """Answer the candidate searches of many records with a few ``_tag`` searches (``chunk`` keys each)
+        and fill the search cache as :meth:`_search_blocks` would (each record's keys, and each key alone);
+        ``False`` (nothing cached) when a search reaches ``cap`` results: then each record searches alone."""
+        keys = sorted({k for ks in key_sets for k in ks})
+        groups = [keys[i : i + chunk] for i in range(0, len(keys), chunk)]
+        answers = await asyncio.gather(
+            *(
+                self._hapi.search(
+                    "Patient",
+                    {"_tag": ",".join(f"{BLOCK_SYSTEM}|{k}" for k in g), "_count": "1000"},
+                    max_results=cap,
+                )
+                for g in groups
+            )
+        )
+        if any(len(a) >= cap for a in answers):
+            return False
+        index: dict[str, dict[str, Resource]] = {k: {} for k in keys}
+        for answer in answers:
+            for resource in answer:
+                for tag in tags(resource, BLOCK_SYSTEM):
+                    if tag in index:
+                        index[tag][resource["id"]] = resource
+        for k in keys:
+            self._searches.setdefault((str(limit), k), list(index[k].values())[: limit + 1])
+        for ks in key_sets:
+            union = {rid: r for k in ks for rid, r in index[k].items()}
+            self._searches.setdefault((str(limit), *ks), list(union.values())[: limit + 1])
+        return True
+
     async def prefetch(self, resource_type: str, ids: list[str], chunk: int = 50) -> None:
         """Read many records with ``_id`` searches (``chunk`` ids each) into the read cache; absent ones as
         absent. Later :meth:`read` calls then cost nothing; versions seen are remembered as by ``read``."""
