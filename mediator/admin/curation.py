@@ -26,11 +26,12 @@ from typing import Any
 
 from .. import records
 from ..audit import Actor, event
-from ..errors import Conflict, InvalidInput, NotFound
+from ..errors import Conflict, InvalidInput, NotFound, Unprocessable, UpstreamUnavailable
 from ..fhir_client import HapiClient
 from ..records import NS, Resource
-from ..review import OPEN
+from ..review import OPEN, POTENTIAL_MATCH, review_task_id
 from ..unit_of_work import UnitOfWork
+from . import score_index
 
 ADMIN_USER_SYSTEM = f"{NS}:admin-user"
 ADMIN_ACTION_SYSTEM = f"{NS}:admin-action"
@@ -40,6 +41,7 @@ BREAK = "break"
 MOVE = "move"
 CONFIRM = "confirm"
 UNDO = "undo"
+RESOLVED_BY_MERGE = "resolved-by-merge"
 DECISIONS = (SAME_PERSON, DIFFERENT_PEOPLE)
 ACTIONS = (SAME_PERSON, DIFFERENT_PEOPLE, BREAK, MOVE, CONFIRM, UNDO)
 
@@ -143,6 +145,7 @@ class _Change:
     def __init__(self, hapi: HapiClient) -> None:
         self.uow = UnitOfWork(hapi)
         self.before: dict[str, dict[str, Any]] = {}
+        self.other_tasks: dict[str, dict[str, Any] | None] = {}  # "Task/id" -> review state before
 
     async def patient(self, resource_id: str) -> Resource | None:
         resource = await self.uow.read("Patient", resource_id)
@@ -211,6 +214,18 @@ class _Change:
                     ],
                 }
             )
+        for key, staged in self.uow.staged.items():
+            if key.startswith("Task/") and (task is None or key != f"Task/{task['id']}"):
+                entities.append(
+                    {
+                        "what": {"reference": key},
+                        "description": "other review task (closed or retargeted by this decision)",
+                        "detail": [
+                            {"type": "review-before", "valueString": json.dumps(self.other_tasks.get(key))},
+                            {"type": "review-after", "valueString": json.dumps(_review_state(staged))},
+                        ],
+                    }
+                )
         if undoes:
             entities.append({"what": {"reference": f"AuditEvent/{undoes}"}, "description": "undone decision"})
         audit = event(
@@ -305,6 +320,7 @@ class Curation:
             if a["id"] != b["id"]:
                 keep, lose = _survivor(a, b, survivor)
                 await self._merge(change, keep, lose)
+                await self._retarget_reviews(change, keep, lose, task_id, admin)
                 goldens: tuple[str, ...] = (keep["id"], lose["id"])
             else:
                 goldens = (a["id"],)
@@ -337,6 +353,75 @@ class Curation:
         }
         change.put(golden_with(survivor, distinct_from=sorted(merged_distinct), active=True))
         change.put(golden_with(lose, sources=[], active=False, replaced_by=keep["id"], distinct_from=[]))
+
+    async def _retarget_reviews(
+        self, change: _Change, keep: Resource, lose: Resource, decided: str, admin: Admin
+    ) -> None:
+        """Other open review Tasks that name the merged-away golden record, in the merge's transaction:
+        a Task now between the survivor and itself, or between two people already marked different, is
+        closed (``cancelled``, decision ``resolved-by-merge``); any other is retargeted to the survivor —
+        in place when its id stays the same (only ``for`` changed), else closed as ``superseded`` and its
+        doubt raised again under the id of the new pair (unless a Task for that pair exists already)."""
+        lose_ref = records.ref(lose["id"])
+        try:
+            found = await asyncio.gather(
+                self.hapi.search(
+                    "Task", {"status": OPEN, "subject": lose_ref, "_count": "200"}, max_results=2000
+                ),
+                self.hapi.search(
+                    "Task",
+                    {"status": OPEN, score_index.CANDIDATE: lose_ref, "_count": "200"},
+                    max_results=2000,
+                ),
+            )
+        except Unprocessable as exc:  # review-candidate not installed (yet): merging now would miss Tasks
+            score_index.start(self.hapi)
+            raise UpstreamUnavailable(
+                "The review search parameters are being installed; try the merge again shortly."
+            ) from exc
+        ids = sorted({t["id"] for chunk in found for t in chunk} - {decided})
+        distinct = records.distinct_from(keep) | records.distinct_from(lose)
+        for task_id in ids:
+            task = await change.uow.read("Task", task_id)
+            if task is None or task.get("status") != OPEN:
+                continue
+            change.other_tasks[f"Task/{task_id}"] = _review_state(task)
+            kind = next(
+                (
+                    c.get("code")
+                    for c in task.get("code", {}).get("coding", [])
+                    if c.get("system") == records.REVIEW_TYPE_SYSTEM
+                ),
+                None,
+            )
+            subject = records.ref_id(task.get("for", {}).get("reference"))
+            other = _task_candidate(task)
+            if kind is None or subject is None or other is None:
+                continue
+            s2 = keep["id"] if subject == lose["id"] else subject
+            o2 = keep["id"] if other == lose["id"] else other
+            if s2 == o2 or (keep["id"] in (s2, o2) and ({s2, o2} - {keep["id"]}) <= distinct):
+                change.put(close_task(task, RESOLVED_BY_MERGE, admin, status="cancelled"))
+                continue
+            focus = records.ref_id(task.get("focus", {}).get("reference")) or s2
+            new_id = review_task_id(kind, focus if kind == POTENTIAL_MATCH else s2, o2)
+            moved = _retargeted(task, s2, o2)
+            if new_id == task_id:
+                change.put(moved)
+                continue
+            change.put(close_task(task, f"superseded by Task/{new_id}", admin, status="cancelled"))
+            existing = await change.uow.read("Task", new_id)
+            change.other_tasks.setdefault(f"Task/{new_id}", _review_state(existing))
+            if existing is None:
+                moved["id"] = new_id
+                moved["identifier"] = [
+                    {
+                        "system": records.REVIEW_SYSTEM,
+                        "value": f"{kind}:{focus if kind == POTENTIAL_MATCH else s2}:{o2}",
+                    }
+                ]
+                moved.pop("meta", None)
+                change.put(moved)
 
     async def break_out(
         self, golden_id: str, source_id: str, admin: Admin, note: str | None = None
@@ -453,6 +538,26 @@ def _action_of(ev: Resource) -> str | None:
         if coding.get("system") == ADMIN_ACTION_SYSTEM:
             return coding.get("code")
     return None
+
+
+def _review_state(task: Resource | None) -> dict[str, Any] | None:
+    if task is None:
+        return None
+    return {
+        "status": task.get("status"),
+        "for": records.ref_id(task.get("for", {}).get("reference")),
+        "candidate": _task_candidate(task),
+    }
+
+
+def _retargeted(task: Resource, subject: str, other: str) -> Resource:
+    out = copy.deepcopy(task)
+    out["for"] = {"reference": records.ref(subject)}
+    for item in out.get("input", []):
+        if item.get("type", {}).get("text") == "candidate":
+            item["valueReference"] = {"reference": records.ref(other)}
+    out["lastModified"] = _now()
+    return out
 
 
 def _distinct(golden: Resource, other_id: str) -> Resource:

@@ -46,11 +46,28 @@ SEARCH_PARAMETER: dict[str, Any] = {
     "type": "number",
     "expression": EXPRESSION,
 }
+CANDIDATE_SP_ID = "cr-review-candidate"
+CANDIDATE = "review-candidate"
+CANDIDATE_PARAMETER: dict[str, Any] = {
+    "resourceType": "SearchParameter",
+    "id": CANDIDATE_SP_ID,
+    "url": f"{records.NS}:SearchParameter/{CANDIDATE}",
+    "name": "review-candidate",
+    "status": "active",
+    "description": "The other golden record of a client-registry review Task (input typed 'candidate').",
+    "code": CANDIDATE,
+    "base": ["Task"],
+    "type": "reference",
+    "target": ["Patient"],
+    "expression": "Task.input.where(type.text = 'candidate').value.ofType(Reference)",
+}
+PARAMETERS = (SEARCH_PARAMETER, CANDIDATE_PARAMETER)
 LOWEST = "ge-10000000000"  # every (scaled) score the matcher can give (weights sum to a few dozen at most)
 BATCH = 100  # ids per search URL (200 ids overflow the request line)
 
 _ready: set[str] = set()
 _running: dict[str, asyncio.Task[None]] = {}
+_locks: dict[str, asyncio.Lock] = {}
 
 
 def is_ready(hapi: HapiClient) -> bool:
@@ -85,27 +102,43 @@ async def _install_logged(hapi: HapiClient) -> None:
         log.warning("review-score search parameter not installed yet", extra={"error": exc.diagnostics})
 
 
-def _same(stored: dict[str, Any] | None) -> bool:
+def _same(stored: dict[str, Any] | None, wanted: dict[str, Any]) -> bool:
     return stored is not None and all(
-        stored.get(k) == SEARCH_PARAMETER[k] for k in ("code", "base", "type", "expression", "status")
+        stored.get(k) == wanted[k] for k in ("code", "base", "type", "expression", "status")
     )
 
 
 async def install(hapi: HapiClient) -> int:
-    """Install the parameter (idempotent) and index the open review Tasks; returns how many were rewritten."""
-    stored = await hapi.read("SearchParameter", SP_ID)
-    if not _same(stored):
-        request = {"method": "PUT", "url": f"SearchParameter/{SP_ID}"}
-        entry = {"resource": SEARCH_PARAMETER, "request": request}
+    """:func:`_install`, one at a time per store in this process (start-up and a caller may both ask)."""
+    lock = _locks.setdefault(hapi.base_url, asyncio.Lock())
+    async with lock:
+        return await _install(hapi)
+
+
+async def _install(hapi: HapiClient) -> int:
+    """Install the parameters (idempotent) and index the open review Tasks; returns how many were rewritten.
+
+    When the candidate parameter is new, every open review Task is rewritten (the score index cannot tell
+    which Tasks lack the candidate index); otherwise the Tasks the score index does not find."""
+    stored = await asyncio.gather(*(hapi.read("SearchParameter", sp["id"]) for sp in PARAMETERS))
+    changed = [sp for sp, old in zip(PARAMETERS, stored, strict=True) if not _same(old, sp)]
+    if changed:
+        entries = [
+            {"resource": sp, "request": {"method": "PUT", "url": f"SearchParameter/{sp['id']}"}}
+            for sp in changed
+        ]
         try:
-            await hapi.transaction({"resourceType": "Bundle", "type": "transaction", "entry": [entry]})
-        except Conflict:  # another replica (or start-up) wrote it at the same moment
-            if not _same(await hapi.read("SearchParameter", SP_ID)):
-                raise
-        log.info("installed search parameter", extra={"search_parameter": SP_ID})
+            await hapi.transaction({"resourceType": "Bundle", "type": "transaction", "entry": entries})
+        except Conflict:  # another replica (or start-up) wrote them at the same moment
+            for sp in changed:
+                if not _same(await hapi.read("SearchParameter", sp["id"]), sp):
+                    raise
+        log.info("installed search parameters", extra={"search_parameters": [sp["id"] for sp in changed]})
+    everything = any(sp is CANDIDATE_PARAMETER for sp in changed)
     rewritten = 0
     for _ in range(5):
-        missing = await unindexed_open_tasks(hapi)
+        missing = await unindexed_open_tasks(hapi, everything=everything)
+        everything = False
         if not missing:
             _ready.add(hapi.base_url)
             return rewritten

@@ -1,0 +1,169 @@
+"""Possible duplicates (a submission auto-matching two golden records) and what a merge does to the other open
+review Tasks of the merged-away golden record (real HAPI)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import matching
+from mediator import records
+from mediator.admin import score_index
+from mediator.context import CONFIG, HAPI
+from mediator.review import POSSIBLE_DUPLICATE, POTENTIAL_MATCH, review_task, review_task_id
+from tests.admin.conftest import make_pair
+from tests.conftest import patient, unique_surname
+
+
+def _put(resource: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "resource": resource,
+        "request": {"method": "PUT", "url": f"{resource['resourceType']}/{resource['id']}"},
+    }
+
+
+async def _two_goldens_of_one_person(
+    app_client, facility: str
+) -> tuple[dict[str, Any], list[str], list[str]]:
+    """Two golden records whose source records carry the same demographics (as a bulk load of two facilities
+    that never saw each other would leave them), written straight into HAPI."""
+    app = app_client.server.app
+    cfg = app[CONFIG].current
+    family, given = unique_surname(), unique_surname()
+    entries, goldens, sources = [], [], []
+    for n in (1, 2):
+        system = facility.replace("facility-", f"site{n}-")
+        resource = patient(system, f"D{n}", family=family, given=given)
+        sid = records.source_record_id(system, f"D{n}")
+        gid = records.new_golden_id()
+        source = records.build_source_record(
+            resource, sid, client_id=None, golden_id=gid, block_keys=matching.block_keys(resource, cfg.rules)
+        )
+        entries += [_put(source), _put(records.with_source(records.new_golden(gid, cfg.cruid_system), sid))]
+        goldens.append(gid)
+        sources.append(sid)
+    await app[HAPI].transaction({"resourceType": "Bundle", "type": "transaction", "entry": entries})
+    third = patient(facility.replace("facility-", "site3-"), "D3", family=family, given=given)
+    return third, goldens, sources
+
+
+async def _submit_duplicate(app_client, facility: str) -> tuple[dict[str, Any], str, str, str]:
+    """(the submission, the golden it was linked to, the other golden, the possible-duplicate Task id)."""
+    third, goldens, _ = await _two_goldens_of_one_person(app_client, facility)
+    resp = await app_client.post("/fhir/Patient", json=third)
+    assert resp.status == 201, await resp.text()
+    assert resp.headers["X-Match-Outcome"] == "match"
+    linked = resp.headers["X-CRUID"]
+    assert linked in goldens
+    other = next(g for g in goldens if g != linked)
+    return third, linked, other, review_task_id(POSSIBLE_DUPLICATE, linked, other)
+
+
+async def test_possible_duplicate_then_same_person_merges(admin, app_client, facility, store):
+    await score_index.install(app_client.server.app[HAPI])
+    third, linked, other, task_id = await _submit_duplicate(app_client, facility)
+    task = await store.read("Task", task_id)
+    assert task is not None and task["status"] == "requested"
+    system = third["identifier"][0]["system"]
+    listed = await admin.get("/admin/api/queue", kind=POSSIBLE_DUPLICATE, system=system)
+    assert [i["task"] for i in listed["items"]] == [task_id]
+    view = await admin.get(f"/admin/api/pairs/{task_id}")
+    assert {view["left"]["golden"], view["right"]["golden"]} == {linked, other}
+
+    out = await admin.post(
+        f"/admin/api/pairs/{task_id}/decision", {"decision": "same-person", "survivor": other}
+    )
+    assert [records.ref_id(g) for g in out["golden"]] == [other, linked]
+    survivor = await store.read("Patient", other)
+    assert len(records.source_ids_of(survivor)) == 3
+    gone = await store.read("Patient", linked)
+    assert gone["active"] is False and records.replaced_by(gone) == other
+    assert (await store.read("Task", task_id))["status"] == "completed"
+    again = await app_client.post("/fhir/Patient", json=third)
+    assert again.status == 200 and again.headers["X-CRUID"] == other
+
+
+async def test_possible_duplicate_then_different_people_stay_apart(admin, app_client, facility, store):
+    third, linked, other, task_id = await _submit_duplicate(app_client, facility)
+    await admin.post(f"/admin/api/pairs/{task_id}/decision", {"decision": "different-people"})
+    a, b = await store.read("Patient", linked), await store.read("Patient", other)
+    assert records.distinct_from(a) == {other} and records.distinct_from(b) == {linked}
+    again = await app_client.post("/fhir/Patient", json=third)
+    assert again.status == 200 and again.headers["X-CRUID"] == linked
+    assert records.source_ids_of(await store.read("Patient", other)) != []
+    task = await store.read("Task", task_id)
+    assert task["status"] == "completed"  # not reopened by the resubmission
+    reverse = await store.read("Task", review_task_id(POSSIBLE_DUPLICATE, other, linked))
+    assert reverse is None
+    fresh = await app_client.post(
+        "/fhir/Patient",
+        json=patient(
+            facility.replace("facility-", "site4-"),
+            "D4",
+            family=third["name"][0]["family"],
+            given=third["name"][0]["given"][0],
+        ),
+    )
+    assert fresh.headers["X-CRUID"] in {linked, other}
+    assert records.distinct_from(await store.read("Patient", linked)) == {other}
+
+
+async def test_merge_closes_or_retargets_the_other_open_tasks(admin, app_client, facility, store, settings):
+    hapi = app_client.server.app[HAPI]
+    await score_index.install(hapi)
+    pair = await make_pair(app_client, facility)  # Task: source_b (golden_b) vs golden_a
+    keep, lose = pair.golden_a, pair.golden_b
+    # a third person with one source record
+    third_sid = records.source_record_id(facility.replace("facility-", "third-"), "T1")
+    third = records.new_golden_id()
+    src = records.build_source_record(
+        {"identifier": [{"system": "urn:t", "value": third_sid}], "name": [{"family": "T"}]},
+        third_sid,
+        client_id=None,
+        golden_id=third,
+        block_keys=[],
+    )
+
+    def task(kind: str, source: str, golden: str, other: str) -> dict[str, Any]:
+        return review_task(
+            kind=kind, source_id=source, golden_id=golden, other_golden_id=other, score=2.0, rule="t"
+        )
+
+    both = task(POTENTIAL_MATCH, pair.source_a, keep, lose)  # between the two merged people: closed
+    towards = task(POTENTIAL_MATCH, third_sid, third, lose)  # candidate is the lost one: a new pair
+    subject = task(POTENTIAL_MATCH, pair.source_b, lose, third)  # its golden was lost: same id, retargeted
+    dup = task(POSSIBLE_DUPLICATE, pair.source_b, lose, third)  # subject golden lost: a new pair
+    entries = [
+        _put(src),
+        _put(records.with_source(records.new_golden(third, settings.cruid_system), third_sid)),
+        *(_put(t) for t in (both, towards, subject, dup)),
+    ]
+    await hapi.transaction({"resourceType": "Bundle", "type": "transaction", "entry": entries})
+
+    out = await admin.post(
+        f"/admin/api/pairs/{pair.task}/decision", {"decision": "same-person", "survivor": keep}
+    )
+    assert records.ref_id(out["golden"][1]) == lose
+
+    def state(t: dict[str, Any]) -> tuple[str, str | None, str | None]:
+        cand = next(i["valueReference"]["reference"] for i in t["input"] if i["type"]["text"] == "candidate")
+        return t["status"], records.ref_id(t["for"]["reference"]), records.ref_id(cand)
+
+    closed = await store.read("Task", both["id"])
+    assert closed["status"] == "cancelled" and closed["businessStatus"]["text"] == "resolved-by-merge"
+    new_towards = review_task_id(POTENTIAL_MATCH, third_sid, keep)
+    assert (await store.read("Task", towards["id"]))["status"] == "cancelled"
+    assert state(await store.read("Task", new_towards)) == ("requested", third, keep)
+    assert state(await store.read("Task", subject["id"])) == ("requested", keep, third)
+    new_dup = review_task_id(POSSIBLE_DUPLICATE, keep, third)
+    assert (await store.read("Task", dup["id"]))["status"] == "cancelled"
+    assert state(await store.read("Task", new_dup)) == ("requested", keep, third)
+    # nothing open still names the merged-away golden record
+    for params in ({"subject": f"Patient/{lose}"}, {score_index.CANDIDATE: f"Patient/{lose}"}):
+        assert await store.search("Task", {**params, "status": "requested"}) == []
+    # all of it in the merge's own transaction: its AuditEvent lists every other Task it changed
+    events = await store.search("AuditEvent", {"entity": f"Task/{pair.task}"})
+    assert len(events) == 1
+    named = {e["what"]["reference"] for e in events[0]["entity"]}
+    assert {
+        f"Task/{i}" for i in (both["id"], towards["id"], subject["id"], dup["id"], new_towards, new_dup)
+    } <= named
