@@ -12,8 +12,11 @@ from aiohttp import web
 
 from ..context import HAPI
 from . import api, pages, score_index
-from .auth import ADMIN_SETTINGS, USERS, AdminSettings, auth_middleware
+from .auth import ADMIN_SETTINGS, THROTTLE, USERS, AdminSettings, auth_middleware
+from .throttle import LoginThrottle
 from .users import UserStore
+
+ADMIN_APP = web.AppKey("admin_app", web.Application)
 
 
 def create_admin_app(admin_settings: AdminSettings | None = None) -> web.Application:
@@ -21,6 +24,8 @@ def create_admin_app(admin_settings: AdminSettings | None = None) -> web.Applica
     admin = web.Application()
     admin[ADMIN_SETTINGS] = settings
     admin[USERS] = UserStore(settings.users_file)
+    admin[THROTTLE] = LoginThrottle()
+    admin.middlewares.append(pages.error_pages)  # outermost: sees what auth and the handlers raise
     admin.middlewares.append(auth_middleware)
     api.add_routes(admin)
     pages.add_routes(admin)
@@ -29,7 +34,9 @@ def create_admin_app(admin_settings: AdminSettings | None = None) -> web.Applica
 
 def setup(app: web.Application, admin_settings: AdminSettings | None = None) -> None:
     """Mount the admin sub-application at ``/admin`` on the mediator's app."""
-    app.add_subapp("/admin", create_admin_app(admin_settings))
+    admin = create_admin_app(admin_settings)
+    app[ADMIN_APP] = admin
+    app.add_subapp("/admin", admin)
 
     async def install_score_index(app: web.Application) -> None:
         score_index.start(app[HAPI])  # in the background: HAPI may still be starting

@@ -13,11 +13,13 @@ from aiohttp import web
 
 from ..context import CONFIG, HAPI
 from ..errors import RegistryError
+from ..handlers import fhir_response
 from ..review import POSSIBLE_DUPLICATE, POTENTIAL_MATCH
 from . import queries
 from .api import admin_of, curation
 from .auth import ADMIN_CSRF, ADMIN_USER, SESSION, Unauthorized, csrf_token, log_in, log_out
 from .curation import DIFFERENT_PEOPLE, SAME_PERSON, Outcome
+from .throttle import TooManyAttempts
 
 CSS = """
 body{font:15px/1.45 system-ui,sans-serif;margin:0;color:#1b1b1b;background:#fafafa}
@@ -131,6 +133,10 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
         await log_in(request, str(form.get("username", "")), str(form.get("password", "")))
     except Unauthorized as exc:
         return await login_page(request, exc.diagnostics, 401)
+    except TooManyAttempts as exc:
+        page = await login_page(request, exc.diagnostics, 429)
+        page.headers["Retry-After"] = str(exc.retry_after_s)
+        return page
     raise web.HTTPSeeOther(_safe_next(str(form.get("next", ""))))
 
 
@@ -456,6 +462,45 @@ async def auto_matches_page(request: web.Request) -> web.Response:
     ]
     body = table(["When", "Score", "Record", "Linked to", ""], rows, "Automatic links not yet confirmed")
     return layout(request, "New auto-matches", body)
+
+
+def is_page(request: web.Request) -> bool:
+    """A GET of an HTML page (everything under /admin but the JSON API and /admin/audit)."""
+    return request.method in ("GET", "HEAD") and not (
+        request.path.startswith("/admin/api/") or request.path == "/admin/audit"
+    )
+
+
+@web.middleware
+async def error_pages(request: web.Request, handler: Page) -> web.StreamResponse:
+    """Errors of GET page routes as HTML pages; the JSON API keeps its OperationOutcomes (``Retry-After`` on
+    a refused login)."""
+    try:
+        return await handler(request)
+    except TooManyAttempts as exc:
+        if is_page(request):
+            raise
+        response = fhir_response(exc.to_operation_outcome(), status=exc.status)
+        response.headers["Retry-After"] = str(exc.retry_after_s)
+        return response
+    except RegistryError as exc:
+        if not is_page(request):
+            raise
+        return _error_page(request, exc.status, exc.diagnostics)
+    except web.HTTPException as exc:
+        if exc.status < 400 or not is_page(request):
+            raise
+        return _error_page(request, exc.status, exc.reason)
+
+
+def _error_page(request: web.Request, status: int, message: str) -> web.Response:
+    titles = {400: "Bad request", 403: "Not allowed", 404: "Not found", 409: "Changed meanwhile"}
+    title = titles.get(status, "Service unavailable" if status in (502, 503, 504) else "Error")
+    body = (
+        f'<p class="msg error" role="alert">{e(message)}</p>'
+        '<p><a href="/admin/">Back to the queue</a> · <a href="/admin/search">Search</a></p>'
+    )
+    return layout(request, f"{title} ({status})", body, status)
 
 
 def add_routes(app: web.Application) -> None:

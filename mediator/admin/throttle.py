@@ -1,0 +1,89 @@
+"""Login rate limiting: failed logins counted per user name and per client address, in bounded memory.
+
+A name with ``max_per_user`` failures, or an address with ``max_per_address`` failures, within ``window_s``
+seconds is refused (429, ``Retry-After``) until its oldest counted failure leaves the window — before the
+password is even checked, so a locked name costs no argon2 work and reveals nothing. A successful login
+clears its name's failures (not its address's). At most ``max_keys`` names and addresses each are tracked
+(the least recently failed are forgotten first), so a flood of random names cannot grow memory.
+The address is the TCP peer (``X-Forwarded-For`` can be forged, so it is not used here). Per process:
+replicas each count their own.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+
+from ..errors import RegistryError
+
+
+class TooManyAttempts(RegistryError):
+    status = 429
+    code = "throttled"
+
+    def __init__(self, diagnostics: str, retry_after_s: int) -> None:
+        super().__init__(diagnostics)
+        self.retry_after_s = retry_after_s
+
+
+class _Failures:
+    def __init__(self, limit: int, max_keys: int) -> None:
+        self.limit = limit
+        self.max_keys = max_keys
+        self.times: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def wait_s(self, key: str, now: float, window_s: float) -> float:
+        """Seconds until ``key`` may try again (0: now)."""
+        times = self.times.get(key)
+        if times is None:
+            return 0.0
+        while times and times[0] <= now - window_s:
+            times.popleft()
+        if not times:
+            del self.times[key]
+            return 0.0
+        return times[0] + window_s - now if len(times) >= self.limit else 0.0
+
+    def add(self, key: str, now: float) -> None:
+        times = self.times.pop(key, None) or deque(maxlen=self.limit)
+        times.append(now)
+        self.times[key] = times  # most recent last
+        while len(self.times) > self.max_keys:
+            self.times.popitem(last=False)
+
+
+class LoginThrottle:
+    def __init__(
+        self,
+        *,
+        max_per_user: int = 5,
+        max_per_address: int = 20,
+        window_s: float = 900.0,
+        max_keys: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.window_s = window_s
+        self.clock = clock
+        self.users = _Failures(max_per_user, max_keys)
+        self.addresses = _Failures(max_per_address, max_keys)
+
+    def check(self, user: str, address: str | None) -> None:
+        now = self.clock()
+        wait = max(
+            self.users.wait_s(user.lower(), now, self.window_s),
+            self.addresses.wait_s(address or "-", now, self.window_s),
+        )
+        if wait > 0:
+            raise TooManyAttempts(
+                "Too many failed logins; wait before trying again.", retry_after_s=math.ceil(wait)
+            )
+
+    def failed(self, user: str, address: str | None) -> None:
+        now = self.clock()
+        self.users.add(user.lower(), now)
+        self.addresses.add(address or "-", now)
+
+    def succeeded(self, user: str) -> None:
+        self.users.times.pop(user.lower(), None)
