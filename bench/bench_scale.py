@@ -1,17 +1,22 @@
 """Scale benchmark: bulk load vs single submissions vs HAPI's own plain creates, in one run.
 
-    .venv/bin/python -m bench.bench_scale --hapi URL [--hapi-pid PIDFILE] [--records 10000] [--batch 50]
+    .venv/bin/python -m bench.bench_scale --hapi URL [--hapi-pid PIDFILE] [--stages 10000,100000] [--batch 50]
                                           [--samples 200] [--concurrency 2] [--plain 2000]
+                                          [--plain-warmup 2000]
 
 Against a running, preferably empty HAPI (e.g. on PostgreSQL: ``scripts/pg-start`` then ``HAPI_DB=postgres
 SPRING_DATASOURCE_URL=jdbc:postgresql://127.0.0.1:5433/hapi_bench HAPI_PORT=8097 scripts/hapi-start``):
 
-1. HAPI baseline: ``--plain`` Patients of the population posted as plain transaction Bundles of ``--batch``
-   creates (no registry), records/s.
-2. Bulk load: ``--records`` Patients of ``bench.population.generate_population`` (NDJSON) through
-   ``mediator.bulk`` in this process (``Registry.submit_all`` per batch), records/s and outcome counts.
-3. Single submissions with ``--records`` stored: ``--samples`` records of another seed (new people, some of
-   them namesakes of stored ones) submitted one at a time, p50/p95 latency and records/s.
+1. HAPI baseline: ``--plain-warmup`` plain Patient creates first, untimed (HAPI's JIT warm-up changes its
+   rate several-fold), then ``--plain`` Patients posted as plain transaction Bundles of ``--batch`` creates
+   (no registry, an identifier system of their own), records/s at the start of the run.
+2. Stages (``--stages``, increasing stored sizes; ``--records N`` is one stage): the population of
+   ``bench.population.generate_population`` (NDJSON) is loaded up to each size through ``mediator.bulk`` in
+   this process (``Registry.submit_all`` per batch), records/s and outcome counts per stage; after each stage
+   ``--samples`` records of another seed (new people, some of them namesakes of stored ones) are submitted one
+   at a time, p50/p95 latency and records/s. The samples stay stored, so "stored" counts them too.
+3. HAPI plain creates again at the end (same size, new people), records/s; the overall bulk rate and its
+   ratio to plain creates at the start and at the end; the p95 growth from the first to the last stage.
 4. RSS of this process (the mediator's registry) and of HAPI (``--hapi-pid``).
 Figures only; nothing here is a timed test.
 
@@ -43,6 +48,7 @@ import json
 import statistics
 import tempfile
 import time
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -82,8 +88,21 @@ def records(n: int, seed: int) -> list[dict[str, Any]]:
     return out
 
 
+def valid_birth_date(value: str | None) -> bool:
+    if value is None or len(value) < 10:
+        return True
+    try:
+        date.fromisoformat(value[:10])
+    except ValueError:
+        return False
+    return True
+
+
 async def plain_creates(hapi: str, patients: list[dict[str, Any]], batch: int, concurrency: int) -> float:
-    """HAPI's own throughput: transaction Bundles of plain Patient creates (a system of their own)."""
+    """HAPI's own throughput: transaction Bundles of plain Patient creates (a system of their own).
+
+    Records whose birth date HAPI would reject (the generator's digit typos, e.g. 2016-04-31) are left out."""
+    patients = [p for p in patients if valid_birth_date(p.get("birthDate"))]
     bundles = []
     for start in range(0, len(patients), batch):
         entries = []
@@ -107,67 +126,125 @@ async def plain_creates(hapi: str, patients: list[dict[str, Any]], batch: int, c
         return len(patients) / (time.perf_counter() - started)
 
 
+async def bulk_stage(
+    registry: Any, rows: list[dict[str, Any]], tmp: Path, name: str, batch: int, concurrency: int
+) -> tuple[float, dict[str, int]]:
+    path = tmp / f"{name}.ndjson"
+    path.write_text("".join(json.dumps(p) + "\n" for p in rows))
+    last = [time.perf_counter(), 0]
+
+    def progress(state: bulk.JobState) -> None:  # a line about every 60 s, for long stages
+        if time.perf_counter() - last[0] >= 60:
+            rate = (state.rows_done - last[1]) / (time.perf_counter() - last[0])
+            print(f"  {name}: {state.rows_done}/{len(rows)} rows, {rate:.1f} records/s lately")
+            last[0], last[1] = time.perf_counter(), state.rows_done
+
+    job = bulk.BulkJob(
+        path,
+        bulk.InProcess(registry, None),
+        system=None,
+        job_dir=tmp / "jobs",
+        batch_size=batch,
+        concurrency=concurrency,
+        progress=progress,
+    )
+    started = time.perf_counter()
+    state = await job.run()
+    rate = len(rows) / (time.perf_counter() - started)
+    path.unlink()
+    return rate, state.counts
+
+
+async def singles(registry: Any, samples: list[dict[str, Any]]) -> tuple[list[float], float]:
+    actor = Actor(client_id=None, address="bench")
+    latencies = []
+    started = time.perf_counter()
+    for p in samples:
+        t = time.perf_counter()
+        await registry.submit(Submission(patient=p, actor=actor))
+        latencies.append((time.perf_counter() - t) * 1000)
+    return latencies, len(samples) / (time.perf_counter() - started)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--hapi", required=True)
     parser.add_argument("--hapi-pid", help="pid file of that HAPI, for its RSS")
-    parser.add_argument("--records", type=int, default=10_000)
+    parser.add_argument("--stages", default="10000", help="stored sizes to measure at, e.g. 10000,100000")
+    parser.add_argument("--records", type=int, help="one stage of this size (same as --stages N)")
     parser.add_argument("--batch", type=int, default=50)
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--plain", type=int, default=2000)
+    parser.add_argument("--plain-warmup", type=int, default=2000, help="untimed plain creates first")
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
     hapi = args.hapi.rstrip("/")
+    stages = [args.records] if args.records else [int(s) for s in args.stages.split(",")]
+    if stages != sorted(stages):
+        parser.error("--stages must be increasing")
 
     t0 = time.perf_counter()
-    population = records(args.records, args.seed)
-    samples = records(args.samples, args.seed + 1_000_003)
+    population = records(stages[-1], args.seed)
     print(f"population: {len(population)} records generated in {time.perf_counter() - t0:.1f}s")
 
-    plain_rate = await plain_creates(
-        hapi, records(args.plain, args.seed + 99)[: args.plain], args.batch, args.concurrency
-    )
-    print(
-        f"HAPI plain creates: {plain_rate:.1f} records/s ({args.plain} Patients, transaction Bundles of "
-        f"{args.batch}, {args.concurrency} in flight)"
-    )
+    def plain_label(n: int) -> str:
+        return f"{n} Patients, transaction Bundles of {args.batch}, {args.concurrency} in flight"
+
+    if args.plain_warmup:
+        warm = await plain_creates(
+            hapi, records(args.plain_warmup, args.seed + 98), args.batch, args.concurrency
+        )
+        print(
+            f"HAPI plain creates, warm-up (untimed round): {warm:.1f} records/s "
+            f"({plain_label(args.plain_warmup)})"
+        )
+    plain_start = await plain_creates(hapi, records(args.plain, args.seed + 99), args.batch, args.concurrency)
+    print(f"HAPI plain creates at start: {plain_start:.1f} records/s ({plain_label(args.plain)})")
 
     settings = Settings(hapi_base_url=hapi, hapi_timeout_s=120.0)
+    results: list[tuple[int, float, float, float]] = []  # stored, p50, p95, single rate
+    loaded, stored, bulk_seconds = 0, 0, 0.0
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "population.ndjson"
-        path.write_text("".join(json.dumps(p) + "\n" for p in population))
         async with bulk.registry_in_process(settings) as registry:
-            job = bulk.BulkJob(
-                path,
-                bulk.InProcess(registry, None),
-                system=None,
-                job_dir=Path(tmp) / "jobs",
-                batch_size=args.batch,
-                concurrency=args.concurrency,
-            )
-            started = time.perf_counter()
-            state = await job.run()
-            bulk_rate = len(population) / (time.perf_counter() - started)
-            print(
-                f"bulk load: {bulk_rate:.1f} records/s ({len(population)} records, batches of {args.batch}, "
-                f"{args.concurrency} in flight) = {bulk_rate / plain_rate:.0%} of HAPI plain creates; "
-                f"{state.counts}"
-            )
+            for i, size in enumerate(stages):
+                rows = population[loaded:size]
+                rate, counts = await bulk_stage(
+                    registry, rows, Path(tmp), f"stage{i + 1}", args.batch, args.concurrency
+                )
+                bulk_seconds += len(rows) / rate
+                loaded = size
+                stored += len(rows)
+                print(
+                    f"bulk load stage {i + 1}: {len(rows)} records at {rate:.1f} records/s (batches of "
+                    f"{args.batch}, {args.concurrency} in flight) = {rate / plain_start:.0%} of plain "
+                    f"creates at start; {counts}"
+                )
+                samples = records(args.samples, args.seed + 1_000_003 + i)
+                latencies, single_rate = await singles(registry, samples)
+                print(
+                    f"single submissions at {stored} stored: p50 {statistics.median(latencies):.0f} ms, "
+                    f"p95 {pct(latencies, 0.95):.0f} ms, {single_rate:.1f} records/s one at a time "
+                    f"({len(samples)} samples)"
+                )
+                results.append((stored, statistics.median(latencies), pct(latencies, 0.95), single_rate))
+                stored += len(samples)
 
-            actor = Actor(client_id=None, address="bench")
-            latencies = []
-            started = time.perf_counter()
-            for p in samples:
-                t = time.perf_counter()
-                await registry.submit(Submission(patient=p, actor=actor))
-                latencies.append((time.perf_counter() - t) * 1000)
-            single_rate = len(samples) / (time.perf_counter() - started)
-            print(
-                f"single submissions at {len(population)} stored: p50 {statistics.median(latencies):.0f} ms, "
-                f"p95 {pct(latencies, 0.95):.0f} ms, {single_rate:.1f} records/s one at a time "
-                f"({len(samples)} samples)"
+            bulk_rate = loaded / bulk_seconds
+            plain_end = await plain_creates(
+                hapi, records(args.plain, args.seed + 97), args.batch, args.concurrency
             )
+            print(f"HAPI plain creates at end: {plain_end:.1f} records/s ({plain_label(args.plain)})")
+            print(
+                f"bulk load overall: {bulk_rate:.1f} records/s ({loaded} records); ratio bulk/plain: "
+                f"{bulk_rate / plain_start:.0%} of start, {bulk_rate / plain_end:.0%} of end"
+            )
+            if len(results) > 1:
+                (n0, _, p0, _), (n1, _, p1, _) = results[0], results[-1]
+                print(
+                    f"single-submission p95 growth {n0} -> {n1} stored: {p1 / p0:.2f}x "
+                    f"({p0:.0f} -> {p1:.0f} ms)"
+                )
             print(f"RSS: mediator (this process) {rss_mb():.0f} MB", end="")
             if args.hapi_pid:
                 pid = hapi_pid(args.hapi_pid)
@@ -179,5 +256,5 @@ async def main() -> None:
 if __name__ == "__main__":
     import sys
 
-    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[attr-defined]
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     asyncio.run(main())
