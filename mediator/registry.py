@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import matching
@@ -119,7 +119,7 @@ class Registry:
                 out = []
                 for r in results:
                     version = versions.get(f"Patient/{r.source_id}")
-                    out.append(_with_version(r, version))
+                    out.append(replace(r, version=version))
                     log.info(
                         "submission decided",
                         extra={
@@ -336,10 +336,4 @@ async def _decide(
     return matching.decide(patient, candidates, rules)
 
 
-def _with_version(result: SubmissionResult, version: str | None) -> SubmissionResult:
-    from dataclasses import replace
-
-    return replace(result, version=version)
-
-
-__all__ = ["NotFound", "Registry", "Submission", "SubmissionResult"]
+__all__ = ["Registry", "Submission", "SubmissionResult"]
