@@ -76,8 +76,8 @@ async def test_install_indexes_tasks_written_before_the_parameter(admin, app_cli
     await hapi.transaction(bundle)  # as on a store that never had it
     score_index.forget(hapi)
     tasks = await _write_tasks(hapi, facility, settings.cruid_system)
-    unindexed = {t["id"] for t in await score_index.unindexed_open_tasks(hapi)}
-    assert {t["id"] for t in tasks} <= unindexed
+    # Whether HAPI indexed these Tasks depends on when its search-parameter cache notices the delete
+    # (seconds, more under load), so the test does not assert it; it asserts the outcome of install below.
     # not ready: the queue is still right (sorted in memory)
     ids, _ = await _pages(admin, facility)
     assert ids == _expected(tasks)
