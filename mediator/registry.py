@@ -207,17 +207,13 @@ class Registry:
         ]
         decision = await _decide(patient, candidates, cfg.rules)
 
-        auto = decision.auto_match_goldens()
-        if existing is not None and records.is_manually_linked(existing) and current:
-            target = current  # a person decided this link; matching never changes it
-        elif current and current in auto:
-            target = current
-        elif auto:
-            target = auto[0]
-        elif current and await self._only_source(uow, current, prepared.source_id):
-            target = current
-        else:
-            target = None
+        target = choose_golden(
+            current=current,
+            manual=existing is not None and records.is_manually_linked(existing),
+            auto=decision.auto_match_goldens(),
+            current_has_others=current is not None
+            and not await self._only_source(uow, current, prepared.source_id),
+        )
 
         golden = await self._golden(uow, target) if target else None
         if golden is None:
@@ -326,6 +322,26 @@ class Registry:
             stored = await uow.read("Task", task["id"])
             if stored is None or stored.get("status") == OPEN:
                 uow.put(task)
+
+
+def choose_golden(
+    *, current: str | None, manual: bool, auto: list[str], current_has_others: bool
+) -> str | None:
+    """Which golden record a source record belongs to after a decision; None = a new one.
+
+    A manual link stays; the current person is kept while it is among the auto-matches (stability);
+    otherwise the best auto-match; with none, a record alone on its golden record keeps it, and a record
+    that no longer matches the others of its person leaves them.
+    """
+    if current and manual:
+        return current
+    if current and current in auto:
+        return current
+    if auto:
+        return auto[0]
+    if current and not current_has_others:
+        return current
+    return None
 
 
 async def _decide(

@@ -54,7 +54,7 @@ from .audit import Actor
 from .config import ConfigHolder, RegistryConfig
 from .errors import Conflict, RegistryError, UpstreamTimeout, UpstreamUnavailable
 from .fhir_client import HapiClient
-from .registry import Registry, Submission
+from .registry import Registry, Submission, choose_golden
 from .unit_of_work import UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -204,15 +204,12 @@ def plan(snapshot: Snapshot, cfg: RegistryConfig) -> Plan:
         decision = matching.decide(source, candidates, rules)
         if decision.outcome == "potential":
             out.potential += 1
-        auto = decision.auto_match_goldens()
-        if current and current in auto:
-            target: str | None = current
-        elif auto:
-            target = auto[0]
-        elif current and members[current] <= {sid}:
-            target = current
-        else:
-            target = None
+        target = choose_golden(
+            current=current,
+            manual=False,  # manually linked records were kept above
+            auto=decision.auto_match_goldens(),
+            current_has_others=current is not None and not members[current] <= {sid},
+        )
         resolved = resolve(target) if target else None
         if resolved is None:
             resolved = f"{_NEW}{sid}"
