@@ -38,6 +38,21 @@ met. What remains per record: 3-4 resources written (source, golden, AuditEvent,
 plain create, HAPI indexing 6 block-key tags per source record, and the key locks of overlapping batches.
 Profile of 1000 records, one batch in flight (78 records/s): the transaction commit 49 % of the time, the
 prefetch (searches, reads) 30 %, deciding and staging 19 %. Batches of 100 with 3 in flight: no gain.
+
+Staged run 2026-11-25 (``--stages 10000,100000 --samples 200``, fresh HAPI 8.8.0 on PostgreSQL 15, -Xmx3g,
+batches of 50, 2 in flight), 2 cores shared with another benchmark, a CI test run and its HAPIs (load average
+8-14): plain creates 157 records/s in the untimed warm-up round, 215 at the start, 832 at the end (HAPI
+still warming up after 2000 creates: the start figure is not a steady state). Stage 1: bulk 48.8 records/s
+(23 % of plain at start, 6 % of plain at end; 9175 no_match, 622 match, 200 potential, 3 row errors: the first
+10k rows of a 100k population are mostly distinct people, unlike a 10k-only run), then single submissions
+at 10k stored p50 54 ms, p95 108 ms, 16.2 records/s. Stage 2 did not finish in the time available: stopped
+at 54,350 of 90,000 rows (about 64.5k stored) after 1483 s, 36.7 records/s on average (50-70 records/s
+while the machine was quieter, 17-31 once the other runs started; contention and growth not separated);
+30220 no_match, 19551 match, 4571 potential, 8 errors. Measured afterwards in a separate process on the same
+HAPI, at ~64.5k stored: single submissions p50 46 ms, p95 108 ms (p95 growth 10k -> 64.5k: 1.00x), 17.9
+records/s. Bulk overall 38.1 records/s (64,350 rows) = 18 % of plain at start, 4.6 % at end: the 30 %
+target is not met. RSS at the stop: mediator process 389 MB (it also holds the 100k generated records),
+HAPI 2021 MB (2148 MB after the end measurements). 100k stored still not reached on this machine.
 """
 
 from __future__ import annotations
