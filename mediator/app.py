@@ -74,7 +74,7 @@ def create_app(
     lock_manager = locks or LocalKeyedLocks()
 
     async def hapi_session(app: web.Application) -> AsyncIterator[None]:
-        connector = aiohttp.TCPConnector(limit=64, limit_per_host=64)
+        connector = aiohttp.TCPConnector(limit=settings.hapi_max_connections)
         async with aiohttp.ClientSession(connector=connector) as session:
             app[HTTP_SESSION] = session
             hapi = HapiClient(

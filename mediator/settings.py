@@ -30,6 +30,7 @@ class Settings:
     hapi_base_url: str = "http://127.0.0.1:8090/fhir"
     hapi_connect_timeout_s: float = 3.0
     hapi_timeout_s: float = 15.0
+    hapi_max_connections: int = 16  # HAPI calls in flight; HAPI's own DB pool is 10 connections by default
     rules_path: Path = REPO_ROOT / "rules" / "default.yaml"
     cruid_system: str = "urn:oid:2.25.310153142271591873458216447651146233113"  # registry's CRUID system
     # shared identifier systems (national ids): matching evidence, never record keys; plus the rules file's
@@ -85,6 +86,7 @@ class Settings:
             hapi_base_url=get("CR_HAPI_URL", defaults.hapi_base_url).rstrip("/"),
             hapi_connect_timeout_s=num("CR_HAPI_CONNECT_TIMEOUT", defaults.hapi_connect_timeout_s),
             hapi_timeout_s=num("CR_HAPI_TIMEOUT", defaults.hapi_timeout_s),
+            hapi_max_connections=int(num("CR_HAPI_MAX_CONNECTIONS", defaults.hapi_max_connections)),
             rules_path=Path(get("CR_RULES", str(defaults.rules_path))),
             cruid_system=get("CR_CRUID_SYSTEM", defaults.cruid_system),
             shared_identifier_systems=_list(

@@ -48,19 +48,18 @@ class UnitOfWork:
     async def find_sources(self, block_keys: list[str], limit: int) -> list[Resource]:
         """Source records sharing at least one blocking key, staged versions taking precedence.
 
-        One ``_tag`` search covers all keys. When that finds more than ``limit`` records, some key is too
-        common (a birth date shared by thousands): the keys are then searched one by one and any block
-        larger than ``limit`` is left out, so the selective keys (phone, national id, name) still work.
+        One ``_tag`` search per key, in parallel: HAPI answers single-tag searches far faster than one
+        search OR-ing the tags (≈ 19 ms against ≈ 94 ms for 4–8 keys on H2 at 10k records). A block larger
+        than ``limit`` (a birth date shared by thousands) is left out, so the selective keys (phone,
+        national id, name) still find the person.
         """
         if not block_keys:
             return []
-        found = await self._search_blocks(block_keys, limit)
-        if len(found) > limit:
-            blocks = await asyncio.gather(*(self._search_blocks([key], limit) for key in block_keys))
-            oversized = [key for key, block in zip(block_keys, blocks, strict=True) if len(block) > limit]
+        blocks = await asyncio.gather(*(self._search_blocks([key], limit) for key in block_keys))
+        oversized = [key for key, block in zip(block_keys, blocks, strict=True) if len(block) > limit]
+        if oversized:
             log.warning("blocks over the candidate limit skipped", extra={"keys": oversized, "limit": limit})
-            unique = {r["id"]: r for block in blocks if len(block) <= limit for r in block}
-            found = list(unique.values())
+        found = list({r["id"]: r for block in blocks if len(block) <= limit for r in block}.values())
         by_key: dict[str, Resource] = {}
         for resource in found:
             key = f"Patient/{resource['id']}"
