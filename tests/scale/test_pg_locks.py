@@ -109,4 +109,4 @@ async def until_someone_waits_for_an_advisory_lock(locks, timeout_s=10.0):
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
         ):
             assert loop.time() < deadline, "nobody waited for an advisory lock"
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.02)  # poll interval of the bounded wait above
