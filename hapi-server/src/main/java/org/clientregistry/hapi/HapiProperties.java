@@ -43,6 +43,18 @@ public class HapiProperties {
 	/** Log one line per request. */
 	private boolean requestLogging = false;
 
+	/**
+	 * How meta.tag is stored. INLINE (default): in the resource body, searched through a {@code _tag} token
+	 * SearchParameter the server defines at startup, no tag tables and no tag definition rows (HAPI writes
+	 * records with several unique tags about twice as fast); VERSIONED / NON_VERSIONED: HAPI's tag tables.
+	 * Fixed for the life of a database: the server refuses INLINE on a database that already holds tag
+	 * definitions.
+	 */
+	private JpaStorageSettings.TagStorageModeEnum tagStorageMode = JpaStorageSettings.TagStorageModeEnum.INLINE;
+
+	/** Resource bodies shorter than this many characters are stored in the version row, not a LOB. */
+	private int inlineResourceTextBelowSize = 4000;
+
 	public String getServerAddress() { return serverAddress; }
 	public void setServerAddress(String v) { serverAddress = v; }
 	public int getDefaultPageSize() { return defaultPageSize; }
@@ -61,6 +73,10 @@ public class HapiProperties {
 	public void setServerIdStrategy(JpaStorageSettings.IdStrategyEnum v) { serverIdStrategy = v; }
 	public JpaStorageSettings.ClientIdStrategyEnum getClientIdStrategy() { return clientIdStrategy; }
 	public void setClientIdStrategy(JpaStorageSettings.ClientIdStrategyEnum v) { clientIdStrategy = v; }
+	public JpaStorageSettings.TagStorageModeEnum getTagStorageMode() { return tagStorageMode; }
+	public void setTagStorageMode(JpaStorageSettings.TagStorageModeEnum v) { tagStorageMode = v; }
+	public int getInlineResourceTextBelowSize() { return inlineResourceTextBelowSize; }
+	public void setInlineResourceTextBelowSize(int v) { inlineResourceTextBelowSize = v; }
 	public boolean isRequestLogging() { return requestLogging; }
 	public void setRequestLogging(boolean v) { requestLogging = v; }
 }

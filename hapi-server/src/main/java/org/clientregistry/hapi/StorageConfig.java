@@ -68,6 +68,8 @@ public class StorageConfig {
 		s.setHibernateSearchIndexSearchParams(false);
 		// A search with _count <= max page size is answered in one go from the database.
 		s.setFetchSizeDefaultMaximum(props.getMaxPageSize());
+		s.setTagStorageMode(props.getTagStorageMode());
+		s.setInlineResourceTextBelowSize(props.getInlineResourceTextBelowSize());
 		return s;
 	}
 
