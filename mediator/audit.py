@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -20,43 +21,66 @@ class Actor:
     transaction_id: str | None = None  # OpenHIM transaction, when routed through the core
 
 
-def submission_event(
-    *,
-    actor: Actor,
-    action: str,  # "create" | "update"
-    source_id: str,
-    golden_id: str,
-    previous_golden_id: str | None,
-    outcome: str,
-    score: float | None,
-    rule: str,
-) -> dict[str, Any]:
-    details = [
-        ("decision", outcome),
-        ("rule", rule),
-        ("cruid", golden_id),
-    ]
-    if score is not None:
-        details.append(("score", f"{score:.4f}"))
-    if previous_golden_id and previous_golden_id != golden_id:
-        details.append(("previous-cruid", previous_golden_id))
-    if actor.transaction_id:
-        details.append(("openhim-transaction", actor.transaction_id))
-    entities: list[dict[str, Any]] = [
-        {
-            "what": {"reference": ref(source_id)},
-            "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1"},
-            "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1"},
-            "description": "source record",
-            "detail": [{"type": k, "valueString": v} for k, v in details],
-        },
-        {"what": {"reference": ref(golden_id)}, "description": "golden record"},
-    ]
-    if previous_golden_id and previous_golden_id != golden_id:
+@dataclass(frozen=True)
+class RecordDecision:
+    """What one submission decided, for the AuditEvent of the transaction that wrote it."""
+
+    action: str  # "create" | "update"
+    source_id: str
+    golden_id: str
+    previous_golden_id: str | None
+    outcome: str
+    score: float | None
+    rule: str
+
+
+def submission_event(*, actor: Actor, decisions: Sequence[RecordDecision]) -> dict[str, Any]:
+    """One AuditEvent per registry transaction: for each submission, the source record's entity (with the
+    decision in its details) followed by its golden record's (and the previous one's, when it moved).
+
+    A bulk batch of 50 submissions thus writes one AuditEvent, not 50 — the event's writes would otherwise
+    halve HAPI's throughput. Readers take the entities in these per-submission groups (:func:`groups`)."""
+    entities: list[dict[str, Any]] = []
+    for d in decisions:
+        details = [("decision", d.outcome), ("rule", d.rule), ("cruid", d.golden_id), ("action", d.action)]
+        if d.score is not None:
+            details.append(("score", f"{d.score:.4f}"))
+        moved = d.previous_golden_id and d.previous_golden_id != d.golden_id
+        if moved:
+            details.append(("previous-cruid", d.previous_golden_id or ""))
+        if actor.transaction_id:
+            details.append(("openhim-transaction", actor.transaction_id))
         entities.append(
-            {"what": {"reference": ref(previous_golden_id)}, "description": "previous golden record"}
+            {
+                "what": {"reference": ref(d.source_id)},
+                "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1"},
+                "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1"},
+                "description": "source record",
+                "detail": [{"type": k, "valueString": v} for k, v in details],
+            }
         )
+        entities.append({"what": {"reference": ref(d.golden_id)}, "description": "golden record"})
+        if moved:
+            previous = {"reference": ref(d.previous_golden_id or "")}
+            entities.append({"what": previous, "description": "previous golden record"})
+    action = "create" if {d.action for d in decisions} == {"create"} else "update"
     return event(actor=actor, subtype=action, entities=entities, action="C" if action == "create" else "U")
+
+
+def details_of(entity: Mapping[str, Any]) -> dict[str, str]:
+    return {d.get("type"): d.get("valueString") for d in entity.get("detail", []) if d.get("type")}
+
+
+def groups(event_resource: Mapping[str, Any]) -> list[list[dict[str, Any]]]:
+    """The event's entities per submission: each group starts at an entity carrying a ``decision``. An event
+    without decisions (an admin action) is one group."""
+    out: list[list[dict[str, Any]]] = []
+    for entity in event_resource.get("entity", []):
+        if "decision" in details_of(entity) or not out:
+            out.append([entity])
+        else:
+            out[-1].append(entity)
+    return out
 
 
 def event(*, actor: Actor, subtype: str, entities: list[dict[str, Any]], action: str = "U") -> dict[str, Any]:

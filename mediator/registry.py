@@ -19,7 +19,7 @@ from typing import Any
 import matching
 
 from . import records
-from .audit import Actor, submission_event
+from .audit import Actor, RecordDecision, submission_event
 from .config import ConfigHolder, RegistryConfig
 from .errors import Conflict, Forbidden, InvalidInput, NotFound, Unprocessable
 from .fhir_client import HapiClient
@@ -47,6 +47,7 @@ class Prepared:
     source_system: str
     source_value: str
     source_id: str
+    block_keys: list[str]  # matching.block_keys of the submitted Patient under the current rules
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,8 @@ class Registry:
     async def submit_all(self, submissions: Sequence[Submission]) -> list[SubmissionResult]:
         """Decide and write several submissions as one all-or-nothing HAPI transaction."""
         cfg = self.config.current
+        if not submissions:
+            return []
         prepared = [self.prepare(s, cfg) for s in submissions]  # raises before anything is written
         ids = [p.source_id for p in prepared]
         if len(set(ids)) != len(ids):
@@ -100,14 +103,18 @@ class Registry:
         keys = set()
         for p in prepared:
             keys.add(f"src:{p.source_id}")
-            keys.update(f"blk:{k}" for k in matching.block_keys(p.submission.patient, cfg.rules))
+            keys.update(f"blk:{k}" for k in p.block_keys)
         started = time.perf_counter()
         async with self.locks.hold(keys):
             for attempt in range(1, self.conflict_retries + 1):
                 uow = UnitOfWork(self.hapi)
                 if len(prepared) > 1:
                     await self._prefetch(uow, prepared, cfg)
-                results = [await self._process(p, uow, cfg) for p in prepared]
+                processed = [await self._process(p, uow, cfg) for p in prepared]
+                results = [result for result, _ in processed]
+                # one AuditEvent for the whole transaction (a bulk batch writes one, not one per record)
+                actor = prepared[0].submission.actor  # one request: one actor
+                uow.put(submission_event(actor=actor, decisions=[d for _, d in processed]))
                 try:
                     versions = await uow.commit()
                 except Conflict:
@@ -186,12 +193,14 @@ class Registry:
             raise InvalidInput(
                 f"Patient/{submission.target_id} is not the record of the identifier {system}|{value}."
             )
-        return Prepared(submission, system, value, source_id)
+        return Prepared(submission, system, value, source_id, matching.block_keys(patient, cfg.rules))
 
-    async def _process(self, prepared: Prepared, uow: UnitOfWork, cfg: RegistryConfig) -> SubmissionResult:
+    async def _process(
+        self, prepared: Prepared, uow: UnitOfWork, cfg: RegistryConfig
+    ) -> tuple[SubmissionResult, RecordDecision]:
         submission = prepared.submission
         patient = submission.patient
-        keys = matching.block_keys(patient, cfg.rules)
+        keys = prepared.block_keys
         existing, found = await asyncio.gather(
             uow.read("Patient", prepared.source_id), uow.find_sources(keys, cfg.max_candidates)
         )
@@ -236,19 +245,16 @@ class Registry:
         uow.put(source)
 
         await self._stage_reviews(uow, decision, prepared.source_id, golden_id)
-        uow.put(
-            submission_event(
-                actor=submission.actor,
-                action="update" if existing else "create",
-                source_id=prepared.source_id,
-                golden_id=golden_id,
-                previous_golden_id=current,
-                outcome=decision.outcome,
-                score=decision.score,
-                rule=decision.rule,
-            )
+        audit = RecordDecision(
+            action="update" if existing else "create",
+            source_id=prepared.source_id,
+            golden_id=golden_id,
+            previous_golden_id=current,
+            outcome=decision.outcome,
+            score=decision.score,
+            rule=decision.rule,
         )
-        return SubmissionResult(
+        result = SubmissionResult(
             created=existing is None,
             source_id=prepared.source_id,
             golden_id=golden_id,
@@ -262,6 +268,7 @@ class Registry:
                 if i.get("system") not in cfg.shared_identifier_systems
             ),
         )
+        return result, audit
 
     async def _prefetch(self, uow: UnitOfWork, prepared: Sequence[Prepared], cfg: RegistryConfig) -> None:
         """Batch the reads that ``_process`` would make one entry at a time: the entries' own records, their
@@ -273,7 +280,7 @@ class Registry:
             async with sem:
                 return await uow.find_sources(keys, cfg.max_candidates)
 
-        key_sets = [matching.block_keys(p.submission.patient, cfg.rules) for p in prepared]
+        key_sets = [p.block_keys for p in prepared]
         await asyncio.gather(
             uow.prefetch("Patient", [p.source_id for p in prepared]),
             uow.prefetch_blocks([ks for ks in key_sets if ks], cfg.max_candidates),

@@ -11,7 +11,7 @@ from typing import Any
 
 import matching
 
-from .. import records
+from .. import audit, records
 from ..config import RegistryConfig
 from ..errors import InvalidInput, NotFound, Unprocessable
 from ..fhir_client import HapiClient
@@ -278,21 +278,18 @@ async def auto_matches(hapi: HapiClient, since: str | None = None, limit: int = 
     if since:
         params["date"] = f"ge{since}"
     events = await hapi.search("AuditEvent", params, max_results=2000)
-    picked: list[tuple[Resource, dict[str, str]]] = []
+    picked: list[tuple[Resource, str, dict[str, str]]] = []
     seen: set[str] = set()
     for ev in events:
-        entity: dict[str, Any] = next(iter(ev.get("entity", [])), {})
-        details = {d.get("type"): d.get("valueString") for d in entity.get("detail", [])}
-        source_id = records.ref_id(entity.get("what", {}).get("reference"))
-        if details.get("decision") == "match" and source_id and source_id not in seen:
-            seen.add(source_id)
-            picked.append((ev, details))
-    sources = await read_many(
-        hapi, "Patient", [records.ref_id(e["entity"][0]["what"]["reference"]) or "" for e, _ in picked]
-    )
+        for group in audit.groups(ev):  # one group per submission of the event's transaction
+            details = audit.details_of(group[0])
+            source_id = records.ref_id(group[0].get("what", {}).get("reference"))
+            if details.get("decision") == "match" and source_id and source_id not in seen:
+                seen.add(source_id)
+                picked.append((ev, source_id, details))
+    sources = await read_many(hapi, "Patient", [source_id for _, source_id, _ in picked])
     out = []
-    for ev, details in picked:
-        source_id = records.ref_id(ev["entity"][0]["what"]["reference"]) or ""
+    for ev, source_id, details in picked:
         source = sources.get(source_id)
         if source is None or records.is_manually_linked(source):
             continue
@@ -361,15 +358,22 @@ async def golden_view(hapi: HapiClient, cfg: RegistryConfig, golden_id: str) -> 
     }
 
 
-def _event_summary(ev: Resource) -> dict[str, Any]:
+def _event_summary(ev: Resource, about: set[str] | None = None) -> dict[str, Any]:
+    """The event for the history page; of a transaction's event (several submissions), only the submissions
+    touching the records ``about``."""
     agent: dict[str, Any] = next(iter(ev.get("agent", [])), {})
     who = agent.get("who", {}).get("identifier", {})
     action = next((c.get("code") for c in ev.get("subtype", [])), None)
     admin = any(c.get("system") == ADMIN_ACTION_SYSTEM for c in ev.get("subtype", []))
     entities = []
     decision = None
-    for e in ev.get("entity", []):
-        details = {d.get("type"): d.get("valueString") for d in e.get("detail", [])}
+    groups = audit.groups(ev)
+    if about is not None and len(groups) > 1:
+        groups = [
+            g for g in groups if any(records.ref_id(e.get("what", {}).get("reference")) in about for e in g)
+        ] or groups
+    for e in (entity for g in groups for entity in g):
+        details = audit.details_of(e)
         item: dict[str, Any] = {
             "what": e.get("what", {}).get("reference"),
             "description": e.get("description"),
@@ -414,4 +418,4 @@ async def history(hapi: HapiClient, patient_id: str) -> list[dict[str, Any]]:
     )
     events = {ev["id"]: ev for chunk in found for ev in chunk}
     ordered = sorted(events.values(), key=lambda ev: ev.get("recorded", ""), reverse=True)
-    return [_event_summary(ev) for ev in ordered]
+    return [_event_summary(ev, set(ids)) for ev in ordered]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from mediator import audit, records
 from tests.conftest import patient, unique_surname
 
 
@@ -73,6 +74,13 @@ async def test_transaction_links_entries_to_each_other(client, store, facility):
     ids = [e["resource"]["id"] for e in out["entry"]]
     goldens = [(await store.assert_consistent(i))["id"] for i in ids]
     assert goldens[0] == goldens[1]
+    # one AuditEvent for the transaction, one group of entities per submission, each with its decision
+    events = await store.search("AuditEvent", {"entity": f"Patient/{ids[1]}"})
+    assert len(events) == 1
+    groups = audit.groups(events[0])
+    assert [records.ref_id(g[0]["what"]["reference"]) for g in groups] == ids
+    assert [audit.details_of(g[0])["decision"] for g in groups] == ["no_match", "match"]
+    assert all(records.ref_id(g[1]["what"]["reference"]) == goldens[0] for g in groups)
 
 
 async def test_bundle_of_wrong_type_is_refused(client):
