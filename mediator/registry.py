@@ -24,7 +24,7 @@ from .config import ConfigHolder, RegistryConfig
 from .errors import Conflict, Forbidden, InvalidInput, NotFound, Unprocessable
 from .fhir_client import HapiClient
 from .locks import LockManager
-from .review import OPEN, POSSIBLE_DUPLICATE, POTENTIAL_MATCH, review_task
+from .review import OPEN, POSSIBLE_DUPLICATE, POTENTIAL_MATCH, WITHDRAWN, review_task
 from .unit_of_work import UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -314,7 +314,7 @@ class Registry:
                 rule=s.rule,
             )
             stored = await uow.read("Task", task["id"])
-            if stored is None or stored.get("status") == OPEN:
+            if stored is None or stored.get("status") in (OPEN, WITHDRAWN):
                 uow.put(task)
 
 
