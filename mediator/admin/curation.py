@@ -167,15 +167,14 @@ class _Change:
 
     async def golden(self, resource_id: str) -> Resource:
         """The live golden record, following ``replaced-by`` links left by merges."""
-        for _ in range(10):
-            golden = await self.require(resource_id, "Golden record")
-            if not records.is_golden(golden):
-                raise InvalidInput(f"Patient/{resource_id} is not a golden record.")
-            successor = records.replaced_by(golden)
-            if successor is None:
-                return golden
-            resource_id = successor
-        raise Conflict("Too many replaced-by links.", retryable=False)
+        walk = await records.follow_replaced_by_async(self.patient, resource_id)
+        if walk.live is not None:
+            return walk.live
+        if walk.end == records.ABSENT:
+            raise NotFound(f"Golden record Patient/{walk.missing} does not exist.")
+        if walk.end == records.NOT_GOLDEN and walk.last is not None:
+            raise InvalidInput(f"Patient/{walk.last['id']} is not a golden record.")
+        raise Conflict("Too many replaced-by links.", retryable=False)  # a cycle, or over MAX_RECORDS
 
     def put(self, resource: Resource) -> None:
         self.uow.put(resource)
