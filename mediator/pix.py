@@ -34,15 +34,13 @@ async def _golden_of(hapi: HapiClient, cfg: RegistryConfig, system: str, value: 
         golden = await hapi.read("Patient", golden_id) if golden_id else None
         if golden is None:
             raise NotFound(f"The identifier {system}|{value} is not known to the registry.")
-    for _ in range(10):  # follow merges to the surviving golden record
-        successor = records.replaced_by(golden)
-        if successor is None:
-            break
-        nxt = await hapi.read("Patient", successor)
-        if nxt is None:
-            break
-        golden = nxt
-    return golden
+    # Follow merges to the surviving golden record (up to 10 links after this one). Whatever the end — a
+    # live golden record, a link to a record that is gone, a record that is not golden, a cycle, too many
+    # links — the answer is the last record that exists on the way.
+    walk = await records.follow_replaced_by_async(
+        lambda rid: hapi.read("Patient", rid), golden, max_records=records.MAX_RECORDS + 1
+    )
+    return walk.last if walk.last is not None else golden  # never None: the walk starts from a record
 
 
 async def cross_references(

@@ -18,7 +18,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 NS = "urn:client-registry"
@@ -112,6 +113,82 @@ def replaced_by(golden: Mapping[str, Any]) -> str | None:
         if link.get("type") == "replaced-by":
             return ref_id(link.get("other", {}).get("reference"))
     return None
+
+
+# -- following replaced-by links -------------------------------------------------------------------------
+
+MAX_RECORDS = 10  # records a walk along replaced-by links reads at most (the start included)
+
+LIVE = "live"  # ended on a golden record without a replaced-by link
+ABSENT = "absent"  # the start, or the record a link names, does not exist
+NOT_GOLDEN = "not-golden"  # ended on a record that is not a golden record
+CYCLE = "cycle"  # a link names a record already visited
+TOO_LONG = "too-long"  # still a replaced-by link after MAX_RECORDS records
+
+
+@dataclass(frozen=True)
+class Walk:
+    """Where a walk along ``replaced-by`` links ended; each caller decides what each end means to it."""
+
+    end: str  # LIVE, ABSENT, NOT_GOLDEN, CYCLE or TOO_LONG
+    last: Resource | None  # the last record that exists on the way (None: not even the start)
+    missing: str | None = None  # with ABSENT: the id that does not exist
+
+    @property
+    def live(self) -> Resource | None:
+        """The surviving golden record, or None unless the walk ended on one."""
+        return self.last if self.end == LIVE else None
+
+
+def _walk(start: str | Resource, max_records: int) -> Generator[str, Resource | None, Walk]:
+    """The walk without I/O: yields the ids to read, is sent the records read (None: absent)."""
+    seen: set[str] = set()
+    last: Resource | None = None
+    current: str | Resource = start
+    for _ in range(max_records):
+        resource = (yield current) if isinstance(current, str) else current
+        if resource is None:
+            return Walk(ABSENT, last, missing=current if isinstance(current, str) else None)
+        last = resource
+        seen.add(resource["id"])
+        if not is_golden(resource):
+            return Walk(NOT_GOLDEN, last)
+        successor = replaced_by(resource)
+        if successor is None:
+            return Walk(LIVE, last)
+        if successor in seen:
+            return Walk(CYCLE, last)
+        current = successor
+    return Walk(TOO_LONG, last)
+
+
+def follow_replaced_by(
+    lookup: Callable[[str], Resource | None], start: str | Resource, *, max_records: int = MAX_RECORDS
+) -> Walk:
+    """Follow ``replaced-by`` links from ``start`` (an id, or a record already read) with a sync lookup."""
+    walk = _walk(start, max_records)
+    try:
+        rid = next(walk)
+        while True:
+            rid = walk.send(lookup(rid))
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+
+
+async def follow_replaced_by_async(
+    read: Callable[[str], Awaitable[Resource | None]],
+    start: str | Resource,
+    *,
+    max_records: int = MAX_RECORDS,
+) -> Walk:
+    """:func:`follow_replaced_by` with an async reader (a unit of work, the HAPI client)."""
+    walk = _walk(start, max_records)
+    try:
+        rid = next(walk)
+        while True:
+            rid = walk.send(await read(rid))
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
 
 
 def cruid_of(golden: Mapping[str, Any], cruid_system: str) -> str | None:

@@ -24,7 +24,7 @@ from .config import ConfigHolder, RegistryConfig
 from .errors import Conflict, Forbidden, InvalidInput, NotFound, Unprocessable
 from .fhir_client import HapiClient
 from .locks import LockManager
-from .review import OPEN, POSSIBLE_DUPLICATE, POTENTIAL_MATCH, review_task
+from .review import OPEN, POSSIBLE_DUPLICATE, POTENTIAL_MATCH, WITHDRAWN, review_task
 from .unit_of_work import UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -294,16 +294,10 @@ class Registry:
         await uow.prefetch("Patient", sorted(goldens))
 
     async def _golden(self, uow: UnitOfWork, golden_id: str) -> dict[str, Any] | None:
-        """The golden record, following ``replaced-by`` links left by merges."""
-        for _ in range(10):
-            golden = await uow.read("Patient", golden_id)
-            if golden is None or not records.is_golden(golden):
-                return None
-            successor = records.replaced_by(golden)
-            if successor is None:
-                return golden
-            golden_id = successor
-        return None
+        """The golden record, following ``replaced-by`` links left by merges; None unless the walk ends on a
+        live golden record (absent, not golden, a cycle or too many links: the caller makes a new one)."""
+        walk = await records.follow_replaced_by_async(lambda rid: uow.read("Patient", rid), golden_id)
+        return walk.live
 
     async def _only_source(self, uow: UnitOfWork, golden_id: str, source_id: str) -> bool:
         golden = await uow.read("Patient", golden_id)
@@ -327,7 +321,7 @@ class Registry:
                 rule=s.rule,
             )
             stored = await uow.read("Task", task["id"])
-            if stored is None or stored.get("status") == OPEN:
+            if stored is None or stored.get("status") in (OPEN, WITHDRAWN):
                 uow.put(task)
 
 

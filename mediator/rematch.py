@@ -167,18 +167,11 @@ def plan(snapshot: Snapshot, cfg: RegistryConfig) -> Plan:
         for key in keys[sid]:
             index[key].append(sid)
 
-    def resolve(gid: str) -> str | None:  # Registry._golden: follow replaced-by, None if not a golden record
-        for _ in range(10):
-            if gid.startswith(_NEW):
-                return gid
-            golden = goldens.get(gid)
-            if golden is None or not records.is_golden(golden):
-                return None
-            successor = records.replaced_by(golden)
-            if successor is None:
-                return gid
-            gid = successor
-        return None
+    def resolve(gid: str) -> str | None:  # Registry._golden: follow replaced-by, None unless a live golden
+        if gid.startswith(_NEW):  # planned here, not stored: no links (stored links never name one)
+            return gid
+        live = records.follow_replaced_by(goldens.get, gid).live
+        return live["id"] if live is not None else None
 
     out = Plan()
     for sid in sorted(sources):

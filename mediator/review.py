@@ -6,7 +6,8 @@
   one (``for``) and the others are inputs ``candidate``.
 
 Ids are derived from the pair, so the same doubt raised twice stays one Task; a Task a person already
-closed (status other than ``requested``) is left alone.
+closed (status other than ``requested``) is left alone — except a withdrawn one (``entered-in-error``: an
+admin undid the merge that raised it), which is raised again when due.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from .records import REVIEW_SYSTEM, REVIEW_TYPE_SYSTEM, ref
 POTENTIAL_MATCH = "potential-match"
 POSSIBLE_DUPLICATE = "possible-duplicate"
 OPEN = "requested"
+WITHDRAWN = "entered-in-error"  # raised by a merge that was undone; not a person's decision on the pair
 
 
 def review_task_id(kind: str, subject_id: str, other_golden_id: str) -> str:

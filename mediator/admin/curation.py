@@ -8,8 +8,9 @@ every touched record before and after (ids and links only, never demographics).
 * break         split one source out into a new golden record (new CRUID); both marked distinct-from.
 * move          relink one source to another golden record (manual).
 * confirm       an automatic link is confirmed by a person (manual from now on).
-* undo          restore the "before" link state of the last decision touching a record, if nothing changed
-                those records since (else 409).
+* undo          restore the "before" link state of the last decision touching a record and every review Task
+                it closed, retargeted or created (reopened as they were; a created one is withdrawn:
+                ``entered-in-error``), if nothing changed those records and Tasks since (else 409).
 
 A stale version anywhere (another admin or a submission got there first) → HAPI 409 → :class:`Conflict`
 (409 OperationOutcome); nothing is retried, the admin looks again.
@@ -29,7 +30,7 @@ from ..audit import Actor, event
 from ..errors import Conflict, InvalidInput, NotFound, Unprocessable, UpstreamUnavailable
 from ..fhir_client import HapiClient
 from ..records import NS, Resource
-from ..review import OPEN, POTENTIAL_MATCH, review_task_id
+from ..review import OPEN, POTENTIAL_MATCH, WITHDRAWN, review_task_id
 from ..unit_of_work import UnitOfWork
 from . import score_index
 
@@ -42,6 +43,7 @@ MOVE = "move"
 CONFIRM = "confirm"
 UNDO = "undo"
 RESOLVED_BY_MERGE = "resolved-by-merge"
+UNDONE = "undone"
 DECISIONS = (SAME_PERSON, DIFFERENT_PEOPLE)
 ACTIONS = (SAME_PERSON, DIFFERENT_PEOPLE, BREAK, MOVE, CONFIRM, UNDO)
 
@@ -145,11 +147,16 @@ class _Change:
     def __init__(self, hapi: HapiClient) -> None:
         self.uow = UnitOfWork(hapi)
         self.before: dict[str, dict[str, Any]] = {}
-        self.other_tasks: dict[str, dict[str, Any] | None] = {}  # "Task/id" -> review state before
+        self.tasks_before: dict[str, Resource | None] = {}  # "Task/id" -> as first read (None: absent)
 
     async def patient(self, resource_id: str) -> Resource | None:
         resource = await self.uow.read("Patient", resource_id)
         self.before.setdefault(resource_id, link_state(resource))
+        return resource
+
+    async def task(self, task_id: str) -> Resource | None:
+        resource = await self.uow.read("Task", task_id)
+        self.tasks_before.setdefault(f"Task/{task_id}", _task_snapshot(resource))
         return resource
 
     async def require(self, resource_id: str, what: str) -> Resource:
@@ -160,15 +167,14 @@ class _Change:
 
     async def golden(self, resource_id: str) -> Resource:
         """The live golden record, following ``replaced-by`` links left by merges."""
-        for _ in range(10):
-            golden = await self.require(resource_id, "Golden record")
-            if not records.is_golden(golden):
-                raise InvalidInput(f"Patient/{resource_id} is not a golden record.")
-            successor = records.replaced_by(golden)
-            if successor is None:
-                return golden
-            resource_id = successor
-        raise Conflict("Too many replaced-by links.", retryable=False)
+        walk = await records.follow_replaced_by_async(self.patient, resource_id)
+        if walk.live is not None:
+            return walk.live
+        if walk.end == records.ABSENT:
+            raise NotFound(f"Golden record Patient/{walk.missing} does not exist.")
+        if walk.end == records.NOT_GOLDEN and walk.last is not None:
+            raise InvalidInput(f"Patient/{walk.last['id']} is not a golden record.")
+        raise Conflict("Too many replaced-by links.", retryable=False)  # a cycle, or over MAX_RECORDS
 
     def put(self, resource: Resource) -> None:
         self.uow.put(resource)
@@ -180,6 +186,14 @@ class _Change:
                 rid = key.split("/", 1)[1]
                 out.append((rid, self.before.get(rid, {"kind": "absent"}), link_state(staged)))
         return out
+
+    def _task_details(self, key: str, after: Resource) -> list[dict[str, str]]:
+        before = self.tasks_before.get(key)
+        return [
+            {"type": "review-before", "valueString": json.dumps(_review_state(before))},
+            {"type": "review-after", "valueString": json.dumps(_review_state(after))},
+            {"type": "task-before", "valueString": json.dumps(before, sort_keys=True)},
+        ]
 
     async def commit(
         self,
@@ -203,14 +217,18 @@ class _Change:
                     ],
                 }
             )
+        # Each Task: its review state before and after (what undo checks) and the whole Task as it was
+        # before (what undo puts back; ids, codes and scores, no demographics; null: created here).
         if task is not None:
+            key = f"Task/{task['id']}"
             entities.append(
                 {
-                    "what": {"reference": f"Task/{task['id']}"},
+                    "what": {"reference": key},
                     "description": "review task",
                     "detail": [
                         {"type": "status-before", "valueString": task_before or OPEN},
                         {"type": "status-after", "valueString": task.get("status", "")},
+                        *self._task_details(key, task),
                     ],
                 }
             )
@@ -219,11 +237,8 @@ class _Change:
                 entities.append(
                     {
                         "what": {"reference": key},
-                        "description": "other review task (closed or retargeted by this decision)",
-                        "detail": [
-                            {"type": "review-before", "valueString": json.dumps(self.other_tasks.get(key))},
-                            {"type": "review-after", "valueString": json.dumps(_review_state(staged))},
-                        ],
+                        "description": "other review task (closed, retargeted or created by this decision)",
+                        "detail": self._task_details(key, staged),
                     }
                 )
         if undoes:
@@ -294,7 +309,7 @@ class Curation:
         return await change.golden(subject_golden), await change.golden(other), focus
 
     async def _open_task(self, change: _Change, task_id: str) -> Resource:
-        task = await change.uow.read("Task", task_id)
+        task = await change.task(task_id)
         if task is None:
             raise NotFound(f"Task/{task_id} does not exist.")
         if task.get("status") != OPEN:
@@ -382,10 +397,9 @@ class Curation:
         ids = sorted({t["id"] for chunk in found for t in chunk} - {decided})
         distinct = records.distinct_from(keep) | records.distinct_from(lose)
         for task_id in ids:
-            task = await change.uow.read("Task", task_id)
+            task = await change.task(task_id)
             if task is None or task.get("status") != OPEN:
                 continue
-            change.other_tasks[f"Task/{task_id}"] = _review_state(task)
             kind = next(
                 (
                     c.get("code")
@@ -410,9 +424,8 @@ class Curation:
                 change.put(moved)
                 continue
             change.put(close_task(task, f"superseded by Task/{new_id}", admin, status="cancelled"))
-            existing = await change.uow.read("Task", new_id)
-            change.other_tasks.setdefault(f"Task/{new_id}", _review_state(existing))
-            if existing is None:
+            existing = await change.task(new_id)
+            if existing is None or existing.get("status") == WITHDRAWN:
                 moved["id"] = new_id
                 moved["identifier"] = [
                     {
@@ -497,16 +510,41 @@ class Curation:
                 if after["kind"] == "golden" or before["kind"] == "golden":
                     goldens.append(rid)
             elif reference.startswith("Task/"):
-                stored = await change.uow.read("Task", reference.split("/", 1)[1])
-                if stored is not None and stored.get("status") == details.get("status-after"):
-                    task_before = stored.get("status")
-                    task = copy.deepcopy(stored)
-                    task["status"] = details.get("status-before") or OPEN
-                    task.pop("output", None)
-                    task.pop("businessStatus", None)
-                    task["lastModified"] = _now()
+                tid = reference.split("/", 1)[1]
+                stored, restored = await self._undo_task(change, tid, details, admin)
+                if "status-before" in details:  # the decided Task: reopened by commit, with the audit link
+                    task, task_before = restored, stored.get("status")
+                else:
+                    change.put(restored)
         audit_id = await change.commit(admin, UNDO, task=task, task_before=task_before, undoes=last["id"])
         return Outcome(UNDO, audit_id, tuple(goldens), task["id"] if task else None)
+
+    async def _undo_task(
+        self, change: _Change, task_id: str, details: dict[str, Any], admin: Admin
+    ) -> tuple[Resource, Resource]:
+        """(the Task now, the Task as it was before the decision); 409 if the Task changed since. A Task the
+        decision created is withdrawn (``entered-in-error``: out of the queue, raised again when due)."""
+        stored = await change.task(task_id)
+        if "review-after" in details:
+            expected = json.loads(details["review-after"])
+        else:  # a decided Task in an AuditEvent written before review states were kept
+            expected = {"status": details.get("status-after")}
+        now = _review_state(stored) or {}
+        if stored is None or any(now.get(k) != v for k, v in expected.items()):
+            raise Conflict(
+                f"Task/{task_id} changed after that decision; it was decided or raised again since.",
+                retryable=False,
+            )
+        if "task-before" in details:
+            before = json.loads(details["task-before"])
+        else:  # older AuditEvents: the review state before, on the Task as it is now
+            review = json.loads(details["review-before"]) if "review-before" in details else {}
+            before = (
+                _with_review(stored, review, details.get("status-before")) if review is not None else None
+            )
+        if before is None:
+            return stored, close_task(stored, UNDONE, admin, status=WITHDRAWN)
+        return stored, {**before, "id": task_id}
 
     async def last_decision(self, patient_id: str) -> Resource | None:
         """The latest admin decision touching the record that is not itself an undo nor undone."""
@@ -540,6 +578,19 @@ def _action_of(ev: Resource) -> str | None:
     return None
 
 
+def _task_snapshot(task: Resource | None) -> Resource | None:
+    """The Task as a decision found it, without HAPI's version bookkeeping (undo puts it back as is)."""
+    if task is None:
+        return None
+    out = copy.deepcopy(task)
+    meta = out.get("meta", {})
+    for key in ("versionId", "lastUpdated", "source"):
+        meta.pop(key, None)
+    if not meta:
+        out.pop("meta", None)
+    return out
+
+
 def _review_state(task: Resource | None) -> dict[str, Any] | None:
     if task is None:
         return None
@@ -548,6 +599,18 @@ def _review_state(task: Resource | None) -> dict[str, Any] | None:
         "for": records.ref_id(task.get("for", {}).get("reference")),
         "candidate": _task_candidate(task),
     }
+
+
+def _with_review(task: Resource, review: dict[str, Any], status: str | None) -> Resource:
+    """``task`` open again (or in ``status``) with the subject and candidate of ``review`` (if known)."""
+    out = copy.deepcopy(task)
+    if review.get("for") and review.get("candidate"):
+        out = _retargeted(out, review["for"], review["candidate"])
+    out["status"] = review.get("status") or status or OPEN
+    out.pop("output", None)
+    out.pop("businessStatus", None)
+    out["lastModified"] = _now()
+    return out
 
 
 def _retargeted(task: Resource, subject: str, other: str) -> Resource:

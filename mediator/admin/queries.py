@@ -178,15 +178,14 @@ async def _queue_in_memory(
 
 
 async def _live_golden(hapi: HapiClient, golden_id: str) -> Resource:
-    for _ in range(10):
-        golden = await hapi.read("Patient", golden_id)
-        if golden is None or not records.is_golden(golden):
-            raise NotFound(f"Golden record Patient/{golden_id} does not exist.")
-        successor = records.replaced_by(golden)
-        if successor is None:
-            return golden
-        golden_id = successor
-    raise NotFound("Too many replaced-by links.")
+    """The live golden record, following ``replaced-by`` links; 404 for any other end of the walk."""
+    walk = await records.follow_replaced_by_async(lambda rid: hapi.read("Patient", rid), golden_id)
+    if walk.live is not None:
+        return walk.live
+    if walk.end in (records.ABSENT, records.NOT_GOLDEN):
+        gone = walk.missing if walk.end == records.ABSENT else walk.last["id"] if walk.last else golden_id
+        raise NotFound(f"Golden record Patient/{gone} does not exist.")
+    raise NotFound("Too many replaced-by links.")  # a cycle, or over MAX_RECORDS
 
 
 def field_agreement(level: str, field: matching.FieldExplanation, rules: matching.Rules) -> str:

@@ -3,6 +3,7 @@ review Tasks of the merged-away golden record (real HAPI)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import matching
@@ -10,7 +11,7 @@ from mediator import records
 from mediator.admin import score_index
 from mediator.context import CONFIG, HAPI
 from mediator.review import POSSIBLE_DUPLICATE, POTENTIAL_MATCH, review_task, review_task_id
-from tests.admin.conftest import make_pair
+from tests.admin.conftest import Pair, make_pair
 from tests.conftest import patient, unique_surname
 
 
@@ -107,7 +108,20 @@ async def test_possible_duplicate_then_different_people_stay_apart(admin, app_cl
     assert records.distinct_from(await store.read("Patient", linked)) == {other}
 
 
-async def test_merge_closes_or_retargets_the_other_open_tasks(admin, app_client, facility, store, settings):
+@dataclass(frozen=True)
+class OtherTasks:
+    """A pair (its Task decided as same-person, golden_b merged into golden_a) and four other open Tasks."""
+
+    pair: Pair
+    third: str  # a third person's golden record
+    third_sid: str
+    both: dict[str, Any]  # between the two merged people: closed by the merge
+    towards: dict[str, Any]  # candidate is the lost one: closed, raised again for the new pair
+    subject: dict[str, Any]  # its golden was lost: same id, retargeted in place
+    dup: dict[str, Any]  # possible duplicate whose subject golden is lost: closed, raised again
+
+
+async def other_tasks(app_client, facility: str, settings) -> OtherTasks:
     hapi = app_client.server.app[HAPI]
     await score_index.install(hapi)
     pair = await make_pair(app_client, facility)  # Task: source_b (golden_b) vs golden_a
@@ -128,17 +142,29 @@ async def test_merge_closes_or_retargets_the_other_open_tasks(admin, app_client,
             kind=kind, source_id=source, golden_id=golden, other_golden_id=other, score=2.0, rule="t"
         )
 
-    both = task(POTENTIAL_MATCH, pair.source_a, keep, lose)  # between the two merged people: closed
-    towards = task(POTENTIAL_MATCH, third_sid, third, lose)  # candidate is the lost one: a new pair
-    subject = task(POTENTIAL_MATCH, pair.source_b, lose, third)  # its golden was lost: same id, retargeted
-    dup = task(POSSIBLE_DUPLICATE, pair.source_b, lose, third)  # subject golden lost: a new pair
+    out = OtherTasks(
+        pair,
+        third,
+        third_sid,
+        both=task(POTENTIAL_MATCH, pair.source_a, keep, lose),
+        towards=task(POTENTIAL_MATCH, third_sid, third, lose),
+        subject=task(POTENTIAL_MATCH, pair.source_b, lose, third),
+        dup=task(POSSIBLE_DUPLICATE, pair.source_b, lose, third),
+    )
     entries = [
         _put(src),
         _put(records.with_source(records.new_golden(third, settings.cruid_system), third_sid)),
-        *(_put(t) for t in (both, towards, subject, dup)),
+        *(_put(t) for t in (out.both, out.towards, out.subject, out.dup)),
     ]
     await hapi.transaction({"resourceType": "Bundle", "type": "transaction", "entry": entries})
+    return out
 
+
+async def test_merge_closes_or_retargets_the_other_open_tasks(admin, app_client, facility, store, settings):
+    tasks = await other_tasks(app_client, facility, settings)
+    pair, third, third_sid = tasks.pair, tasks.third, tasks.third_sid
+    both, towards, subject, dup = tasks.both, tasks.towards, tasks.subject, tasks.dup
+    keep, lose = pair.golden_a, pair.golden_b
     out = await admin.post(
         f"/admin/api/pairs/{pair.task}/decision", {"decision": "same-person", "survivor": keep}
     )
