@@ -32,6 +32,8 @@ async def test_admin_decides_a_pair_in_the_browser(
         browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
         try:
             page = await browser.new_page(viewport={"width": 1280, "height": 1000})
+            # bounded waits for page loads; 30 s (the default) was not enough once on 2 busy cores
+            page.set_default_timeout(90_000)
             await page.goto(f"{base}/admin/")
             assert page.url.startswith(f"{base}/admin/login")  # no session: sent to the login page
             # keyboard only: the user field has focus
