@@ -92,6 +92,7 @@ class Registry:
 
     async def submit_all(self, submissions: Sequence[Submission]) -> list[SubmissionResult]:
         """Decide and write several submissions as one all-or-nothing HAPI transaction."""
+        await self.config.settled()  # the applied rules are read (HAPI was unreachable at start-up)
         cfg = self.config.current
         prepared = [self.prepare(s, cfg) for s in submissions]  # raises before anything is written
         ids = [p.source_id for p in prepared]

@@ -30,13 +30,14 @@ through ``Registry.submit`` — the normal write path: key locks, fresh reads, o
 ``distinct-from`` decisions are left alone by the registry itself. The job's state (phase, plan, position,
 counts) is a JSON file in its directory written after every step, so a restarted mediator resumes it; a
 record re-submitted twice after a crash lands on the same decision (idempotent apart from a second
-AuditEvent). Note: restart the mediator with ``CR_RULES`` pointing at the new rules file, or the live
-rules revert to the old ones once the job has finished.
+AuditEvent). The applied rules are stored in HAPI (:mod:`mediator.applied_rules`, ``Basic/cr-rules-applied``)
+when the job makes them live, so a restart or another replica uses them too (they win over ``CR_RULES``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -49,7 +50,7 @@ from typing import Any
 
 import matching
 
-from . import records
+from . import applied_rules, records
 from .audit import Actor
 from .config import ConfigHolder, RegistryConfig
 from .errors import Conflict, RegistryError, UpstreamTimeout, UpstreamUnavailable
@@ -265,6 +266,8 @@ class RematchState:
     errors: list[dict[str, str]] = field(default_factory=list)
     error: str = ""
     seconds: float = 0.0
+    applied_by: str = ""  # the admin user who applied the rules
+    applied_at: str = ""  # when the job first made them live (ISO 8601, UTC)
 
     def progress(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if k not in ("rules", "relink", "retag")}
@@ -304,8 +307,13 @@ class RematchJob:
         started = time.perf_counter() - s.seconds
         try:
             rules = matching.load_rules(s.rules)
-            cfg = self.config.current.with_changes(rules=rules)
-            self.config.replace(cfg)  # from now on every submission is decided with the new rules
+            applied = applied_rules.AppliedRules.of(s.rules, s.id, s.applied_by)
+            if s.applied_at:  # resumed: the same document as at the first start
+                applied = dataclasses.replace(applied, applied_at=s.applied_at)
+            s.applied_at = applied.applied_at
+            await applied_rules.write(self.hapi, applied)  # every replica (and restart) uses them from now
+            applied_rules.use(self.config, applied, rules)  # from now on every submission here uses them
+            cfg = self.config.current
             if not s.summary:
                 the_plan = await dry_run(self.hapi, cfg, s.systems, self.page_size)
                 s.summary = the_plan.summary()
@@ -396,8 +404,10 @@ class RematchJob:
             self.state.unchanged += 1
 
 
-def new_state(job_id: str, rules: matching.Rules, systems: Sequence[str] = ()) -> RematchState:
-    return RematchState(id=job_id, rules=rules.to_dict(), systems=list(systems))
+def new_state(
+    job_id: str, rules: matching.Rules, systems: Sequence[str] = (), applied_by: str = ""
+) -> RematchState:
+    return RematchState(id=job_id, rules=rules.to_dict(), systems=list(systems), applied_by=applied_by)
 
 
 def rules_from(source: str | Path | Mapping[str, Any]) -> matching.Rules:
