@@ -2,7 +2,8 @@
 
 Pure library (no I/O except the CLI in ``__main__``). Public interface used by the mediator:
 :func:`load_rules`, :class:`Rules`, :func:`block_keys`, :class:`Candidate`, :class:`CandidateScore`,
-:class:`Decision`, :func:`decide`, :class:`Explanation`, :class:`RulesError`.
+:class:`Decision`, :func:`decide`, :class:`Explanation`, :class:`RulesError`, :func:`prepare` /
+:class:`Prepared` (a record reduced to its normalised field values, accepted by :func:`decide`).
 """
 
 from .blocking import block_keys
@@ -11,6 +12,7 @@ from .errors import MatchingError, RulesError
 from .explain import Explanation, FieldExplanation
 from .loading import load_rules
 from .rules import Rules
+from .scoring import Prepared, prepare
 
 __all__ = [
     "Candidate",
@@ -19,10 +21,12 @@ __all__ = [
     "Explanation",
     "FieldExplanation",
     "MatchingError",
+    "Prepared",
     "Rules",
     "RulesError",
     "block_keys",
     "decide",
     "load_rules",
+    "prepare",
     "score_pair",
 ]

@@ -42,9 +42,30 @@ _EXTRACTED: OrderedDict[tuple[int, str, str, str], dict[str, tuple[str, ...]]] =
 _EXTRACTED_MAX = 200_000
 
 
+class Prepared(dict[str, tuple[str, ...]]):
+    """A record reduced to the normalised values of the rules' fields (:func:`prepare`): ``decide`` and
+    ``score_pair`` take it in place of the Patient, without the Patient held in memory."""
+
+    __slots__ = ()
+
+
+def prepare(
+    patient: Mapping[str, Any], rules: Rules, canon: dict[tuple[str, ...], tuple[str, ...]] | None = None
+) -> Prepared:
+    """``patient``'s normalised field values under ``rules``. ``canon``: a dict shared by many calls, so equal
+    values (same family name, gender, …) are stored once."""
+    row = _extract(patient, rules)
+    if canon is not None:
+        row = {k: canon.setdefault(v, v) for k, v in row.items()}
+    return Prepared(row)
+
+
 def extract(patient: Mapping[str, Any], rules: Rules) -> dict[str, tuple[str, ...]]:
     """The normalised values of every field. Stored records carry ``meta.versionId`` (HAPI bumps it on every
-    change), so their values are cached by (rules, id, versionId, lastUpdated); others are recomputed."""
+    change), so their values are cached by (rules, id, versionId, lastUpdated); others are recomputed.
+    A :class:`Prepared` record already is its values (computed with the same rules)."""
+    if isinstance(patient, Prepared):
+        return patient
     meta = patient.get("meta")
     key = None
     if (

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -9,8 +11,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import aiohttp
 from aiohttp import web
 
-from . import handlers
-from .config import ConfigHolder, RegistryConfig
+from . import applied_rules, handlers
+from .config import ConfigHolder, RegistryConfig, RulesOrigin
 from .context import CONFIG, HAPI, HTTP_SESSION, REGISTRY, SETTINGS
 from .errors import RegistryError, operation_outcome
 from .fhir_client import HapiClient
@@ -66,7 +68,11 @@ def create_app(
 ) -> web.Application:
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[errors_middleware])
     app[SETTINGS] = settings
-    app[CONFIG] = ConfigHolder(config or RegistryConfig.from_settings(settings))
+    holder = ConfigHolder(
+        config or RegistryConfig.from_settings(settings), RulesOrigin(path=str(settings.rules_path))
+    )
+    holder.base_shared_systems = frozenset(settings.shared_identifier_systems)
+    app[CONFIG] = holder
     if locks is None and settings.locks == "postgres":  # shared by replicas
         from . import pg_locks
 
@@ -82,7 +88,15 @@ def create_app(
             )
             app[HAPI] = hapi
             app[REGISTRY] = Registry(hapi, app[CONFIG], lock_manager, settings.conflict_retries)
-            yield
+            # the rules a re-match applied (stored in HAPI) win over CR_RULES; broken ones fail start-up
+            loading = await applied_rules.install(app[CONFIG], hapi)
+            try:
+                yield
+            finally:
+                if loading is not None:
+                    loading.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await loading
 
     app.cleanup_ctx.append(hapi_session)
     if settings.openhim_api_url:  # behind OpenHIM: envelope, registration, heartbeat, live config

@@ -6,8 +6,10 @@ The OpenHIM console delivers edits on a heartbeat; :class:`ConfigHolder` swaps t
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from matching import Rules, load_rules
 
@@ -49,12 +51,52 @@ class RegistryConfig:
         )
 
 
-class ConfigHolder:
-    """Holds the current :class:`RegistryConfig`; readers take ``.current`` once per request."""
+@dataclass(frozen=True)
+class RulesOrigin:
+    """Where the live matching rules come from: the ``CR_RULES`` file, or rules a re-match job applied
+    (stored in HAPI, :mod:`mediator.applied_rules`)."""
 
-    def __init__(self, config: RegistryConfig) -> None:
+    path: str  # the CR_RULES file
+    job_id: str | None = None  # set: the rules a re-match job applied
+    applied_at: str | None = None
+    applied_by: str | None = None
+    doc: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)  # the applied rules
+
+    @property
+    def applied(self) -> bool:
+        return self.job_id is not None
+
+    def describe(self) -> str:
+        if self.job_id is None:
+            return f"rules file {self.path}"
+        by = f" by {self.applied_by}" if self.applied_by else ""
+        return f"applied by job {self.job_id}{by} at {self.applied_at}"
+
+
+class ConfigHolder:
+    """Holds the current :class:`RegistryConfig`; readers take ``.current`` once per request.
+
+    ``origin`` says where its rules come from. While the rules applied by a re-match (stored in HAPI) have
+    not been read yet — HAPI was unreachable at start-up — ``pending`` reads them; the registry awaits
+    :meth:`settled` before deciding, so no submission is decided with the file's rules meanwhile.
+    """
+
+    def __init__(self, config: RegistryConfig, origin: RulesOrigin | None = None) -> None:
         self._config = config
         self.generation = 0
+        self.origin = origin or RulesOrigin(path="")
+        # the shared identifier systems configured outside the rules (a rules swap adds the new rules' own)
+        self.base_shared_systems: frozenset[str] = config.shared_identifier_systems
+        self.pending: Callable[[], Awaitable[None]] | None = None
+        self._settling = asyncio.Lock()
+
+    async def settled(self) -> None:
+        """Returns once the live rules are the ones every replica uses (reads them first if need be)."""
+        if self.pending is None:
+            return
+        async with self._settling:
+            if self.pending is not None:
+                await self.pending()  # clears ``pending`` on success; raises while HAPI is unreachable
 
     @property
     def current(self) -> RegistryConfig:

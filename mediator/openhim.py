@@ -241,7 +241,7 @@ class OpenHIMLink:
         if config == self._applied_source:
             return False
         try:
-            live = live_config(config, self.settings)
+            live = live_config(config, self.settings, holder.origin.doc)
         except ConsoleConfigError as exc:
             self.config_errors.append(exc.problems)
             log.error(

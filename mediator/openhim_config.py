@@ -93,8 +93,14 @@ def _system(value: Any) -> bool:
     return isinstance(value, str) and bool(value.strip()) and not _SPLIT.search(value.strip())
 
 
-def live_config(config: Any, settings: Settings) -> LiveConfig:
-    """Check a console config completely and build what the mediator runs with. Missing keys = settings."""
+def live_config(
+    config: Any, settings: Settings, applied_rules: Mapping[str, Any] | None = None
+) -> LiveConfig:
+    """Check a console config completely and build what the mediator runs with. Missing keys = settings.
+
+    An empty console ``rules`` means the rules in effect: ``applied_rules`` (the rules a re-match applied,
+    :mod:`mediator.applied_rules`) if given, else the ``CR_RULES`` file.
+    """
     problems: list[str] = []
     if not isinstance(config, Mapping):
         raise ConsoleConfigError(["the config must be a JSON object"])
@@ -144,7 +150,7 @@ def live_config(config: Any, settings: Settings) -> LiveConfig:
     rules_problems: list[str] = []
     rules = None
     try:
-        rules = _rules(config, settings, rules_problems)
+        rules = _rules(config, settings, rules_problems, applied_rules)
     except RulesError as exc:
         rules_problems.extend(f"rules: {p}" for p in exc.problems)
     problems.extend(rules_problems)
@@ -167,13 +173,21 @@ def live_config(config: Any, settings: Settings) -> LiveConfig:
     )
 
 
-def _rules(config: Mapping[str, Any], settings: Settings, problems: list[str]) -> Any:
+def _rules(
+    config: Mapping[str, Any],
+    settings: Settings,
+    problems: list[str],
+    applied_rules: Mapping[str, Any] | None = None,
+) -> Any:
     text = config.get("rules", "")
     base = Path(settings.rules_path).parent
     if not isinstance(text, str):
         problems.append("rules: must be a YAML text (or empty for the rules file)")
         return None
-    if not text.strip():
+    use_applied = not text.strip() and applied_rules is not None
+    if use_applied and applied_rules is not None:
+        text = yaml.safe_dump(copy.deepcopy(dict(applied_rules)), sort_keys=False)
+    elif not text.strip():
         try:
             text = Path(settings.rules_path).read_text(encoding="utf-8")
         except OSError as exc:
@@ -189,7 +203,9 @@ def _rules(config: Mapping[str, Any], settings: Settings, problems: list[str]) -
     if not isinstance(doc, dict):
         problems.append("rules: must be a YAML mapping (see rules/default.yaml)")
         return None
-    if isinstance(doc.get("aliases"), list):  # alias CSV paths are relative to the rules file's folder
+    if (
+        isinstance(doc.get("aliases"), list) and not use_applied
+    ):  # alias CSV paths are relative to the rules file's folder
         doc["aliases"] = [str(base / str(a)) for a in doc["aliases"]]
 
     override = config.get("overrideThresholds", False)

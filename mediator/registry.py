@@ -93,6 +93,7 @@ class Registry:
 
     async def submit_all(self, submissions: Sequence[Submission]) -> list[SubmissionResult]:
         """Decide and write several submissions as one all-or-nothing HAPI transaction."""
+        await self.config.settled()  # the applied rules are read (HAPI was unreachable at start-up)
         cfg = self.config.current
         if not submissions:
             return []

@@ -1,14 +1,18 @@
 """Re-matching the stored source records after a rules change: a dry run, then a resumable apply job.
 
 **Dry run** (:func:`dry_run`): pages through the stored source records (``_tag`` record-type ``source``,
-``_sort=_id``, bounded pages), keeps them in memory with their golden records, and re-decides every record
+``_sort=_id``, bounded pages), keeps in memory only what the plan needs of each (:class:`SourceFacts`: golden
+id, manual flag, stored and new blocking keys, the normalised comparison values under the new rules, equal
+values stored once) and of their golden records, and re-decides every record
 in ``_id`` order with the new rules through the registry's own steps — ``matching.block_keys`` (the *new*
 keys, looked up in an in-memory index, since the stored ``block`` tags still carry the old ones), the same
 candidate filter (not itself, not a golden record its golden was decided distinct from), the same
 ``max_candidates`` rule for oversized blocks, ``matching.decide`` and the same choice of golden record as
 ``Registry._process`` (manual link kept; current golden kept while any of its records still auto-matches;
 else the best auto-matched golden; else the current golden if the record is alone in it; else a new one).
-Nothing is written. The :class:`Plan` counts the links that would change, with examples of records that
+Nothing is written. Memory (``bench/bench_rematch_memory.py``, 3k generated records, tracemalloc): ~2.9 kB
+per source record held, ~4.2 kB at the planning peak (full resources: 7.0 kB and 10.0 kB), so ~85 MB at
+20k. The :class:`Plan` counts the links that would change, with examples of records that
 would join another person (``merge``: with the pair that matched) and records that would leave theirs
 (``split``).
 
@@ -28,18 +32,24 @@ through ``Registry.submit`` — the normal write path: key locks, fresh reads, o
 ``If-Match``, the source record's tags rewritten, review Tasks, and an ``AuditEvent`` (action ``update``,
 ``previous-cruid`` when the link changed; network address ``rematch:<job id>``). Manually linked records and
 ``distinct-from`` decisions are left alone by the registry itself. The job's state (phase, plan, position,
-counts) is a JSON file in its directory written after every step, so a restarted mediator resumes it; a
-record re-submitted twice after a crash lands on the same decision (idempotent apart from a second
-AuditEvent). Note: restart the mediator with ``CR_RULES`` pointing at the new rules file, or the live
-rules revert to the old ones once the job has finished.
+counts) is a JSON file in its directory written after every step, so a restarted mediator resumes it. The
+one record a stopped run may have written without saving its position (HAPI gone after the commit, before
+the answer) is looked up by its AuditEvent from this job before it is re-submitted: if there is one, it is
+counted from it and not submitted again, so every change is audited once and the counts equal those of an
+uninterrupted run (``tests/scale/test_rematch_resume.py``).
+
+The applied rules are stored in HAPI (:mod:`mediator.applied_rules`, ``Basic/cr-rules-applied``) when the
+job makes them live, so a restart or another replica uses them too (they win over ``CR_RULES``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
+import sys
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -49,7 +59,7 @@ from typing import Any
 
 import matching
 
-from . import records
+from . import applied_rules, records
 from .audit import Actor
 from .config import ConfigHolder, RegistryConfig
 from .errors import Conflict, RegistryError, UpstreamTimeout, UpstreamUnavailable
@@ -104,10 +114,59 @@ class Plan:
         }
 
 
+@dataclass(slots=True)
+class SourceFacts:
+    """What the plan needs of one stored source record (not the record: a snapshot holds all of them)."""
+
+    golden_id: str | None
+    manual: bool  # a person decided its link
+    stored_keys: tuple[str, ...]  # its ``block`` tags, sorted
+    keys: tuple[str, ...]  # its blocking keys under the new rules, sorted
+    fields: matching.Prepared  # its normalised comparison values under the new rules
+
+
 @dataclass
 class Snapshot:
-    sources: dict[str, dict[str, Any]]
+    """The stored source records (as :class:`SourceFacts` under ``rules``) and their golden records (reduced
+    to their record-type tag, ``replaced-by`` link and ``distinct-from`` decisions)."""
+
+    sources: dict[str, SourceFacts]
     goldens: dict[str, dict[str, Any]]
+    rules: matching.Rules
+
+
+def source_facts(
+    source: Mapping[str, Any],
+    rules: matching.Rules,
+    canon: dict[tuple[str, ...], tuple[str, ...]] | None = None,
+) -> SourceFacts:
+    """``canon`` (shared by all the records of a snapshot) stores equal values and keys once."""
+    canon = {} if canon is None else canon
+
+    def once(values: Sequence[str]) -> tuple[str, ...]:
+        t = tuple(sys.intern(v) for v in values)
+        return canon.setdefault(t, t)
+
+    fields = matching.prepare(source, rules)
+    return SourceFacts(
+        golden_id=records.golden_id_of(source),
+        manual=records.is_manually_linked(source),
+        stored_keys=once(sorted(set(records.tags(source, records.BLOCK_SYSTEM)))),
+        keys=once(matching.block_keys(source, rules)),
+        fields=matching.Prepared({k: once(v) for k, v in fields.items()}),
+    )
+
+
+def golden_facts(golden: Mapping[str, Any]) -> dict[str, Any]:
+    """A golden record reduced to what the plan reads (``is_golden``, ``replaced_by``, ``distinct_from``)."""
+    meta = golden.get("meta", {})
+    return {
+        "resourceType": "Patient",
+        "id": golden["id"],
+        "meta": {"tag": [t for t in meta.get("tag", []) if t.get("system") == records.RECORD_TYPE_SYSTEM]},
+        "link": [lnk for lnk in golden.get("link", []) if lnk.get("type") == "replaced-by"],
+        "extension": [e for e in golden.get("extension", []) if e.get("url") == records.DISTINCT_FROM_URL],
+    }
 
 
 # -- reading the store ---------------------------------------------------------------------------------
@@ -129,24 +188,26 @@ async def source_pages(
 
 
 async def load_snapshot(
-    hapi: HapiClient, systems: Sequence[str] = (), page_size: int = PAGE_SIZE
+    hapi: HapiClient, rules: matching.Rules, systems: Sequence[str] = (), page_size: int = PAGE_SIZE
 ) -> Snapshot:
-    sources: dict[str, dict[str, Any]] = {}
+    """Pages through the stored source records, keeping only their :class:`SourceFacts` under ``rules``."""
+    sources: dict[str, SourceFacts] = {}
+    canon: dict[tuple[str, ...], tuple[str, ...]] = {}
     async for page in source_pages(hapi, systems, page_size):
         for r in page:
             if records.SOURCE in records.tags(r, records.RECORD_TYPE_SYSTEM):
-                sources[r["id"]] = r
+                sources[r["id"]] = source_facts(r, rules, canon)
     goldens: dict[str, dict[str, Any]] = {}
-    wanted = {g for r in sources.values() if (g := records.golden_id_of(r))}
+    wanted = {g for f in sources.values() if (g := f.golden_id)}
     while wanted:  # the goldens, then the successors of merged ones, 100 ids per search
         ids = sorted(wanted)
         for i in range(0, len(ids), 100):
             chunk = ids[i : i + 100]
             found = await hapi.search("Patient", {"_id": ",".join(chunk), "_count": "100"}, max_results=100)
-            goldens.update((r["id"], r) for r in found)
+            goldens.update((r["id"], golden_facts(r)) for r in found)
         wanted = {s for r in goldens.values() if (s := records.replaced_by(r)) and s not in goldens}
         wanted -= set(ids)
-    return Snapshot(sources, goldens)
+    return Snapshot(sources, goldens, rules)
 
 
 # -- the simulation ------------------------------------------------------------------------------------
@@ -155,13 +216,17 @@ async def load_snapshot(
 def plan(snapshot: Snapshot, cfg: RegistryConfig) -> Plan:
     """Re-decide every source record in ``_id`` order with ``cfg.rules``, each result seen by the next."""
     rules, limit = cfg.rules, cfg.max_candidates
+    if snapshot.rules is not rules:
+        raise ValueError(
+            "The snapshot was loaded with other rules than the plan's (load_snapshot(hapi, rules))."
+        )
     sources, goldens = snapshot.sources, snapshot.goldens
-    golden_of = {sid: records.golden_id_of(r) for sid, r in sources.items()}
+    golden_of = {sid: f.golden_id for sid, f in sources.items()}
     members: dict[str, set[str]] = defaultdict(set)
     for sid, gid in golden_of.items():
         if gid:
             members[gid].add(sid)
-    keys = {sid: matching.block_keys(r, rules) for sid, r in sources.items()}
+    keys = {sid: f.keys for sid, f in sources.items()}
     index: dict[str, list[str]] = defaultdict(list)
     for sid in sorted(sources):
         for key in keys[sid]:
@@ -177,10 +242,10 @@ def plan(snapshot: Snapshot, cfg: RegistryConfig) -> Plan:
     for sid in sorted(sources):
         source = sources[sid]
         out.records += 1
-        if sorted(set(records.tags(source, records.BLOCK_SYSTEM))) != keys[sid]:
+        if source.stored_keys != keys[sid]:
             out.retag.append(sid)
         current = golden_of[sid]
-        if current and records.is_manually_linked(source):
+        if current and source.manual:
             out.manual_kept += 1
             out.unchanged += 1
             continue
@@ -190,11 +255,11 @@ def plan(snapshot: Snapshot, cfg: RegistryConfig) -> Plan:
         current_golden = goldens.get(current) if current and not current.startswith(_NEW) else None
         never = records.distinct_from(current_golden) if current_golden else set()
         candidates = [
-            matching.Candidate(id=c, golden_id=gid, resource=sources[c])
+            matching.Candidate(id=c, golden_id=gid, resource=sources[c].fields)
             for c in sorted(found)
             if c != sid and (gid := golden_of[c]) and gid not in never
         ]
-        decision = matching.decide(source, candidates, rules)
+        decision = matching.decide(source.fields, candidates, rules)
         if decision.outcome == "potential":
             out.potential += 1
         target = choose_golden(
@@ -235,7 +300,7 @@ async def dry_run(
     hapi: HapiClient, cfg: RegistryConfig, systems: Sequence[str] = (), page_size: int = PAGE_SIZE
 ) -> Plan:
     """What re-matching with ``cfg.rules`` would change; writes nothing."""
-    snapshot = await load_snapshot(hapi, systems, page_size)
+    snapshot = await load_snapshot(hapi, cfg.rules, systems, page_size)
     return await asyncio.to_thread(plan, snapshot, cfg)
 
 
@@ -258,6 +323,8 @@ class RematchState:
     errors: list[dict[str, str]] = field(default_factory=list)
     error: str = ""
     seconds: float = 0.0
+    applied_by: str = ""  # the admin user who applied the rules
+    applied_at: str = ""  # when the job first made them live (ISO 8601, UTC)
 
     def progress(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if k not in ("rules", "relink", "retag")}
@@ -297,8 +364,13 @@ class RematchJob:
         started = time.perf_counter() - s.seconds
         try:
             rules = matching.load_rules(s.rules)
-            cfg = self.config.current.with_changes(rules=rules)
-            self.config.replace(cfg)  # from now on every submission is decided with the new rules
+            applied = applied_rules.AppliedRules.of(s.rules, s.id, s.applied_by)
+            if s.applied_at:  # resumed: the same document as at the first start
+                applied = dataclasses.replace(applied, applied_at=s.applied_at)
+            s.applied_at = applied.applied_at
+            await applied_rules.write(self.hapi, applied)  # every replica (and restart) uses them from now
+            applied_rules.use(self.config, applied, rules)  # from now on every submission here uses them
+            cfg = self.config.current
             if not s.summary:
                 the_plan = await dry_run(self.hapi, cfg, s.systems, self.page_size)
                 s.summary = the_plan.summary()
@@ -314,8 +386,12 @@ class RematchJob:
                 self.save()
             s.phase = "relinking"
             self.save()
+            in_doubt = s.relink_done < len(s.relink)  # a stopped run may have written it, not saved it
             while s.relink_done < len(s.relink):
-                await self._relink(s.relink[s.relink_done])
+                sid = s.relink[s.relink_done]
+                if not (in_doubt and await self._already_relinked(sid)):
+                    await self._relink(sid)
+                in_doubt = False
                 s.relink_done += 1
                 s.seconds = time.perf_counter() - started
                 self.save()
@@ -356,6 +432,24 @@ class RematchJob:
                 if attempt == 5:
                     raise
 
+    async def _already_relinked(self, sid: str) -> bool:
+        """Whether this job already re-submitted ``sid``: its AuditEvent (written in the same transaction as
+        the record) exists. Then it is counted from that event, not re-submitted (no second AuditEvent)."""
+        address = f"rematch:{self.state.id}"
+        events = await self.hapi.search(
+            "AuditEvent", {"entity": f"Patient/{sid}", "_count": "100"}, max_results=1000
+        )
+        for ev in events:
+            if not any(a.get("network", {}).get("address") == address for a in ev.get("agent", [])):
+                continue
+            details = [d for ent in ev.get("entity", []) for d in ent.get("detail", [])]
+            if any(d.get("type") == "previous-cruid" for d in details):
+                self.state.changed += 1
+            else:
+                self.state.unchanged += 1
+            return True
+        return False
+
     async def _relink(self, sid: str) -> None:
         stored = await self.hapi.read("Patient", sid)
         if stored is None:
@@ -389,8 +483,10 @@ class RematchJob:
             self.state.unchanged += 1
 
 
-def new_state(job_id: str, rules: matching.Rules, systems: Sequence[str] = ()) -> RematchState:
-    return RematchState(id=job_id, rules=rules.to_dict(), systems=list(systems))
+def new_state(
+    job_id: str, rules: matching.Rules, systems: Sequence[str] = (), applied_by: str = ""
+) -> RematchState:
+    return RematchState(id=job_id, rules=rules.to_dict(), systems=list(systems), applied_by=applied_by)
 
 
 def rules_from(source: str | Path | Mapping[str, Any]) -> matching.Rules:

@@ -55,6 +55,24 @@ def _jobs_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monk
         monkeypatch.setenv("CR_JOBS_DIR", str(tmp_path_factory.mktemp("jobs")))
 
 
+@pytest.fixture(autouse=True)
+def _no_applied_rules_left(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Rules a test's re-match applied are stored in the shared test HAPI: forget them after the test, or
+    every later test's app would start with them (mediator/applied_rules.py)."""
+    yield
+    if "hapi_url" not in request.fixturenames:
+        return
+    from urllib.error import HTTPError, URLError
+    from urllib.request import Request, urlopen
+
+    url = f"{request.getfixturevalue('hapi_url')}/Basic/cr-rules-applied"
+    try:
+        with urlopen(Request(url, method="DELETE"), timeout=30):
+            pass
+    except (HTTPError, URLError):
+        pass
+
+
 @pytest.fixture
 def settings(hapi_url: str) -> Settings:
     return Settings(hapi_base_url=hapi_url, hapi_timeout_s=30.0)

@@ -1,5 +1,8 @@
 """``python -m mediator.admin create-user NAME`` (password from the prompt, or one line on stdin),
-``python -m mediator.admin remove-user NAME``, ``python -m mediator.admin list-users``.
+``python -m mediator.admin remove-user NAME``, ``python -m mediator.admin list-users``,
+``python -m mediator.admin show-rules`` (which matching rules are in effect: applied by a re-match job, or
+the ``CR_RULES`` file), ``python -m mediator.admin reset-rules`` (forget the applied rules, stored in HAPI at
+``CR_HAPI_URL``; running mediators keep theirs until restarted — or use the jobs page's button).
 
 Users live in ``CR_ADMIN_USERS_FILE`` (default ``var/admin-users.json``); there is no default user.
 """
@@ -7,9 +10,15 @@ Users live in ``CR_ADMIN_USERS_FILE`` (default ``var/admin-users.json``); there 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import getpass
 import sys
 
+import aiohttp
+
+from .. import applied_rules
+from ..fhir_client import HapiClient
+from ..settings import Settings
 from .auth import AdminSettings
 from .users import UserStore
 
@@ -31,7 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     remove = sub.add_parser("remove-user", help="remove a user (their sessions stop working)")
     remove.add_argument("name")
     sub.add_parser("list-users")
+    sub.add_parser("show-rules", help="which matching rules are in effect (applied by a job, or the file)")
+    sub.add_parser("reset-rules", help="forget the rules a re-match applied; use the CR_RULES file again")
     args = parser.parse_args(argv)
+    if args.command in ("show-rules", "reset-rules"):
+        return asyncio.run(_rules_command(args.command, Settings.from_env()))
     store = UserStore(AdminSettings.from_env().users_file)
     if args.command == "create-user":
         try:
@@ -48,6 +61,34 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print("\n".join(store.names()))
     return 0
+
+
+async def _rules_command(command: str, settings: Settings) -> int:
+    async with aiohttp.ClientSession() as session:
+        hapi = HapiClient(
+            session, settings.hapi_base_url, settings.hapi_timeout_s, settings.hapi_connect_timeout_s
+        )
+        if command == "reset-rules":
+            removed = await applied_rules.remove(hapi)
+            print(
+                f"applied rules removed; the rules file {settings.rules_path} is in effect at the next start"
+                if removed
+                else f"no applied rules stored; the rules file {settings.rules_path} is in effect"
+            )
+            return 0
+        try:
+            applied = await applied_rules.read(hapi)
+            if applied is not None:
+                applied.rules()  # validated like the file
+        except applied_rules.StoredRulesError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        if applied is None:
+            print(f"rules file {settings.rules_path}")
+        else:
+            by = f" by {applied.applied_by}" if applied.applied_by else ""
+            print(f"applied by job {applied.job_id}{by} at {applied.applied_at} (over {settings.rules_path})")
+        return 0
 
 
 if __name__ == "__main__":

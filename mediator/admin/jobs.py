@@ -8,9 +8,12 @@
   (links that would change, merges, splits, examples). Writes nothing.
 * ``POST /admin/jobs/rematch/apply`` (same body) → 202; the new rules become the live rules and the
   records are relinked (``mediator.rematch``); 409 while another apply runs.
+* ``POST /admin/jobs/rules/reset``: forget the rules a re-match applied (``Basic/cr-rules-applied`` in HAPI,
+  :mod:`mediator.applied_rules`) and use the ``CR_RULES`` file's again (409 while an apply runs); a form post
+  (from the jobs page) is redirected back to the page.
 * ``GET /admin/jobs``, ``GET /admin/jobs/{id}``: progress JSON — bulk ``rows_done``, ``rows_total``,
   ``counts`` (no_match / match / potential / error); apply ``phase``, ``relink_done`` / ``relink_total``,
-  ``changed``, ``summary``.
+  ``changed``, ``summary``. The list also says which rules are in effect (``rules_in_effect``).
 * ``GET /admin/jobs/{id}/report.csv``: a bulk job's decisions (row, source_id, outcome, golden_id, cruid,
   score, rule, error).
 * ``GET /admin/jobs/page``: HTML list of the jobs with their progress.
@@ -40,11 +43,12 @@ from aiohttp import BodyPartReader, web
 
 import matching
 
-from .. import bulk, rematch
+from .. import applied_rules, bulk, rematch
 from ..context import CONFIG, HAPI, REGISTRY
 from ..errors import Conflict, InvalidInput, NotFound
 from ..settings import REPO_ROOT
-from .pages import e, layout
+from .auth import ADMIN_USER
+from .pages import csrf_field, e, layout
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +143,9 @@ class Jobs:
                 job = rematch.RematchJob.load(path, hapi=hapi, config=config, registry=registry)
             else:
                 rules = matching.load_rules(info.params["rules"])
-                state = rematch.new_state(info.id, rules, info.params.get("systems", []))
+                state = rematch.new_state(
+                    info.id, rules, info.params.get("systems", []), info.params.get("applied_by", "")
+                )
                 job = rematch.RematchJob(state, job_dir=self.dir, hapi=hapi, config=config, registry=registry)
             self.rematch_jobs[info.id] = job
         return self.rematch_jobs[info.id]
@@ -302,13 +308,44 @@ async def rematch_dry_run(request: web.Request) -> web.Response:
 async def rematch_apply(request: web.Request) -> web.Response:
     params = await _rules_body(request)
     jobs = _jobs(request)
-    if any(i.kind == "rematch-apply" and i.id in jobs.tasks for i in jobs.infos.values()):
+    if _applying(jobs):
         raise Conflict("A re-match is already being applied; wait for it to finish.")
+    params["applied_by"] = request.get(ADMIN_USER, "")
     info = JobInfo(
         id=f"rematch-{uuid.uuid4().hex[:12]}", kind="rematch-apply", created=time.time(), params=params
     )
     jobs.start(info)
     return web.json_response(jobs.progress(info), status=202)
+
+
+def _applying(jobs: Jobs) -> bool:
+    return any(i.kind == "rematch-apply" and i.id in jobs.tasks for i in jobs.infos.values())
+
+
+def rules_in_effect(request: web.Request) -> dict[str, Any]:
+    holder = request.config_dict[CONFIG]
+    origin, rules = holder.origin, holder.current.rules
+    return {
+        "source": "applied" if origin.applied else "file",
+        "description": origin.describe(),
+        "file": origin.path,
+        "job": origin.job_id,
+        "applied_at": origin.applied_at,
+        "applied_by": origin.applied_by,
+        "name": rules.name,
+        "auto_match": rules.auto_threshold,
+        "potential_match": rules.potential_threshold,
+    }
+
+
+async def reset_rules(request: web.Request) -> web.StreamResponse:
+    if _applying(_jobs(request)):
+        raise Conflict("A re-match is being applied; wait for it to finish.")
+    removed = await applied_rules.reset(request.config_dict[CONFIG], request.config_dict[HAPI])
+    log.info("admin reset the matching rules to the file", extra={"admin": request.get(ADMIN_USER)})
+    if request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        raise web.HTTPSeeOther("/admin/jobs/page")
+    return web.json_response({"removed": removed, "rules_in_effect": rules_in_effect(request)})
 
 
 def _info(request: web.Request) -> JobInfo:
@@ -321,7 +358,7 @@ def _info(request: web.Request) -> JobInfo:
 async def list_jobs(request: web.Request) -> web.Response:
     jobs = _jobs(request)
     items = [jobs.progress(i) for i in sorted(jobs.infos.values(), key=lambda i: i.created, reverse=True)]
-    return web.json_response({"items": items})
+    return web.json_response({"items": items, "rules_in_effect": rules_in_effect(request)})
 
 
 async def job_progress(request: web.Request) -> web.Response:
@@ -369,7 +406,16 @@ async def jobs_page(request: web.Request) -> web.Response:
             f"<tr><td>{e(info.id)}</td><td>{e(info.kind)}</td><td>{e(info.status)} {e(info.error)}</td>"
             f"<td>{done}{link}</td></tr>"
         )
+    rules = rules_in_effect(request)
+    reset = (
+        f'<form class="inline" method="post" action="/admin/jobs/rules/reset">{csrf_field(request)}'
+        '<button class="danger">Back to the rules file</button></form>'
+        if rules["source"] == "applied"
+        else ""
+    )
     body = (
+        f'<p id="rules-in-effect">Matching rules in effect: {e(rules["name"])} — {e(rules["description"])} '
+        f"(auto match ≥ {e(rules['auto_match'])}, potential ≥ {e(rules['potential_match'])}) {reset}</p>"
         "<table><caption>Jobs (newest first)</caption><thead><tr><th>Job</th><th>Kind</th><th>Status</th>"
         f"<th>Progress</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
     )
@@ -381,6 +427,7 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/jobs/bulk", upload_bulk)
     r.add_post("/jobs/rematch/dry-run", rematch_dry_run)
     r.add_post("/jobs/rematch/apply", rematch_apply)
+    r.add_post("/jobs/rules/reset", reset_rules)
     r.add_get("/jobs", list_jobs)
     r.add_get("/jobs/page", jobs_page)
     r.add_get("/jobs/{job}", job_progress)

@@ -121,6 +121,19 @@ async def test_rematch_dry_run_then_apply(admin: AdminClient, facility: str, sto
     assert progress["relink_done"] == progress["relink_total"] == 1
     assert len({records.golden_id_of(r) for r in await store.sources_with(facility)}) == 2
 
+    # The applied rules are in effect (and stored in HAPI for a restart); the page says so; reset.
+    in_effect = (await admin.get("/admin/jobs"))["rules_in_effect"]
+    assert in_effect["source"] == "applied" and in_effect["job"] == apply["id"], in_effect
+    assert in_effect["applied_by"] == "alice" and in_effect["auto_match"] == 99.0
+    page = await (await admin.client.get("/admin/jobs/page")).text()
+    assert f"applied by job {apply['id']} by alice at" in page and "Back to the rules file" in page
+    assert (await admin.client.post("/admin/jobs/rules/reset", json={})).status == 403  # no CSRF token
+    reset = await admin.post("/admin/jobs/rules/reset", {})
+    assert reset["removed"] is True and reset["rules_in_effect"]["source"] == "file"
+    assert reset["rules_in_effect"]["auto_match"] != 99.0
+    page = await (await admin.client.get("/admin/jobs/page")).text()
+    assert "rules file" in page and "Back to the rules file" not in page
+
 
 def _unfinished_job(jobs_dir: Path, facility: str) -> None:
     """The files a mediator leaves of a bulk job that it had started and not finished."""

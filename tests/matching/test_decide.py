@@ -162,3 +162,21 @@ def test_shared_national_id_without_birth_date_is_only_potential(rules: matching
     d = decide_one(son, father, rules)
     assert d.outcome == "potential"
     assert "capped by no-birth-date" in d.rule
+
+
+def test_prepared_records_decide_like_the_patients(rules: matching.Rules) -> None:
+    a = patient("a", "Neema", "Mollel")
+    others = [
+        dict(a, id="b"),
+        patient("c", "Rehema", "Mollel"),
+        patient("d", "Nema", "Molel", birth="1985-07-14", phone=None),
+    ]
+    canon: dict[tuple[str, ...], tuple[str, ...]] = {}
+    full = matching.decide(a, [matching.Candidate(o["id"], "g" + o["id"], o) for o in others], rules)
+    prepared = matching.decide(
+        matching.prepare(a, rules, canon),
+        [matching.Candidate(o["id"], "g" + o["id"], matching.prepare(o, rules, canon)) for o in others],
+        rules,
+    )
+    assert prepared.to_dict() == full.to_dict()
+    assert matching.prepare(a, rules, canon)["family"] is matching.prepare(others[0], rules, canon)["family"]
