@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from bench import hapi_instance
 from tests.conftest import patient, unique_surname
 from tests.pairing_proxy import PairingProxy
 
@@ -40,23 +41,16 @@ def pg_dsn() -> str:
 
 @pytest.fixture(scope="session")
 def pg_hapi_url(pg_dsn: str) -> Iterator[str]:
-    env = {
-        **os.environ,
-        "HAPI_DB": "postgres",
-        "SPRING_DATASOURCE_URL": f"jdbc:postgresql://127.0.0.1:{PG_PORT}/{PG_DB}",
-        "SPRING_DATASOURCE_USERNAME": "hapi",
-        "SPRING_DATASOURCE_PASSWORD": "hapi",
-        "HAPI_PORT": PG_HAPI_PORT,
-        "HAPI_DATA_DIR": str(REPO / "var" / f"test-pg-hapi-{PG_HAPI_PORT}"),
-        "HAPI_PID_FILE": str(REPO / "var" / f"test-pg-hapi-{PG_HAPI_PORT}.pid"),
-        "HAPI_LOG_FILE": str(REPO / "var" / f"test-pg-hapi-{PG_HAPI_PORT}.log"),
-    }
-    subprocess.run([str(REPO / "scripts" / "hapi-stop")], env=env, check=False)
-    subprocess.run([str(REPO / "scripts" / "hapi-start")], env=env, check=True)
+    env = hapi_instance.hapi_env(
+        f"test-pg-hapi-{PG_HAPI_PORT}",
+        PG_HAPI_PORT,
+        postgres_jdbc_url=f"jdbc:postgresql://127.0.0.1:{PG_PORT}/{PG_DB}",
+    )
+    hapi_instance.start(env, fresh=False)  # the database was recreated by pg-start
     try:
         yield f"http://127.0.0.1:{PG_HAPI_PORT}/fhir"
     finally:
-        subprocess.run([str(REPO / "scripts" / "hapi-stop")], env=env, check=False)
+        hapi_instance.stop(env)
 
 
 def free_port() -> int:
