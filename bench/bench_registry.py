@@ -14,24 +14,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import copy
-import os
-import shutil
 import statistics
 import subprocess
 import time
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp.test_utils import TestClient, TestServer
 
+from bench import hapi_instance
 from bench.population import generate_population
 from mediator.app import create_app
 from mediator.errors import RegistryError
 from mediator.settings import Settings
 from mediator.validation import validate_patient
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def pct(values: list[float], q: float) -> float:
@@ -40,17 +36,8 @@ def pct(values: list[float], q: float) -> float:
 
 
 def start_hapi(port: str) -> dict[str, str]:
-    data = REPO / "var" / "bench-hapi"
-    env = {
-        **os.environ,
-        "HAPI_PORT": port,
-        "HAPI_DATA_DIR": str(data),
-        "HAPI_PID_FILE": str(REPO / "var" / "bench-hapi.pid"),
-        "HAPI_LOG_FILE": str(REPO / "var" / "bench-hapi.log"),
-    }
-    subprocess.run([str(REPO / "scripts" / "hapi-stop")], env=env, check=False)
-    shutil.rmtree(data, ignore_errors=True)
-    subprocess.run([str(REPO / "scripts" / "hapi-start")], env=env, check=True)
+    env = hapi_instance.hapi_env("bench-hapi", port)
+    hapi_instance.start(env, fresh=True)
     return env
 
 
@@ -162,4 +149,4 @@ if __name__ == "__main__":
                 ["bash", "-c", f"ps -o rss= -p $(cat {env['HAPI_PID_FILE']})"], capture_output=True, text=True
             ).stdout.strip()
             print(f"HAPI RSS at the end: {int(rss or 0) / 1024:.0f} MiB")
-            subprocess.run([str(REPO / "scripts" / "hapi-stop")], env=env, check=False)
+            hapi_instance.stop(env)

@@ -8,8 +8,6 @@ use a server that is already running instead.
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -18,6 +16,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from bench import hapi_instance
 from mediator.app import create_app
 from mediator.settings import Settings
 
@@ -31,21 +30,12 @@ def hapi_url() -> Iterator[str]:
     if external:
         yield external.rstrip("/")
         return
-    data_dir = REPO / "var" / "test-hapi"
-    env = {
-        **os.environ,
-        "HAPI_PORT": TEST_HAPI_PORT,
-        "HAPI_DATA_DIR": str(data_dir),
-        "HAPI_PID_FILE": str(REPO / "var" / "test-hapi.pid"),
-        "HAPI_LOG_FILE": str(REPO / "var" / "test-hapi.log"),
-    }
-    subprocess.run([str(REPO / "scripts" / "hapi-stop")], env=env, check=False)
-    shutil.rmtree(data_dir, ignore_errors=True)
-    subprocess.run([str(REPO / "scripts" / "hapi-start")], env=env, check=True)
+    env = hapi_instance.hapi_env("test-hapi", TEST_HAPI_PORT)
+    hapi_instance.start(env, fresh=True)
     try:
         yield f"http://127.0.0.1:{TEST_HAPI_PORT}/fhir"
     finally:
-        subprocess.run([str(REPO / "scripts" / "hapi-stop")], env=env, check=False)
+        hapi_instance.stop(env)
 
 
 @pytest.fixture(autouse=True)

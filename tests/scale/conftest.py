@@ -17,11 +17,14 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from bench import hapi_instance
 from tests.conftest import patient, unique_surname
+from tests.pairing_proxy import PairingProxy
 
 REPO = Path(__file__).resolve().parents[2]
 PG_PORT = os.environ.get("CR_TEST_PG_PORT", "5433")
@@ -38,23 +41,16 @@ def pg_dsn() -> str:
 
 @pytest.fixture(scope="session")
 def pg_hapi_url(pg_dsn: str) -> Iterator[str]:
-    env = {
-        **os.environ,
-        "HAPI_DB": "postgres",
-        "SPRING_DATASOURCE_URL": f"jdbc:postgresql://127.0.0.1:{PG_PORT}/{PG_DB}",
-        "SPRING_DATASOURCE_USERNAME": "hapi",
-        "SPRING_DATASOURCE_PASSWORD": "hapi",
-        "HAPI_PORT": PG_HAPI_PORT,
-        "HAPI_DATA_DIR": str(REPO / "var" / f"test-pg-hapi-{PG_HAPI_PORT}"),
-        "HAPI_PID_FILE": str(REPO / "var" / f"test-pg-hapi-{PG_HAPI_PORT}.pid"),
-        "HAPI_LOG_FILE": str(REPO / "var" / f"test-pg-hapi-{PG_HAPI_PORT}.log"),
-    }
-    subprocess.run([str(REPO / "scripts" / "hapi-stop")], env=env, check=False)
-    subprocess.run([str(REPO / "scripts" / "hapi-start")], env=env, check=True)
+    env = hapi_instance.hapi_env(
+        f"test-pg-hapi-{PG_HAPI_PORT}",
+        PG_HAPI_PORT,
+        postgres_jdbc_url=f"jdbc:postgresql://127.0.0.1:{PG_PORT}/{PG_DB}",
+    )
+    hapi_instance.start(env, fresh=False)  # the database was recreated by pg-start
     try:
         yield f"http://127.0.0.1:{PG_HAPI_PORT}/fhir"
     finally:
-        subprocess.run([str(REPO / "scripts" / "hapi-stop")], env=env, check=False)
+        hapi_instance.stop(env)
 
 
 def free_port() -> int:
@@ -99,19 +95,13 @@ def mediator_process(env: dict[str, str], log_path: Path, timeout_s: float = 60.
             proc.wait()
 
 
-@pytest.fixture(scope="session")
-def replica_urls(pg_dsn: str, pg_hapi_url: str) -> Iterator[list[str]]:
-    """Two mediator replicas against one HAPI (on PostgreSQL), sharing PostgreSQL advisory locks."""
-    env = {
-        "CR_HAPI_URL": pg_hapi_url,
-        "CR_LOCKS": "postgres",
-        "CR_LOCKS_DSN": pg_dsn,
-        "CR_HAPI_TIMEOUT": "60",
-    }
+@contextmanager
+def replica_pair(env: dict[str, str], label: str) -> Iterator[list[str]]:
+    """Two ``python -m mediator`` processes with the same settings, both warmed up; yields their URLs."""
     logs = REPO / "var"
     with (
-        mediator_process(env, logs / f"test-replica-{PG_HAPI_PORT}-1.log") as one,
-        mediator_process(env, logs / f"test-replica-{PG_HAPI_PORT}-2.log") as two,
+        mediator_process(env, logs / f"test-replica-{PG_HAPI_PORT}{label}-1.log") as one,
+        mediator_process(env, logs / f"test-replica-{PG_HAPI_PORT}{label}-2.log") as two,
     ):
         for n, url in enumerate((one, two)):  # warm both (first requests are slow), so they really race
             warm_up = patient(f"urn:warm-up:{uuid.uuid4().hex}", str(n), family=unique_surname())
@@ -123,3 +113,56 @@ def replica_urls(pg_dsn: str, pg_hapi_url: str) -> Iterator[list[str]]:
             with urllib.request.urlopen(request, timeout=120) as response:
                 assert response.status == 201
         yield [one, two]
+
+
+@pytest.fixture(scope="session")
+def replica_urls(pg_dsn: str, pg_hapi_url: str) -> Iterator[list[str]]:
+    """Two mediator replicas against one HAPI (on PostgreSQL), sharing PostgreSQL advisory locks."""
+    env = {
+        "CR_HAPI_URL": pg_hapi_url,
+        "CR_LOCKS": "postgres",
+        "CR_LOCKS_DSN": pg_dsn,
+        "CR_HAPI_TIMEOUT": "60",
+    }
+    with replica_pair(env, "") as urls:
+        yield urls
+
+
+# How long the pairing proxy holds a lone transaction for a partner. A submission's search and decision take
+# well under this (tens of ms once warm), so two submissions that no lock keeps apart do pair up. Submissions
+# of one person that a lock serialises each wait this long: 20 of them take ~20 * PAIRING_HOLD_S.
+PAIRING_HOLD_S = 1.0
+
+
+@dataclass
+class Replicas:
+    urls: list[str]
+    proxy: PairingProxy
+
+
+@contextmanager
+def proxied_replica_pair(locks: dict[str, str], pg_hapi_url: str, label: str) -> Iterator[Replicas]:
+    with PairingProxy(pg_hapi_url, hold_s=PAIRING_HOLD_S) as proxy:
+        env = {
+            "CR_HAPI_URL": proxy.url,
+            "CR_HAPI_TIMEOUT": "60",
+            "CR_LOCKS_TIMEOUT_S": "120",  # serialised submissions wait for each other's held transactions
+            **locks,
+        }
+        with replica_pair(env, label) as urls:
+            yield Replicas(urls, proxy)
+
+
+@pytest.fixture(scope="module")
+def proxied_replicas(pg_dsn: str, pg_hapi_url: str) -> Iterator[Replicas]:
+    """Two replicas sharing PostgreSQL advisory locks, reaching HAPI through a :class:`PairingProxy`."""
+    with proxied_replica_pair({"CR_LOCKS": "postgres", "CR_LOCKS_DSN": pg_dsn}, pg_hapi_url, "-pg") as pair:
+        yield pair
+
+
+@pytest.fixture(scope="module")
+def proxied_local_replicas(pg_hapi_url: str) -> Iterator[Replicas]:
+    """Two replicas with in-process locks only (``CR_LOCKS=local``) through a :class:`PairingProxy`: what
+    the cross-process guarantees would be without shared locks."""
+    with proxied_replica_pair({"CR_LOCKS": "local"}, pg_hapi_url, "-local") as pair:
+        yield pair

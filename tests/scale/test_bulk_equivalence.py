@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from bench import hapi_instance
 from bench.population import generate_population
 from mediator import bulk
 from mediator.audit import Actor
@@ -27,14 +27,7 @@ from tests.scale.conftest import free_port
 
 
 def _hapi_env(tmp: Path, port: int) -> dict[str, str]:
-    return {
-        **os.environ,
-        "HAPI_PORT": str(port),
-        "HAPI_DATA_DIR": str(tmp / f"hapi-{port}"),
-        "HAPI_PID_FILE": str(tmp / f"hapi-{port}.pid"),
-        "HAPI_LOG_FILE": str(tmp / f"hapi-{port}.log"),
-        "HAPI_JAVA_OPTS": "-Xmx768m",
-    }
+    return hapi_instance.hapi_env(f"hapi-{port}", port, folder=tmp, java_opts="-Xmx768m")
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +42,7 @@ def two_fresh_hapis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[s
         yield [f"http://127.0.0.1:{env['HAPI_PORT']}/fhir" for env in envs]
     finally:
         for env in envs:
-            subprocess.run([str(REPO / "scripts" / "hapi-stop")], env=env, check=False)
+            hapi_instance.stop(env)
 
 
 def _population(n_people: int, seed: int) -> list[dict[str, Any]]:

@@ -1,5 +1,10 @@
 """Two real mediator processes against one HAPI (on PostgreSQL), coordinated by PostgreSQL advisory locks,
-keep the guarantees of one: one golden record per person, one source record per identifier."""
+keep the guarantees of one: one golden record per person, one source record per identifier.
+
+Left alone, two replicas rarely race closely enough to show a missing lock, so the new-person scenario also
+runs with the replicas behind a :class:`~tests.pairing_proxy.PairingProxy`, which holds each HAPI transaction
+until a second one is pending (or a bounded wait passes) — and, as the control that proves the test can fail,
+with ``CR_LOCKS=local`` replicas behind such a proxy, which do make several golden records."""
 
 from __future__ import annotations
 
@@ -26,24 +31,62 @@ async def _post(http, url, body):
         return resp.status, dict(resp.headers), await resp.text()
 
 
-async def test_twenty_concurrent_new_submissions_over_two_replicas_make_one_golden(
-    replica_urls, pg_hapi_url, http, facility
-):
+async def _twenty_new_submissions(http, urls, facility):
+    """20 new source records of one person, submitted at once, alternately to the two replicas."""
     family = unique_surname()
     bodies = [patient(f"{facility}-{n}", "N1", family=family) for n in range(20)]
-    answers = await asyncio.gather(*(_post(http, replica_urls[n % 2], body) for n, body in enumerate(bodies)))
+    return await asyncio.gather(*(_post(http, urls[n % 2], body) for n, body in enumerate(bodies)))
+
+
+async def _goldens_of(store, facility):
+    return {records.golden_id_of(s) for n in range(20) for s in await store.sources_with(f"{facility}-{n}")}
+
+
+async def _assert_one_golden(answers, store, facility):
     assert [a[0] for a in answers] == [201] * 20, [a[2] for a in answers if a[0] != 201]
     cruids = {a[1]["X-CRUID"] for a in answers}
     assert len(cruids) == 1
-    store = Store(http, pg_hapi_url)
     golden_id = answers[0][1]["LocationCRUID"].split("/")[1]
     golden = await store.read("Patient", golden_id)
     assert golden is not None
     assert len(records.source_ids_of(golden)) == 20
-    goldens = {
-        records.golden_id_of(s) for n in range(20) for s in await store.sources_with(f"{facility}-{n}")
-    }
-    assert goldens == {golden_id}
+    assert await _goldens_of(store, facility) == {golden_id}
+
+
+async def test_twenty_concurrent_new_submissions_over_two_replicas_make_one_golden(
+    replica_urls, pg_hapi_url, http, facility
+):
+    answers = await _twenty_new_submissions(http, replica_urls, facility)
+    await _assert_one_golden(answers, Store(http, pg_hapi_url), facility)
+
+
+async def test_advisory_locks_keep_replicas_apart_even_when_their_writes_are_held_for_a_partner(
+    proxied_replicas, pg_hapi_url, http, facility
+):
+    """Through the pairing proxy, two submissions that both searched before either wrote would reach HAPI
+    as a pair. The shared locks make the second replica wait before it searches: never two transactions of
+    this person pending at once, one golden record."""
+    proxy = proxied_replicas.proxy
+    proxy.reset()
+    answers = await _twenty_new_submissions(http, proxied_replicas.urls, facility)
+    await _assert_one_golden(answers, Store(http, pg_hapi_url), facility)
+    assert proxy.stats.transactions == 20
+    assert proxy.stats.pairs == 0, proxy.stats
+    assert proxy.stats.max_concurrent == 1, proxy.stats
+
+
+async def test_without_shared_locks_the_same_scenario_makes_several_goldens(
+    proxied_local_replicas, pg_hapi_url, http, facility
+):
+    """The control: with in-process locks only (``CR_LOCKS=local``) the replicas' first submissions both
+    search, find nothing and write, paired by the proxy — so the test above can fail, and does without
+    ``CR_LOCKS=postgres``."""
+    proxy = proxied_local_replicas.proxy
+    proxy.reset()
+    await _twenty_new_submissions(http, proxied_local_replicas.urls, facility)
+    goldens = await _goldens_of(Store(http, pg_hapi_url), facility)
+    assert proxy.stats.pairs >= 1, proxy.stats
+    assert len(goldens) > 1, (goldens, proxy.stats)
 
 
 async def test_twenty_concurrent_resubmissions_over_two_replicas_make_one_source_record(
