@@ -15,7 +15,6 @@ link) on source records, ``distinct-from`` on golden records.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import uuid
 from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping
@@ -198,6 +197,16 @@ def cruid_of(golden: Mapping[str, Any], cruid_system: str) -> str | None:
     return None
 
 
+def clone(value: Any) -> Any:
+    """A deep copy of JSON data (dicts, lists, scalars): what ``copy.deepcopy`` gives for FHIR resources
+    parsed from JSON, several times faster (no memo, no dispatch) — the registry copies on every read."""
+    if isinstance(value, dict):
+        return {k: clone(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [clone(v) for v in value]
+    return value
+
+
 def new_golden(golden_id: str, cruid_system: str) -> Resource:
     return {
         "resourceType": "Patient",
@@ -210,7 +219,7 @@ def new_golden(golden_id: str, cruid_system: str) -> Resource:
 
 
 def with_source(golden: Mapping[str, Any], source_id: str) -> Resource:
-    updated = copy.deepcopy(dict(golden))
+    updated: Resource = clone(dict(golden))
     if source_id not in source_ids_of(updated):
         updated.setdefault("link", []).append({"other": {"reference": ref(source_id)}, "type": "seealso"})
     updated["active"] = True
@@ -218,7 +227,7 @@ def with_source(golden: Mapping[str, Any], source_id: str) -> Resource:
 
 
 def without_source(golden: Mapping[str, Any], source_id: str) -> Resource:
-    updated = copy.deepcopy(dict(golden))
+    updated: Resource = clone(dict(golden))
     updated["link"] = [
         link
         for link in updated.get("link", [])
@@ -239,7 +248,7 @@ def build_source_record(
     manual: bool = False,
 ) -> Resource:
     """The stored source record: the submitted demographics plus the registry's tags and its one link."""
-    record = {k: copy.deepcopy(v) for k, v in submitted.items() if k not in ("id", "meta", "link", "text")}
+    record = {k: clone(v) for k, v in submitted.items() if k not in ("id", "meta", "link", "text")}
     record["extension"] = [e for e in record.get("extension", []) if e.get("url") != LINK_SOURCE_URL]
     if manual:
         record["extension"].append({"url": LINK_SOURCE_URL, "valueCode": MANUAL})

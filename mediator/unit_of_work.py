@@ -13,12 +13,11 @@ at once.
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 from typing import Any
 
 from .fhir_client import HapiClient
-from .records import BLOCK_SYSTEM, RECORD_TYPE_SYSTEM, SOURCE, Resource, tags, version_of
+from .records import BLOCK_SYSTEM, RECORD_TYPE_SYSTEM, SOURCE, Resource, clone, tags, version_of
 
 log = logging.getLogger(__name__)
 _SERVER_META = ("versionId", "lastUpdated")  # set by HAPI; never sent back
@@ -35,12 +34,12 @@ class UnitOfWork:
     async def read(self, resource_type: str, resource_id: str) -> Resource | None:
         key = f"{resource_type}/{resource_id}"
         if key in self._staged:
-            return copy.deepcopy(self._staged[key])
+            return clone(self._staged[key])
         if key not in self._read_cache:
             resource = await self._hapi.read(resource_type, resource_id)
             self._remember(key, resource)
         cached = self._read_cache[key]
-        return copy.deepcopy(cached) if cached is not None else None
+        return clone(cached) if cached is not None else None
 
     def _remember(self, key: str, resource: Resource | None) -> None:
         self._read_cache[key] = resource
@@ -92,37 +91,43 @@ class UnitOfWork:
         return self._searches[cache_key]
 
     async def prefetch_blocks(
-        self, key_sets: list[list[str]], limit: int, chunk: int = 60, cap: int = 2000
-    ) -> bool:
-        """Answer the candidate searches of many records with a few ``_tag`` searches (``chunk`` keys each)
-        and fill the search cache as :meth:`_search_blocks` would (each record's keys, and each key alone);
-        ``False`` (nothing cached) when a search reaches ``cap`` results: then each record searches alone."""
-        keys = sorted({k for ks in key_sets for k in ks})
-        groups = [keys[i : i + chunk] for i in range(0, len(keys), chunk)]
-        answers = await asyncio.gather(
-            *(
-                self._hapi.search(
+        self, key_sets: list[list[str]], limit: int, chunk: int = 60, cap: int = 2000, concurrency: int = 8
+    ) -> int:
+        """Answer the candidate searches of many records with a few ``_tag`` searches (``chunk`` keys each) and
+        fill the per-key search cache exactly as :meth:`_search_blocks` would. A search reaching ``cap``
+        results (some key of the group is a huge block) is split in halves, down to single keys, which are
+        asked as :meth:`find_sources` asks them (``limit + 1`` results at most). Returns the searches made."""
+        keys = sorted({k for ks in key_sets for k in ks if (str(limit), k) not in self._searches})
+        sem = asyncio.Semaphore(concurrency)
+        searches = 0
+
+        async def fetch(group: list[str]) -> None:
+            nonlocal searches
+            searches += 1
+            if len(group) == 1:
+                async with sem:
+                    await self._search_blocks(group, limit)
+                return
+            async with sem:
+                answer = await self._hapi.search(
                     "Patient",
-                    {"_tag": ",".join(f"{BLOCK_SYSTEM}|{k}" for k in g), "_count": "1000"},
+                    {"_tag": ",".join(f"{BLOCK_SYSTEM}|{k}" for k in group), "_count": "1000"},
                     max_results=cap,
                 )
-                for g in groups
-            )
-        )
-        if any(len(a) >= cap for a in answers):
-            return False
-        index: dict[str, dict[str, Resource]] = {k: {} for k in keys}
-        for answer in answers:
+            if len(answer) >= cap:
+                half = len(group) // 2
+                await asyncio.gather(fetch(group[:half]), fetch(group[half:]))
+                return
+            per_key: dict[str, dict[str, Resource]] = {k: {} for k in group}
             for resource in answer:
                 for tag in tags(resource, BLOCK_SYSTEM):
-                    if tag in index:
-                        index[tag][resource["id"]] = resource
-        for k in keys:
-            self._searches.setdefault((str(limit), k), list(index[k].values())[: limit + 1])
-        for ks in key_sets:
-            union = {rid: r for k in ks for rid, r in index[k].items()}
-            self._searches.setdefault((str(limit), *ks), list(union.values())[: limit + 1])
-        return True
+                    if tag in per_key:
+                        per_key[tag][resource["id"]] = resource
+            for k in group:  # complete blocks: the search returned every record with any of the keys
+                self._searches.setdefault((str(limit), k), list(per_key[k].values())[: limit + 1])
+
+        await asyncio.gather(*(fetch(keys[i : i + chunk]) for i in range(0, len(keys), chunk)))
+        return searches
 
     async def prefetch(self, resource_type: str, ids: list[str], chunk: int = 50) -> None:
         """Read many records with ``_id`` searches (``chunk`` ids each) into the read cache; absent ones as
@@ -147,7 +152,7 @@ class UnitOfWork:
     def put(self, resource: Resource) -> None:
         key = f"{resource['resourceType']}/{resource['id']}"
         self._staged.pop(key, None)  # re-staging moves it to the end, after what it may refer to
-        self._staged[key] = copy.deepcopy(resource)
+        self._staged[key] = clone(resource)
 
     @property
     def staged(self) -> dict[str, Resource]:

@@ -1,0 +1,52 @@
+"""A bulk batch's candidate searches, prefetched in a few ``_tag`` searches, answer exactly as one search per key
+would — also when a grouped search is too large and has to be split down to single keys."""
+
+from __future__ import annotations
+
+import aiohttp
+
+from mediator import records
+from mediator.fhir_client import HapiClient
+from mediator.unit_of_work import UnitOfWork
+from tests.conftest import unique_surname
+
+
+async def test_split_prefetch_answers_like_one_search_per_key(hapi_url):
+    family = unique_surname()
+    big, small = f"test:{family}:big", f"test:{family}:small"
+    lonely, absent = f"test:{family}:lonely", f"test:{family}:absent"
+    async with aiohttp.ClientSession() as session:
+        hapi = HapiClient(session, hapi_url, 30, 5)
+        writer = UnitOfWork(hapi)
+        for n in range(8):  # 6 records in the big block, 2 of them also in the small one, 1 alone elsewhere
+            keys = [big] if n < 6 else []
+            keys += [small] if n in (4, 5) else []
+            keys += [lonely] if n == 7 else []
+            writer.put(
+                records.build_source_record(
+                    {"resourceType": "Patient", "name": [{"family": family}]},
+                    f"src-test-{family.lower()}-{n}",
+                    client_id=None,
+                    golden_id="unused",
+                    block_keys=keys,
+                )
+                | {"link": []}
+            )
+        await writer.commit()
+
+        limit = 4  # the big block (6) is over the candidate limit
+        key_sets = [[big, small], [small, lonely, absent]]
+        one_by_one = UnitOfWork(hapi)
+        expected = {k: await one_by_one.find_sources([k], limit) for k in (big, small, lonely, absent)}
+
+        prefetched = UnitOfWork(hapi)
+        searches = await prefetched.prefetch_blocks(key_sets, limit, chunk=4, cap=5)
+        assert searches > 1, "the grouped search reached the cap and was split"
+        for key, answer in expected.items():
+            got = await prefetched.find_sources([key], limit)
+            assert sorted(r["id"] for r in got) == sorted(r["id"] for r in answer), key
+        assert await prefetched.find_sources([big], limit) == [], "an oversized block is skipped either way"
+        assert len(expected[small]) == 2 and len(expected[lonely]) == 1 and expected[absent] == []
+
+        whole = UnitOfWork(hapi)
+        assert await whole.prefetch_blocks(key_sets, limit, chunk=4, cap=1000) == 1, "one search when small"
