@@ -84,6 +84,9 @@ class CrashAfter:
         self.n -= 1
         return await self.inner.submit(rows)
 
+    def locate(self, patient):
+        return self.inner.locate(patient)
+
 
 async def test_an_interrupted_ndjson_job_resumes_without_duplicates(settings, store, facility, tmp_path):
     lines = [json.dumps(patient(facility, f"P{n}", family=unique_surname())) for n in range(9)]
@@ -100,12 +103,13 @@ async def test_an_interrupted_ndjson_job_resumes_without_duplicates(settings, st
             job_dir=jobs,
             batch_size=3,
             concurrency=1,
+            window=3,  # saved after every 3 rows
         )
         with pytest.raises(Crash):
             await first.run()
         assert first.state.rows_done == 6 and not first.state.finished
         second = bulk.BulkJob(
-            path, bulk.InProcess(registry, facility), system=facility, job_dir=jobs, batch_size=3
+            path, bulk.InProcess(registry, facility), system=facility, job_dir=jobs, batch_size=3, window=3
         )
         assert second.state.rows_done == 6  # read back from the state file
         state = await second.run()

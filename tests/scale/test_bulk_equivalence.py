@@ -1,4 +1,4 @@
-"""Bulk load and single submissions give identical decisions on the same data.
+"""Bulk load and single submissions give identical decisions on the same data, submitted in the same order.
 
 Each path needs a store of its own (the records of one run would be candidates of the other), so this test
 starts two fresh HAPI servers (H2, temporary folders, free ports) side by side — slow, but nothing shared.
@@ -64,20 +64,29 @@ async def test_bulk_and_single_submissions_decide_alike(two_fresh_hapis: list[st
     bulk_url, single_url = two_fresh_hapis
     async with bulk.registry_in_process(Settings(hapi_base_url=bulk_url, hapi_timeout_s=60)) as registry:
         job = bulk.BulkJob(
-            path, bulk.InProcess(registry, None), system=None, job_dir=tmp_path / "jobs", batch_size=25
+            path,
+            bulk.InProcess(registry, None),
+            system=None,
+            job_dir=tmp_path / "jobs",
+            batch_size=25,
+            concurrency=1,  # concurrent batches of overlapping blocks may interleave in either order
         )
         state = await job.run()
         assert state.finished and not state.counts.get("error"), state.counts
         with job.report_path.open() as f:
             by_row = {int(r["row"]): r for r in csv.DictReader(f)}
     bulk_decisions = [(by_row[n + 1]["outcome"], by_row[n + 1]["golden_id"]) for n in range(len(population))]
+    # the bulk job regroups rows by blocking key: single submissions go in the order it decided them
+    order = sorted(range(len(population)), key=lambda n: int(by_row[n + 1]["seq"]))
+    assert order != list(range(len(population))), "the rows were regrouped"
 
-    single_decisions = []
+    single_by_row: dict[int, tuple[str, str]] = {}
     actor = Actor(client_id=None, address="test")
     async with bulk.registry_in_process(Settings(hapi_base_url=single_url, hapi_timeout_s=60)) as registry:
-        for p in population:
-            result = await registry.submit(Submission(patient=p, actor=actor))
-            single_decisions.append((result.outcome, result.golden_id))
+        for n in order:
+            result = await registry.submit(Submission(patient=population[n], actor=actor))
+            single_by_row[n] = (result.outcome, result.golden_id)
+    single_decisions = [single_by_row[n] for n in range(len(population))]
 
     assert [o for o, _ in bulk_decisions] == [o for o, _ in single_decisions]
     assert {o for o, _ in bulk_decisions} >= {"match", "no_match"}  # the population exercises both
