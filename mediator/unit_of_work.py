@@ -93,8 +93,8 @@ class UnitOfWork:
     async def prefetch_blocks(
         self, key_sets: list[list[str]], limit: int, chunk: int = 60, cap: int = 2000, concurrency: int = 8
     ) -> int:
-        """Answer the candidate searches of many records with a few ``_tag`` searches (``chunk`` keys each) and
-        fill the per-key search cache exactly as :meth:`_search_blocks` would. A search reaching ``cap``
+        """Answer the candidate searches of many records with a few ``_tag`` searches (``chunk`` keys each)
+        and fill the per-key search cache exactly as :meth:`_search_blocks` would. A search reaching ``cap``
         results (some key of the group is a huge block) is split in halves, down to single keys, which are
         asked as :meth:`find_sources` asks them (``limit + 1`` results at most). Returns the searches made."""
         keys = sorted({k for ks in key_sets for k in ks if (str(limit), k) not in self._searches})

@@ -1,5 +1,5 @@
-"""A bulk batch's candidate searches, prefetched in a few ``_tag`` searches, answer exactly as one search per key
-would — also when a grouped search is too large and has to be split down to single keys."""
+"""A bulk batch's candidate searches, prefetched in a few ``_tag`` searches, answer exactly as one search per
+key would — also when a grouped search is too large and has to be split down to single keys."""
 
 from __future__ import annotations
 
