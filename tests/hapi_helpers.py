@@ -6,7 +6,9 @@ from typing import Any
 
 import aiohttp
 
-from mediator import records
+from mediator import records, rematch
+from mediator.fhir_client import HapiClient
+from mediator.registry import Registry
 
 
 class Store:
@@ -42,3 +44,24 @@ class Store:
         assert source_id in records.source_ids_of(golden)
         assert golden.get("active") is True
         return golden
+
+
+def rematch_job(registry: Registry, state: rematch.RematchState, job_dir: Any) -> rematch.RematchJob:
+    """A re-match job on the registry's own HAPI client and live config, state kept in ``job_dir``."""
+    return rematch.RematchJob(
+        state, job_dir=job_dir, hapi=registry.hapi, config=registry.config, registry=registry
+    )
+
+
+async def mark_manually_linked(hapi: HapiClient, source_id: str) -> None:
+    """Flag a stored source record as linked by a person (as curation does), straight in HAPI."""
+    stored = await hapi.read("Patient", source_id)
+    assert stored is not None
+    stored["extension"] = [{"url": records.LINK_SOURCE_URL, "valueCode": records.MANUAL}]
+    await hapi.transaction(
+        {
+            "resourceType": "Bundle",
+            "type": "transaction",
+            "entry": [{"resource": stored, "request": {"method": "PUT", "url": f"Patient/{source_id}"}}],
+        }
+    )

@@ -21,6 +21,7 @@ from mediator.errors import UpstreamUnavailable
 from mediator.registry import Submission
 from mediator.settings import REPO_ROOT, Settings
 from tests.conftest import patient, unique_surname
+from tests.hapi_helpers import rematch_job
 
 
 def _rules(auto: float, potential: float) -> Any:
@@ -34,13 +35,8 @@ async def test_applied_rules_survive_a_restart_until_reset(settings, facility, t
     async with registry_in_process(settings) as registry:
         assert registry.config.current.rules.auto_threshold == file_rules.auto_threshold
         assert not registry.config.origin.applied
-        job = rematch.RematchJob(
-            rematch.new_state("applied-1", _rules(42.0, 21.0), [facility], applied_by="alice"),
-            job_dir=tmp_path,
-            hapi=registry.hapi,
-            config=registry.config,
-            registry=registry,
-        )
+        state = rematch.new_state("applied-1", _rules(42.0, 21.0), [facility], applied_by="alice")
+        job = rematch_job(registry, state, tmp_path)
         state = await job.run()
         assert state.phase == "finished", state.error
         stored = await applied_rules.read(registry.hapi)

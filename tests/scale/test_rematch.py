@@ -11,6 +11,7 @@ from mediator import records, rematch
 from mediator.bulk import registry_in_process
 from mediator.settings import REPO_ROOT
 from tests.conftest import patient, unique_phone, unique_surname
+from tests.hapi_helpers import mark_manually_linked, rematch_job
 
 
 def _rules(auto: float, potential: float) -> Any:
@@ -49,13 +50,7 @@ async def test_dry_run_then_apply_splits_and_merges_and_leaves_manual_links(
         }
 
         # Apply it, as a job whose state lives in a folder.
-        job = rematch.RematchJob(
-            rematch.new_state("j1", strict.rules, [facility]),
-            job_dir=tmp_path,
-            hapi=registry.hapi,
-            config=registry.config,
-            registry=registry,
-        )
+        job = rematch_job(registry, rematch.new_state("j1", strict.rules, [facility]), tmp_path)
         state = await job.run()
         assert state.phase == "finished", state.error
         assert state.changed == 1 and not state.errors
@@ -81,16 +76,7 @@ async def test_dry_run_then_apply_splits_and_merges_and_leaves_manual_links(
         )
 
         # Mark one record manually linked; rules under which everyone matches merge the other back.
-        stored = await registry.hapi.read("Patient", moved)
-        assert stored is not None
-        stored["extension"] = [{"url": records.LINK_SOURCE_URL, "valueCode": records.MANUAL}]
-        await registry.hapi.transaction(
-            {
-                "resourceType": "Bundle",
-                "type": "transaction",
-                "entry": [{"resource": stored, "request": {"method": "PUT", "url": f"Patient/{moved}"}}],
-            }
-        )
+        await mark_manually_linked(registry.hapi, moved)
         lenient = cfg.with_changes(rules=_rules(-99.0, -100.0))
         summary = (await rematch.dry_run(registry.hapi, lenient, [facility])).summary()
         assert summary["manual_kept"] == 1 and summary["merges"] == 1
@@ -100,13 +86,7 @@ async def test_dry_run_then_apply_splits_and_merges_and_leaves_manual_links(
             "to_golden": split[moved],
             "partner": moved,
         }
-        job = rematch.RematchJob(
-            rematch.new_state("j2", lenient.rules, [facility]),
-            job_dir=tmp_path,
-            hapi=registry.hapi,
-            config=registry.config,
-            registry=registry,
-        )
+        job = rematch_job(registry, rematch.new_state("j2", lenient.rules, [facility]), tmp_path)
         state = await job.run()
         assert state.phase == "finished" and state.changed == 1, state
     merged = {r["id"]: records.golden_id_of(r) for r in await store.sources_with(facility)}

@@ -23,6 +23,7 @@ from mediator.bulk import registry_in_process
 from mediator.registry import Registry, Submission
 from mediator.settings import REPO_ROOT
 from tests.conftest import patient, unique_phone, unique_surname
+from tests.hapi_helpers import mark_manually_linked, rematch_job
 
 PEOPLE = 4  # pairs that the strict rules split, plus one pair with a manually linked record
 FAIL_AFTER = 2  # relink writes that reach HAPI before it "goes away" (the last one's answer is lost)
@@ -84,16 +85,7 @@ async def _people(registry: Registry, facility: str) -> dict[str, str]:
             )
             ids[value] = result.source_id
     manual = ids[f"P{PEOPLE}b"]
-    stored = await registry.hapi.read("Patient", manual)
-    assert stored is not None
-    stored["extension"] = [{"url": records.LINK_SOURCE_URL, "valueCode": records.MANUAL}]
-    await registry.hapi.transaction(
-        {
-            "resourceType": "Bundle",
-            "type": "transaction",
-            "entry": [{"resource": stored, "request": {"method": "PUT", "url": f"Patient/{manual}"}}],
-        }
-    )
+    await mark_manually_linked(registry.hapi, manual)
     return ids
 
 
@@ -143,12 +135,6 @@ async def _outcome(registry: Registry, ids: dict[str, str], job_id: str) -> dict
     }
 
 
-def _job(registry: Registry, state: rematch.RematchState, job_dir: Path) -> rematch.RematchJob:
-    return rematch.RematchJob(
-        state, job_dir=job_dir, hapi=registry.hapi, config=registry.config, registry=registry
-    )
-
-
 async def test_a_job_interrupted_while_relinking_resumes_to_the_same_result(
     settings, aiohttp_server, tmp_path: Path
 ):
@@ -168,7 +154,7 @@ async def test_a_job_interrupted_while_relinking_resumes_to_the_same_result(
         }
 
         # The uninterrupted run.
-        clean = await _job(
+        clean = await rematch_job(
             registry, rematch.new_state("clean", rules, [clean_facility]), tmp_path / "a"
         ).run()
         assert clean.phase == "finished", clean.error
@@ -183,7 +169,7 @@ async def test_a_job_interrupted_while_relinking_resumes_to_the_same_result(
         settings, hapi_base_url=f"http://127.0.0.1:{server.port}/fhir", hapi_timeout_s=30.0
     )
     async with registry_in_process(through_proxy) as registry:
-        stopped = await _job(
+        stopped = await rematch_job(
             registry, rematch.new_state("broken", rules, [broken_facility]), tmp_path / "b"
         ).run()
     assert proxy.down and stopped.phase == "failed" and "UpstreamUnavailable" in stopped.error
