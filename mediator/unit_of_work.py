@@ -16,7 +16,7 @@ import asyncio
 import logging
 from typing import Any
 
-from .fhir_client import HapiClient
+from .fhir_client import SINGLE_RESPONSE_MAX, HapiClient
 from .records import BLOCK_SYSTEM, RECORD_TYPE_SYSTEM, SOURCE, Resource, clone, tags, version_of
 
 log = logging.getLogger(__name__)
@@ -80,18 +80,15 @@ class UnitOfWork:
         """HAPI's answer for these keys, asked once per unit of work (staged records are overlaid later)."""
         cache_key = (str(limit), *block_keys)
         if cache_key not in self._searches:
-            self._searches[cache_key] = await self._hapi.search(
+            self._searches[cache_key] = await self._hapi.search_once(
                 "Patient",
-                {
-                    "_tag": ",".join(f"{BLOCK_SYSTEM}|{key}" for key in block_keys),
-                    "_count": str(min(limit + 1, 1000)),
-                },
-                max_results=limit + 1,
+                {"_tag": ",".join(f"{BLOCK_SYSTEM}|{key}" for key in block_keys)},
+                max_results=min(limit + 1, SINGLE_RESPONSE_MAX),
             )
         return self._searches[cache_key]
 
     async def prefetch_blocks(
-        self, key_sets: list[list[str]], limit: int, chunk: int = 60, cap: int = 2000, concurrency: int = 8
+        self, key_sets: list[list[str]], limit: int, chunk: int = 60, cap: int = 1000, concurrency: int = 8
     ) -> int:
         """Answer the candidate searches of many records with a few ``_tag`` searches (``chunk`` keys each)
         and fill the per-key search cache exactly as :meth:`_search_blocks` would. A search reaching ``cap``
@@ -109,10 +106,8 @@ class UnitOfWork:
                     await self._search_blocks(group, limit)
                 return
             async with sem:
-                answer = await self._hapi.search(
-                    "Patient",
-                    {"_tag": ",".join(f"{BLOCK_SYSTEM}|{k}" for k in group), "_count": "1000"},
-                    max_results=cap,
+                answer = await self._hapi.search_once(
+                    "Patient", {"_tag": ",".join(f"{BLOCK_SYSTEM}|{k}" for k in group)}, max_results=cap
                 )
             if len(answer) >= cap:
                 half = len(group) // 2
