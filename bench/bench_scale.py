@@ -59,6 +59,9 @@ AuditEvent per transaction, rows grouped by blocking key): plain creates 594 rec
 the end; bulk 169 records/s for the first 10k (29 % of plain at start), 89.5 for the next 90k, 93.9 overall
 (16 % / 7 %); single submissions p50 33 / p95 49 ms at 10k stored, p50 29 / p95 60 ms at 100.2k (p95 growth
 1.22x); RSS mediator 505 MB (with the generated records), HAPI 1801 MB. Details: docs/scale.md.
+With candidate searches no-store (same settings, fresh database): plain 575 / 1004 records/s; bulk 164.3
+for the first 10k (29 %), 92.0 for the next 90k, 96.2 overall (17 % / 10 %); single p50 28 / p95 44 ms at
+10k, p50 25 / p95 57 ms at 100.2k (1.30x); RSS mediator 503 MB, HAPI 1716 MB.
 """
 
 from __future__ import annotations
