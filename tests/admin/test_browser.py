@@ -36,12 +36,19 @@ async def test_admin_decides_a_pair_in_the_browser(
             page.set_default_timeout(90_000)
             await page.goto(f"{base}/admin/")
             assert page.url.startswith(f"{base}/admin/login")  # no session: sent to the login page
-            # keyboard only: the user field has focus
+            # keyboard only: the user field gets focus (autofocus is applied after the load event,
+            # so typing straight away on busy cores lost the first keys once; wait for it)
+            await page.wait_for_function("document.activeElement?.id === 'username'")
             await page.keyboard.type("alice")
             await page.keyboard.press("Tab")
             await page.keyboard.type(PASSWORD)
-            await page.keyboard.press("Enter")
-            await page.wait_for_url(f"{base}/admin/")
+            async with page.expect_navigation():
+                await page.keyboard.press("Enter")
+            alert = page.locator("[role=alert]")
+            assert page.url == f"{base}/admin/", (
+                page.url,
+                await alert.all_inner_texts(),
+            )
             assert await page.locator("h1").inner_text() == "Potential matches"
 
             await page.fill("#system", pair.system_b)
