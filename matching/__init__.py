@@ -7,7 +7,7 @@ Pure library (no I/O except the CLI in ``__main__``). Public interface used by t
 """
 
 from .blocking import block_keys
-from .decision import Candidate, CandidateScore, Decision, decide, score_pair
+from .decision import Candidate, CandidateScore, Decision, decide, decide_many, score_pair
 from .errors import MatchingError, RulesError
 from .explain import Explanation, FieldExplanation
 from .loading import load_rules
@@ -26,6 +26,7 @@ __all__ = [
     "RulesError",
     "block_keys",
     "decide",
+    "decide_many",
     "load_rules",
     "prepare",
     "score_pair",

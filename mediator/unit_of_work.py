@@ -30,6 +30,7 @@ class UnitOfWork:
         self._read_cache: dict[str, Resource | None] = {}
         self._staged: dict[str, Resource] = {}  # "Type/id" -> resource to PUT, in staging order
         self._searches: dict[tuple[str, ...], list[Resource]] = {}  # block keys -> HAPI's answer
+        self._staged_blocks: dict[str, set[str]] = {}  # block key -> staged source records ("Patient/id")
 
     async def read(self, resource_type: str, resource_id: str) -> Resource | None:
         key = f"{resource_type}/{resource_id}"
@@ -66,15 +67,15 @@ class UnitOfWork:
             if key not in self._read_cache:
                 self._remember(key, resource)
             by_key[key] = resource
-        wanted = set(block_keys)
-        for key, staged in self._staged.items():
-            if key.startswith("Patient/") and wanted & set(tags(staged, BLOCK_SYSTEM)):
-                by_key[key] = staged
-            elif key in by_key:  # staged without those keys any more
-                del by_key[key]
+        staged_here = set().union(*(self._staged_blocks.get(k, ()) for k in block_keys))
+        for key in [k for k in by_key if k in self._staged and k not in staged_here]:
+            del by_key[key]  # staged without those keys any more
+        if staged_here:
+            for key in [k for k in self._staged if k in staged_here]:  # in staging order, deterministically
+                by_key[key] = self._staged[key]
         # shared with the cache, not copied (copying was a third of the registry's CPU in bulk loads): the
         # candidates are only read; anything to change is read again with :meth:`read`, which copies
-        return [r for r in by_key.values() if SOURCE in tags(r, RECORD_TYPE_SYSTEM)]
+        return [r for key, r in by_key.items() if key in staged_here or _is_source(r)]
 
     async def _search_blocks(self, block_keys: list[str], limit: int) -> list[Resource]:
         """HAPI's answer for these keys, asked once per unit of work (staged records are overlaid later)."""
@@ -146,8 +147,13 @@ class UnitOfWork:
 
     def put(self, resource: Resource) -> None:
         key = f"{resource['resourceType']}/{resource['id']}"
-        self._staged.pop(key, None)  # re-staging moves it to the end, after what it may refer to
+        previous = self._staged.pop(key, None)  # re-staging moves it to the end, after what it may refer to
+        if previous is not None:
+            for block in _source_blocks(previous):
+                self._staged_blocks[block].discard(key)
         self._staged[key] = clone(resource)
+        for block in _source_blocks(resource):
+            self._staged_blocks.setdefault(block, set()).add(key)
 
     @property
     def staged(self) -> dict[str, Resource]:
@@ -178,3 +184,14 @@ class UnitOfWork:
             if "_history" in parts:
                 versions[key] = parts[parts.index("_history") + 1]
         return versions
+
+
+def _is_source(resource: Resource) -> bool:
+    return SOURCE in tags(resource, RECORD_TYPE_SYSTEM)
+
+
+def _source_blocks(resource: Resource) -> list[str]:
+    """The blocking keys under which a staged record is a candidate: a source Patient's block tags."""
+    if resource.get("resourceType") != "Patient" or not _is_source(resource):
+        return []
+    return tags(resource, BLOCK_SYSTEM)

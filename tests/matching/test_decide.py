@@ -180,3 +180,28 @@ def test_prepared_records_decide_like_the_patients(rules: matching.Rules) -> Non
     )
     assert prepared.to_dict() == full.to_dict()
     assert matching.prepare(a, rules, canon)["family"] is matching.prepare(others[0], rules, canon)["family"]
+
+
+def test_deciding_many_at_once_gives_each_record_its_own_decision(rules: matching.Rules) -> None:
+    """decide_many compares every pair of many records in one table: each record's decision (scores, levels,
+    explanation) must be exactly what deciding it alone gives, candidates shared or not."""
+    from bench.population import generate_population
+
+    people, _ = generate_population(300, seed=11)
+    index: dict[str, list[dict]] = {}
+    for p in people:
+        for key in matching.block_keys(p, rules):
+            index.setdefault(key, []).append(p)
+    items = []
+    for p in people[:150]:
+        near = {c["id"]: c for key in matching.block_keys(p, rules) for c in index[key] if c is not p}
+        items.append((p, [matching.Candidate(i, "golden-" + i, c) for i, c in near.items()]))
+    items.append((people[150], []))  # no candidates
+    assert sum(len(c) for _, c in items) > 300  # shared candidates: the table holds each once
+    many = matching.decide_many(items, rules)
+    one_by_one = [matching.decide(p, cands, rules) for p, cands in items]
+    assert many == one_by_one
+    for a, b in zip(many, one_by_one, strict=True):  # per-field levels, weights and values shown
+        assert [s.explanation.fields for s in a.scores] == [s.explanation.fields for s in b.scores]
+    outcomes = {d.outcome for d in many}
+    assert {"match", "no_match"} <= outcomes

@@ -50,3 +50,37 @@ async def test_split_prefetch_answers_like_one_search_per_key(hapi_url):
 
         whole = UnitOfWork(hapi)
         assert await whole.prefetch_blocks(key_sets, limit, chunk=4, cap=1000) == 1, "one search when small"
+
+
+async def test_staged_records_are_found_under_their_staged_keys_only(hapi_url):
+    family = unique_surname()
+    one, two = f"test:{family}:one", f"test:{family}:two"
+
+    def source(n: int, keys: list[str]) -> dict:
+        patient = {"resourceType": "Patient", "name": [{"family": family}]}
+        record_id = f"src-test-{family.lower()}-{n}"
+        return records.build_source_record(
+            patient, record_id, client_id=None, golden_id="unused", block_keys=keys
+        ) | {"link": []}
+
+    async with aiohttp.ClientSession() as session:
+        hapi = HapiClient(session, hapi_url, 30, 5)
+        writer = UnitOfWork(hapi)
+        writer.put(source(0, [one]))
+        await writer.commit()
+
+        uow = UnitOfWork(hapi)
+        ids = lambda found: sorted(r["id"] for r in found)  # noqa: E731
+        stored = f"src-test-{family.lower()}-0"
+        assert ids(await uow.find_sources([one], 10)) == [stored]
+        uow.put(source(1, [one]))  # a new record staged under "one"
+        assert ids(await uow.find_sources([one], 10)) == sorted([stored, f"src-test-{family.lower()}-1"])
+        uow.put(source(1, [two]))  # re-staged under "two" only
+        uow.put(source(0, [two]))  # the stored record's staged version moves to "two" as well
+        assert await uow.find_sources([one], 10) == []
+        assert ids(await uow.find_sources([two], 10)) == sorted([stored, f"src-test-{family.lower()}-1"])
+        golden = records.new_golden(records.new_golden_id(), "urn:test:cruid")
+        uow.put(golden)  # golden records are never candidates
+        assert stored in ids(await uow.find_sources([two, one], 10)) and golden["id"] not in ids(
+            await uow.find_sources([two, one], 10)
+        )
