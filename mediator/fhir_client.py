@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -19,6 +18,8 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import aiohttp
+import numpy as np
+import orjson
 
 from .errors import Conflict, NotFound, Unprocessable, UpstreamTimeout, UpstreamUnavailable
 
@@ -85,12 +86,18 @@ class HapiClient:
         url = path if path.startswith("http") else f"{self.base_url}/{path.lstrip('/')}"
         if params:
             url = f"{url}?{urlencode(params)}"
-        data = json.dumps(body, separators=(",", ":")) if body is not None else None
+        data = orjson.dumps(body, default=_plain) if body is not None else None
         req_headers = {"Accept": FHIR_JSON, **(headers or {})}
         if data is not None:
             req_headers["Content-Type"] = FHIR_JSON
-        record = CallRecord(name=name, method=method, url=url, request_body=data, started=_now())
         recorder = current_recorder.get()
+        record = CallRecord(
+            name=name,
+            method=method,
+            url=url,
+            request_body=data.decode() if data is not None and recorder is not None else None,
+            started=_now(),
+        )
         if recorder is not None:
             recorder.calls.append(record)
         t0 = time.perf_counter()
@@ -98,7 +105,7 @@ class HapiClient:
             async with self._session.request(
                 method, url, data=data, headers=req_headers, timeout=self._timeout
             ) as resp:
-                text = await resp.text()
+                raw = await resp.read()
                 status = resp.status
         except TimeoutError as exc:
             record.error = "timeout"
@@ -110,9 +117,11 @@ class HapiClient:
             record.finished = _now()
             log.warning("hapi call failed", extra={"call": name, "error": type(exc).__name__})
             raise UpstreamUnavailable(f"The FHIR store is unavailable ({name}).") from exc
-        record.status, record.response_body, record.finished = status, text, _now()
+        record.status, record.finished = status, _now()
+        if recorder is not None:  # the orchestration shown in OpenHIM
+            record.response_body = raw.decode("utf-8", errors="replace")
         log.debug("hapi %s %s -> %s in %.1f ms", method, name, status, (time.perf_counter() - t0) * 1000)
-        payload = json.loads(text) if text and text.lstrip().startswith("{") else None
+        payload = _parse(raw)
         if status in accept_status or 200 <= status < 300:
             return status, payload
         diagnostics = _diagnostics(payload) or f"HTTP {status}"
@@ -233,3 +242,22 @@ async def wait_until_ready(client: HapiClient, timeout_s: float) -> None:
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.5)  # poll interval while HAPI boots
+
+
+def _parse(raw: bytes) -> dict[str, Any] | None:
+    """HAPI's JSON answer (orjson: a bulk batch parses tens of thousands of candidate records); None when the
+    body is empty or not a JSON object (an HTML error page of a proxy)."""
+    if not raw.lstrip().startswith(b"{"):
+        return None
+    try:
+        payload = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return payload if isinstance(payload, dict) else None
+
+
+def _plain(value: Any) -> Any:
+    """What orjson cannot write itself: numpy scalars (scores) as Python numbers."""
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
