@@ -268,10 +268,10 @@ class Registry:
         """The entry's own stored record, its current golden id and the candidates to score: source records
         sharing a blocking key, except itself and the people its person was decided to be different from."""
         existing, found = await asyncio.gather(
-            uow.read("Patient", prepared.source_id), uow.find_sources(prepared.block_keys, cfg.max_candidates)
+            uow.peek("Patient", prepared.source_id), uow.find_sources(prepared.block_keys, cfg.max_candidates)
         )
         current = records.golden_id_of(existing) if existing else None
-        current_golden = await uow.read("Patient", current) if current else None
+        current_golden = await uow.peek("Patient", current) if current else None
         never = records.distinct_from(current_golden) if current_golden else set()
         candidates = [
             matching.Candidate(id=r["id"], golden_id=gid, resource=r)
@@ -313,7 +313,7 @@ class Registry:
             uow.prefetch("Patient", [p.source_id for p in prepared]),
             uow.prefetch_blocks([p.block_keys for p in prepared if p.block_keys], cfg.max_candidates),
         )
-        owns = [await uow.read("Patient", p.source_id) for p in prepared]  # cached now
+        owns = [await uow.peek("Patient", p.source_id) for p in prepared]  # cached now
         await uow.prefetch("Patient", sorted({g for own in owns if own and (g := records.golden_id_of(own))}))
         found = [await self._candidates(p, uow, cfg) for p in prepared]
         decisions = await _decide_many(
@@ -348,14 +348,14 @@ class Registry:
         return walk.live
 
     async def _only_source(self, uow: UnitOfWork, golden_id: str, source_id: str) -> bool:
-        golden = await uow.read("Patient", golden_id)
+        golden = await uow.peek("Patient", golden_id)
         return golden is not None and set(records.source_ids_of(golden)) <= {source_id}
 
     async def _stage_reviews(
         self, uow: UnitOfWork, decision: matching.Decision, source_id: str, golden_id: str
     ) -> None:
         for task in _review_tasks(decision, source_id, golden_id):
-            stored = await uow.read("Task", task["id"])
+            stored = await uow.peek("Task", task["id"])
             if stored is None or stored.get("status") in (OPEN, WITHDRAWN):
                 uow.put(task)
 

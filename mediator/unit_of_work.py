@@ -33,14 +33,19 @@ class UnitOfWork:
         self._staged_blocks: dict[str, set[str]] = {}  # block key -> staged source records ("Patient/id")
 
     async def read(self, resource_type: str, resource_id: str) -> Resource | None:
+        """The record as staged, else as read from HAPI (once per unit of work): a private copy to change."""
+        resource = await self.peek(resource_type, resource_id)
+        return clone(resource) if resource is not None else None
+
+    async def peek(self, resource_type: str, resource_id: str) -> Resource | None:
+        """:meth:`read` without the copy, for looking only: the caller must not change what it gets."""
         key = f"{resource_type}/{resource_id}"
         if key in self._staged:
-            return clone(self._staged[key])
+            return self._staged[key]
         if key not in self._read_cache:
             resource = await self._hapi.read(resource_type, resource_id)
             self._remember(key, resource)
-        cached = self._read_cache[key]
-        return clone(cached) if cached is not None else None
+        return self._read_cache[key]
 
     def _remember(self, key: str, resource: Resource | None) -> None:
         self._read_cache[key] = resource
@@ -75,17 +80,18 @@ class UnitOfWork:
                 by_key[key] = self._staged[key]
         # shared with the cache, not copied (copying was a third of the registry's CPU in bulk loads): the
         # candidates are only read; anything to change is read again with :meth:`read`, which copies
-        return [r for key, r in by_key.items() if key in staged_here or _is_source(r)]
+        return list(by_key.values())
 
     async def _search_blocks(self, block_keys: list[str], limit: int) -> list[Resource]:
         """HAPI's answer for these keys, asked once per unit of work (staged records are overlaid later)."""
         cache_key = (str(limit), *block_keys)
         if cache_key not in self._searches:
-            self._searches[cache_key] = await self._hapi.search_once(
+            answer = await self._hapi.search_once(
                 "Patient",
                 {"_tag": ",".join(f"{BLOCK_SYSTEM}|{key}" for key in block_keys)},
                 max_results=min(limit + 1, SINGLE_RESPONSE_MAX),
             )
+            self._searches[cache_key] = _block(answer, limit)
         return self._searches[cache_key]
 
     async def prefetch_blocks(
@@ -120,7 +126,7 @@ class UnitOfWork:
                     if tag in per_key:
                         per_key[tag][resource["id"]] = resource
             for k in group:  # complete blocks: the search returned every record with any of the keys
-                self._searches.setdefault((str(limit), k), list(per_key[k].values())[: limit + 1])
+                self._searches.setdefault((str(limit), k), _block(list(per_key[k].values()), limit))
 
         await asyncio.gather(*(fetch(keys[i : i + chunk]) for i in range(0, len(keys), chunk)))
         return searches
@@ -184,6 +190,13 @@ class UnitOfWork:
             if "_history" in parts:
                 versions[key] = parts[parts.index("_history") + 1]
         return versions
+
+
+def _block(answer: list[Resource], limit: int) -> list[Resource]:
+    """A block as kept: its source records, or more than ``limit`` records when it is oversized (skipped)."""
+    if len(answer) > limit:
+        return answer[: limit + 1]
+    return [r for r in answer if _is_source(r)]
 
 
 def _is_source(resource: Resource) -> bool:
