@@ -50,7 +50,7 @@ from typing import Any, Protocol
 
 from .audit import Actor
 from .errors import RegistryError, UpstreamTimeout, UpstreamUnavailable
-from .registry import Registry, Submission, SubmissionResult
+from .registry import Prepared, Registry, Submission, SubmissionResult
 from .validation import validate_patient
 
 CSV_COLUMNS = (
@@ -190,14 +190,19 @@ class InProcess:
         self.registry = registry
         self.system = system
         self.actor = Actor(client_id=None, address="bulk-load")
+        self._located: dict[int, Prepared] = {}  # id(patient) -> prepared by locate, until submitted
 
     async def submit(self, rows: Sequence[Row]) -> list[Decision]:
-        subs = [
-            Submission(
-                patient=r.patient or {}, actor=self.actor, conditional=_key(r.patient or {}, self.system)
-            )
-            for r in rows
-        ]
+        subs: list[Submission | Prepared] = []
+        for r in rows:
+            patient = r.patient or {}
+            known = self._located.pop(id(patient), None)
+            if known is not None and known.submission.patient is patient:
+                subs.append(known)  # prepared once, by locate
+            else:
+                subs.append(
+                    Submission(patient=patient, actor=self.actor, conditional=_key(patient, self.system))
+                )
         results = await self.registry.submit_all(subs)
         return [_decision(r.number, res) for r, res in zip(rows, results, strict=True)]
 
@@ -207,6 +212,7 @@ class InProcess:
             prepared = self.registry.prepare(sub, self.registry.config.current)
         except RegistryError:
             return None, []  # refused when submitted, with its row number
+        self._located[id(patient)] = prepared
         return prepared.source_id, prepared.block_keys
 
 

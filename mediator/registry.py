@@ -48,7 +48,8 @@ class Prepared:
     source_system: str
     source_value: str
     source_id: str
-    block_keys: list[str]  # matching.block_keys of the submitted Patient under the current rules
+    block_keys: list[str]  # matching.block_keys of the submitted Patient under ``config.rules``
+    config: RegistryConfig  # what it was prepared (checked, keyed) under
 
 
 @dataclass(frozen=True)
@@ -92,13 +93,18 @@ class Registry:
         results = await self.submit_all([submission])
         return results[0]
 
-    async def submit_all(self, submissions: Sequence[Submission]) -> list[SubmissionResult]:
-        """Decide and write several submissions as one all-or-nothing HAPI transaction."""
+    async def submit_all(self, submissions: Sequence[Submission | Prepared]) -> list[SubmissionResult]:
+        """Decide and write several submissions as one all-or-nothing HAPI transaction. A submission may come
+        already :meth:`prepare`-d (a bulk load prepares rows to group them); it is prepared again if the
+        configuration (rules, client systems) changed meanwhile."""
         await self.config.settled()  # the applied rules are read (HAPI was unreachable at start-up)
         cfg = self.config.current
         if not submissions:
             return []
-        prepared = [self.prepare(s, cfg) for s in submissions]  # raises before anything is written
+        prepared = [  # raises before anything is written
+            s if isinstance(s, Prepared) and s.config is cfg else self.prepare(_submission(s), cfg)
+            for s in submissions
+        ]
         ids = [p.source_id for p in prepared]
         if len(set(ids)) != len(ids):
             raise InvalidInput("The same source identifier appears twice in one transaction.")
@@ -194,7 +200,7 @@ class Registry:
             raise InvalidInput(
                 f"Patient/{submission.target_id} is not the record of the identifier {system}|{value}."
             )
-        return Prepared(submission, system, value, source_id, matching.block_keys(patient, cfg.rules))
+        return Prepared(submission, system, value, source_id, matching.block_keys(patient, cfg.rules), cfg)
 
     async def _process(
         self,
@@ -394,6 +400,10 @@ def _review_tasks(decision: matching.Decision, source_id: str, golden_id: str) -
         )
         for other, s in best.items()
     ]
+
+
+def _submission(s: Submission | Prepared) -> Submission:
+    return s.submission if isinstance(s, Prepared) else s
 
 
 def choose_golden(
