@@ -90,13 +90,32 @@ def create_app(
             app[REGISTRY] = Registry(hapi, app[CONFIG], lock_manager, settings.conflict_retries)
             # the rules a re-match applied (stored in HAPI) win over CR_RULES; broken ones fail start-up
             loading = await applied_rules.install(app[CONFIG], hapi)
+            # and every replica notices when a re-match on another one (or a reset) changes them
+            watching = (
+                asyncio.create_task(
+                    applied_rules.watch(app[CONFIG], hapi, settings.rules_poll_s, after_rules_change),
+                    name="applied-rules-watch",
+                )
+                if settings.rules_poll_s > 0
+                else None
+            )
             try:
                 yield
             finally:
-                if loading is not None:
-                    loading.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await loading
+                for task in (loading, watching):
+                    if task is not None:
+                        task.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await task
+
+    def after_rules_change() -> None:
+        """The stored rules changed: a console config in force is built again over them (its text wins)."""
+        if settings.openhim_api_url:
+            from .openhim import OPENHIM
+
+            link = app.get(OPENHIM)
+            if link is not None:
+                link.reapply(app[CONFIG], app[HAPI])
 
     app.cleanup_ctx.append(hapi_session)
     if settings.openhim_api_url:  # behind OpenHIM: envelope, registration, heartbeat, live config
