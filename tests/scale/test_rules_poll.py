@@ -150,3 +150,28 @@ async def test_hapi_unreachable_during_a_poll_keeps_the_rules(settings, facility
         assert holder.current is rules_before and holder.stored_version == version_before
         assert holder.pending is None  # no 503 because one poll failed
         assert await _outcome(client, facility, "U1", unique_surname()) == "no_match"
+
+
+def test_a_console_rules_text_still_wins_over_rules_stored_while_running():
+    """After a poll installs stored rules, the console config in force is built again over them."""
+    from mediator.config import RegistryConfig, RulesOrigin
+    from mediator.fhir_client import HapiClient
+    from mediator.openhim import OpenHIMLink
+
+    settings = Settings()
+    holder = ConfigHolder(RegistryConfig.from_settings(settings), RulesOrigin(path=str(settings.rules_path)))
+    hapi = HapiClient(None, settings.hapi_base_url, 1.0, 1.0)  # type: ignore[arg-type]  # never called
+    stored = applied_rules.AppliedRules.of(_rules(42.0, 21.0).to_dict(), "job-7", "alice").to_resource()
+    stored["meta"] = {"versionId": "3"}
+
+    link = OpenHIMLink(settings, {"urn": "urn:test"})
+    assert link.apply({"rules": yaml.safe_dump(_rules(30.0, 10.0).to_dict())}, holder, hapi)
+    assert applied_rules._install(holder, stored) is True and link.reapply(holder, hapi)
+    assert holder.current.rules.auto_threshold == 30.0  # the console's own text wins
+    assert holder.origin.job_id == "job-7" and holder.stored_version == "3"
+
+    link = OpenHIMLink(settings, {"urn": "urn:test"})
+    assert link.apply({"rules": ""}, holder, hapi)  # empty console rules: the rules in effect
+    applied_rules.use_file(holder)
+    assert applied_rules._install(holder, stored) is True and link.reapply(holder, hapi)
+    assert holder.current.rules.auto_threshold == 42.0
