@@ -60,6 +60,16 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     return response
 
 
+def _console_over_stored_rules(app: web.Application) -> None:
+    """The stored rules changed: a console config in force is built again over them (its rules text wins)."""
+    if app[SETTINGS].openhim_api_url:
+        from .openhim import OPENHIM
+
+        link = app.get(OPENHIM)
+        if link is not None and HAPI in app:
+            link.reapply(app[CONFIG], app[HAPI])
+
+
 def create_app(
     settings: Settings,
     *,
@@ -73,6 +83,7 @@ def create_app(
     )
     holder.base_shared_systems = frozenset(settings.shared_identifier_systems)
     app[CONFIG] = holder
+    holder.rules_swapped = lambda: _console_over_stored_rules(app)
     if locks is None and settings.locks == "postgres":  # shared by replicas
         from . import pg_locks
 
@@ -93,7 +104,7 @@ def create_app(
             # and every replica notices when a re-match on another one (or a reset) changes them
             watching = (
                 asyncio.create_task(
-                    applied_rules.watch(app[CONFIG], hapi, settings.rules_poll_s, after_rules_change),
+                    applied_rules.watch(app[CONFIG], hapi, settings.rules_poll_s),
                     name="applied-rules-watch",
                 )
                 if settings.rules_poll_s > 0
@@ -107,15 +118,6 @@ def create_app(
                         task.cancel()
                         with contextlib.suppress(asyncio.CancelledError):
                             await task
-
-    def after_rules_change() -> None:
-        """The stored rules changed: a console config in force is built again over them (its text wins)."""
-        if settings.openhim_api_url:
-            from .openhim import OPENHIM
-
-            link = app.get(OPENHIM)
-            if link is not None:
-                link.reapply(app[CONFIG], app[HAPI])
 
     app.cleanup_ctx.append(hapi_session)
     if settings.openhim_api_url:  # behind OpenHIM: envelope, registration, heartbeat, live config

@@ -35,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -234,6 +234,8 @@ def _install(holder: ConfigHolder, resource: Mapping[str, Any] | None) -> bool:
     first = holder.stored_version is None
     holder.stored_version = version_of(resource)
     holder.pending = None
+    if changed and holder.rules_swapped is not None:
+        holder.rules_swapped()
     if changed or first:
         rules_now = holder.current.rules
         log.info(
@@ -278,15 +280,14 @@ def _refuse_until_fixed(holder: ConfigHolder, hapi: HapiClient) -> None:
     holder.pending = pending
 
 
-async def poll(
-    holder: ConfigHolder, hapi: HapiClient, after_change: Callable[[], None] | None = None
-) -> bool:
+async def poll(holder: ConfigHolder, hapi: HapiClient) -> bool:
     """One look at the stored document's version; on a change, the start-up path (:func:`_install`).
 
-    Returns True if the live rules changed (then ``after_change()`` runs: the OpenHIM console config is built
-    again over them, so its own rules text keeps winning). HAPI unreachable: the rules stay, a warning is
-    logged, the next period tries again. A broken document: the rules stay but submissions are refused (503,
-    naming ``reset-rules``) until it is fixed or reset — replicas never silently decide with different rules.
+    Returns True if the live rules changed (then ``holder.rules_swapped()`` runs: the OpenHIM console config
+    is built again over them, so its own rules text keeps winning). HAPI unreachable: the rules stay, a
+    warning is logged, the next period tries again. A broken document: the rules stay but submissions are
+    refused (503, naming ``reset-rules``) until it is fixed or reset — replicas never silently decide with
+    different rules.
     """
     try:
         stable, resource = await _read_stable(holder, hapi)
@@ -302,7 +303,7 @@ async def poll(
     if version == holder.stored_version:
         return False
     try:
-        changed = _install(holder, resource)
+        return _install(holder, resource)
     except StoredRulesError as exc:
         holder.stored_version = version
         _refuse_until_fixed(holder, hapi)
@@ -311,22 +312,14 @@ async def poll(
             extra={"rules_version": version, "problems": exc.problems},
         )
         return False
-    if changed and after_change is not None:
-        after_change()
-    return changed
 
 
-async def watch(
-    holder: ConfigHolder,
-    hapi: HapiClient,
-    period_s: float,
-    after_change: Callable[[], None] | None = None,
-) -> None:
+async def watch(holder: ConfigHolder, hapi: HapiClient, period_s: float) -> None:
     """Every ``period_s``: :func:`poll` (the app's background task; cancelled at shutdown)."""
     while True:
         await asyncio.sleep(period_s)  # the poll period
         try:
-            await poll(holder, hapi, after_change)
+            await poll(holder, hapi)
         except Exception:  # never let the watch die: log, try again next period
             log.exception("checking the stored matching rules failed")
 
@@ -337,6 +330,8 @@ async def reset(holder: ConfigHolder, hapi: HapiClient) -> bool:
     removed = await remove(hapi)
     use_file(holder)
     holder.stored_version = ""
+    if holder.rules_swapped is not None:
+        holder.rules_swapped()  # a console rules text still wins over the file
     log.info(
         "applied matching rules removed; back to the rules file", extra={"rules_source": holder.origin.path}
     )

@@ -94,6 +94,9 @@ class ConfigHolder:
         self.base_shared_systems: frozenset[str] = config.shared_identifier_systems
         self.pending: Callable[[], Awaitable[None]] | None = None
         self.stored_version: str | None = None
+        # called after rules read from HAPI (or a reset) were swapped in: the OpenHIM link builds its console
+        # config again over them, so a console rules text keeps winning (mediator/app.py)
+        self.rules_swapped: Callable[[], None] | None = None
         self._settling = asyncio.Lock()
 
     async def settled(self) -> None:

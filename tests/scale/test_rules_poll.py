@@ -164,14 +164,13 @@ def test_a_console_rules_text_still_wins_over_rules_stored_while_running():
     stored = applied_rules.AppliedRules.of(_rules(42.0, 21.0).to_dict(), "job-7", "alice").to_resource()
     stored["meta"] = {"versionId": "3"}
 
-    link = OpenHIMLink(settings, {"urn": "urn:test"})
-    assert link.apply({"rules": yaml.safe_dump(_rules(30.0, 10.0).to_dict())}, holder, hapi)
-    assert applied_rules._install(holder, stored) is True and link.reapply(holder, hapi)
-    assert holder.current.rules.auto_threshold == 30.0  # the console's own text wins
-    assert holder.origin.job_id == "job-7" and holder.stored_version == "3"
-
-    link = OpenHIMLink(settings, {"urn": "urn:test"})
-    assert link.apply({"rules": ""}, holder, hapi)  # empty console rules: the rules in effect
-    applied_rules.use_file(holder)
-    assert applied_rules._install(holder, stored) is True and link.reapply(holder, hapi)
-    assert holder.current.rules.auto_threshold == 42.0
+    for console_rules, expected in ((yaml.safe_dump(_rules(30.0, 10.0).to_dict()), 30.0), ("", 42.0)):
+        applied_rules.use_file(holder)
+        link = OpenHIMLink(settings, {"urn": "urn:test"})
+        holder.rules_swapped = lambda link=link: link.reapply(holder, hapi)  # as create_app wires it
+        assert link.apply({"rules": console_rules}, holder, hapi)
+        assert applied_rules._install(holder, stored) is True  # what a poll does on a new version
+        assert link.configs_applied == 2  # built again over the stored rules
+        # a console rules text wins; an empty one means the rules in effect: the stored ones
+        assert holder.current.rules.auto_threshold == expected
+        assert holder.origin.job_id == "job-7" and holder.stored_version == "3"
