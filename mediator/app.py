@@ -60,6 +60,16 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     return response
 
 
+def _console_over_stored_rules(app: web.Application) -> None:
+    """The stored rules changed: a console config in force is built again over them (its rules text wins)."""
+    if app[SETTINGS].openhim_api_url:
+        from .openhim import OPENHIM
+
+        link = app.get(OPENHIM)
+        if link is not None and HAPI in app:
+            link.reapply(app[CONFIG], app[HAPI])
+
+
 def create_app(
     settings: Settings,
     *,
@@ -73,6 +83,7 @@ def create_app(
     )
     holder.base_shared_systems = frozenset(settings.shared_identifier_systems)
     app[CONFIG] = holder
+    holder.rules_swapped = lambda: _console_over_stored_rules(app)
     if locks is None and settings.locks == "postgres":  # shared by replicas
         from . import pg_locks
 
@@ -90,13 +101,23 @@ def create_app(
             app[REGISTRY] = Registry(hapi, app[CONFIG], lock_manager, settings.conflict_retries)
             # the rules a re-match applied (stored in HAPI) win over CR_RULES; broken ones fail start-up
             loading = await applied_rules.install(app[CONFIG], hapi)
+            # and every replica notices when a re-match on another one (or a reset) changes them
+            watching = (
+                asyncio.create_task(
+                    applied_rules.watch(app[CONFIG], hapi, settings.rules_poll_s),
+                    name="applied-rules-watch",
+                )
+                if settings.rules_poll_s > 0
+                else None
+            )
             try:
                 yield
             finally:
-                if loading is not None:
-                    loading.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await loading
+                for task in (loading, watching):
+                    if task is not None:
+                        task.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await task
 
     app.cleanup_ctx.append(hapi_session)
     if settings.openhim_api_url:  # behind OpenHIM: envelope, registration, heartbeat, live config

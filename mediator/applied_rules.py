@@ -9,15 +9,25 @@ job (:class:`mediator.rematch.RematchJob`) writes it when it makes its rules liv
 ``CR_RULES`` file; without one the file's rules stay. The OpenHIM console's own ``rules`` text, when set,
 still wins over both (an explicit edit); an empty console ``rules`` means "the rules in effect" (applied,
 else the file). :func:`reset` (``POST /admin/jobs/rules/reset`` or ``python -m mediator.admin reset-rules``)
-deletes the document and goes back to the file (other replicas at their next start).
+deletes the document and goes back to the file.
+
+**While running.** Each app polls the document's version every ``CR_RULES_POLL_S`` seconds (:func:`watch`,
+default 10, 0 = never; one small read on the app's HAPI client). When ``meta.versionId`` (or the document's
+presence) differs from what it last installed, the document goes through the same validation and
+installation as at start-up (:func:`poll`), then the OpenHIM console config, if any, is built again over it
+(same precedence as at start-up). So a re-match applied on one replica, or a reset, reaches every other
+replica within one period; the replica that wrote the document finds its own rules already in effect and
+changes nothing. HAPI unreachable during a poll: the rules stay, a warning is logged, the next period tries
+again.
 
 **Failure mode.** The stored YAML is validated by the same loader as the file (``matching.load_rules``). A
 broken stored document **fails start-up** with a :class:`StoredRulesError` naming the problems and the way
 out (``python -m mediator.admin reset-rules``): replicas must never silently decide with different rules.
 If HAPI is unreachable at start-up the mediator starts anyway and reads the document in the background;
 until it is read, submissions wait for it (:meth:`mediator.config.ConfigHolder.settled`) and fail with 503
-while HAPI stays unreachable (as they would anyway); a broken document found then refuses submissions (503)
-until reset.
+while HAPI stays unreachable (as they would anyway); a broken document found then — or by a poll while
+running — refuses submissions (503, naming the reset command) until it is fixed or reset; the rules in
+memory are not replaced by it.
 """
 
 from __future__ import annotations
@@ -187,28 +197,141 @@ def use_file(holder: ConfigHolder) -> None:
     holder.pending = None
 
 
-async def load(holder: ConfigHolder, hapi: HapiClient) -> None:
-    """Read the stored rules (if any) into ``holder``; logs which rules are in effect (never demographics)."""
-    applied = await read(hapi)
-    if applied is not None:
-        use(holder, applied, applied.rules())
-    holder.pending = None
-    rules = holder.current.rules
-    log.info(
-        "matching rules in effect",
-        extra={
-            "rules_source": holder.origin.describe(),
-            "rules_name": rules.name,
-            "auto_match": rules.auto_threshold,
-            "potential_match": rules.potential_threshold,
-        },
+def version_of(resource: Mapping[str, Any] | None) -> str:
+    """The stored document's ``meta.versionId`` (``""``: no document) — what :func:`poll` compares."""
+    if resource is None:
+        return ""
+    meta = resource.get("meta") or {}
+    return str(meta.get("versionId") or meta.get("lastUpdated") or "?")
+
+
+def _in_effect(holder: ConfigHolder, applied: AppliedRules, rules: matching.Rules) -> bool:
+    """``applied`` is already what this process decides with (e.g. its own re-match job wrote it)."""
+    origin = holder.origin
+    return (
+        origin.job_id == applied.job_id
+        and origin.applied_at == applied.applied_at
+        and origin.doc == rules.to_dict()
     )
 
 
+def _install(holder: ConfigHolder, resource: Mapping[str, Any] | None) -> bool:
+    """Make the stored document ``resource`` (None: none) the live rules; True if the rules changed.
+
+    The one validation/installation path of start-up and of :func:`poll`: broken rules raise
+    :class:`StoredRulesError` and change nothing; rules already in effect are not installed again.
+    """
+    if resource is None:
+        changed = holder.origin.applied
+        if changed:
+            use_file(holder)
+    else:
+        applied = AppliedRules.from_resource(resource)
+        rules = applied.rules()
+        changed = not _in_effect(holder, applied, rules)
+        if changed:
+            use(holder, applied, rules)
+    first = holder.stored_version is None
+    holder.stored_version = version_of(resource)
+    holder.pending = None
+    if changed and holder.rules_swapped is not None:
+        holder.rules_swapped()
+    if changed or first:
+        rules_now = holder.current.rules
+        log.info(
+            "matching rules in effect",
+            extra={
+                "rules_source": holder.origin.describe(),
+                "rules_version": holder.stored_version or None,
+                "rules_name": rules_now.name,
+                "auto_match": rules_now.auto_threshold,
+                "potential_match": rules_now.potential_threshold,
+            },
+        )
+    return changed
+
+
+async def _read_stable(holder: ConfigHolder, hapi: HapiClient) -> tuple[bool, dict[str, Any] | None]:
+    """``(stable, the stored document)``; not stable if the live rules were swapped while it was being read (a
+    re-match job or ``reset`` here, the console): what was read may predate that swap and must not undo it."""
+    generation = holder.generation
+    resource = await hapi.read(RESOURCE_TYPE, RESOURCE_ID)
+    return holder.generation == generation, resource
+
+
+async def load(holder: ConfigHolder, hapi: HapiClient) -> None:
+    """Read the stored rules (if any) into ``holder``; logs which rules are in effect (never demographics)."""
+    stable, resource = await _read_stable(holder, hapi)
+    while not stable:  # swapped meanwhile: read again
+        stable, resource = await _read_stable(holder, hapi)
+    _install(holder, resource)
+
+
+def _refuse_until_fixed(holder: ConfigHolder, hapi: HapiClient) -> None:
+    """Submissions wait for / are refused (503 naming the reset command) until the stored rules are usable."""
+
+    async def pending() -> None:
+        try:
+            await load(holder, hapi)
+        except StoredRulesError as exc:
+            log.error("stored matching rules are invalid", extra={"problems": exc.problems})
+            raise UpstreamUnavailable(str(exc)) from exc
+
+    holder.pending = pending
+
+
+async def poll(holder: ConfigHolder, hapi: HapiClient) -> bool:
+    """One look at the stored document's version; on a change, the start-up path (:func:`_install`).
+
+    Returns True if the live rules changed (then ``holder.rules_swapped()`` runs: the OpenHIM console config
+    is built again over them, so its own rules text keeps winning). HAPI unreachable: the rules stay, a
+    warning is logged, the next period tries again. A broken document: the rules stay but submissions are
+    refused (503, naming ``reset-rules``) until it is fixed or reset — replicas never silently decide with
+    different rules.
+    """
+    try:
+        stable, resource = await _read_stable(holder, hapi)
+    except (UpstreamUnavailable, UpstreamTimeout) as exc:
+        log.warning(
+            "FHIR store unreachable while checking the stored matching rules; the current ones stay",
+            extra={"error": type(exc).__name__},
+        )
+        return False
+    if not stable:
+        return False  # swapped here meanwhile: look again next period
+    version = version_of(resource)
+    if version == holder.stored_version:
+        return False
+    try:
+        return _install(holder, resource)
+    except StoredRulesError as exc:
+        holder.stored_version = version
+        _refuse_until_fixed(holder, hapi)
+        log.error(
+            "stored matching rules changed and are invalid; submissions are refused until they are reset",
+            extra={"rules_version": version, "problems": exc.problems},
+        )
+        return False
+
+
+async def watch(holder: ConfigHolder, hapi: HapiClient, period_s: float) -> None:
+    """Every ``period_s``: :func:`poll` (the app's background task; cancelled at shutdown)."""
+    while True:
+        await asyncio.sleep(period_s)  # the poll period
+        try:
+            await poll(holder, hapi)
+        except Exception:  # never let the watch die: log, try again next period
+            log.exception("checking the stored matching rules failed")
+
+
 async def reset(holder: ConfigHolder, hapi: HapiClient) -> bool:
-    """Delete the stored rules and use the file's again (this process; other replicas at their next start)."""
+    """Delete the stored rules and use the file's again (this process now; other replicas at their next
+    :func:`poll`)."""
     removed = await remove(hapi)
     use_file(holder)
+    holder.stored_version = ""
+    if holder.rules_swapped is not None:
+        holder.rules_swapped()  # a console rules text still wins over the file
     log.info(
         "applied matching rules removed; back to the rules file", extra={"rules_source": holder.origin.path}
     )
@@ -221,14 +344,7 @@ async def install(holder: ConfigHolder, hapi: HapiClient) -> asyncio.Task[None] 
     If HAPI is unreachable, returns a background task that keeps trying; submissions wait for it meanwhile.
     """
 
-    async def pending() -> None:
-        try:
-            await load(holder, hapi)
-        except StoredRulesError as exc:
-            log.error("stored matching rules are invalid", extra={"problems": exc.problems})
-            raise UpstreamUnavailable(str(exc)) from exc
-
-    holder.pending = pending
+    _refuse_until_fixed(holder, hapi)
     try:
         await load(holder, hapi)
         return None

@@ -78,7 +78,12 @@ class ConfigHolder:
 
     ``origin`` says where its rules come from. While the rules applied by a re-match (stored in HAPI) have
     not been read yet — HAPI was unreachable at start-up — ``pending`` reads them; the registry awaits
-    :meth:`settled` before deciding, so no submission is decided with the file's rules meanwhile.
+    :meth:`settled` before deciding, so no submission is decided with the file's rules meanwhile; a broken
+    stored document found later (start-up in the background, or a poll while running) leaves ``pending`` set,
+    so submissions are refused (503) until it is fixed or reset.
+
+    ``stored_version`` is the ``meta.versionId`` of the stored rules document last read (``""``: there was
+    none; ``None``: not read yet); :func:`mediator.applied_rules.poll` compares it with HAPI's.
     """
 
     def __init__(self, config: RegistryConfig, origin: RulesOrigin | None = None) -> None:
@@ -88,6 +93,10 @@ class ConfigHolder:
         # the shared identifier systems configured outside the rules (a rules swap adds the new rules' own)
         self.base_shared_systems: frozenset[str] = config.shared_identifier_systems
         self.pending: Callable[[], Awaitable[None]] | None = None
+        self.stored_version: str | None = None
+        # called after rules read from HAPI (or a reset) were swapped in: the OpenHIM link builds its console
+        # config again over them, so a console rules text keeps winning (mediator/app.py)
+        self.rules_swapped: Callable[[], None] | None = None
         self._settling = asyncio.Lock()
 
     async def settled(self) -> None:

@@ -236,6 +236,18 @@ class OpenHIMLink:
                 await self._notify()
             await asyncio.sleep(self.settings.openhim_heartbeat_s)  # the heartbeat interval
 
+    def reapply(self, holder: ConfigHolder, hapi: HapiClient) -> bool:
+        """The rules stored in HAPI changed (:func:`mediator.applied_rules.poll`): build the console config in
+        force again over them, so a console ``rules`` text keeps winning and an empty one takes them."""
+        source = self._applied_source
+        if source is None:
+            return False
+        self._applied_source = None
+        if not self.apply(source, holder, hapi):
+            self._applied_source = source  # refused (logged): not tried again on every heartbeat
+            return False
+        return True
+
     def apply(self, config: Any, holder: ConfigHolder, hapi: HapiClient) -> bool:
         """Validate a console config and swap it in; an invalid one is logged and the old one kept."""
         if config == self._applied_source:

@@ -39,7 +39,8 @@ counted from it and not submitted again, so every change is audited once and the
 uninterrupted run (``tests/scale/test_rematch_resume.py``).
 
 The applied rules are stored in HAPI (:mod:`mediator.applied_rules`, ``Basic/cr-rules-applied``) when the
-job makes them live, so a restart or another replica uses them too (they win over ``CR_RULES``).
+job makes them live, so a restart or another replica uses them too (they win over ``CR_RULES``; running
+replicas notice within ``CR_RULES_POLL_S``).
 """
 
 from __future__ import annotations

@@ -40,6 +40,8 @@ class Settings:
     max_body_bytes: int = 2_000_000
     max_candidates: int = 500
     conflict_retries: int = 5
+    # seconds between checks of the rules stored in HAPI (mediator/applied_rules.py); 0 = only at start
+    rules_poll_s: float = 10.0
     # OpenHIM (mediator/openhim.py); no URL = the mediator runs on its own
     openhim_api_url: str | None = None
     openhim_username: str = "root@openhim.org"
@@ -96,6 +98,7 @@ class Settings:
             max_body_bytes=int(num("CR_MAX_BODY_BYTES", defaults.max_body_bytes)),
             max_candidates=int(num("CR_MAX_CANDIDATES", defaults.max_candidates)),
             conflict_retries=int(num("CR_CONFLICT_RETRIES", defaults.conflict_retries)),
+            rules_poll_s=num("CR_RULES_POLL_S", defaults.rules_poll_s),
             openhim_api_url=get("CR_OPENHIM_API_URL") or None,
             openhim_username=get("CR_OPENHIM_USERNAME", defaults.openhim_username),
             openhim_password=get("CR_OPENHIM_PASSWORD", defaults.openhim_password),

@@ -71,7 +71,8 @@ async def _rules_command(command: str, settings: Settings) -> int:
         if command == "reset-rules":
             removed = await applied_rules.remove(hapi)
             print(
-                f"applied rules removed; the rules file {settings.rules_path} is in effect at the next start"
+                f"applied rules removed; running mediators use the rules file {settings.rules_path} within "
+                "CR_RULES_POLL_S (or at their next start if it is 0)"
                 if removed
                 else f"no applied rules stored; the rules file {settings.rules_path} is in effect"
             )
