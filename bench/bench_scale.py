@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.bench_scale --hapi URL [--hapi-pid PIDFILE] [--stages 10000,100000] [--batch 50]
                                           [--samples 200] [--concurrency 2] [--plain 2000]
-                                          [--plain-warmup 2000]
+                                          [--plain-warmup 2000] [--load bulk|singles] [--clients 4]
 
 Against a running, preferably empty HAPI (e.g. on PostgreSQL: ``scripts/pg-start`` then ``HAPI_DB=postgres
 SPRING_DATASOURCE_URL=jdbc:postgresql://127.0.0.1:5433/hapi_bench HAPI_PORT=8097 scripts/hapi-start``):
@@ -15,6 +15,8 @@ SPRING_DATASOURCE_URL=jdbc:postgresql://127.0.0.1:5433/hapi_bench HAPI_PORT=8097
    this process (``Registry.submit_all`` per batch), records/s and outcome counts per stage; after each stage
    ``--samples`` records of another seed (new people, some of them namesakes of stored ones) are submitted one
    at a time, p50/p95 latency and records/s. The samples stay stored, so "stored" counts them too.
+   ``--load singles`` loads the stages as single submissions instead (``Registry.submit``, one record per
+   transaction) from ``--clients`` concurrent clients: records/s and p50/p95 latency over the whole stage.
 3. HAPI plain creates again at the end (same size, new people), records/s; the overall bulk rate and its
    ratio to plain creates at the start and at the end; the p95 growth from the first to the last stage.
 4. RSS of this process (the mediator's registry) and of HAPI (``--hapi-pid``).
@@ -72,6 +74,7 @@ import json
 import statistics
 import tempfile
 import time
+from collections import Counter
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -81,6 +84,7 @@ import aiohttp
 from bench.population import generate_population
 from mediator import bulk
 from mediator.audit import Actor
+from mediator.errors import RegistryError, UpstreamTimeout, UpstreamUnavailable
 from mediator.registry import Submission
 from mediator.settings import Settings
 
@@ -179,6 +183,39 @@ async def bulk_stage(
     return rate, state.counts
 
 
+async def singles_stage(
+    registry: Any, rows: list[dict[str, Any]], name: str, clients: int
+) -> tuple[float, dict[str, int], list[float]]:
+    """Load ``rows`` as single submissions (``Registry.submit``, one record per transaction) from ``clients``
+    concurrent clients, each waiting for its answer before sending the next row: records/s, outcomes,
+    latencies (ms). A refused row is counted as an error; HAPI down stops the stage."""
+    actor = Actor(client_id=None, address="bench")
+    counts: Counter[str] = Counter()
+    latencies: list[float] = []
+    todo = iter(rows)
+    last = [time.perf_counter(), 0]
+
+    async def client() -> None:
+        for patient in todo:  # one shared iterator: each client takes the next row
+            t = time.perf_counter()
+            try:
+                result = await registry.submit(Submission(patient=patient, actor=actor))
+                counts[result.outcome] += 1
+            except (UpstreamUnavailable, UpstreamTimeout):
+                raise
+            except RegistryError:
+                counts["error"] += 1
+            latencies.append((time.perf_counter() - t) * 1000)
+            if time.perf_counter() - last[0] >= 60:  # a line about every 60 s
+                rate = (len(latencies) - last[1]) / (time.perf_counter() - last[0])
+                print(f"  {name}: {len(latencies)}/{len(rows)} rows, {rate:.1f} records/s lately")
+                last[0], last[1] = time.perf_counter(), len(latencies)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return len(rows) / (time.perf_counter() - started), dict(counts), latencies
+
+
 async def singles(registry: Any, samples: list[dict[str, Any]]) -> tuple[list[float], float]:
     actor = Actor(client_id=None, address="bench")
     latencies = []
@@ -202,6 +239,13 @@ async def main() -> None:
     parser.add_argument("--plain", type=int, default=2000)
     parser.add_argument("--plain-warmup", type=int, default=2000, help="untimed plain creates first")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--load",
+        choices=("bulk", "singles"),
+        default="bulk",
+        help="load the stages through a bulk job (default) or as single submissions",
+    )
+    parser.add_argument("--clients", type=int, default=4, help="--load singles: concurrent clients")
     args = parser.parse_args()
     hapi = args.hapi.rstrip("/")
     stages = [args.records] if args.records else [int(s) for s in args.stages.split(",")]
@@ -233,16 +277,24 @@ async def main() -> None:
         async with bulk.registry_in_process(settings) as registry:
             for i, size in enumerate(stages):
                 rows = population[loaded:size]
-                rate, counts = await bulk_stage(
-                    registry, rows, Path(tmp), f"stage{i + 1}", args.batch, args.concurrency
-                )
+                if args.load == "singles":
+                    name = f"stage{i + 1}"
+                    rate, counts, stage_ms = await singles_stage(registry, rows, name, args.clients)
+                    how = (
+                        f"single submissions, {args.clients} clients; latency p50 "
+                        f"{statistics.median(stage_ms):.0f} ms, p95 {pct(stage_ms, 0.95):.0f} ms"
+                    )
+                else:
+                    rate, counts = await bulk_stage(
+                        registry, rows, Path(tmp), f"stage{i + 1}", args.batch, args.concurrency
+                    )
+                    how = f"batches of {args.batch}, {args.concurrency} in flight"
                 bulk_seconds += len(rows) / rate
                 loaded = size
                 stored += len(rows)
                 print(
-                    f"bulk load stage {i + 1}: {len(rows)} records at {rate:.1f} records/s (batches of "
-                    f"{args.batch}, {args.concurrency} in flight) = {rate / plain_start:.0%} of plain "
-                    f"creates at start; {counts}"
+                    f"{args.load} load stage {i + 1}: {len(rows)} records at {rate:.1f} records/s ({how}) = "
+                    f"{rate / plain_start:.0%} of plain creates at start; {counts}"
                 )
                 samples = records(args.samples, args.seed + 1_000_003 + i)
                 latencies, single_rate = await singles(registry, samples)
@@ -260,7 +312,7 @@ async def main() -> None:
             )
             print(f"HAPI plain creates at end: {plain_end:.1f} records/s ({plain_label(args.plain)})")
             print(
-                f"bulk load overall: {bulk_rate:.1f} records/s ({loaded} records); ratio bulk/plain: "
+                f"{args.load} load overall: {bulk_rate:.1f} records/s ({loaded} records); ratio to plain: "
                 f"{bulk_rate / plain_start:.0%} of start, {bulk_rate / plain_end:.0%} of end"
             )
             if len(results) > 1:
