@@ -94,6 +94,8 @@ PARTS: dict[str, Callable[[_Facts], list[str]]] = {
     "names.pair": _name_pairs,
     "birthDate.year": lambda f: [f"{f.date[0]:04d}"] if f.date else [],
     "birthDate.decade": lambda f: [f"{f.date[0] // 10:03d}"] if f.date else [],
+    # the year and its two neighbours: two records whose years differ by at most 2 share a key
+    "birthDate.year_window": lambda f: [f"{f.date[0] + d:04d}" for d in (-1, 0, 1)] if f.date else [],
     "birthDate.day_month": _day_month,
     "birthDate.full": _full,
     "gender": lambda f: [g[0].upper() for g in nz.gender(f.p)],

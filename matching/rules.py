@@ -24,6 +24,7 @@ BLOCK_PARTS = (
     "names.pair",
     "birthDate.year",
     "birthDate.decade",
+    "birthDate.year_window",
     "birthDate.day_month",
     "birthDate.full",
     "gender",

@@ -44,3 +44,17 @@ def test_national_id_key_matches_across_demographics(rules: matching.Rules) -> N
 
 def test_empty_patient_has_no_keys(rules: matching.Rules) -> None:
     assert matching.block_keys({"resourceType": "Patient"}, rules) == []
+
+
+def test_name_pair_meets_birth_years_up_to_two_apart_across_decades(rules: matching.Rules) -> None:
+    """Name pair + birth year ±1: 1979 and 1981 share a key (a decade key never did); 1979 and 1983 do not,
+    unless the day and month agree (name pair + day/month, any year)."""
+
+    def keys(birth: str) -> set[str]:
+        p = patient("a", "Neema", "Mollel", birth=birth, phone=None)
+        return {k for k in matching.block_keys(p, rules) if k.startswith(("nmy:", "nmm:"))}
+
+    assert keys("1979-03-04") & keys("1981-07-19")
+    assert not keys("1979-03-04") & keys("1983-07-19")
+    assert keys("1979-03-04") & keys("1988-04-03")  # day/month (swapped) agree, years far apart
+    assert not keys("1979-01-01") & keys("1988-01-01")  # an estimated date's day/month says nothing
