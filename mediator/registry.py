@@ -1,6 +1,6 @@
 """The registry workflow for one submitted Patient.
 
-    source key → lock → read own record → candidates (one ``_tag`` search on blocking keys)
+    source key → lock → read own record → candidates (one grouped ``_tag`` search on its blocking keys)
     → ``matching.decide`` → choose the golden record → stage source, golden(s), review Tasks, AuditEvent
     → one HAPI transaction (``If-Match`` on every updated record) → answer
 
@@ -116,7 +116,11 @@ class Registry:
         async with self.locks.hold(keys):
             for attempt in range(1, self.conflict_retries + 1):
                 uow = UnitOfWork(self.hapi)
-                foreseen = await self._prefetch(uow, prepared, cfg) if len(prepared) > 1 else None
+                if len(prepared) > 1:
+                    foreseen = await self._prefetch(uow, prepared, cfg)
+                else:  # one grouped search for all its keys: each candidate comes back once, not per key
+                    foreseen = None
+                    await uow.prefetch_blocks([prepared[0].block_keys], cfg.max_candidates)
                 processed = [await self._process(p, uow, cfg, foreseen) for p in prepared]
                 results = [result for result, _ in processed]
                 # one AuditEvent for the whole transaction (a bulk batch writes one, not one per record)

@@ -54,10 +54,12 @@ class UnitOfWork:
     async def find_sources(self, block_keys: list[str], limit: int) -> list[Resource]:
         """Source records sharing at least one blocking key, staged versions taking precedence (read-only).
 
-        One ``_tag`` search per key, in parallel: HAPI answers single-tag searches far faster than one
-        search OR-ing the tags (≈ 19 ms against ≈ 94 ms for 4–8 keys on H2 at 10k records). A block larger
-        than ``limit`` (a birth date shared by thousands) is left out, so the selective keys (phone,
-        national id, name) still find the person.
+        Blocks come from the search cache that :meth:`prefetch_blocks` fills (the registry asks it first,
+        one grouped search for a submission's keys); a key not cached is asked alone. A block larger than
+        ``limit`` (a birth date shared by thousands) is left out, so the selective keys (phone, national
+        id, name) still find the person. (One search per key was faster on H2 with HAPI's tag tables; on
+        PostgreSQL with inline tags at 100k records one grouped search gives single submissions p50 23–26
+        against 28–35 ms, as each candidate is encoded once instead of once per shared key.)
         """
         if not block_keys:
             return []
