@@ -356,12 +356,7 @@ class BulkJob:
         located = {r.number: self.submitter.locate(r.patient) for r in window if r.patient is not None}
         batches = plan_batches(window, self.batch_size, located, apart=self.concurrency - 1)
         done = [asyncio.Event() for _ in batches]
-        after: list[set[int]] = []
-        last_batch_of: dict[str, int] = {}
-        for index, batch in enumerate(batches):
-            record_keys = {k for r in batch if (k := located.get(r.number, (None, []))[0])}
-            after.append({last_batch_of[k] for k in record_keys if k in last_batch_of})
-            last_batch_of.update(dict.fromkeys(record_keys, index))
+        after = _earlier_rows_of_records(batches, located)
         sem = asyncio.Semaphore(self.concurrency)
         sequence = iter(range(1, len(window) + 1))
         seq_base = sum(self.state.counts.values())
@@ -471,13 +466,7 @@ def _spread(
         return out
 
     keys = [lock_keys(b) for b in batches]
-    first_batch_of: dict[str, int] = {}
-    needs: list[set[int]] = []
-    for index, batch in enumerate(batches):
-        records = {r for row in batch if (r := located.get(row.number, (None, []))[0]) is not None}
-        needs.append({first_batch_of[r] for r in records if r in first_batch_of})
-        for r in records:
-            first_batch_of.setdefault(r, index)
+    needs = _earlier_rows_of_records(batches, located)
     remaining = list(range(len(batches)))
     placed: list[int] = []
     while remaining:
@@ -487,6 +476,21 @@ def _spread(
         remaining.remove(pick)
         placed.append(pick)
     return [batches[i] for i in placed]
+
+
+def _earlier_rows_of_records(
+    batches: list[list[Row]], located: dict[int, tuple[str | None, list[str]]]
+) -> list[set[int]]:
+    """For each batch, the earlier batches holding a row of one of its records: they must be written
+    first (rows of one record in file order), both when batches are reordered and when they run."""
+    batches_of: dict[str, list[int]] = {}
+    out: list[set[int]] = []
+    for index, batch in enumerate(batches):
+        records = {r for row in batch if (r := located.get(row.number, (None, []))[0]) is not None}
+        out.append({i for r in records for i in batches_of.get(r, [])})
+        for r in records:
+            batches_of.setdefault(r, []).append(index)
+    return out
 
 
 def _batches(rows: Iterator[Row], size: int) -> Iterator[list[Row]]:

@@ -31,7 +31,6 @@ from .unit_of_work import UnitOfWork
 log = logging.getLogger(__name__)
 
 OFF_LOOP_CANDIDATES = 64  # score this many pairs or more in a worker thread
-PREFETCH_CONCURRENCY = 8  # candidate searches of one batch in flight at once
 
 
 @dataclass(frozen=True)
