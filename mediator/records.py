@@ -64,6 +64,11 @@ def tags(resource: Mapping[str, Any], system: str) -> list[str]:
     return [t.get("code", "") for t in resource.get("meta", {}).get("tag", []) if t.get("system") == system]
 
 
+def is_subsetted(resource: Mapping[str, Any]) -> bool:
+    """A partial view (FHIR's ``SUBSETTED`` security label), e.g. a candidate showing only the asked tags."""
+    return any(s.get("code") == "SUBSETTED" for s in resource.get("meta", {}).get("security", []))
+
+
 def is_golden(resource: Mapping[str, Any]) -> bool:
     return GOLDEN in tags(resource, RECORD_TYPE_SYSTEM)
 

@@ -17,7 +17,16 @@ import logging
 from typing import Any
 
 from .fhir_client import SINGLE_RESPONSE_MAX, HapiClient
-from .records import BLOCK_SYSTEM, RECORD_TYPE_SYSTEM, SOURCE, Resource, clone, tags, version_of
+from .records import (
+    BLOCK_SYSTEM,
+    RECORD_TYPE_SYSTEM,
+    SOURCE,
+    Resource,
+    clone,
+    is_subsetted,
+    tags,
+    version_of,
+)
 
 log = logging.getLogger(__name__)
 _SERVER_META = ("versionId", "lastUpdated")  # set by HAPI; never sent back
@@ -68,12 +77,9 @@ class UnitOfWork:
         if oversized:
             log.warning("blocks over the candidate limit skipped", extra={"keys": oversized, "limit": limit})
         found = list({r["id"]: r for block in blocks if len(block) <= limit for r in block}.values())
-        by_key: dict[str, Resource] = {}
-        for resource in found:
-            key = f"Patient/{resource['id']}"
-            if key not in self._read_cache:
-                self._remember(key, resource)
-            by_key[key] = resource
+        # HAPI's answers show only the asked block tags (SUBSETTED): views for matching, never remembered as
+        # reads, so nothing written back can lose the other tags
+        by_key: dict[str, Resource] = {f"Patient/{r['id']}": r for r in found}
         staged_here = set().union(*(self._staged_blocks.get(k, ()) for k in block_keys))
         for key in [k for k in by_key if k in self._staged and k not in staged_here]:
             del by_key[key]  # staged without those keys any more
@@ -92,6 +98,7 @@ class UnitOfWork:
                 "Patient",
                 {"_tag": ",".join(f"{BLOCK_SYSTEM}|{key}" for key in block_keys)},
                 max_results=min(limit + 1, SINGLE_RESPONSE_MAX),
+                asked_tags_only=True,
             )
             self._searches[cache_key] = _block(answer, limit)
         return self._searches[cache_key]
@@ -116,7 +123,10 @@ class UnitOfWork:
                 return
             async with sem:
                 answer = await self._hapi.search_once(
-                    "Patient", {"_tag": ",".join(f"{BLOCK_SYSTEM}|{k}" for k in group)}, max_results=cap
+                    "Patient",
+                    {"_tag": ",".join(f"{BLOCK_SYSTEM}|{k}" for k in group)},
+                    max_results=cap,
+                    asked_tags_only=True,
                 )
             if len(answer) >= cap:
                 half = len(group) // 2
@@ -155,6 +165,8 @@ class UnitOfWork:
 
     def put(self, resource: Resource) -> None:
         key = f"{resource['resourceType']}/{resource['id']}"
+        if is_subsetted(resource):
+            raise ValueError(f"{key} is a partial view from a search (SUBSETTED) and cannot be written")
         previous = self._staged.pop(key, None)  # re-staging moves it to the end, after what it may refer to
         if previous is not None:
             for block in _source_blocks(previous):

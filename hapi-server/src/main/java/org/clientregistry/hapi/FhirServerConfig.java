@@ -60,6 +60,7 @@ public class FhirServerConfig {
 		server.setETagSupport(ETagSupportEnum.ENABLED);
 		server.setDefaultResponseEncoding(EncodingEnum.JSON);
 		server.setDefaultPrettyPrint(false);
+		server.registerInterceptor(new AskedTagsOnlyInterceptor());
 
 		String address = props.getServerAddress();
 		if (address != null && !address.isBlank()) {
