@@ -59,11 +59,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         population = patients
 
     assert population is not None
-    keys = [matching.block_keys(p, rules) for p in population]
+    keys = [matching.keys_of(p, rules) for p in population]
     if not args.latency_only:
         # bulk comparison throughput on the largest population's candidate pairs
         table = Table.from_patients(population, rules)
-        left, right, _ = candidate_pairs(keys, rules.max_block_size)
+        left, right, _ = candidate_pairs(
+            [k.index for k in keys], rules.max_block_size, [k.search for k in keys]
+        )
         t0 = time.perf_counter()
         compare_all(table, left, right, rules, None)
         sec = time.perf_counter() - t0
@@ -79,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     population = [dict(p, meta={"versionId": "1"}) for p in population]
     index: dict[str, list[int]] = defaultdict(list)
     for i, ks in enumerate(keys):
-        for k in ks:
+        for k in ks.index:
             index[k].append(i)
     rng = np.random.default_rng(1)
     queries = rng.choice(len(population), size=min(args.queries, len(population)), replace=False).tolist()
@@ -105,7 +107,7 @@ def _latency(
         record = {k: v for k, v in population[q].items() if k != "meta"} | {"id": "incoming"}
         c0 = time.process_time()
         t0 = time.perf_counter()
-        cand_idx = sorted({i for k in matching.block_keys(record, rules) for i in index.get(k, ())})
+        cand_idx = sorted({i for k in matching.keys_of(record, rules).search for i in index.get(k, ())})
         t1 = time.perf_counter()
         cands = [matching.Candidate(population[i]["id"], f"g{i}", population[i]) for i in cand_idx]
         matching.decide(record, cands, rules)

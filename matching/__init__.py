@@ -1,12 +1,13 @@
 """Patient matching: rules, normalisation, blocking, comparators, Fellegi–Sunter scoring, decisions.
 
 Pure library (no I/O except the CLI in ``__main__``). Public interface used by the mediator:
-:func:`load_rules`, :class:`Rules`, :func:`block_keys`, :class:`Candidate`, :class:`CandidateScore`,
-:class:`Decision`, :func:`decide`, :class:`Explanation`, :class:`RulesError`, :func:`prepare` /
-:class:`Prepared` (a record reduced to its normalised field values, accepted by :func:`decide`).
+:func:`load_rules`, :class:`Rules`, :func:`block_keys` / :func:`keys_of`, :class:`Candidate`,
+:class:`CandidateScore`, :class:`Decision`, :func:`decide`, :class:`Explanation`, :class:`RulesError`,
+:func:`prepare` / :class:`Prepared` (a record reduced to its normalised field values, accepted by
+:func:`decide`).
 """
 
-from .blocking import block_keys
+from .blocking import BlockKeys, block_keys, keys_of
 from .decision import Candidate, CandidateScore, Decision, decide, decide_many, score_pair
 from .errors import MatchingError, RulesError
 from .explain import Explanation, FieldExplanation
@@ -15,6 +16,7 @@ from .rules import Rules
 from .scoring import Prepared, prepare
 
 __all__ = [
+    "BlockKeys",
     "Candidate",
     "CandidateScore",
     "Decision",
@@ -27,6 +29,7 @@ __all__ = [
     "block_keys",
     "decide",
     "decide_many",
+    "keys_of",
     "load_rules",
     "prepare",
     "score_pair",

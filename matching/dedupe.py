@@ -11,7 +11,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from .blocking import block_keys
+from .blocking import keys_of
 from .cluster import cluster
 from .rules import OUTCOMES, Rules
 from .scoring import MATCH, Compared, Table, compare
@@ -69,30 +69,48 @@ def _triu(size: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def candidate_pairs(
-    keys: Sequence[Sequence[str]], max_block_size: int
+    keys: Sequence[Sequence[str]],
+    max_block_size: int,
+    search: Sequence[Sequence[str]] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[tuple[str, int]]]:
-    """Unique pairs ``(i < j)`` of records sharing at least one key; blocks over the limit are skipped."""
+    """Unique pairs ``(i < j)`` of records one of which is filed under (``keys``) a key the other is looked
+    up by (``search``, :attr:`BlockKeys.search`; the same as ``keys`` when not given). A block — the records
+    filed under one key — over ``max_block_size`` is skipped."""
     blocks: dict[str, list[int]] = defaultdict(list)
     for i, ks in enumerate(keys):
         for k in ks:
             blocks[k].append(i)
+    seekers: dict[str, list[int]] = defaultdict(list)
+    if search is not None:
+        for i, ks in enumerate(search):
+            for k in ks:
+                if k in blocks:
+                    seekers[k].append(i)
+    n = len(keys)
     skipped = []
     parts = []
     for k, members in blocks.items():
         s = len(members)
-        if s < 2:
-            continue
         if s > max_block_size:
             skipped.append((k, s))
             continue
         m = np.asarray(members, dtype=np.int64)
-        a, b = _triu(s)
-        parts.append(m[a] * len(keys) + m[b])
+        if search is None:
+            if s < 2:
+                continue
+            a, b = _triu(s)
+            parts.append(m[a] * n + m[b])
+            continue
+        grid = np.meshgrid(np.asarray(seekers[k], dtype=np.int64), m, indexing="ij")
+        x, y = grid[0].ravel(), grid[1].ravel()
+        keep = x != y
+        lo, hi = np.minimum(x[keep], y[keep]), np.maximum(x[keep], y[keep])
+        parts.append(lo * n + hi)
     if not parts:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty, skipped
     code = np.unique(np.concatenate(parts))
-    return code // len(keys), code % len(keys), skipped
+    return code // n, code % n, skipped
 
 
 def compare_all(
@@ -116,8 +134,10 @@ def dedupe(
     if progress:
         progress(f"normalising {n:,} records")
     table = Table.from_patients(patients, rules)
-    keys = [block_keys(p, rules) for p in patients]
-    left, right, skipped = candidate_pairs(keys, rules.max_block_size)
+    keys = [keys_of(p, rules) for p in patients]
+    left, right, skipped = candidate_pairs(
+        [k.index for k in keys], rules.max_block_size, [k.search for k in keys]
+    )
     if progress:
         progress(f"{len(left):,} candidate pairs from blocking")
         for k, s in skipped:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from .blocking import block_keys
+from .blocking import keys_of
 from .dedupe import Progress, candidate_pairs, compare_all
 from .rules import Rules
 from .scoring import Table
@@ -73,8 +73,8 @@ def train(
     rand = compare_all(table, a[keep], b[keep], rules, progress)
     u = level_frequencies(rand.levels, None, rules)
 
-    keys = [block_keys(p, rules) for p in patients]
-    left, right, _ = candidate_pairs(keys, rules.max_block_size)
+    keys = [keys_of(p, rules) for p in patients]
+    left, right, _ = candidate_pairs([k.index for k in keys], rules.max_block_size, [k.search for k in keys])
     if progress:
         progress(f"EM on {len(left):,} blocked pairs")
     blocked = compare_all(table, left, right, rules, None).levels
@@ -137,8 +137,8 @@ def frequencies(
 def _prior_and_frequencies(
     patients: Sequence[Mapping[str, Any]], rules: Rules, table: Table, progress: Progress | None
 ) -> dict[str, Any]:
-    keys = [block_keys(p, rules) for p in patients]
-    left, right, _ = candidate_pairs(keys, rules.max_block_size)
+    keys = [keys_of(p, rules) for p in patients]
+    left, right, _ = candidate_pairs([k.index for k in keys], rules.max_block_size, [k.search for k in keys])
     blocked = compare_all(table, left, right, rules, None).levels
     # Splink's direct estimate: pairs agreeing exactly on given name, family name and full birth date are
     # almost all matches; they are a share STRICT_RECALL of all matches.

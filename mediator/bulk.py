@@ -170,7 +170,8 @@ class Submitter(Protocol):
     async def submit(self, rows: Sequence[Row]) -> list[Decision]: ...
 
     def locate(self, patient: dict[str, Any]) -> tuple[str | None, list[str]]:
-        """The record the row writes (None: unknown) and its blocking keys (for grouping; may be empty)."""
+        """The record the row writes (None: unknown) and the blocking keys its decision searches and locks
+        (for grouping and spreading batches; may be empty)."""
         ...
 
 
@@ -213,7 +214,7 @@ class InProcess:
         except RegistryError:
             return None, []  # refused when submitted, with its row number
         self._located[id(patient)] = prepared
-        return prepared.source_id, prepared.block_keys
+        return prepared.source_id, prepared.search_keys
 
 
 def _decision(row: int, res: SubmissionResult) -> Decision:

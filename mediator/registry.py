@@ -47,7 +47,8 @@ class Prepared:
     source_system: str
     source_value: str
     source_id: str
-    block_keys: list[str]  # matching.block_keys of the submitted Patient under ``config.rules``
+    block_keys: list[str]  # matching.keys_of(...).index of the submitted Patient: its block tags
+    search_keys: list[str]  # ….search: its candidates are searched by these, and locked over them
     config: RegistryConfig  # what it was prepared (checked, keyed) under
 
 
@@ -110,7 +111,9 @@ class Registry:
         keys = set()
         for p in prepared:
             keys.add(f"src:{p.source_id}")
-            keys.update(f"blk:{k}" for k in p.block_keys)
+            # a record filed under a key another one searches by is found by it: both hold that key
+            # (search keys include index keys), so they never decide at the same time
+            keys.update(f"blk:{k}" for k in p.search_keys)
         started = time.perf_counter()
         async with self.locks.hold(keys):
             for attempt in range(1, self.conflict_retries + 1):
@@ -119,7 +122,7 @@ class Registry:
                     foreseen = await self._prefetch(uow, prepared, cfg)
                 else:  # one grouped search for all its keys: each candidate comes back once, not per key
                     foreseen = None
-                    await uow.prefetch_blocks([prepared[0].block_keys], cfg.max_candidates)
+                    await uow.prefetch_blocks([prepared[0].search_keys], cfg.max_candidates)
                 processed = [await self._process(p, uow, cfg, foreseen) for p in prepared]
                 results = [result for result, _ in processed]
                 # one AuditEvent for the whole transaction (a bulk batch writes one, not one per record)
@@ -203,7 +206,8 @@ class Registry:
             raise InvalidInput(
                 f"Patient/{submission.target_id} is not the record of the identifier {system}|{value}."
             )
-        return Prepared(submission, system, value, source_id, matching.block_keys(patient, cfg.rules), cfg)
+        keys = matching.keys_of(patient, cfg.rules)
+        return Prepared(submission, system, value, source_id, keys.index, keys.search, cfg)
 
     async def _process(
         self,
@@ -277,7 +281,8 @@ class Registry:
         """The entry's own stored record, its current golden id and the candidates to score: source records
         sharing a blocking key, except itself and the people its person was decided to be different from."""
         existing, found = await asyncio.gather(
-            uow.peek("Patient", prepared.source_id), uow.find_sources(prepared.block_keys, cfg.max_candidates)
+            uow.peek("Patient", prepared.source_id),
+            uow.find_sources(prepared.search_keys, cfg.max_candidates),
         )
         current = records.golden_id_of(existing) if existing else None
         current_golden = await uow.peek("Patient", current) if current else None
@@ -320,7 +325,7 @@ class Registry:
         stored (≈ 10 golden records per entry)."""
         await asyncio.gather(
             uow.prefetch("Patient", [p.source_id for p in prepared]),
-            uow.prefetch_blocks([p.block_keys for p in prepared if p.block_keys], cfg.max_candidates),
+            uow.prefetch_blocks([p.search_keys for p in prepared if p.search_keys], cfg.max_candidates),
         )
         owns = [await uow.peek("Patient", p.source_id) for p in prepared]  # cached now
         await uow.prefetch("Patient", sorted({g for own in owns if own and (g := records.golden_id_of(own))}))

@@ -122,7 +122,8 @@ class SourceFacts:
     golden_id: str | None
     manual: bool  # a person decided its link
     stored_keys: tuple[str, ...]  # its ``block`` tags, sorted
-    keys: tuple[str, ...]  # its blocking keys under the new rules, sorted
+    keys: tuple[str, ...]  # its blocking keys under the new rules (filed under), sorted
+    search_keys: tuple[str, ...]  # the keys its candidates are looked up by under the new rules
     fields: matching.Prepared  # its normalised comparison values under the new rules
 
 
@@ -149,11 +150,13 @@ def source_facts(
         return canon.setdefault(t, t)
 
     fields = matching.prepare(source, rules)
+    keys = matching.keys_of(source, rules)
     return SourceFacts(
         golden_id=records.golden_id_of(source),
         manual=records.is_manually_linked(source),
         stored_keys=once(sorted(set(records.tags(source, records.BLOCK_SYSTEM)))),
-        keys=once(matching.block_keys(source, rules)),
+        keys=once(keys.index),
+        search_keys=once(keys.search),
         fields=matching.Prepared({k: once(v) for k, v in fields.items()}),
     )
 
@@ -250,9 +253,10 @@ def plan(snapshot: Snapshot, cfg: RegistryConfig) -> Plan:
             out.manual_kept += 1
             out.unchanged += 1
             continue
-        found = {c for key in keys[sid] for c in index[key]}
+        seek = source.search_keys
+        found = {c for key in seek for c in index[key]}
         if len(found) > limit:  # UnitOfWork.find_sources: leave out the blocks over the limit
-            found = {c for key in keys[sid] if len(index[key]) <= limit for c in index[key]}
+            found = {c for key in seek if len(index[key]) <= limit for c in index[key]}
         current_golden = goldens.get(current) if current and not current.startswith(_NEW) else None
         never = records.distinct_from(current_golden) if current_golden else set()
         candidates = [

@@ -74,3 +74,16 @@ def test_dedupe_refuses_the_chaining_edge_and_reports_it(rules: matching.Rules) 
     refused = [r for r in result.review_pairs() if r[3] == "refused-would-chain"]
     assert len(refused) == 1
     assert refused[0][2] >= rules.auto_threshold
+
+
+def test_candidate_pairs_pair_a_record_with_the_ones_filed_under_its_search_keys() -> None:
+    """Index keys file a record, search keys look others up: 0 is filed under y1 and looks in y0..y2, so it
+    meets 1 (filed under y2) and 2 (y0) but 1 and 2 (two years apart) do not meet each other; records only
+    looking at each other's search keys (3 and 4 both search y9, nobody is filed there) are no pair."""
+    index = [["y1"], ["y2"], ["y0"], ["y8"], ["y10"]]
+    search = [["y0", "y1", "y2"], ["y1", "y2", "y3"], ["y-1", "y0", "y1"], ["y7", "y8", "y9"], ["y9", "y10"]]
+    left, right, skipped = candidate_pairs(index, 10, search)
+    assert sorted(zip(left.tolist(), right.tolist(), strict=True)) == [(0, 1), (0, 2)]
+    assert skipped == []
+    left, right, skipped = candidate_pairs([["k"]] * 3, 2, [["k"]] * 3)  # blocks as filed, over the limit
+    assert len(left) == 0 and skipped == [("k", 3)]

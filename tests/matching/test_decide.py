@@ -194,7 +194,8 @@ def test_deciding_many_at_once_gives_each_record_its_own_decision(rules: matchin
             index.setdefault(key, []).append(p)
     items = []
     for p in people[:150]:
-        near = {c["id"]: c for key in matching.block_keys(p, rules) for c in index[key] if c is not p}
+        seek = matching.keys_of(p, rules).search
+        near = {c["id"]: c for key in seek for c in index.get(key, []) if c is not p}
         items.append((p, [matching.Candidate(i, "golden-" + i, c) for i, c in near.items()]))
     items.append((people[150], []))  # no candidates
     assert sum(len(c) for _, c in items) > 300  # shared candidates: the table holds each once
