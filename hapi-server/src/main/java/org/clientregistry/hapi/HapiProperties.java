@@ -55,6 +55,21 @@ public class HapiProperties {
 	/** Resource bodies shorter than this many characters are stored in the version row, not a LOB. */
 	private int inlineResourceTextBelowSize = 4000;
 
+	/**
+	 * Built-in search parameters HAPI should not index ("Type.code"): each is overridden at startup by a
+	 * SearchParameter with status {@code retired}, so writes skip extracting and storing its index rows.
+	 * The default: the Patient demographics the client registry never searches HAPI by (it finds candidates
+	 * through its block tags and records by id or identifier); identifier, name (the admin search) and the
+	 * reference parameters stay.
+	 * Empty: index everything. An existing database is reindexed by HAPI when the list changes.
+	 */
+	private List<String> unindexedSearchParameters = new ArrayList<>(List.of(
+			"Patient.active", "Patient.address", "Patient.address-city", "Patient.address-country",
+			"Patient.address-postalcode", "Patient.address-state", "Patient.address-use", "Patient.birthdate",
+			"Patient.death-date", "Patient.deceased", "Patient.email", "Patient.family", "Patient.gender",
+			"Patient.given", "Patient.language", "Patient.phone", "Patient.phonetic",
+			"Patient.telecom"));
+
 	public String getServerAddress() { return serverAddress; }
 	public void setServerAddress(String v) { serverAddress = v; }
 	public int getDefaultPageSize() { return defaultPageSize; }
@@ -76,6 +91,10 @@ public class HapiProperties {
 	public JpaStorageSettings.TagStorageModeEnum getTagStorageMode() { return tagStorageMode; }
 	public void setTagStorageMode(JpaStorageSettings.TagStorageModeEnum v) { tagStorageMode = v; }
 	public int getInlineResourceTextBelowSize() { return inlineResourceTextBelowSize; }
+
+	public List<String> getUnindexedSearchParameters() { return unindexedSearchParameters; }
+
+	public void setUnindexedSearchParameters(List<String> v) { unindexedSearchParameters = v; }
 	public void setInlineResourceTextBelowSize(int v) { inlineResourceTextBelowSize = v; }
 	public boolean isRequestLogging() { return requestLogging; }
 	public void setRequestLogging(boolean v) { requestLogging = v; }

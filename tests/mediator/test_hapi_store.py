@@ -1,0 +1,62 @@
+"""The project's HAPI launcher does not index the Patient demographics the registry never searches HAPI by
+(``hapi.unindexed-search-parameters``): a search by family name, phonetics, birth date, phone or gender is
+refused as unknown, while the searches the registry makes — by identifier, block tag, id, and by name from
+the admin search — answer as before."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+
+from tests.conftest import unique_surname
+
+
+def _get(url: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as error:
+        return error.code, json.load(error)
+
+
+def test_demographics_are_not_indexed_but_registry_searches_work(hapi_url):
+    family = unique_surname()
+    record_id = f"store-test-{family.lower()}"
+    body = {
+        "resourceType": "Patient",
+        "id": record_id,
+        "meta": {"tag": [{"system": "urn:test:block", "code": family}]},
+        "identifier": [{"system": "urn:test:mrn", "value": family}],
+        "name": [{"family": family, "given": ["Amina"]}],
+        "gender": "female",
+        "birthDate": "1990-01-01",
+        "telecom": [{"system": "phone", "value": "+254700000000"}],
+    }
+    request = urllib.request.Request(
+        f"{hapi_url}/Patient/{record_id}",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/fhir+json"},
+        method="PUT",
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        assert response.status in (200, 201)
+
+    unindexed = {"family": family, "phonetic": family, "birthdate": "1990-01-01", "phone": "+254700000000"}
+    for param, value in (*unindexed.items(), ("gender", "female")):
+        status, outcome = _get(f"{hapi_url}/Patient?{param}={urllib.parse.quote(value)}")
+        assert status == 400, param
+        assert outcome["resourceType"] == "OperationOutcome"
+        assert "Unknown search parameter" in outcome["issue"][0]["diagnostics"]
+
+    searches = (
+        f"identifier=urn:test:mrn%7C{family}",
+        f"_tag=urn:test:block%7C{family}",
+        f"_id={record_id}",
+        f"name={family}",
+    )
+    for query in searches:
+        status, bundle = _get(f"{hapi_url}/Patient?{query}")
+        assert status == 200, query
+        assert [e["resource"]["id"] for e in bundle.get("entry", [])] == [record_id], query
