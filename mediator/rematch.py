@@ -254,9 +254,10 @@ def plan(snapshot: Snapshot, cfg: RegistryConfig) -> Plan:
             out.unchanged += 1
             continue
         seek = source.search_keys
-        found = {c for key in seek for c in index[key]}
+        blocks = [index.get(key, ()) for key in seek]  # .get: search keys nobody is filed under add nothing
+        found = {c for block in blocks for c in block}
         if len(found) > limit:  # UnitOfWork.find_sources: leave out the blocks over the limit
-            found = {c for key in seek if len(index[key]) <= limit for c in index[key]}
+            found = {c for block in blocks if len(block) <= limit for c in block}
         current_golden = goldens.get(current) if current and not current.startswith(_NEW) else None
         never = records.distinct_from(current_golden) if current_golden else set()
         candidates = [
