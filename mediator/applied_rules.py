@@ -9,7 +9,8 @@ job (:class:`mediator.rematch.RematchJob`) writes it when it makes its rules liv
 ``CR_RULES`` file; without one the file's rules stay. The OpenHIM console's own ``rules`` text, when set,
 still wins over both (an explicit edit); an empty console ``rules`` means "the rules in effect" (applied,
 else the file). :func:`reset` (``POST /admin/jobs/rules/reset`` or ``python -m mediator.admin reset-rules``)
-deletes the document and goes back to the file.
+deletes the document and goes back to the file. A re-match apply is refused (409) while the console sets a
+rules text: that text would stay in force on every replica; only the applying one would use the job's rules.
 
 **While running.** Each app polls the document's version every ``CR_RULES_POLL_S`` seconds (:func:`watch`,
 default 10, 0 = never; one small read on the app's HAPI client). When ``meta.versionId`` (or the document's

@@ -22,7 +22,7 @@ import json
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -235,6 +235,12 @@ class OpenHIMLink:
                     self.apply(config, holder, hapi)
                 await self._notify()
             await asyncio.sleep(self.settings.openhim_heartbeat_s)  # the heartbeat interval
+
+    @property
+    def console_sets_rules(self) -> bool:
+        """The console config in force has its own ``rules`` text, which wins over any other rules."""
+        source = self._applied_source
+        return isinstance(source, Mapping) and bool(str(source.get("rules") or "").strip())
 
     def reapply(self, holder: ConfigHolder, hapi: HapiClient) -> bool:
         """The rules stored in HAPI changed (:func:`mediator.applied_rules.poll`): build the console config in

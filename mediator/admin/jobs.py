@@ -7,7 +7,8 @@
   (only the source records of these identifier systems) → 202; the job's ``result`` is the dry-run summary
   (links that would change, merges, splits, examples). Writes nothing.
 * ``POST /admin/jobs/rematch/apply`` (same body) → 202; the new rules become the live rules and the
-  records are relinked (``mediator.rematch``); 409 while another apply runs.
+  records are relinked (``mediator.rematch``); 409 while another apply runs, or while the OpenHIM console
+  sets its own rules text (it would keep winning on every replica).
 * ``POST /admin/jobs/rules/reset``: forget the rules a re-match applied (``Basic/cr-rules-applied`` in HAPI,
   :mod:`mediator.applied_rules`) and use the ``CR_RULES`` file's again (409 while an apply runs); a form post
   (from the jobs page) is redirected back to the page.
@@ -46,6 +47,7 @@ import matching
 from .. import applied_rules, bulk, rematch
 from ..context import CONFIG, HAPI, REGISTRY
 from ..errors import Conflict, InvalidInput, NotFound
+from ..openhim import OPENHIM
 from ..settings import REPO_ROOT
 from .auth import ADMIN_USER
 from .pages import csrf_field, e, layout
@@ -310,6 +312,13 @@ async def rematch_apply(request: web.Request) -> web.Response:
     jobs = _jobs(request)
     if _applying(jobs):
         raise Conflict("A re-match is already being applied; wait for it to finish.")
+    link = request.config_dict.get(OPENHIM)
+    if link is not None and link.console_sets_rules:  # its text would keep winning on every replica
+        raise Conflict(
+            "The OpenHIM console sets the matching rules (its 'rules' text), and they win over any re-match: "
+            "empty that text in the console (the rules in effect are then used) before applying new rules "
+            "here, or edit the rules in the console."
+        )
     params["applied_by"] = request.get(ADMIN_USER, "")
     info = JobInfo(
         id=f"rematch-{uuid.uuid4().hex[:12]}", kind="rematch-apply", created=time.time(), params=params
