@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import urllib.error
+import urllib.request
 from typing import Any
 
 import aiohttp
@@ -9,6 +12,27 @@ import aiohttp
 from mediator import records, rematch
 from mediator.fhir_client import HapiClient
 from mediator.registry import Registry
+
+
+def put_now(base_url: str, resource: dict[str, Any]) -> int:
+    """PUT ``resource`` to HAPI synchronously (tests that drive a HAPI process directly); the status."""
+    request = urllib.request.Request(
+        f"{base_url}/{resource['resourceType']}/{resource['id']}",
+        data=json.dumps(resource).encode(),
+        headers={"Content-Type": "application/fhir+json"},
+        method="PUT",
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return response.status
+
+
+def get_now(url: str) -> tuple[int, dict[str, Any]]:
+    """GET a HAPI URL synchronously: (status, JSON body), error statuses included."""
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as error:
+        return error.code, json.load(error)
 
 
 class Store:

@@ -5,20 +5,10 @@ the admin search — answer as before."""
 
 from __future__ import annotations
 
-import json
-import urllib.error
 import urllib.parse
-import urllib.request
 
 from tests.conftest import unique_surname
-
-
-def _get(url: str) -> tuple[int, dict]:
-    try:
-        with urllib.request.urlopen(url, timeout=60) as response:
-            return response.status, json.load(response)
-    except urllib.error.HTTPError as error:
-        return error.code, json.load(error)
+from tests.hapi_helpers import get_now, put_now
 
 
 def test_demographics_are_not_indexed_but_registry_searches_work(hapi_url):
@@ -34,18 +24,11 @@ def test_demographics_are_not_indexed_but_registry_searches_work(hapi_url):
         "birthDate": "1990-01-01",
         "telecom": [{"system": "phone", "value": "+254700000000"}],
     }
-    request = urllib.request.Request(
-        f"{hapi_url}/Patient/{record_id}",
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/fhir+json"},
-        method="PUT",
-    )
-    with urllib.request.urlopen(request, timeout=60) as response:
-        assert response.status in (200, 201)
+    assert put_now(hapi_url, body) in (200, 201)
 
     unindexed = {"family": family, "phonetic": family, "birthdate": "1990-01-01", "phone": "+254700000000"}
     for param, value in (*unindexed.items(), ("gender", "female")):
-        status, outcome = _get(f"{hapi_url}/Patient?{param}={urllib.parse.quote(value)}")
+        status, outcome = get_now(f"{hapi_url}/Patient?{param}={urllib.parse.quote(value)}")
         assert status == 400, param
         assert outcome["resourceType"] == "OperationOutcome"
         assert "Unknown search parameter" in outcome["issue"][0]["diagnostics"]
@@ -57,6 +40,6 @@ def test_demographics_are_not_indexed_but_registry_searches_work(hapi_url):
         f"name={family}",
     )
     for query in searches:
-        status, bundle = _get(f"{hapi_url}/Patient?{query}")
+        status, bundle = get_now(f"{hapi_url}/Patient?{query}")
         assert status == 200, query
         assert [e["resource"]["id"] for e in bundle.get("entry", [])] == [record_id], query

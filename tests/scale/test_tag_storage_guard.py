@@ -10,19 +10,13 @@ from pathlib import Path
 
 from bench import hapi_instance
 from tests.conftest import REPO
+from tests.hapi_helpers import put_now
 from tests.scale.conftest import free_port
 
 
 def _put_tagged_patient(base: str) -> None:
     body = {"resourceType": "Patient", "id": "guard-1", "meta": {"tag": [{"system": "urn:t", "code": "x"}]}}
-    request = urllib.request.Request(
-        f"{base}/Patient/guard-1",
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/fhir+json"},
-        method="PUT",
-    )
-    with urllib.request.urlopen(request, timeout=60) as response:
-        assert response.status == 201
+    assert put_now(base, body) == 201
 
 
 def _tagged(base: str) -> list[str]:

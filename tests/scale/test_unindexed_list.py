@@ -4,33 +4,20 @@ found by it)."""
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from bench import hapi_instance
+from tests.hapi_helpers import get_now, put_now
 from tests.scale.conftest import free_port
 
 
 def _status(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=60) as response:
-            return response.status
-    except urllib.error.HTTPError as error:
-        return error.code
+    return get_now(url)[0]
 
 
 def _put(base: str, record_id: str) -> None:
     body = {"resourceType": "Patient", "id": record_id, "name": [{"family": "Listova", "given": ["Ana"]}]}
-    request = urllib.request.Request(
-        f"{base}/Patient/{record_id}",
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/fhir+json"},
-        method="PUT",
-    )
-    with urllib.request.urlopen(request, timeout=60) as response:
-        assert response.status in (200, 201)
+    assert put_now(base, body) in (200, 201)
 
 
 def test_a_parameter_taken_off_the_list_is_indexed_again(tmp_path: Path):
@@ -46,8 +33,9 @@ def test_a_parameter_taken_off_the_list_is_indexed_again(tmp_path: Path):
         hapi_instance.start({**env, "HAPI_UNINDEXED_SEARCH_PARAMETERS": "Patient.given"}, fresh=False)
         _put(base, "listed-2")
         assert _status(f"{base}/Patient?given=Ana") == 400
-        with urllib.request.urlopen(f"{base}/Patient?family=Listova", timeout=60) as response:
-            found = [e["resource"]["id"] for e in json.load(response).get("entry", [])]
+        status, bundle = get_now(f"{base}/Patient?family=Listova")
+        assert status == 200
+        found = [e["resource"]["id"] for e in bundle.get("entry", [])]
         assert "listed-2" in found, "family is indexed again for records written since"
     finally:
         hapi_instance.stop(env)
