@@ -117,6 +117,9 @@ SEARCH_PARTS: dict[str, Callable[[_Facts], list[str]]] = {
 }
 
 
+_SEARCHING = {**PARTS, **SEARCH_PARTS}
+
+
 @dataclass(frozen=True)
 class BlockKeys:
     """A record's keys: ``index`` — filed under (the registry stores them as tags); ``search`` — looked up
@@ -134,7 +137,7 @@ def keys_of(patient: Mapping[str, Any], rules: Rules) -> BlockKeys:
     wide = [block for block in rules.blocking if any(part in SEARCH_PARTS for part in block.parts)]
     if not wide:
         return BlockKeys(index, index)
-    return BlockKeys(index, sorted({*index, *_keys(facts, wide, {**PARTS, **SEARCH_PARTS})}))
+    return BlockKeys(index, sorted({*index, *_keys(facts, wide, _SEARCHING)}))
 
 
 def block_keys(patient: Mapping[str, Any], rules: Rules) -> list[str]:

@@ -62,15 +62,8 @@ public class InlineTagSearchParameters implements SmartInitializingSingleton {
 		@SuppressWarnings("unchecked")
 		IFhirResourceDao<SearchParameter> dao = daoRegistry.getResourceDao("SearchParameter");
 		SystemRequestDetails request = new SystemRequestDetails();
-		// Nothing to reindex (no tag definitions, and INLINE from the start); batch jobs aren't registered yet.
-		boolean marking = settings.isMarkResourcesForReindexingUponSearchParameterChange();
-		settings.setMarkResourcesForReindexingUponSearchParameterChange(false);
-		try {
-			define(dao, request);
-		} finally {
-			settings.setMarkResourcesForReindexingUponSearchParameterChange(marking);
-		}
-		searchParamRegistry.forceRefresh();
+		// Nothing to reindex (no tag definitions, and INLINE from the start).
+		StartupSearchParameters.write(settings, searchParamRegistry, () -> define(dao, request));
 		log.info("Tags stored INLINE; _tag/_security/_profile searched through SearchParameters over meta.*");
 	}
 

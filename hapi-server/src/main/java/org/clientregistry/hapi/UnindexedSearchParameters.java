@@ -79,21 +79,16 @@ public class UnindexedSearchParameters implements SmartInitializingSingleton {
 		if (retired.isEmpty() && unlisted.isEmpty()) {
 			return;
 		}
-		// No reindex job (batch jobs aren't registered yet): rows already stored for these parameters are
-		// dropped when their resource is next written, or by a $reindex.
-		boolean marking = settings.isMarkResourcesForReindexingUponSearchParameterChange();
-		settings.setMarkResourcesForReindexingUponSearchParameterChange(false);
-		try {
+		// No reindex job: rows already stored for these parameters are dropped when their resource is next
+		// written, or by a $reindex.
+		StartupSearchParameters.write(settings, searchParamRegistry, () -> {
 			for (SearchParameter sp : retired) {
 				dao.update(sp, request); // unchanged on later starts: no new version
 			}
 			for (IIdType id : unlisted) { // taken off the list: the built-in parameter is back
 				dao.delete(id, request);
 			}
-		} finally {
-			settings.setMarkResourcesForReindexingUponSearchParameterChange(marking);
-		}
-		searchParamRegistry.forceRefresh();
+		});
 		log.info("Not indexed (retired search parameters): {}; indexed again: {}",
 				props.getUnindexedSearchParameters(), unlisted);
 	}
