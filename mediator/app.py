@@ -19,6 +19,7 @@ from .fhir_client import HapiClient
 from .locks import LocalKeyedLocks, LockManager
 from .registry import Registry
 from .settings import Settings
+from .tagged_sources import TaggedSources
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,8 @@ def create_app(
                 session, settings.hapi_base_url, settings.hapi_timeout_s, settings.hapi_connect_timeout_s
             )
             app[HAPI] = hapi
-            app[REGISTRY] = Registry(hapi, app[CONFIG], lock_manager, settings.conflict_retries)
+            sources = TaggedSources(hapi, settings.source_cache_records)
+            app[REGISTRY] = Registry(hapi, app[CONFIG], lock_manager, settings.conflict_retries, sources)
             # the rules a re-match applied (stored in HAPI) win over CR_RULES; broken ones fail start-up
             loading = await applied_rules.install(app[CONFIG], hapi)
             # and every replica notices when a re-match on another one (or a reset) changes them

@@ -26,7 +26,6 @@ from .errors import Conflict, NotFound, Unprocessable, UpstreamTimeout, Upstream
 log = logging.getLogger(__name__)
 
 FHIR_JSON = "application/fhir+json"
-ASKED_TAGS_HEADER = "X-Tags-Shown"  # hapi-server's AskedTagsOnlyInterceptor
 SINGLE_RESPONSE_MAX = 1000  # HAPI's largest page (hapi.max-page-size); a no-store search has one page
 # search parameters: a dict, or (name, value) pairs when a parameter repeats (authored-on=ge…&authored-on=le…)
 Params = Mapping[str, str] | Sequence[tuple[str, str]]
@@ -162,17 +161,12 @@ class HapiClient:
         return results[:max_results]
 
     async def search_once(
-        self, resource_type: str, params: Params, *, max_results: int, asked_tags_only: bool = False
+        self, resource_type: str, params: Params, *, max_results: int
     ) -> list[dict[str, Any]]:
         """A search answered in one response and not kept by HAPI (``Cache-Control: no-store``): no paging,
         at most ``max_results`` (≤ :data:`SINGLE_RESPONSE_MAX`) resources — HAPI skips writing the search
         and its result ids to its database (about 30 % less time for the registry's candidate searches at
-        100k records). For callers that only need to know whether there are more than ``max_results - 1``.
-
-        ``asked_tags_only``: of the tag systems a ``_tag`` search names, each resource comes back with only
-        the tags asked for, labelled ``SUBSETTED`` (the project's HAPI launcher does this on the header
-        ``X-Tags-Shown: asked``; about a quarter less HAPI CPU on candidate searches). Such resources are
-        views for matching: never to be written back."""
+        100k records). For callers that only need to know whether there are more than ``max_results - 1``."""
         if not 0 < max_results <= SINGLE_RESPONSE_MAX:
             raise ValueError(f"max_results must be 1..{SINGLE_RESPONSE_MAX}")
         pairs = list(params.items()) if isinstance(params, Mapping) else list(params)
@@ -182,14 +176,16 @@ class HapiClient:
             "GET",
             resource_type,
             params=pairs,
-            headers={
-                "Cache-Control": f"no-store, max-results={max_results}",
-                **({ASKED_TAGS_HEADER: "asked"} if asked_tags_only else {}),
-            },
+            headers={"Cache-Control": f"no-store, max-results={max_results}"},
         )
         entries = (bundle or {}).get("entry", [])
         matches = [e.get("resource") for e in entries if e.get("search", {}).get("mode", "match") == "match"]
         return [r for r in matches if r][:max_results]
+
+    async def operation(self, path: str, params: Params) -> dict[str, Any] | None:
+        """``GET {path}?params`` of an idempotent operation (e.g. ``Patient/$tagged-versions``): its JSON."""
+        _, payload = await self._call(f"operation {path}", "GET", path, params=params)
+        return payload
 
     async def pages(self, resource_type: str, params: dict[str, str]) -> AsyncIterator[list[dict[str, Any]]]:
         """Run a search and yield its result pages one at a time (``_count`` bounds a page)."""

@@ -65,7 +65,8 @@ def tags(resource: Mapping[str, Any], system: str) -> list[str]:
 
 
 def is_subsetted(resource: Mapping[str, Any]) -> bool:
-    """A partial view (FHIR's ``SUBSETTED`` security label), e.g. a candidate showing only the asked tags."""
+    """A partial view (FHIR's ``SUBSETTED`` security label), e.g. a candidate
+    record shared by :mod:`mediator.tagged_sources`."""
     return any(s.get("code") == "SUBSETTED" for s in resource.get("meta", {}).get("security", []))
 
 

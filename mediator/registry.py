@@ -26,6 +26,7 @@ from .fhir_client import HapiClient
 from .locks import LockManager
 from .records import Resource
 from .review import OPEN, POSSIBLE_DUPLICATE, POTENTIAL_MATCH, WITHDRAWN, review_task
+from .tagged_sources import TaggedSources
 from .unit_of_work import UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -81,8 +82,17 @@ class SubmissionResult:
 
 
 class Registry:
-    def __init__(self, hapi: HapiClient, config: ConfigHolder, locks: LockManager, conflict_retries: int = 5):
+    def __init__(
+        self,
+        hapi: HapiClient,
+        config: ConfigHolder,
+        locks: LockManager,
+        conflict_retries: int = 5,
+        sources: TaggedSources | None = None,
+    ):
         self.hapi = hapi
+        # candidates by blocking tag, through this process's cache of source records (checked by version)
+        self.sources = sources if sources is not None else TaggedSources(hapi)
         self.config = config
         self.locks = locks
         self.conflict_retries = conflict_retries
@@ -117,7 +127,7 @@ class Registry:
         started = time.perf_counter()
         async with self.locks.hold(keys):
             for attempt in range(1, self.conflict_retries + 1):
-                uow = UnitOfWork(self.hapi)
+                uow = UnitOfWork(self.hapi, self.sources)
                 if len(prepared) > 1:
                     foreseen = await self._prefetch(uow, prepared, cfg)
                 else:  # one grouped search for all its keys: each candidate comes back once, not per key

@@ -39,6 +39,8 @@ class Settings:
     client_systems: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     max_body_bytes: int = 2_000_000
     max_candidates: int = 500
+    # source records kept (as JSON, ≈ 1 KB each) to answer candidate searches without reading them again
+    source_cache_records: int = 200_000
     conflict_retries: int = 5
     # seconds between checks of the rules stored in HAPI (mediator/applied_rules.py); 0 = only at start
     rules_poll_s: float = 10.0
@@ -97,6 +99,7 @@ class Settings:
             client_systems=client_systems,
             max_body_bytes=int(num("CR_MAX_BODY_BYTES", defaults.max_body_bytes)),
             max_candidates=int(num("CR_MAX_CANDIDATES", defaults.max_candidates)),
+            source_cache_records=int(num("CR_SOURCE_CACHE_RECORDS", defaults.source_cache_records)),
             conflict_retries=int(num("CR_CONFLICT_RETRIES", defaults.conflict_retries)),
             rules_poll_s=num("CR_RULES_POLL_S", defaults.rules_poll_s),
             openhim_api_url=get("CR_OPENHIM_API_URL") or None,

@@ -27,18 +27,21 @@ from .records import (
     tags,
     version_of,
 )
+from .tagged_sources import TaggedSources
 
 log = logging.getLogger(__name__)
 _SERVER_META = ("versionId", "lastUpdated")  # set by HAPI; never sent back
 
 
 class UnitOfWork:
-    def __init__(self, hapi: HapiClient) -> None:
+    def __init__(self, hapi: HapiClient, sources: TaggedSources | None = None) -> None:
         self._hapi = hapi
+        self._sources = sources if sources is not None else TaggedSources(hapi, capacity=0)
         self._seen_versions: dict[str, str | None] = {}  # "Type/id" -> version read from HAPI (None: absent)
         self._read_cache: dict[str, Resource | None] = {}
         self._staged: dict[str, Resource] = {}  # "Type/id" -> resource to PUT, in staging order
-        self._searches: dict[tuple[str, ...], list[Resource]] = {}  # block keys -> HAPI's answer
+        # block key -> its source records in HAPI (None: more than the limit, skipped)
+        self._searches: dict[tuple[str, ...], list[Resource] | None] = {}
         self._staged_blocks: dict[str, set[str]] = {}  # block key -> staged source records ("Patient/id")
 
     async def read(self, resource_type: str, resource_id: str) -> Resource | None:
@@ -73,12 +76,11 @@ class UnitOfWork:
         if not block_keys:
             return []
         blocks = await asyncio.gather(*(self._search_blocks([key], limit) for key in block_keys))
-        oversized = [key for key, block in zip(block_keys, blocks, strict=True) if len(block) > limit]
+        oversized = [key for key, block in zip(block_keys, blocks, strict=True) if block is None]
         if oversized:
             log.warning("blocks over the candidate limit skipped", extra={"keys": oversized, "limit": limit})
-        found = list({r["id"]: r for block in blocks if len(block) <= limit for r in block}.values())
-        # HAPI's answers show only the asked block tags (SUBSETTED): views for matching, never remembered as
-        # reads, so nothing written back can lose the other tags
+        found = list({r["id"]: r for block in blocks if block is not None for r in block}.values())
+        # views for matching (SUBSETTED), never remembered as reads: nothing stale can be written back
         by_key: dict[str, Resource] = {f"Patient/{r['id']}": r for r in found}
         staged_here = set().union(*(self._staged_blocks.get(k, ()) for k in block_keys))
         for key in [k for k in by_key if k in self._staged and k not in staged_here]:
@@ -90,16 +92,11 @@ class UnitOfWork:
         # candidates are only read; anything to change is read again with :meth:`read`, which copies
         return list(by_key.values())
 
-    async def _search_blocks(self, block_keys: list[str], limit: int) -> list[Resource]:
+    async def _search_blocks(self, block_keys: list[str], limit: int) -> list[Resource] | None:
         """HAPI's answer for these keys, asked once per unit of work (staged records are overlaid later)."""
         cache_key = (str(limit), *block_keys)
         if cache_key not in self._searches:
-            answer = await self._hapi.search_once(
-                "Patient",
-                {"_tag": ",".join(f"{BLOCK_SYSTEM}|{key}" for key in block_keys)},
-                max_results=min(limit + 1, SINGLE_RESPONSE_MAX),
-                asked_tags_only=True,
-            )
+            answer = await self._sources.find(block_keys, min(limit, SINGLE_RESPONSE_MAX - 1))
             self._searches[cache_key] = _block(answer, limit)
         return self._searches[cache_key]
 
@@ -122,13 +119,8 @@ class UnitOfWork:
                     await self._search_blocks(group, limit)
                 return
             async with sem:
-                answer = await self._hapi.search_once(
-                    "Patient",
-                    {"_tag": ",".join(f"{BLOCK_SYSTEM}|{k}" for k in group)},
-                    max_results=cap,
-                    asked_tags_only=True,
-                )
-            if len(answer) >= cap:
+                answer = await self._sources.find(group, cap - 1)
+            if answer is None:
                 half = len(group) // 2
                 await asyncio.gather(fetch(group[:half]), fetch(group[half:]))
                 return
@@ -198,18 +190,20 @@ class UnitOfWork:
             return {}
         response = await self._hapi.transaction(self.bundle())
         versions: dict[str, str] = {}
-        for key, entry in zip(self._staged, response.get("entry", []), strict=False):
-            location = entry.get("response", {}).get("location", "")
-            parts = location.split("/")
+        for (key, resource), entry in zip(self._staged.items(), response.get("entry", []), strict=False):
+            answer = entry.get("response", {})
+            parts = answer.get("location", "").split("/")
             if "_history" in parts:
                 versions[key] = parts[parts.index("_history") + 1]
+                if _source_blocks(resource):  # a candidate of later submissions: known in this version
+                    self._sources.remember(resource, versions[key], answer.get("lastModified"))
         return versions
 
 
-def _block(answer: list[Resource], limit: int) -> list[Resource]:
-    """A block as kept: its source records, or more than ``limit`` records when it is oversized (skipped)."""
-    if len(answer) > limit:
-        return answer[: limit + 1]
+def _block(answer: list[Resource] | None, limit: int) -> list[Resource] | None:
+    """A block as kept: its source records, or None when more than ``limit`` records have the key."""
+    if answer is None or len(answer) > limit:
+        return None
     return [r for r in answer if _is_source(r)]
 
 

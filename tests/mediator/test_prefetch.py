@@ -4,7 +4,6 @@ key would — also when a grouped search is too large and has to be split down t
 from __future__ import annotations
 
 import aiohttp
-import pytest
 
 from mediator import records
 from mediator.fhir_client import HapiClient
@@ -85,40 +84,3 @@ async def test_staged_records_are_found_under_their_staged_keys_only(hapi_url):
         assert stored in ids(await uow.find_sources([two, one], 10)) and golden["id"] not in ids(
             await uow.find_sources([two, one], 10)
         )
-
-
-async def test_candidates_show_only_the_asked_tags_and_cannot_be_written_back(hapi_url):
-    """HAPI (the project's launcher) answers candidate searches with only the block tags asked for, marked
-    SUBSETTED; the record as stored keeps all its tags, and the unit of work refuses to write such a view
-    (a write would drop the tags not shown)."""
-    family = unique_surname()
-    asked, other, third = (f"test:{family}:{n}" for n in ("asked", "other", "third"))
-    record_id = f"src-test-{family.lower()}-0"
-    async with aiohttp.ClientSession() as session:
-        hapi = HapiClient(session, hapi_url, 30, 5)
-        writer = UnitOfWork(hapi)
-        writer.put(
-            records.build_source_record(
-                {"resourceType": "Patient", "name": [{"family": family}]},
-                record_id,
-                client_id=None,
-                golden_id="unused",
-                block_keys=[asked, other, third],
-            )
-            | {"link": []}
-        )
-        await writer.commit()
-
-        uow = UnitOfWork(hapi)
-        [found] = await uow.find_sources([asked], 10)
-        assert records.tags(found, records.BLOCK_SYSTEM) == [asked]
-        assert records.tags(found, records.RECORD_TYPE_SYSTEM) == [records.SOURCE]  # other systems kept
-        assert records.is_subsetted(found)
-        with pytest.raises(ValueError, match="SUBSETTED"):
-            uow.put(found)
-
-        stored = await uow.read("Patient", record_id)  # not taken from the search: the whole record
-        assert stored is not None and not records.is_subsetted(stored)
-        assert sorted(records.tags(stored, records.BLOCK_SYSTEM)) == sorted([asked, other, third])
-        plain = await hapi.search_once("Patient", {"_tag": f"{records.BLOCK_SYSTEM}|{asked}"}, max_results=5)
-        assert sorted(records.tags(plain[0], records.BLOCK_SYSTEM)) == sorted([asked, other, third])

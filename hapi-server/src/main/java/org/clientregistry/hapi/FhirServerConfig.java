@@ -4,6 +4,7 @@ import ca.uhn.fhir.context.support.IValidationSupport;
 import ca.uhn.fhir.jpa.api.config.JpaStorageSettings;
 import ca.uhn.fhir.jpa.api.dao.DaoRegistry;
 import ca.uhn.fhir.jpa.api.dao.IFhirSystemDao;
+import ca.uhn.fhir.jpa.dao.tx.IHapiTransactionService;
 import ca.uhn.fhir.jpa.provider.IJpaSystemProvider;
 import ca.uhn.fhir.jpa.provider.JpaCapabilityStatementProvider;
 import ca.uhn.fhir.jpa.search.DatabaseBackedPagingProvider;
@@ -18,6 +19,7 @@ import ca.uhn.fhir.rest.server.provider.ResourceProviderFactory;
 import ca.uhn.fhir.rest.server.util.ISearchParamRegistry;
 import java.util.ArrayList;
 import java.util.List;
+import javax.sql.DataSource;
 import org.springframework.context.annotation.Bean;
 import org.springframework.context.annotation.Configuration;
 
@@ -35,7 +37,9 @@ public class FhirServerConfig {
 			JpaStorageSettings storageSettings,
 			ISearchParamRegistry searchParamRegistry,
 			IValidationSupport validationSupport,
-			DatabaseBackedPagingProvider pagingProvider) {
+			DatabaseBackedPagingProvider pagingProvider,
+			IHapiTransactionService transactions,
+			DataSource dataSource) {
 		RestfulServer server = new RestfulServer(systemDao.getContext());
 
 		List<String> types = new ArrayList<>(props.getSupportedResourceTypes());
@@ -50,6 +54,7 @@ public class FhirServerConfig {
 
 		server.registerProviders(resourceProviderFactory.createProviders());
 		server.registerProvider(jpaSystemProvider);
+		server.registerProvider(new TaggedVersionsProvider(daoRegistry, transactions, dataSource));
 
 		JpaCapabilityStatementProvider capabilities = new JpaCapabilityStatementProvider(
 				server, systemDao, storageSettings, searchParamRegistry, validationSupport);
@@ -60,7 +65,6 @@ public class FhirServerConfig {
 		server.setETagSupport(ETagSupportEnum.ENABLED);
 		server.setDefaultResponseEncoding(EncodingEnum.JSON);
 		server.setDefaultPrettyPrint(false);
-		server.registerInterceptor(new AskedTagsOnlyInterceptor());
 
 		String address = props.getServerAddress();
 		if (address != null && !address.isBlank()) {

@@ -1,0 +1,122 @@
+"""Candidate searches list ids and versions (``Patient/$tagged-versions``, the HAPI launcher's operation) and
+read only the records not held in that version; what they return is exactly what HAPI holds now."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import pytest
+
+from mediator import records, tagged_sources
+from mediator.fhir_client import HapiClient
+from mediator.tagged_sources import TaggedSources
+from mediator.unit_of_work import UnitOfWork
+from tests.conftest import unique_surname
+from tests.hapi_helpers import get_now, put_now
+
+
+def _source(family: str, n: int, keys: list[str], given: str = "Ana") -> dict[str, Any]:
+    return records.build_source_record(
+        {"resourceType": "Patient", "name": [{"family": family, "given": [given]}]},
+        f"src-test-{family.lower()}-{n}",
+        client_id=None,
+        golden_id="unused",
+        block_keys=keys,
+    ) | {"link": []}
+
+
+def test_the_operation_lists_what_a_tag_search_finds_with_versions(hapi_url):
+    family = unique_surname()
+    key, other = f"test:{family}:k", f"test:{family}:o"
+    for n in range(3):
+        assert put_now(hapi_url, _source(family, n, [key] if n < 2 else [other])) in (200, 201)
+    put_now(hapi_url, _source(family, 1, [key], given="Bea"))  # version 2
+    tag = f"{records.BLOCK_SYSTEM}|{key},{records.BLOCK_SYSTEM}|{other}"
+
+    status, listed = get_now(f"{hapi_url}/Patient/$tagged-versions?tag={tag}&max=10")
+    _, bundle = get_now(f"{hapi_url}/Patient?_tag={tag}&_count=10")
+    assert status == 200
+    expected = [[e["resource"]["id"], e["resource"]["meta"]["versionId"]] for e in bundle["entry"]]
+    assert sorted(listed["ids"]) == sorted(expected) and len(expected) == 3
+    assert dict(map(tuple, listed["ids"]))[f"src-test-{family.lower()}-1"] == "2"
+
+    _, two = get_now(f"{hapi_url}/Patient/$tagged-versions?tag={tag}&max=2")
+    assert len(two["ids"]) == 2, "at most max"
+    for query in (f"tag={tag}&max=0", f"tag={tag}&max=5001", "tag=no-bar&max=5", "max=5"):
+        status, outcome = get_now(f"{hapi_url}/Patient/$tagged-versions?{query}")
+        assert status == 400 and outcome["resourceType"] == "OperationOutcome", query
+
+
+async def test_records_are_read_once_and_again_only_when_changed(hapi_url):
+    family = unique_surname()
+    key = f"test:{family}:k"
+    async with aiohttp.ClientSession() as session:
+        hapi = HapiClient(session, hapi_url, 30, 5)
+        sources = TaggedSources(hapi, capacity=100)
+        writer = UnitOfWork(hapi)  # another process's cache: this one learns nothing from the write
+        for n in range(3):
+            writer.put(_source(family, n, [key]))
+        await writer.commit()
+
+        first = await sources.find([key], 10)
+        assert first is not None and len(first) == 3 and (sources.hits, sources.reads) == (0, 3)
+        again = await sources.find([key], 10)
+        assert again == first and (sources.hits, sources.reads) == (3, 3)
+        assert again[0] is not first[0], "a fresh copy each time"
+
+        put_now(hapi_url, _source(family, 0, [key], given="Changed"))  # someone else changes one
+        changed = await sources.find([key], 10)
+        assert changed is not None and (sources.hits, sources.reads) == (5, 4)
+        by_id = {r["id"]: r for r in changed}
+        now = by_id[f"src-test-{family.lower()}-0"]
+        assert now["name"][0]["given"] == ["Changed"] and now["meta"]["versionId"] == "2"
+
+        put_now(hapi_url, _source(family, 1, [f"test:{family}:elsewhere"]))  # leaves the block
+        assert {r["id"] for r in await sources.find([key], 10) or []} == {
+            f"src-test-{family.lower()}-0",
+            f"src-test-{family.lower()}-2",
+        }
+        assert await sources.find([key], 1) is None, "more than the limit: None, nothing read"
+        assert sources.reads == 4
+
+
+async def test_records_written_through_it_are_known_and_views_cannot_be_written_back(hapi_url):
+    family = unique_surname()
+    key = f"test:{family}:k"
+    async with aiohttp.ClientSession() as session:
+        hapi = HapiClient(session, hapi_url, 30, 5)
+        sources = TaggedSources(hapi, capacity=100)
+        writer = UnitOfWork(hapi, sources)
+        writer.put(_source(family, 0, [key, f"test:{family}:second"]))
+        versions = await writer.commit()
+
+        uow = UnitOfWork(hapi, sources)
+        [found] = await uow.find_sources([key], 10)
+        assert sources.reads == 0 and sources.hits == 1, "known from the write"
+        assert found["meta"]["versionId"] == versions[f"Patient/{found['id']}"]
+        stored = await hapi.read("Patient", found["id"])
+        assert stored is not None
+        assert {k: v for k, v in found.items() if k != "meta"} == {
+            k: v for k, v in stored.items() if k not in ("meta", "text")
+        }
+        assert records.tags(found, records.BLOCK_SYSTEM) == records.tags(stored, records.BLOCK_SYSTEM)
+        assert records.is_subsetted(found) and not records.is_subsetted(stored)
+        with pytest.raises(ValueError, match="SUBSETTED"):
+            uow.put(found)
+
+
+async def test_a_server_without_the_operation_is_searched_by_tag(hapi_url, monkeypatch):
+    family = unique_surname()
+    key = f"test:{family}:k"
+    monkeypatch.setattr(tagged_sources, "OPERATION", "Patient/$no-such-operation")
+    async with aiohttp.ClientSession() as session:
+        hapi = HapiClient(session, hapi_url, 30, 5)
+        writer = UnitOfWork(hapi)
+        for n in range(2):
+            writer.put(_source(family, n, [key]))
+        await writer.commit()
+        sources = TaggedSources(hapi, capacity=100)
+        found = await sources.find([key], 10)
+        assert found is not None and len(found) == 2 and all(records.is_subsetted(r) for r in found)
+        assert await sources.find([key], 1) is None
