@@ -11,6 +11,7 @@ import org.springframework.boot.autoconfigure.SpringBootApplication;
 import org.springframework.boot.autoconfigure.quartz.QuartzAutoConfiguration;
 import org.springframework.boot.autoconfigure.thymeleaf.ThymeleafAutoConfiguration;
 import org.springframework.boot.context.properties.EnableConfigurationProperties;
+import org.springframework.boot.web.servlet.FilterRegistrationBean;
 import org.springframework.boot.web.servlet.ServletRegistrationBean;
 import org.springframework.context.annotation.Bean;
 import org.springframework.context.annotation.Import;
@@ -48,6 +49,14 @@ public class HapiServerApplication {
 				new ServletRegistrationBean<>(restfulServer, "/fhir/*");
 		registration.setName("fhirServlet");
 		registration.setLoadOnStartup(1);
+		return registration;
+	}
+
+	@Bean
+	public FilterRegistrationBean<WholeResponseFilter> wholeResponses() {
+		FilterRegistrationBean<WholeResponseFilter> registration =
+				new FilterRegistrationBean<>(new WholeResponseFilter());
+		registration.addUrlPatterns("/fhir/*");
 		return registration;
 	}
 }
