@@ -44,6 +44,7 @@ class TaggedSources:
         self._hapi = hapi
         self.capacity = max(0, capacity)
         self._cache: OrderedDict[str, tuple[str, bytes]] = OrderedDict()  # id -> (version, JSON)
+        self._store = hapi.base_url  # the cache holds this store's records (the URL can change live)
         self._operation = True  # False once the server is known not to have it
         self.hits = self.reads = 0
 
@@ -63,6 +64,7 @@ class TaggedSources:
         return None if len(found) > limit else [_view(r) for r in found]
 
     async def _find(self, tag: str, limit: int) -> list[Resource] | None:
+        self._same_store()
         listed = await self._hapi.operation(
             OPERATION, {"tag": tag, "max": str(min(limit + 1, OPERATION_MAX))}
         )
@@ -98,7 +100,14 @@ class TaggedSources:
             meta["lastUpdated"] = last_updated
         self._keep(_view(_as_stored({**resource, "meta": meta})))
 
+    def _same_store(self) -> None:
+        """Forget every record when the FHIR store's URL changed (OpenHIM console config)."""
+        if self._hapi.base_url != self._store:
+            self._cache.clear()
+            self._store = self._hapi.base_url
+
     def _keep(self, view: Resource) -> None:
+        self._same_store()
         if self.capacity == 0:
             return
         version = view.get("meta", {}).get("versionId")

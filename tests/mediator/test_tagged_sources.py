@@ -120,3 +120,21 @@ async def test_a_server_without_the_operation_is_searched_by_tag(hapi_url, monke
         found = await sources.find([key], 10)
         assert found is not None and len(found) == 2 and all(records.is_subsetted(r) for r in found)
         assert await sources.find([key], 1) is None
+
+
+async def test_a_new_store_address_forgets_the_records_held(hapi_url):
+    """The OpenHIM console can point the mediator at another FHIR store while it runs: records held from
+    the old one must not answer for records of the new one with the same id and version."""
+    family = unique_surname()
+    key = f"test:{family}:k"
+    async with aiohttp.ClientSession() as session:
+        hapi = HapiClient(session, hapi_url, 30, 5)
+        sources = TaggedSources(hapi, capacity=100)
+        writer = UnitOfWork(hapi, sources)
+        writer.put(_source(family, 0, [key]))
+        await writer.commit()
+        assert len(sources) == 1
+
+        hapi.reconfigure(hapi_url.replace("127.0.0.1", "localhost"), 30, 5)  # "another" store
+        found = await sources.find([key], 10)
+        assert found is not None and len(found) == 1 and (sources.hits, sources.reads) == (0, 1)
