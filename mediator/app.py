@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -79,6 +80,8 @@ def create_app(
 ) -> web.Application:
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[errors_middleware])
     app[SETTINGS] = settings
+    if settings.gc_threshold:  # a process-wide setting: the process serves this app
+        gc.set_threshold(*settings.gc_threshold)
     holder = ConfigHolder(
         config or RegistryConfig.from_settings(settings), RulesOrigin(path=str(settings.rules_path))
     )
