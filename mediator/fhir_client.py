@@ -182,9 +182,17 @@ class HapiClient:
         matches = [e.get("resource") for e in entries if e.get("search", {}).get("mode", "match") == "match"]
         return [r for r in matches if r][:max_results]
 
-    async def operation(self, path: str, params: Params) -> dict[str, Any] | None:
-        """``GET {path}?params`` of an idempotent operation (e.g. ``Patient/$tagged-versions``): its JSON."""
-        _, payload = await self._call(f"operation {path}", "GET", path, params=params)
+    async def operation(self, path: str, params: Mapping[str, str | int]) -> dict[str, Any] | None:
+        """``POST {path}`` (e.g. ``Patient/$tagged-versions``) with its parameters as a ``Parameters``
+        resource (no URL length limit): the JSON answer."""
+        body = {
+            "resourceType": "Parameters",
+            "parameter": [
+                {"name": k, "valueInteger" if isinstance(v, int) else "valueString": v}
+                for k, v in params.items()
+            ],
+        }
+        _, payload = await self._call(f"operation {path}", "POST", path, body=body)
         return payload
 
     async def pages(self, resource_type: str, params: dict[str, str]) -> AsyncIterator[list[dict[str, Any]]]:

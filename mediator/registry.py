@@ -379,7 +379,11 @@ class Registry:
         self, uow: UnitOfWork, decision: matching.Decision, source_id: str, golden_id: str
     ) -> None:
         for task in _review_tasks(decision, source_id, golden_id):
-            stored = await uow.peek("Task", task["id"])
+            candidate = task["input"][0]["valueReference"]["reference"]
+            if uow.created_here(records.ref(golden_id)) or uow.created_here(candidate):
+                stored = None  # about a golden record this transaction creates: cannot exist yet
+            else:
+                stored = await uow.peek("Task", task["id"])
             if stored is None or stored.get("status") in (OPEN, WITHDRAWN):
                 uow.put(task)
 

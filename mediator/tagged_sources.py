@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from .errors import NotFound, Unprocessable
+from .errors import Unprocessable
 from .fhir_client import SINGLE_RESPONSE_MAX, HapiClient
 from .records import BLOCK_SYSTEM, Resource
 
@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 OPERATION = "Patient/$tagged-versions"
 OPERATION_MAX = 5000  # hapi-server TaggedVersionsProvider.MAX
+UNKNOWN_OPERATION = "does not know how to handle"  # HAPI's 400 for an operation it does not have
+SEARCH_KEYS = 60  # tags per ``_tag`` search without the operation (URL length)
 READ_CHUNK = 80  # ids per ``_id`` search (URL length)
 SUBSETTED = {
     "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
@@ -51,25 +53,35 @@ class TaggedSources:
     async def find(self, block_keys: list[str], limit: int) -> list[Resource] | None:
         """The Patients tagged with any of the keys, each as HAPI holds it now, in HAPI's search order;
         None when more than ``limit`` carry them (then none is read)."""
-        tag = ",".join(f"{BLOCK_SYSTEM}|{key}" for key in block_keys)
         if self._operation:
             try:
-                return await self._find(tag, limit)
-            except (NotFound, Unprocessable):
+                return await self._find(_tag_list(block_keys), limit)
+            except Unprocessable as exc:
+                if UNKNOWN_OPERATION not in exc.diagnostics:
+                    raise
                 self._operation = False
                 log.warning("the FHIR store has no %s: candidates are searched by _tag", OPERATION)
-        found = await self._hapi.search_once(
-            "Patient", {"_tag": tag}, max_results=min(limit + 1, SINGLE_RESPONSE_MAX)
-        )
-        return None if len(found) > limit else [_view(r) for r in found]
+        return await self._search(block_keys, limit)
+
+    async def _search(self, block_keys: list[str], limit: int) -> list[Resource] | None:
+        """:meth:`find` by ``_tag`` searches of whole resources (a FHIR server without the operation)."""
+        most = min(limit + 1, SINGLE_RESPONSE_MAX)
+        found: dict[str, Resource] = {}
+        for start in range(0, len(block_keys), SEARCH_KEYS):
+            answer = await self._hapi.search_once(
+                "Patient", {"_tag": _tag_list(block_keys[start : start + SEARCH_KEYS])}, max_results=most
+            )
+            if len(answer) >= most:  # more than the limit, or as many as one answer holds: unknown
+                return None
+            found.update((r["id"], _view(r)) for r in answer)
+        return None if len(found) > limit else list(found.values())
 
     async def _find(self, tag: str, limit: int) -> list[Resource] | None:
         self._same_store()
-        listed = await self._hapi.operation(
-            OPERATION, {"tag": tag, "max": str(min(limit + 1, OPERATION_MAX))}
-        )
+        most = min(limit + 1, OPERATION_MAX)
+        listed = await self._hapi.operation(OPERATION, {"tag": tag, "max": most})
         versions: list[tuple[str, str]] = [(str(i), str(v)) for i, v in (listed or {}).get("ids", [])]
-        if len(versions) > limit:
+        if len(versions) >= most:  # more than the limit, or as many as one answer holds: unknown
             return None
         out: dict[str, Resource] = {}
         stale: list[str] = []
@@ -138,3 +150,7 @@ def _as_stored(value: Any) -> Any:
     if isinstance(value, list):
         return [v for v in map(_as_stored, value) if v not in ({}, [])]
     return value
+
+
+def _tag_list(block_keys: list[str]) -> str:
+    return ",".join(f"{BLOCK_SYSTEM}|{key}" for key in block_keys)

@@ -69,9 +69,8 @@ class UnitOfWork:
         Blocks come from the search cache that :meth:`prefetch_blocks` fills (the registry asks it first,
         one grouped search for a submission's keys); a key not cached is asked alone. A block larger than
         ``limit`` (a birth date shared by thousands) is left out, so the selective keys (phone, national
-        id, name) still find the person. (One search per key was faster on H2 with HAPI's tag tables; on
-        PostgreSQL with inline tags at 100k records one grouped search gives single submissions p50 23–26
-        against 28–35 ms, as each candidate is encoded once instead of once per shared key.)
+        id, name) still find the person. Records come from :class:`TaggedSources` (ids and versions
+        listed by HAPI, records read only when not held in that version).
         """
         if not block_keys:
             return []
@@ -101,12 +100,14 @@ class UnitOfWork:
         return self._searches[cache_key]
 
     async def prefetch_blocks(
-        self, key_sets: list[list[str]], limit: int, chunk: int = 60, cap: int = 1000, concurrency: int = 8
+        self, key_sets: list[list[str]], limit: int, chunk: int = 400, cap: int = 5000, concurrency: int = 8
     ) -> int:
-        """Answer the candidate searches of many records with a few ``_tag`` searches (``chunk`` keys each)
+        """Answer the candidate searches of many records with a few grouped searches (``chunk`` keys each)
         and fill the per-key search cache exactly as :meth:`_search_blocks` would. A search reaching ``cap``
         results (some key of the group is a huge block) is split in halves, down to single keys, which are
-        asked as :meth:`find_sources` asks them (``limit + 1`` results at most). Returns the searches made."""
+        asked as :meth:`find_sources` asks them (``limit + 1`` results at most). Returns the searches made.
+        (A bulk batch of 50 rows has ≈ 330 distinct keys: one listing by ``Patient/$tagged-versions``; 60
+        keys and 1,000 results were the bounds while searches returned whole resources.)"""
         keys = sorted({k for ks in key_sets for k in ks if (str(limit), k) not in self._searches})
         sem = asyncio.Semaphore(concurrency)
         searches = 0
@@ -154,6 +155,10 @@ class UnitOfWork:
                 key = f"{resource_type}/{i}"
                 if key not in self._read_cache:
                     self._remember(key, by_id.get(i))
+
+    def created_here(self, key: str) -> bool:
+        """``key`` ("Type/id") is staged and was never seen in HAPI: this unit of work creates it."""
+        return key in self._staged and self._seen_versions.get(key) is None
 
     def put(self, resource: Resource) -> None:
         key = f"{resource['resourceType']}/{resource['id']}"

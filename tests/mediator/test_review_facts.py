@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from mediator import records
+from mediator.fhir_client import HapiClient
 from mediator.review import POSSIBLE_DUPLICATE, POTENTIAL_MATCH
 from tests.conftest import patient, unique_phone, unique_surname
 
@@ -70,3 +71,39 @@ async def test_auto_match_into_two_people_links_the_best_and_flags_the_other(
     )
     assert len(tasks) == 1
     assert tasks[0]["input"][0]["valueReference"]["reference"] == f"Patient/{flagged}"
+
+
+async def test_a_doubt_about_a_person_created_in_the_same_transaction_is_raised_without_reading(
+    client, store, facility, monkeypatch
+):
+    """B is a potential match of A, and A's golden record is created by the same transaction: the Task
+    about the pair cannot exist yet, so it is written without being looked up in HAPI first."""
+    task_reads: list[str] = []
+    original = HapiClient.read
+
+    async def counting_read(self, resource_type, resource_id):
+        if resource_type == "Task":
+            task_reads.append(resource_id)
+        return await original(self, resource_type, resource_id)
+
+    monkeypatch.setattr(HapiClient, "read", counting_read)
+    family = unique_surname()
+    other = facility.replace("facility-", "hc-")
+    entries = [
+        patient(facility, "N1", family=family, phone=unique_phone()),
+        patient(other, "N2", family=family, phone=None, birth_date="1988-04-12"),
+    ]
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [{"resource": p, "request": {"method": "POST", "url": "Patient"}} for p in entries],
+    }
+    resp = await client.post("/fhir", json=bundle)
+    assert resp.status == 200, await resp.text()
+    out = await resp.json(content_type=None)
+    a_id, b_id = (e["resource"]["id"] for e in out["entry"])
+    a_golden = (await store.assert_consistent(a_id))["id"]
+    tasks = await store.search("Task", {"focus": f"Patient/{b_id}"})
+    assert [t["input"][0]["valueReference"]["reference"] for t in tasks] == [f"Patient/{a_golden}"]
+    assert {_kind(t) for t in tasks} == {POTENTIAL_MATCH}
+    assert task_reads == []

@@ -9,6 +9,7 @@ import aiohttp
 import pytest
 
 from mediator import records, tagged_sources
+from mediator.errors import Unprocessable
 from mediator.fhir_client import HapiClient
 from mediator.tagged_sources import TaggedSources
 from mediator.unit_of_work import UnitOfWork
@@ -138,3 +139,12 @@ async def test_a_new_store_address_forgets_the_records_held(hapi_url):
         hapi.reconfigure(hapi_url.replace("127.0.0.1", "localhost"), 30, 5)  # "another" store
         found = await sources.find([key], 10)
         assert found is not None and len(found) == 1 and (sources.hits, sources.reads) == (0, 1)
+
+
+async def test_other_refusals_of_the_operation_are_errors_not_a_fallback(hapi_url, monkeypatch):
+    monkeypatch.setattr(tagged_sources, "OPERATION_MAX", 10_000)  # the operation allows 5,000
+    async with aiohttp.ClientSession() as session:
+        sources = TaggedSources(HapiClient(session, hapi_url, 30, 5), capacity=100)
+        with pytest.raises(Unprocessable, match="max must be"):
+            await sources.find([f"test:{unique_surname()}:k"], 6000)
+        assert sources._operation, "still asks the operation"
