@@ -3,6 +3,7 @@ read only the records not held in that version; what they return is exactly what
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -27,6 +28,12 @@ def _source(family: str, n: int, keys: list[str], given: str = "Ana") -> dict[st
     ) | {"link": []}
 
 
+@pytest.fixture
+async def hapi(hapi_url: str) -> AsyncIterator[HapiClient]:
+    async with aiohttp.ClientSession() as session:
+        yield HapiClient(session, hapi_url, 30, 5)
+
+
 def test_the_operation_lists_what_a_tag_search_finds_with_versions(hapi_url):
     family = unique_surname()
     key, other = f"test:{family}:k", f"test:{family}:o"
@@ -49,102 +56,93 @@ def test_the_operation_lists_what_a_tag_search_finds_with_versions(hapi_url):
         assert status == 400 and outcome["resourceType"] == "OperationOutcome", query
 
 
-async def test_records_are_read_once_and_again_only_when_changed(hapi_url):
+async def test_records_are_read_once_and_again_only_when_changed(hapi, hapi_url):
     family = unique_surname()
     key = f"test:{family}:k"
-    async with aiohttp.ClientSession() as session:
-        hapi = HapiClient(session, hapi_url, 30, 5)
-        sources = TaggedSources(hapi, capacity=100)
-        writer = UnitOfWork(hapi)  # another process's cache: this one learns nothing from the write
-        for n in range(3):
-            writer.put(_source(family, n, [key]))
-        await writer.commit()
+    sources = TaggedSources(hapi, capacity=100)
+    writer = UnitOfWork(hapi)  # another process's cache: this one learns nothing from the write
+    for n in range(3):
+        writer.put(_source(family, n, [key]))
+    await writer.commit()
 
-        first = await sources.find([key], 10)
-        assert first is not None and len(first) == 3 and (sources.hits, sources.reads) == (0, 3)
-        again = await sources.find([key], 10)
-        assert again == first and (sources.hits, sources.reads) == (3, 3)
-        assert again[0] is not first[0], "a fresh copy each time"
+    first = await sources.find([key], 10)
+    assert first is not None and len(first) == 3 and (sources.hits, sources.reads) == (0, 3)
+    again = await sources.find([key], 10)
+    assert again == first and (sources.hits, sources.reads) == (3, 3)
+    assert again[0] is not first[0], "a fresh copy each time"
 
-        put_now(hapi_url, _source(family, 0, [key], given="Changed"))  # someone else changes one
-        changed = await sources.find([key], 10)
-        assert changed is not None and (sources.hits, sources.reads) == (5, 4)
-        by_id = {r["id"]: r for r in changed}
-        now = by_id[f"src-test-{family.lower()}-0"]
-        assert now["name"][0]["given"] == ["Changed"] and now["meta"]["versionId"] == "2"
+    put_now(hapi_url, _source(family, 0, [key], given="Changed"))  # someone else changes one
+    changed = await sources.find([key], 10)
+    assert changed is not None and (sources.hits, sources.reads) == (5, 4)
+    by_id = {r["id"]: r for r in changed}
+    now = by_id[f"src-test-{family.lower()}-0"]
+    assert now["name"][0]["given"] == ["Changed"] and now["meta"]["versionId"] == "2"
 
-        put_now(hapi_url, _source(family, 1, [f"test:{family}:elsewhere"]))  # leaves the block
-        assert {r["id"] for r in await sources.find([key], 10) or []} == {
-            f"src-test-{family.lower()}-0",
-            f"src-test-{family.lower()}-2",
-        }
-        assert await sources.find([key], 1) is None, "more than the limit: None, nothing read"
-        assert sources.reads == 4
+    put_now(hapi_url, _source(family, 1, [f"test:{family}:elsewhere"]))  # leaves the block
+    assert {r["id"] for r in await sources.find([key], 10) or []} == {
+        f"src-test-{family.lower()}-0",
+        f"src-test-{family.lower()}-2",
+    }
+    assert await sources.find([key], 1) is None, "more than the limit: None, nothing read"
+    assert sources.reads == 4
 
 
-async def test_records_written_through_it_are_known_and_views_cannot_be_written_back(hapi_url):
+async def test_records_written_through_it_are_known_and_views_cannot_be_written_back(hapi):
     family = unique_surname()
     key = f"test:{family}:k"
-    async with aiohttp.ClientSession() as session:
-        hapi = HapiClient(session, hapi_url, 30, 5)
-        sources = TaggedSources(hapi, capacity=100)
-        writer = UnitOfWork(hapi, sources)
-        writer.put(_source(family, 0, [key, f"test:{family}:second"]))
-        versions = await writer.commit()
+    sources = TaggedSources(hapi, capacity=100)
+    writer = UnitOfWork(hapi, sources)
+    writer.put(_source(family, 0, [key, f"test:{family}:second"]))
+    versions = await writer.commit()
 
-        uow = UnitOfWork(hapi, sources)
-        [found] = await uow.find_sources([key], 10)
-        assert sources.reads == 0 and sources.hits == 1, "known from the write"
-        assert found["meta"]["versionId"] == versions[f"Patient/{found['id']}"]
-        stored = await hapi.read("Patient", found["id"])
-        assert stored is not None
-        assert {k: v for k, v in found.items() if k != "meta"} == {
-            k: v for k, v in stored.items() if k not in ("meta", "text")
-        }
-        assert records.tags(found, records.BLOCK_SYSTEM) == records.tags(stored, records.BLOCK_SYSTEM)
-        assert records.is_subsetted(found) and not records.is_subsetted(stored)
-        with pytest.raises(ValueError, match="SUBSETTED"):
-            uow.put(found)
+    uow = UnitOfWork(hapi, sources)
+    [found] = await uow.find_sources([key], 10)
+    assert sources.reads == 0 and sources.hits == 1, "known from the write"
+    assert found["meta"]["versionId"] == versions[f"Patient/{found['id']}"]
+    stored = await hapi.read("Patient", found["id"])
+    assert stored is not None
+    assert {k: v for k, v in found.items() if k != "meta"} == {
+        k: v for k, v in stored.items() if k not in ("meta", "text")
+    }
+    assert records.tags(found, records.BLOCK_SYSTEM) == records.tags(stored, records.BLOCK_SYSTEM)
+    assert records.is_subsetted(found) and not records.is_subsetted(stored)
+    with pytest.raises(ValueError, match="SUBSETTED"):
+        uow.put(found)
 
 
-async def test_a_server_without_the_operation_is_searched_by_tag(hapi_url, monkeypatch):
+async def test_a_server_without_the_operation_is_searched_by_tag(hapi, monkeypatch):
     family = unique_surname()
     key = f"test:{family}:k"
     monkeypatch.setattr(tagged_sources, "OPERATION", "Patient/$no-such-operation")
-    async with aiohttp.ClientSession() as session:
-        hapi = HapiClient(session, hapi_url, 30, 5)
-        writer = UnitOfWork(hapi)
-        for n in range(2):
-            writer.put(_source(family, n, [key]))
-        await writer.commit()
-        sources = TaggedSources(hapi, capacity=100)
-        found = await sources.find([key], 10)
-        assert found is not None and len(found) == 2 and all(records.is_subsetted(r) for r in found)
-        assert await sources.find([key], 1) is None
+    writer = UnitOfWork(hapi)
+    for n in range(2):
+        writer.put(_source(family, n, [key]))
+    await writer.commit()
+    sources = TaggedSources(hapi, capacity=100)
+    found = await sources.find([key], 10)
+    assert found is not None and len(found) == 2 and all(records.is_subsetted(r) for r in found)
+    assert await sources.find([key], 1) is None
 
 
-async def test_a_new_store_address_forgets_the_records_held(hapi_url):
+async def test_a_new_store_address_forgets_the_records_held(hapi, hapi_url):
     """The OpenHIM console can point the mediator at another FHIR store while it runs: records held from
     the old one must not answer for records of the new one with the same id and version."""
     family = unique_surname()
     key = f"test:{family}:k"
-    async with aiohttp.ClientSession() as session:
-        hapi = HapiClient(session, hapi_url, 30, 5)
-        sources = TaggedSources(hapi, capacity=100)
-        writer = UnitOfWork(hapi, sources)
-        writer.put(_source(family, 0, [key]))
-        await writer.commit()
-        assert len(sources) == 1
+    sources = TaggedSources(hapi, capacity=100)
+    writer = UnitOfWork(hapi, sources)
+    writer.put(_source(family, 0, [key]))
+    await writer.commit()
+    assert len(sources) == 1
 
-        hapi.reconfigure(hapi_url.replace("127.0.0.1", "localhost"), 30, 5)  # "another" store
-        found = await sources.find([key], 10)
-        assert found is not None and len(found) == 1 and (sources.hits, sources.reads) == (0, 1)
+    hapi.reconfigure(hapi_url.replace("127.0.0.1", "localhost"), 30, 5)  # "another" store
+    found = await sources.find([key], 10)
+    assert found is not None and len(found) == 1 and (sources.hits, sources.reads) == (0, 1)
 
 
-async def test_other_refusals_of_the_operation_are_errors_not_a_fallback(hapi_url, monkeypatch):
+async def test_other_refusals_of_the_operation_are_errors_not_a_fallback(hapi, monkeypatch):
     monkeypatch.setattr(tagged_sources, "OPERATION_MAX", 10_000)  # the operation allows 5,000
-    async with aiohttp.ClientSession() as session:
-        sources = TaggedSources(HapiClient(session, hapi_url, 30, 5), capacity=100)
-        with pytest.raises(Unprocessable, match="max must be"):
-            await sources.find([f"test:{unique_surname()}:k"], 6000)
-        assert sources._operation, "still asks the operation"
+    sources = TaggedSources(hapi, capacity=100)
+    with pytest.raises(Unprocessable, match="max must be"):
+        await sources.find([f"test:{unique_surname()}:k"], 6000)
+    assert sources._operation, "still asks the operation"
