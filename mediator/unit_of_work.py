@@ -77,7 +77,12 @@ class UnitOfWork:
         blocks = await asyncio.gather(*(self._search_blocks([key], limit) for key in block_keys))
         oversized = [key for key, block in zip(block_keys, blocks, strict=True) if block is None]
         if oversized:
-            log.warning("blocks over the candidate limit skipped", extra={"keys": oversized, "limit": limit})
+            # the kinds of key only: a key holds demographics (a birth date, name codes)
+            kinds = sorted({key.split(":")[0] for key in oversized})
+            log.warning(
+                "blocks over the candidate limit skipped",
+                extra={"key_kinds": kinds, "blocks": len(oversized), "limit": limit},
+            )
         found = list({r["id"]: r for block in blocks if block is not None for r in block}.values())
         # views for matching (SUBSETTED), never remembered as reads: nothing stale can be written back
         by_key: dict[str, Resource] = {f"Patient/{r['id']}": r for r in found}
