@@ -64,9 +64,24 @@ def tags(resource: Mapping[str, Any], system: str) -> list[str]:
     return [t.get("code", "") for t in resource.get("meta", {}).get("tag", []) if t.get("system") == system]
 
 
+SUBSETTED = {
+    "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
+    "code": "SUBSETTED",
+    "display": "subsetted",
+}
+
+
+def subsetted(resource: Mapping[str, Any]) -> dict[str, Any]:
+    """``resource`` labelled as a partial view (FHIR's ``SUBSETTED``): for looking at, never written back."""
+    meta: dict[str, Any] = dict(resource.get("meta", {}))
+    others = [s for s in meta.get("security", []) if s.get("code") != "SUBSETTED"]
+    meta["security"] = [*others, SUBSETTED]
+    return {**resource, "meta": meta}
+
+
 def is_subsetted(resource: Mapping[str, Any]) -> bool:
     """A partial view (FHIR's ``SUBSETTED`` security label), e.g. a candidate
-    record shared by :mod:`mediator.tagged_sources`."""
+    record shared by :mod:`mediator.tagged_sources` (:func:`subsetted`)."""
     return any(s.get("code") == "SUBSETTED" for s in resource.get("meta", {}).get("security", []))
 
 

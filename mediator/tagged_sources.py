@@ -25,7 +25,7 @@ import orjson
 
 from .errors import Unprocessable
 from .fhir_client import SINGLE_RESPONSE_MAX, HapiClient
-from .records import BLOCK_SYSTEM, Resource
+from .records import BLOCK_SYSTEM, Resource, subsetted
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +34,6 @@ OPERATION_MAX = 5000  # hapi-server TaggedVersionsProvider.MAX
 UNKNOWN_OPERATION = "does not know how to handle"  # HAPI's 400 for an operation it does not have
 SEARCH_KEYS = 60  # tags per ``_tag`` search without the operation (URL length)
 READ_CHUNK = 80  # ids per ``_id`` search (URL length)
-SUBSETTED = {
-    "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
-    "code": "SUBSETTED",
-    "display": "subsetted",
-}
 
 
 class TaggedSources:
@@ -73,7 +68,7 @@ class TaggedSources:
             )
             if len(answer) >= most:  # more than the limit, or as many as one answer holds: unknown
                 return None
-            found.update((r["id"], _view(r)) for r in answer)
+            found.update((r["id"], subsetted(r)) for r in answer)
         return None if len(found) > limit else list(found.values())
 
     async def _find(self, tag: str, limit: int) -> list[Resource] | None:
@@ -99,7 +94,7 @@ class TaggedSources:
             *(self._hapi.search_once("Patient", {"_id": ",".join(c)}, max_results=len(c)) for c in chunks)
         )
         for resource in (r for answer in answers for r in answer):
-            view = _view(resource)
+            view = subsetted(resource)
             self._keep(view)
             out[view["id"]] = view
         # listing order; a record deleted between the two requests is left out
@@ -110,7 +105,7 @@ class TaggedSources:
         meta = {**resource.get("meta", {}), "versionId": version}
         if last_updated:
             meta["lastUpdated"] = last_updated
-        self._keep(_view(_as_stored({**resource, "meta": meta})))
+        self._keep(subsetted(_as_stored({**resource, "meta": meta})))
 
     def _same_store(self) -> None:
         """Forget every record when the FHIR store's URL changed (OpenHIM console config)."""
@@ -132,14 +127,6 @@ class TaggedSources:
 
     def __len__(self) -> int:
         return len(self._cache)
-
-
-def _view(resource: Resource) -> Resource:
-    """``resource`` labelled SUBSETTED (a view for matching, never written back)."""
-    meta: dict[str, Any] = dict(resource.get("meta", {}))
-    security = [s for s in meta.get("security", []) if s.get("code") != "SUBSETTED"]
-    meta["security"] = [*security, SUBSETTED]
-    return {**resource, "meta": meta}
 
 
 def _as_stored(value: Any) -> Any:

@@ -16,7 +16,7 @@ import asyncio
 import logging
 from typing import Any
 
-from .fhir_client import SINGLE_RESPONSE_MAX, HapiClient
+from .fhir_client import HapiClient
 from .records import (
     BLOCK_SYSTEM,
     RECORD_TYPE_SYSTEM,
@@ -100,7 +100,7 @@ class UnitOfWork:
         """HAPI's answer for these keys, asked once per unit of work (staged records are overlaid later)."""
         cache_key = (str(limit), *block_keys)
         if cache_key not in self._searches:
-            answer = await self._sources.find(block_keys, min(limit, SINGLE_RESPONSE_MAX - 1))
+            answer = await self._sources.find(block_keys, limit)
             self._searches[cache_key] = _block(answer, limit)
         return self._searches[cache_key]
 
