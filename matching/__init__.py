@@ -8,7 +8,7 @@ Pure library (no I/O except the CLI in ``__main__``). Public interface used by t
 """
 
 from .blocking import BlockKeys, block_keys, keys_of
-from .decision import Candidate, CandidateScore, Decision, decide, decide_many, score_pair
+from .decision import Candidate, CandidateScore, Decision, decide, decide_many, decide_reusing, score_pair
 from .errors import MatchingError, RulesError
 from .explain import Explanation, FieldExplanation
 from .loading import load_rules
@@ -29,6 +29,7 @@ __all__ = [
     "block_keys",
     "decide",
     "decide_many",
+    "decide_reusing",
     "keys_of",
     "load_rules",
     "prepare",

@@ -140,18 +140,40 @@ def decide_many(
                     explanation=explain_pair(rules, table, c, i, left[i], right[i]),
                 )
             )
-        scores.sort(key=lambda s: (_RANK[s.classification], s.score), reverse=True)
-        best = scores[0]
-        out.append(
-            Decision(
-                outcome=best.classification,
-                golden_id=best.golden_id if best.classification == "match" else None,
-                score=best.score,
-                rule=best.rule,
-                scores=tuple(scores),
-            )
-        )
+        out.append(_decision(scores))
     return out
+
+
+def decide_reusing(
+    record: Mapping[str, Any],
+    candidates: Sequence[Candidate],
+    known: Mapping[str, CandidateScore],
+    rules: Rules,
+) -> Decision:
+    """:func:`decide`, taking the score of each candidate whose id is in ``known`` from there: the caller
+    vouches that it was scored on these very two records (and that candidate's golden record) under
+    ``rules``. Only the other candidates are compared; the decision is the one :func:`decide` gives, since
+    a pair's score depends on its two records and the rules only. (The registry decides a bulk batch ahead
+    and again entry by entry, when earlier entries of the batch became candidates: most pairs are known.)"""
+    todo = [cand for cand in candidates if cand.id not in known]
+    fresh = {s.candidate_id: s for s in decide(record, todo, rules).scores} if todo else {}
+    if not candidates:
+        return _no_candidates(rules)
+    return _decision([known[cand.id] if cand.id in known else fresh[cand.id] for cand in candidates])
+
+
+def _decision(scores: list[CandidateScore]) -> Decision:
+    """The decision over a record's candidate scores, given in candidate order: best first (a stable sort,
+    so ties keep that order)."""
+    scores = sorted(scores, key=lambda s: (_RANK[s.classification], s.score), reverse=True)
+    best = scores[0]
+    return Decision(
+        outcome=best.classification,
+        golden_id=best.golden_id if best.classification == "match" else None,
+        score=best.score,
+        rule=best.rule,
+        scores=tuple(scores),
+    )
 
 
 def _no_candidates(rules: Rules) -> Decision:

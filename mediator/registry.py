@@ -51,6 +51,7 @@ class Prepared:
     block_keys: list[str]  # matching.keys_of(...).index of the submitted Patient: its block tags
     search_keys: list[str]  # ….search: its candidates are searched by these, and locked over them
     config: RegistryConfig  # what it was prepared (checked, keyed) under
+    values: matching.Prepared  # the Patient's normalised field values under config.rules (for deciding)
 
 
 @dataclass(frozen=True)
@@ -217,7 +218,8 @@ class Registry:
                 f"Patient/{submission.target_id} is not the record of the identifier {system}|{value}."
             )
         keys = matching.keys_of(patient, cfg.rules)
-        return Prepared(submission, system, value, source_id, keys.index, keys.search, cfg)
+        values = matching.prepare(patient, cfg.rules)
+        return Prepared(submission, system, value, source_id, keys.index, keys.search, cfg, values)
 
     async def _process(
         self,
@@ -235,8 +237,9 @@ class Registry:
         seen = (foreseen or {}).get(prepared.source_id)
         if seen is not None and seen.same_candidates(candidates):
             decision = seen.decision
-        else:
-            decision = await _decide(patient, candidates, cfg.rules)
+        else:  # earlier entries of the batch changed the candidates: score only the changed ones
+            known = seen.known_scores(candidates) if seen is not None else {}
+            decision = await _decide(prepared.values, candidates, known, cfg.rules)
         target = await self._target(prepared, uow, existing, current, decision)
 
         golden = await self._golden(uow, target) if target else None
@@ -341,10 +344,7 @@ class Registry:
         await uow.prefetch("Patient", sorted({g for own in owns if own and (g := records.golden_id_of(own))}))
         found = [await self._candidates(p, uow, cfg) for p in prepared]
         decisions = await _decide_many(
-            [
-                (p.submission.patient, candidates)
-                for p, (_, _, candidates) in zip(prepared, found, strict=True)
-            ],
+            [(p.values, candidates) for p, (_, _, candidates) in zip(prepared, found, strict=True)],
             cfg.rules,
         )
         foreseen: dict[str, _Foreseen] = {}
@@ -403,6 +403,17 @@ class _Foreseen:
             for a, b in zip(candidates, self.candidates, strict=True)
         )
 
+    def known_scores(self, candidates: list[matching.Candidate]) -> dict[str, matching.CandidateScore]:
+        """The scores of the candidates that are still the very same records with the same golden records
+        (by candidate id): scoring them again would give the same scores."""
+        before = {c.id: c for c in self.candidates}
+        scores = {s.candidate_id: s for s in self.decision.scores}
+        return {
+            c.id: scores[c.id]
+            for c in candidates
+            if (b := before.get(c.id)) is not None and b.resource is c.resource and b.golden_id == c.golden_id
+        }
+
 
 def _review_tasks(decision: matching.Decision, source_id: str, golden_id: str) -> list[Resource]:
     """The review Tasks a decision asks for: one per other person scored 'match' (possible duplicate of
@@ -449,9 +460,15 @@ def choose_golden(
 
 
 async def _decide(
-    patient: Mapping[str, Any], candidates: list[matching.Candidate], rules: matching.Rules
+    values: matching.Prepared,
+    candidates: list[matching.Candidate],
+    known: dict[str, matching.CandidateScore],
+    rules: matching.Rules,
 ) -> matching.Decision:
-    return (await _decide_many([(patient, candidates)], rules))[0]
+    """``matching.decide_reusing``, in a worker thread when many pairs are left to score."""
+    if len(candidates) - len(known) >= OFF_LOOP_CANDIDATES:
+        return await asyncio.to_thread(matching.decide_reusing, values, candidates, known, rules)
+    return matching.decide_reusing(values, candidates, known, rules)
 
 
 async def _decide_many(

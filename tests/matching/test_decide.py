@@ -206,3 +206,38 @@ def test_deciding_many_at_once_gives_each_record_its_own_decision(rules: matchin
         assert [s.explanation.fields for s in a.scores] == [s.explanation.fields for s in b.scores]
     outcomes = {d.outcome for d in many}
     assert {"match", "no_match"} <= outcomes
+
+
+def test_deciding_again_with_known_scores_gives_the_decision_of_deciding_afresh(
+    rules: matching.Rules,
+) -> None:
+    """decide_reusing takes the scores of candidates scored before (the registry decides a bulk batch ahead,
+    then again entry by entry when earlier entries became candidates): same decision as decide, and the
+    known scores are taken as given, not computed again."""
+    import dataclasses
+
+    from bench.population import generate_population
+
+    people, _ = generate_population(300, seed=12)
+    index: dict[str, list[dict]] = {}
+    for p in people:
+        for key in matching.block_keys(p, rules):
+            index.setdefault(key, []).append(p)
+    compared = 0
+    for p in people[:120]:
+        seek = matching.keys_of(p, rules).search
+        near = {c["id"]: c for key in seek for c in index.get(key, []) if c is not p}
+        cands = [matching.Candidate(i, "golden-" + i, c) for i, c in near.items()]
+        before = matching.decide(p, cands[: len(cands) * 2 // 3], rules)  # decided ahead, fewer candidates
+        known = {s.candidate_id: s for s in before.scores}
+        again = matching.decide_reusing(matching.prepare(p, rules), cands, known, rules)
+        assert again == matching.decide(p, cands, rules)
+        compared += len(cands) - len(known)
+    assert compared > 50  # some candidates were new, and scored
+    # a known score is used as it is
+    p = people[0]
+    cands = [matching.Candidate(c["id"], "g-" + c["id"], c) for c in people[1:4]]
+    fake = dataclasses.replace(matching.decide(p, cands[:1], rules).scores[0], score=99.0)
+    decision = matching.decide_reusing(p, cands, {cands[0].id: fake}, rules)
+    assert decision.scores[0] is fake
+    assert matching.decide_reusing(p, [], {}, rules) == matching.decide(p, [], rules)
