@@ -131,12 +131,15 @@ class UnitOfWork:
                 await asyncio.gather(fetch(group[:half]), fetch(group[half:]))
                 return
             per_key: dict[str, dict[str, Resource]] = {k: {} for k in group}
+            sources: set[str] = set()  # looked at once per record, not once per block it is in
             for resource in answer:
+                if _is_source(resource):
+                    sources.add(resource["id"])
                 for tag in tags(resource, BLOCK_SYSTEM):
                     if tag in per_key:
                         per_key[tag][resource["id"]] = resource
             for k in group:  # complete blocks: the search returned every record with any of the keys
-                self._searches.setdefault((str(limit), k), _block(list(per_key[k].values()), limit))
+                self._searches.setdefault((str(limit), k), _block(list(per_key[k].values()), limit, sources))
 
         await asyncio.gather(*(fetch(keys[i : i + chunk]) for i in range(0, len(keys), chunk)))
         return searches
@@ -210,10 +213,15 @@ class UnitOfWork:
         return versions
 
 
-def _block(answer: list[Resource] | None, limit: int) -> list[Resource] | None:
-    """A block as kept: its source records, or None when more than ``limit`` records have the key."""
+def _block(
+    answer: list[Resource] | None, limit: int, sources: set[str] | None = None
+) -> list[Resource] | None:
+    """A block as kept: its source records (``sources``: their ids, when known), or None when more than
+    ``limit`` records have the key."""
     if answer is None or len(answer) > limit:
         return None
+    if sources is not None:
+        return [r for r in answer if r["id"] in sources]
     return [r for r in answer if _is_source(r)]
 
 

@@ -43,3 +43,51 @@ def test_demographics_are_not_indexed_but_registry_searches_work(hapi_url):
         status, bundle = get_now(f"{hapi_url}/Patient?{query}")
         assert status == 200, query
         assert [e["resource"]["id"] for e in bundle.get("entry", [])] == [record_id], query
+
+
+def test_audit_events_are_found_by_entity_subtype_and_date_only(hapi_url):
+    """The registry looks AuditEvents up by entity, subtype and date; the other parameters are not indexed
+    (``patient`` indexed every record reference of the registry's one-per-transaction events again)."""
+    family = unique_surname()
+    patient_id = f"audit-test-{family.lower()}"
+    assert put_now(hapi_url, {"resourceType": "Patient", "id": patient_id}) in (200, 201)
+    event = {
+        "resourceType": "AuditEvent",
+        "id": f"audit-test-{family.lower()}",
+        "type": {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110110"},
+        "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": "create"}],
+        "action": "C",
+        "recorded": "2026-11-26T10:00:00Z",
+        "outcome": "0",
+        "agent": [{"requestor": True, "network": {"address": "bulk-load", "type": "2"}}],
+        "source": {"observer": {"display": "test"}},
+        "entity": [
+            {
+                "what": {"reference": f"Patient/{patient_id}"},
+                "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1"},
+                "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1"},
+            }
+        ],
+    }
+    assert put_now(hapi_url, event) in (200, 201)
+    found = (
+        f"entity=Patient/{patient_id}",
+        f"entity=Patient/{patient_id}&subtype=http://hl7.org/fhir/restful-interaction%7Ccreate",
+        f"entity=Patient/{patient_id}&date=ge2026-11-26&_sort=-date",
+    )
+    for query in found:
+        status, bundle = get_now(f"{hapi_url}/AuditEvent?{query}")
+        assert status == 200, query
+        assert [e["resource"]["id"] for e in bundle.get("entry", [])] == [event["id"]], query
+    for param, value in (
+        ("patient", f"Patient/{patient_id}"),
+        ("action", "C"),
+        ("outcome", "0"),
+        ("type", "110110"),
+        ("entity-type", "1"),
+        ("entity-role", "1"),
+        ("address", "bulk-load"),
+    ):
+        status, outcome = get_now(f"{hapi_url}/AuditEvent?{param}={urllib.parse.quote(value)}")
+        assert status == 400, param
+        assert "Unknown search parameter" in outcome["issue"][0]["diagnostics"]

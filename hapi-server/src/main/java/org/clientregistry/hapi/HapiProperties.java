@@ -60,15 +60,18 @@ public class HapiProperties {
 	 * SearchParameter with status {@code retired}, so writes skip extracting and storing its index rows.
 	 * The default: the Patient demographics the client registry never searches HAPI by (it finds candidates
 	 * through its block tags and records by id or identifier); identifier, name (the admin search) and the
-	 * reference parameters stay.
-	 * Empty: index everything. An existing database is reindexed by HAPI when the list changes.
+	 * reference parameters stay. And the AuditEvent parameters it never searches by: it looks events up by
+	 * entity, subtype and date only. The registry writes one AuditEvent per transaction naming each record
+	 * and golden record in it, and {@code patient} indexed every one of those references a second time.
+	 * Empty: index everything. Rows already stored stay until their resource is written again or reindexed.
 	 */
 	private List<String> unindexedSearchParameters = new ArrayList<>(List.of(
 			"Patient.active", "Patient.address", "Patient.address-city", "Patient.address-country",
 			"Patient.address-postalcode", "Patient.address-state", "Patient.address-use", "Patient.birthdate",
 			"Patient.death-date", "Patient.deceased", "Patient.email", "Patient.family", "Patient.gender",
 			"Patient.given", "Patient.language", "Patient.phone", "Patient.phonetic",
-			"Patient.telecom"));
+			"Patient.telecom", "AuditEvent.action", "AuditEvent.address", "AuditEvent.entity-role",
+			"AuditEvent.entity-type", "AuditEvent.outcome", "AuditEvent.patient", "AuditEvent.type"));
 
 	public String getServerAddress() { return serverAddress; }
 	public void setServerAddress(String v) { serverAddress = v; }
