@@ -149,13 +149,8 @@ class UnitOfWork:
         absent. Later :meth:`read` calls then cost nothing; versions seen are remembered as by ``read``."""
         todo = sorted({i for i in ids if f"{resource_type}/{i}" not in self._read_cache})
         chunks = [todo[k : k + chunk] for k in range(0, len(todo), chunk)]
-        answers = await asyncio.gather(
-            *(
-                self._hapi.search(
-                    resource_type, {"_id": ",".join(c), "_count": str(len(c))}, max_results=len(c)
-                )
-                for c in chunks
-            )
+        answers = await asyncio.gather(  # one response each, not kept by HAPI (no search rows written)
+            *(self._hapi.search_once(resource_type, {"_id": ",".join(c)}, max_results=len(c)) for c in chunks)
         )
         for c, found in zip(chunks, answers, strict=True):
             by_id = {r["id"]: r for r in found}

@@ -9,6 +9,7 @@ from mediator import records
 from mediator.fhir_client import HapiClient
 from mediator.unit_of_work import UnitOfWork
 from tests.conftest import unique_surname
+from tests.hapi_helpers import get_now
 
 
 async def test_split_prefetch_answers_like_one_search_per_key(hapi_url):
@@ -84,3 +85,38 @@ async def test_staged_records_are_found_under_their_staged_keys_only(hapi_url):
         assert stored in ids(await uow.find_sources([two, one], 10)) and golden["id"] not in ids(
             await uow.find_sources([two, one], 10)
         )
+
+
+async def test_records_read_ahead_leave_no_search_behind_in_hapi(hapi_url):
+    """``UnitOfWork.prefetch`` reads by ``_id`` searches that HAPI answers in one response without keeping the
+    search (a kept search writes a search row and a row per result, for paging, then expires them). A kept
+    search can be paged again with ``_getpages``; the prefetch's cannot."""
+    family = unique_surname()
+    ids = [f"src-test-{family.lower()}-{n}" for n in range(3)]
+    async with aiohttp.ClientSession() as session:
+        hapi = HapiClient(session, hapi_url, 30, 5)
+        writer = UnitOfWork(hapi)
+        for rid in ids:
+            writer.put({"resourceType": "Patient", "id": rid, "name": [{"family": family}]})
+        await writer.commit()
+
+        answers: list[dict] = []
+        call = hapi._call
+
+        async def spy(name: str, method: str, path: str, **kw):  # type: ignore[no-untyped-def]
+            status, payload = await call(name, method, path, **kw)
+            answers.append(payload)
+            return status, payload
+
+        hapi._call = spy  # type: ignore[method-assign]
+        reader = UnitOfWork(hapi)
+        await reader.prefetch("Patient", [*ids, f"src-test-{family.lower()}-absent"])
+        assert [(await reader.peek("Patient", rid) or {}).get("id") for rid in ids] == ids
+        kept = await hapi.search("Patient", {"_id": ",".join(ids), "_count": "3"}, max_results=3)
+        assert len(kept) == 3
+
+    prefetch_bundle, kept_bundle = answers[0], answers[-1]
+    assert len(answers) == 2 and prefetch_bundle.get("id") and kept_bundle.get("id")
+    page = "{}?_getpages={}&_getpagesoffset=0&_count=3"
+    assert get_now(page.format(hapi_url, kept_bundle["id"]))[0] == 200  # the check can tell the two apart
+    assert get_now(page.format(hapi_url, prefetch_bundle["id"]))[0] in (404, 410)
