@@ -155,10 +155,10 @@ def decide_reusing(
     ``rules``. Only the other candidates are compared; the decision is the one :func:`decide` gives, since
     a pair's score depends on its two records and the rules only. (The registry decides a bulk batch ahead
     and again entry by entry, when earlier entries of the batch became candidates: most pairs are known.)"""
-    todo = [cand for cand in candidates if cand.id not in known]
-    fresh = {s.candidate_id: s for s in decide(record, todo, rules).scores} if todo else {}
     if not candidates:
         return _no_candidates(rules)
+    todo = [cand for cand in candidates if cand.id not in known]
+    fresh = {s.candidate_id: s for s in decide(record, todo, rules).scores} if todo else {}
     return _decision([known[cand.id] if cand.id in known else fresh[cand.id] for cand in candidates])
 
 
