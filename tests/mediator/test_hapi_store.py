@@ -27,22 +27,30 @@ def test_demographics_are_not_indexed_but_registry_searches_work(hapi_url):
     assert put_now(hapi_url, body) in (200, 201)
 
     unindexed = {"family": family, "phonetic": family, "birthdate": "1990-01-01", "phone": "+254700000000"}
-    for param, value in (*unindexed.items(), ("gender", "female")):
-        status, outcome = get_now(f"{hapi_url}/Patient?{param}={urllib.parse.quote(value)}")
-        assert status == 400, param
-        assert outcome["resourceType"] == "OperationOutcome"
-        assert "Unknown search parameter" in outcome["issue"][0]["diagnostics"]
-
+    _refused(f"{hapi_url}/Patient", [*unindexed.items(), ("gender", "female")])
     searches = (
         f"identifier=urn:test:mrn%7C{family}",
         f"_tag=urn:test:block%7C{family}",
         f"_id={record_id}",
         f"name={family}",
     )
-    for query in searches:
-        status, bundle = get_now(f"{hapi_url}/Patient?{query}")
+    _finds_only(f"{hapi_url}/Patient", searches, record_id)
+
+
+def _refused(url: str, params: list[tuple[str, str]]) -> None:
+    """Each search by one of ``params`` is refused: an unknown (not indexed) search parameter."""
+    for param, value in params:
+        status, outcome = get_now(f"{url}?{param}={urllib.parse.quote(value)}")
+        assert status == 400, param
+        assert outcome["resourceType"] == "OperationOutcome"
+        assert "Unknown search parameter" in outcome["issue"][0]["diagnostics"]
+
+
+def _finds_only(url: str, queries: tuple[str, ...], resource_id: str) -> None:
+    for query in queries:
+        status, bundle = get_now(f"{url}?{query}")
         assert status == 200, query
-        assert [e["resource"]["id"] for e in bundle.get("entry", [])] == [record_id], query
+        assert [e["resource"]["id"] for e in bundle.get("entry", [])] == [resource_id], query
 
 
 def test_audit_events_are_found_by_entity_subtype_and_date_only(hapi_url):
@@ -75,19 +83,7 @@ def test_audit_events_are_found_by_entity_subtype_and_date_only(hapi_url):
         f"entity=Patient/{patient_id}&subtype=http://hl7.org/fhir/restful-interaction%7Ccreate",
         f"entity=Patient/{patient_id}&date=ge2026-11-26&_sort=-date",
     )
-    for query in found:
-        status, bundle = get_now(f"{hapi_url}/AuditEvent?{query}")
-        assert status == 200, query
-        assert [e["resource"]["id"] for e in bundle.get("entry", [])] == [event["id"]], query
-    for param, value in (
-        ("patient", f"Patient/{patient_id}"),
-        ("action", "C"),
-        ("outcome", "0"),
-        ("type", "110110"),
-        ("entity-type", "1"),
-        ("entity-role", "1"),
-        ("address", "bulk-load"),
-    ):
-        status, outcome = get_now(f"{hapi_url}/AuditEvent?{param}={urllib.parse.quote(value)}")
-        assert status == 400, param
-        assert "Unknown search parameter" in outcome["issue"][0]["diagnostics"]
+    _finds_only(f"{hapi_url}/AuditEvent", found, event["id"])
+    unindexed = [("patient", f"Patient/{patient_id}"), ("action", "C"), ("outcome", "0"), ("type", "110110")]
+    unindexed += [("entity-type", "1"), ("entity-role", "1"), ("address", "bulk-load")]
+    _refused(f"{hapi_url}/AuditEvent", unindexed)
