@@ -235,11 +235,9 @@ class Registry:
         if submission.target_id is not None and existing is None:
             raise NotFound(f"Patient/{submission.target_id} does not exist.")
         seen = (foreseen or {}).get(prepared.source_id)
-        if seen is not None and seen.same_candidates(candidates):
-            decision = seen.decision
-        else:  # earlier entries of the batch changed the candidates: score only the changed ones
-            known = seen.known_scores(candidates) if seen is not None else {}
-            decision = await _decide(prepared.values, candidates, known, cfg.rules)
+        # decided ahead: only candidates that earlier entries of the batch changed are scored again
+        known = seen.known_scores(candidates) if seen is not None else {}
+        decision = await _decide(prepared.values, candidates, known, cfg.rules)
         target = await self._target(prepared, uow, existing, current, decision)
 
         golden = await self._golden(uow, target) if target else None
@@ -332,8 +330,8 @@ class Registry:
         decisions; ``_process`` then finds them in the unit of work's cache.
 
         To know which golden records and Tasks will be needed, each entry is decided here on what HAPI holds
-        (not on what earlier entries of the batch stage); ``_process`` reuses that decision when its
-        candidates are the very same records, and decides again otherwise. Reading only those golden
+        (not on what earlier entries of the batch stage); ``_process`` reuses its pair scores for the
+        candidates that are still the very same records, and scores only the others. Reading only those golden
         records, not the golden record of every candidate, is most of what a bulk batch reads at 100k
         stored (≈ 10 golden records per entry)."""
         await asyncio.gather(
@@ -395,17 +393,10 @@ class _Foreseen:
     candidates: list[matching.Candidate]
     decision: matching.Decision
 
-    def same_candidates(self, candidates: list[matching.Candidate]) -> bool:
-        """The very same records (not copies: anything staged since is a new object) with the same golden
-        records: deciding again would give the same decision."""
-        return len(candidates) == len(self.candidates) and all(
-            a.resource is b.resource and a.golden_id == b.golden_id
-            for a, b in zip(candidates, self.candidates, strict=True)
-        )
-
     def known_scores(self, candidates: list[matching.Candidate]) -> dict[str, matching.CandidateScore]:
-        """The scores of the candidates that are still the very same records with the same golden records
-        (by candidate id): scoring them again would give the same scores."""
+        """The scores of the candidates that are still the very same records (not copies: anything staged
+        since is a new object) with the same golden records, by candidate id: scoring them again would give
+        the same scores. All of them, usually: deciding again then only re-ranks the known scores."""
         before = {c.id: c for c in self.candidates}
         scores = {s.candidate_id: s for s in self.decision.scores}
         return {

@@ -105,6 +105,7 @@ class TaggedSources:
         meta = {**resource.get("meta", {}), "versionId": version}
         if last_updated:
             meta["lastUpdated"] = last_updated
+        self._same_store()
         self._keep(subsetted(_as_stored({**resource, "meta": meta})))
 
     def _same_store(self) -> None:
@@ -114,7 +115,7 @@ class TaggedSources:
             self._store = self._hapi.base_url
 
     def _keep(self, view: Resource) -> None:
-        self._same_store()
+        """Hold ``view`` (of the store checked by :meth:`_same_store` just before)."""
         if self.capacity == 0:
             return
         version = view.get("meta", {}).get("versionId")
