@@ -1,13 +1,17 @@
 """The project's HAPI launcher does not index the Patient demographics the registry never searches HAPI by
 (``hapi.unindexed-search-parameters``): a search by family name, phonetics, birth date, phone or gender is
 refused as unknown, while the searches the registry makes — by identifier, block tag, id, and by name from
-the admin search — answer as before."""
+the admin search — answer as before. The same for the AuditEvent and review Task parameters it never
+searches by. And the launcher's faster hash of stored versions keeps HAPI's no-change detection."""
 
 from __future__ import annotations
 
+import os
 import urllib.parse
 
-from tests.conftest import unique_surname
+import pytest
+
+from tests.conftest import REPO, unique_surname
 from tests.hapi_helpers import get_now, put_now
 
 
@@ -87,3 +91,59 @@ def test_audit_events_are_found_by_entity_subtype_and_date_only(hapi_url):
     unindexed = [("patient", f"Patient/{patient_id}"), ("action", "C"), ("outcome", "0"), ("type", "110110")]
     unindexed += [("entity-type", "1"), ("entity-role", "1"), ("address", "bulk-load")]
     _refused(f"{hapi_url}/AuditEvent", unindexed)
+
+
+def test_review_tasks_are_found_by_the_registry_searches_only(hapi_url):
+    """Review Tasks are looked up by status, code, subject (the golden record), focus and authored-on;
+    ``patient`` (a second index of ``subject``), ``intent`` and ``priority`` are not indexed."""
+    family = unique_surname()
+    golden, source = f"task-golden-{family.lower()}", f"task-source-{family.lower()}"
+    for pid in (golden, source):
+        assert put_now(hapi_url, {"resourceType": "Patient", "id": pid}) in (200, 201)
+    task = {
+        "resourceType": "Task",
+        "id": f"task-test-{family.lower()}",
+        "status": "requested",
+        "intent": "proposal",
+        "priority": "routine",
+        "code": {"coding": [{"system": "urn:test:review-type", "code": "potential-match"}]},
+        "focus": {"reference": f"Patient/{source}"},
+        "for": {"reference": f"Patient/{golden}"},
+        "authoredOn": "2026-11-26T10:00:00Z",
+    }
+    assert put_now(hapi_url, task) in (200, 201)
+    found = (
+        f"subject=Patient/{golden}&status=requested",
+        f"focus=Patient/{source}&code=urn:test:review-type%7Cpotential-match",
+        f"subject=Patient/{golden}&authored-on=ge2026-11-26",
+    )
+    _finds_only(f"{hapi_url}/Task", found, task["id"])
+    unindexed = [("patient", f"Patient/{golden}"), ("intent", "proposal"), ("priority", "routine")]
+    _refused(f"{hapi_url}/Task", unindexed)
+
+
+def test_history_hash_takes_one_call_and_still_detects_unchanged_updates(hapi_url):
+    """The launcher hashes each stored version in one SHA-256 call (HAPI's own code fed the digest a character
+    at a time: a fifth of its CPU in bulk loads) and checks at start-up that the hashes are HAPI's. An update
+    with the very same content is still no change (same version); any change is a new version. (Records
+    written by HAPI's own calculator were checked the same way by hand: an identical update kept their
+    version, so the stored hashes are the same.)"""
+    if os.environ.get("CR_TEST_HAPI_URL"):
+        pytest.skip("the start-up log of an external HAPI is not ours to read")
+    log = (REPO / "var" / "test-hapi.log").read_text(errors="replace")
+    assert "resource history hashes: one SHA-256 call per resource" in log
+    family = unique_surname()
+    body = {
+        "resourceType": "Patient",
+        "id": f"hash-test-{family.lower()}",
+        "name": [{"family": f"{family}-Zoë 王 \N{GRINNING FACE}", "given": ["Ñúñez"]}],
+    }
+    assert put_now(hapi_url, body) == 201
+    changed = {**body, "gender": "female"}
+    versions = []
+    for update in (changed, changed, {**changed, "gender": "male"}):
+        assert put_now(hapi_url, update) == 200
+        status, stored = get_now(f"{hapi_url}/Patient/{body['id']}")
+        assert status == 200
+        versions.append(stored["meta"]["versionId"])
+    assert versions == ["2", "2", "3"]

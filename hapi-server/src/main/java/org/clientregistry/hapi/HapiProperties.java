@@ -63,6 +63,8 @@ public class HapiProperties {
 	 * reference parameters stay. And the AuditEvent parameters it never searches by: it looks events up by
 	 * entity, subtype and date only. The registry writes one AuditEvent per transaction naming each record
 	 * and golden record in it, and {@code patient} indexed every one of those references a second time.
+	 * And the review Task parameters it never searches by: {@code patient} repeats {@code subject} (the
+	 * golden record), {@code intent} and {@code priority} are the same on every review Task.
 	 * Empty: index everything. Rows already stored stay until their resource is written again or reindexed.
 	 */
 	private List<String> unindexedSearchParameters = new ArrayList<>(List.of(
@@ -71,7 +73,8 @@ public class HapiProperties {
 			"Patient.death-date", "Patient.deceased", "Patient.email", "Patient.family", "Patient.gender",
 			"Patient.given", "Patient.language", "Patient.phone", "Patient.phonetic",
 			"Patient.telecom", "AuditEvent.action", "AuditEvent.address", "AuditEvent.entity-role",
-			"AuditEvent.entity-type", "AuditEvent.outcome", "AuditEvent.patient", "AuditEvent.type"));
+			"AuditEvent.entity-type", "AuditEvent.outcome", "AuditEvent.patient", "AuditEvent.type",
+			"Task.intent", "Task.patient", "Task.priority"));
 
 	public String getServerAddress() { return serverAddress; }
 	public void setServerAddress(String v) { serverAddress = v; }
