@@ -8,8 +8,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .explain import Explanation, explain_pair, rule_label
-from .rules import OUTCOMES, Rules
+from .explain import Explanation, explain_all, explain_pair
+from .rules import Rules
 from .scoring import Table, compare
 
 Outcome = Literal["match", "potential", "no_match"]
@@ -122,6 +122,7 @@ def decide_many(
     table = Table.from_patients(rows, rules)
     li, ri = np.asarray(left, dtype=np.int64), np.asarray(right, dtype=np.int64)
     c = compare(table, li, ri, rules)
+    explained = explain_all(rules, table, c, left, right)
     out = []
     for (_, candidates), start in zip(items, starts, strict=True):
         if not candidates:
@@ -129,15 +130,15 @@ def decide_many(
             continue
         scores = []
         for k, cand in enumerate(candidates):
-            i = start + k
+            e = explained[start + k]
             scores.append(
                 CandidateScore(
                     candidate_id=cand.id,
                     golden_id=cand.golden_id,
-                    score=round(float(c.scores[i]), 4),
-                    classification=OUTCOMES[int(c.outcome[i])],  # type: ignore[arg-type]
-                    rule=rule_label(rules, c, i),
-                    explanation=explain_pair(rules, table, c, i, left[i], right[i]),
+                    score=e.score,
+                    classification=e.classification,  # type: ignore[arg-type]
+                    rule=e.rule,
+                    explanation=e,
                 )
             )
         out.append(_decision(scores))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cached_property, lru_cache
+from functools import cached_property, lru_cache, partial
 from typing import Any, NamedTuple
 
 from .comparators import Identifier
@@ -80,10 +80,13 @@ class Explanation:
 
 
 def rule_label(rules: Rules, c: Compared, i: int) -> str:
-    d, cap = int(c.decided_by[i]), int(c.capped_by[i])
-    label = rules.deterministic[d].name if d >= 0 else "fellegi-sunter"
-    if cap >= 0:
-        label += f", capped by {rules.deterministic[cap].name}"
+    return _label(rules, int(c.decided_by[i]), int(c.capped_by[i]))
+
+
+def _label(rules: Rules, decided: int, capped: int) -> str:
+    label = rules.deterministic[decided].name if decided >= 0 else "fellegi-sunter"
+    if capped >= 0:
+        label += f", capped by {rules.deterministic[capped].name}"
     return f"{rules.name}:{label}"
 
 
@@ -100,25 +103,7 @@ def _selected(comparator: Identifier, values: tuple[str, ...]) -> tuple[str, ...
 
 
 def explain_pair(rules: Rules, table: Table, c: Compared, i: int, li: int, ri: int) -> Explanation:
-    swapped = bool(c.swapped[i])
-
-    def build() -> tuple[FieldExplanation, ...]:
-        columns = table.columns
-        return tuple(
-            FieldExplanation(
-                name,
-                _shown(f.comparator, columns[name].values[li]),
-                _shown(f.comparator, columns[other if swapped else name].values[ri]),
-                names[lv],
-                w,
-                m[lv] if lv else None,
-                u[lv] if lv else None,
-            )
-            for (name, other, names, m, u), f, lv, w in zip(
-                rules.explain_table, rules.fields, c.levels[i].tolist(), c.weights[i].tolist(), strict=True
-            )
-        )
-
+    """The explanation of pair ``i`` of ``c``: records ``li`` and ``ri`` of ``table``."""
     return Explanation(
         prior_weight=round(rules.prior_weight, 4),
         score=round(float(c.scores[i]), 4),
@@ -126,6 +111,65 @@ def explain_pair(rules: Rules, table: Table, c: Compared, i: int, li: int, ri: i
         potential_threshold=rules.potential_threshold,
         classification=OUTCOMES[int(c.outcome[i])],
         rule=rule_label(rules, c, i),
-        names_swapped=swapped,
-        build_fields=build,
+        names_swapped=bool(c.swapped[i]),
+        build_fields=partial(_fields, rules, table, c, i, li, ri),
+    )
+
+
+def explain_all(
+    rules: Rules, table: Table, c: Compared, left: list[int], right: list[int]
+) -> list[Explanation]:
+    """:func:`explain_pair` for every pair of ``c`` (records ``left[i]`` and ``right[i]``), the same
+    explanations, read from Python lists instead of one numpy scalar at a time (a bulk batch explains
+    ≈ 1,000 pairs)."""
+    prior = round(rules.prior_weight, 4)
+    labels: dict[tuple[int, int], str] = {}
+    out = []
+    rows = zip(
+        c.scores.tolist(),
+        c.outcome.tolist(),
+        c.swapped.tolist(),
+        c.decided_by.tolist(),
+        c.capped_by.tolist(),
+        left,
+        right,
+        strict=True,
+    )
+    for i, (score, outcome, swapped, decided, capped, li, ri) in enumerate(rows):
+        label = labels.get((decided, capped))
+        if label is None:
+            label = labels[(decided, capped)] = _label(rules, decided, capped)
+        out.append(
+            Explanation(
+                prior_weight=prior,
+                score=round(score, 4),
+                auto_threshold=rules.auto_threshold,
+                potential_threshold=rules.potential_threshold,
+                classification=OUTCOMES[outcome],
+                rule=label,
+                names_swapped=swapped,
+                build_fields=partial(_fields, rules, table, c, i, li, ri),
+            )
+        )
+    return out
+
+
+def _fields(
+    rules: Rules, table: Table, c: Compared, i: int, li: int, ri: int
+) -> tuple[FieldExplanation, ...]:
+    swapped = bool(c.swapped[i])
+    columns = table.columns
+    return tuple(
+        FieldExplanation(
+            name,
+            _shown(f.comparator, columns[name].values[li]),
+            _shown(f.comparator, columns[other if swapped else name].values[ri]),
+            names[lv],
+            w,
+            m[lv] if lv else None,
+            u[lv] if lv else None,
+        )
+        for (name, other, names, m, u), f, lv, w in zip(
+            rules.explain_table, rules.fields, c.levels[i].tolist(), c.weights[i].tolist(), strict=True
+        )
     )
