@@ -236,7 +236,7 @@ class Registry:
             raise NotFound(f"Patient/{submission.target_id} does not exist.")
         seen = (foreseen or {}).get(prepared.source_id)
         # decided ahead: only candidates that earlier entries of the batch changed are scored again
-        known = seen.known_scores(candidates) if seen is not None else {}
+        known = seen.known_scores(candidates, cfg.rules) if seen is not None else {}
         decision = await _decide(prepared.values, candidates, known, cfg.rules)
         target = await self._target(prepared, uow, existing, current, decision)
 
@@ -331,9 +331,11 @@ class Registry:
 
         To know which golden records and Tasks will be needed, each entry is decided here on what HAPI holds
         (not on what earlier entries of the batch stage); ``_process`` reuses its pair scores for the
-        candidates that are still the very same records, and scores only the others. Reading only those golden
-        records, not the golden record of every candidate, is most of what a bulk batch reads at 100k
-        stored (≈ 10 golden records per entry)."""
+        candidates that are still the very same records. The records earlier entries of the batch will
+        stage under keys an entry searches by are scored against it here too, in the same comparison, from
+        the values they are submitted with, so ``_process`` scores nothing again when they turn up.
+        Reading only the golden records the decisions touch, not the golden record of every candidate, is
+        most of what a bulk batch reads at 100k stored (≈ 10 golden records per entry)."""
         await asyncio.gather(
             uow.prefetch("Patient", [p.source_id for p in prepared]),
             uow.prefetch_blocks([p.search_keys for p in prepared if p.search_keys], cfg.max_candidates),
@@ -341,15 +343,22 @@ class Registry:
         owns = [await uow.peek("Patient", p.source_id) for p in prepared]  # cached now
         await uow.prefetch("Patient", sorted({g for own in owns if own and (g := records.golden_id_of(own))}))
         found = [await self._candidates(p, uow, cfg) for p in prepared]
-        decisions = await _decide_many(
-            [(p.values, candidates) for p, (_, _, candidates) in zip(prepared, found, strict=True)],
+        peers = _batch_peers(prepared)
+        decided = await _decide_many(
+            [(p.values, candidates) for p, (_, _, candidates) in zip(prepared, found, strict=True)]
+            + [(p.values, others) for p, others in zip(prepared, peers, strict=True)],
             cfg.rules,
         )
+        decisions, peer_decisions = decided[: len(prepared)], decided[len(prepared) :]
         foreseen: dict[str, _Foreseen] = {}
         targets: set[str] = set()
         tasks: set[str] = set()
-        for p, (existing, current, candidates), decision in zip(prepared, found, decisions, strict=True):
-            foreseen[p.source_id] = _Foreseen(candidates, decision)
+        for p, (existing, current, candidates), decision, others, peer_decision in zip(
+            prepared, found, decisions, peers, peer_decisions, strict=True
+        ):
+            values = {c.id: c.resource for c in others}
+            peer_scores = {s.candidate_id: (values[s.candidate_id], s) for s in peer_decision.scores}
+            foreseen[p.source_id] = _Foreseen(candidates, decision, peer_scores)
             target = await self._target(p, uow, existing, current, decision)
             if target is not None:
                 targets.add(target)
@@ -388,22 +397,50 @@ class Registry:
 
 @dataclass(frozen=True)
 class _Foreseen:
-    """An entry decided ahead on what HAPI holds, and the candidates it was decided on."""
+    """An entry decided ahead on what HAPI holds, and the candidates it was decided on; and its scores
+    against the source records that earlier entries of the batch are to stage (by their ids: the values
+    scored, and the score)."""
 
     candidates: list[matching.Candidate]
     decision: matching.Decision
+    peer_scores: dict[str, tuple[Mapping[str, Any], matching.CandidateScore]]
 
-    def known_scores(self, candidates: list[matching.Candidate]) -> dict[str, matching.CandidateScore]:
+    def known_scores(
+        self, candidates: list[matching.Candidate], rules: matching.Rules
+    ) -> dict[str, matching.CandidateScore]:
         """The scores of the candidates that are still the very same records (not copies: anything staged
-        since is a new object) with the same golden records, by candidate id: scoring them again would give
-        the same scores. All of them, usually: deciding again then only re-ranks the known scores."""
+        since is a new object) with the same golden records, and of the records staged since whose values
+        are the ones scored ahead (with the golden record they have now), by candidate id: scoring them
+        again would give the same scores, since a pair's score depends on its two records' values and the
+        rules only. Usually all of them: deciding again then only ranks known scores."""
         before = {c.id: c for c in self.candidates}
         scores = {s.candidate_id: s for s in self.decision.scores}
-        return {
-            c.id: scores[c.id]
-            for c in candidates
-            if (b := before.get(c.id)) is not None and b.resource is c.resource and b.golden_id == c.golden_id
-        }
+        known = {}
+        for c in candidates:
+            b = before.get(c.id)
+            if b is not None and b.resource is c.resource and b.golden_id == c.golden_id:
+                known[c.id] = scores[c.id]
+                continue
+            peer = self.peer_scores.get(c.id)
+            if peer is not None and matching.prepare(c.resource, rules) == peer[0]:
+                known[c.id] = replace(peer[1], golden_id=c.golden_id)
+        return known
+
+
+def _batch_peers(prepared: Sequence[Prepared]) -> list[list[matching.Candidate]]:
+    """For each entry, the entries before it in the batch filed under a key it searches by: their source
+    records, once staged, are its candidates. As candidates of their values (their golden records are
+    not known yet)."""
+    filed: dict[str, list[Prepared]] = {}
+    out = []
+    for p in prepared:
+        earlier = {q.source_id: q for key in p.search_keys for q in filed.get(key, ())}
+        out.append(
+            [matching.Candidate(id=q.source_id, golden_id="", resource=q.values) for q in earlier.values()]
+        )
+        for key in p.block_keys:
+            filed.setdefault(key, []).append(p)
+    return out
 
 
 def _review_tasks(decision: matching.Decision, source_id: str, golden_id: str) -> list[Resource]:
@@ -463,7 +500,7 @@ async def _decide(
 
 
 async def _decide_many(
-    items: list[tuple[Mapping[str, Any], list[matching.Candidate]]], rules: matching.Rules
+    items: Sequence[tuple[Mapping[str, Any], Sequence[matching.Candidate]]], rules: matching.Rules
 ) -> list[matching.Decision]:
     """``matching.decide_many`` (one comparison for all pairs), in a worker thread when it is large."""
     if sum(len(candidates) for _, candidates in items) >= OFF_LOOP_CANDIDATES:

@@ -19,6 +19,7 @@ import pytest
 from bench import hapi_instance
 from bench.population import generate_population
 from mediator import bulk
+from mediator import registry as registry_module
 from mediator.audit import Actor
 from mediator.registry import Submission
 from mediator.settings import Settings
@@ -55,13 +56,27 @@ def _key(p: dict[str, Any]) -> str:
     return f"{own['system']}|{own['value']}"
 
 
-async def test_bulk_and_single_submissions_decide_alike(two_fresh_hapis: list[str], tmp_path: Path):
+async def test_bulk_and_single_submissions_decide_alike(
+    two_fresh_hapis: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """And in the bulk load each entry of a batch is scored once, in the batch's one comparison: also
+    against the records earlier entries of its batch stage (they become its candidates)."""
     population = _population(60, 3)
     assert len(population) > 100
     path = tmp_path / "population.ndjson"
     path.write_text("".join(json.dumps(p) + "\n" for p in population))
 
     bulk_url, single_url = two_fresh_hapis
+    reused: list[tuple[int, int, int]] = []  # per batch entry: candidates, known scores, known as peers
+    known_scores = registry_module._Foreseen.known_scores
+
+    def spy(self: Any, candidates: list[Any], rules: Any) -> dict[str, Any]:
+        known = known_scores(self, candidates, rules)
+        before = {c.id for c in self.candidates}
+        reused.append((len(candidates), len(known), sum(1 for c in known if c not in before)))
+        return known
+
+    monkeypatch.setattr(registry_module._Foreseen, "known_scores", spy)
     async with bulk.registry_in_process(Settings(hapi_base_url=bulk_url, hapi_timeout_s=60)) as registry:
         job = bulk.BulkJob(
             path,
@@ -75,6 +90,9 @@ async def test_bulk_and_single_submissions_decide_alike(two_fresh_hapis: list[st
         assert state.finished and not state.counts.get("error"), state.counts
         with job.report_path.open() as f:
             by_row = {int(r["row"]): r for r in csv.DictReader(f)}
+    monkeypatch.undo()
+    assert all(n == known for n, known, _ in reused), "a batch entry was scored again"
+    assert sum(peers for _, _, peers in reused) > 0, "no entry had a record of its own batch as a candidate"
     bulk_decisions = [(by_row[n + 1]["outcome"], by_row[n + 1]["golden_id"]) for n in range(len(population))]
     # the bulk job regroups rows by blocking key: single submissions go in the order it decided them
     order = sorted(range(len(population)), key=lambda n: int(by_row[n + 1]["seq"]))
