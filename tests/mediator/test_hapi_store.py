@@ -57,6 +57,15 @@ def _finds_only(url: str, queries: tuple[str, ...], resource_id: str) -> None:
         assert [e["resource"]["id"] for e in bundle.get("entry", [])] == [resource_id], query
 
 
+def _stored_and_searched(
+    hapi_url: str, resource: dict, found: tuple[str, ...], unindexed: list[tuple[str, str]]
+) -> None:
+    """``resource`` is stored; each query of ``found`` finds it alone; ``unindexed`` searches are refused."""
+    assert put_now(hapi_url, resource) in (200, 201)
+    _finds_only(f"{hapi_url}/{resource['resourceType']}", found, resource["id"])
+    _refused(f"{hapi_url}/{resource['resourceType']}", unindexed)
+
+
 def test_audit_events_are_found_by_entity_subtype_and_date_only(hapi_url):
     """The registry looks AuditEvents up by entity, subtype and date; the other parameters are not indexed
     (``patient`` indexed every record reference of the registry's one-per-transaction events again)."""
@@ -81,16 +90,14 @@ def test_audit_events_are_found_by_entity_subtype_and_date_only(hapi_url):
             }
         ],
     }
-    assert put_now(hapi_url, event) in (200, 201)
     found = (
         f"entity=Patient/{patient_id}",
         f"entity=Patient/{patient_id}&subtype=http://hl7.org/fhir/restful-interaction%7Ccreate",
         f"entity=Patient/{patient_id}&date=ge2026-11-26&_sort=-date",
     )
-    _finds_only(f"{hapi_url}/AuditEvent", found, event["id"])
     unindexed = [("patient", f"Patient/{patient_id}"), ("action", "C"), ("outcome", "0"), ("type", "110110")]
     unindexed += [("entity-type", "1"), ("entity-role", "1"), ("address", "bulk-load")]
-    _refused(f"{hapi_url}/AuditEvent", unindexed)
+    _stored_and_searched(hapi_url, event, found, unindexed)
 
 
 def test_review_tasks_are_found_by_the_registry_searches_only(hapi_url):
@@ -111,15 +118,13 @@ def test_review_tasks_are_found_by_the_registry_searches_only(hapi_url):
         "for": {"reference": f"Patient/{golden}"},
         "authoredOn": "2026-11-26T10:00:00Z",
     }
-    assert put_now(hapi_url, task) in (200, 201)
     found = (
         f"subject=Patient/{golden}&status=requested",
         f"focus=Patient/{source}&code=urn:test:review-type%7Cpotential-match",
         f"subject=Patient/{golden}&authored-on=ge2026-11-26",
     )
-    _finds_only(f"{hapi_url}/Task", found, task["id"])
     unindexed = [("patient", f"Patient/{golden}"), ("intent", "proposal"), ("priority", "routine")]
-    _refused(f"{hapi_url}/Task", unindexed)
+    _stored_and_searched(hapi_url, task, found, unindexed)
 
 
 def test_history_hash_takes_one_call_and_still_detects_unchanged_updates(hapi_url):
