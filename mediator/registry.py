@@ -235,7 +235,7 @@ class Registry:
         if submission.target_id is not None and existing is None:
             raise NotFound(f"Patient/{submission.target_id} does not exist.")
         seen = (foreseen or {}).get(prepared.source_id)
-        # decided ahead: only candidates that earlier entries of the batch changed are scored again
+        # decided ahead, also against the records earlier entries of the batch stage: nothing is scored again
         known = seen.known_scores(candidates, cfg.rules) if seen is not None else {}
         decision = await _decide(prepared.values, candidates, known, cfg.rules)
         target = await self._target(prepared, uow, existing, current, decision)
