@@ -294,7 +294,7 @@ async def main() -> None:
                 stored += len(rows)
                 print(
                     f"{args.load} load stage {i + 1}: {len(rows)} records at {rate:.1f} records/s ({how}) = "
-                    f"{rate / plain_start:.0%} of plain creates at start; {counts}"
+                    f"{rate / plain_start:.1%} of plain creates at start; {counts}"
                 )
                 samples = records(args.samples, args.seed + 1_000_003 + i)
                 latencies, single_rate = await singles(registry, samples)
@@ -313,7 +313,7 @@ async def main() -> None:
             print(f"HAPI plain creates at end: {plain_end:.1f} records/s ({plain_label(args.plain)})")
             print(
                 f"{args.load} load overall: {bulk_rate:.1f} records/s ({loaded} records); ratio to plain: "
-                f"{bulk_rate / plain_start:.0%} of start, {bulk_rate / plain_end:.0%} of end"
+                f"{bulk_rate / plain_start:.1%} of start, {bulk_rate / plain_end:.1%} of end"
             )
             if len(results) > 1:
                 (n0, _, p0, _), (n1, _, p1, _) = results[0], results[-1]
