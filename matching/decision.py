@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .explain import Explanation, explain_all, explain_pair
+from .explain import Explanation, explain_all
 from .rules import Rules
 from .scoring import Table, compare
 
@@ -82,7 +82,7 @@ def score_pair(a: Mapping[str, Any], b: Mapping[str, Any], rules: Rules) -> Expl
     """Compare two Patients (no blocking) and explain."""
     t = Table.from_patients([a, b], rules)
     c = compare(t, np.zeros(1, dtype=np.int64), np.ones(1, dtype=np.int64), rules)
-    return explain_pair(rules, t, c, 0, 0, 1)
+    return explain_all(rules, t, c, [0], [1])[0]
 
 
 def decide(record: Mapping[str, Any], candidates: Sequence[Candidate], rules: Rules) -> Decision:

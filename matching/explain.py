@@ -79,10 +79,6 @@ class Explanation:
         return "\n".join(out)
 
 
-def rule_label(rules: Rules, c: Compared, i: int) -> str:
-    return _label(rules, int(c.decided_by[i]), int(c.capped_by[i]))
-
-
 def _label(rules: Rules, decided: int, capped: int) -> str:
     label = rules.deterministic[decided].name if decided >= 0 else "fellegi-sunter"
     if capped >= 0:
@@ -102,26 +98,11 @@ def _selected(comparator: Identifier, values: tuple[str, ...]) -> tuple[str, ...
     return tuple(v for v in values if comparator.selects(v.rpartition("|")[0]))
 
 
-def explain_pair(rules: Rules, table: Table, c: Compared, i: int, li: int, ri: int) -> Explanation:
-    """The explanation of pair ``i`` of ``c``: records ``li`` and ``ri`` of ``table``."""
-    return Explanation(
-        prior_weight=round(rules.prior_weight, 4),
-        score=round(float(c.scores[i]), 4),
-        auto_threshold=rules.auto_threshold,
-        potential_threshold=rules.potential_threshold,
-        classification=OUTCOMES[int(c.outcome[i])],
-        rule=rule_label(rules, c, i),
-        names_swapped=bool(c.swapped[i]),
-        build_fields=partial(_fields, rules, table, c, i, li, ri),
-    )
-
-
 def explain_all(
     rules: Rules, table: Table, c: Compared, left: list[int], right: list[int]
 ) -> list[Explanation]:
-    """:func:`explain_pair` for every pair of ``c`` (records ``left[i]`` and ``right[i]``), the same
-    explanations, read from Python lists instead of one numpy scalar at a time (a bulk batch explains
-    ≈ 1,000 pairs)."""
+    """The explanation of every pair of ``c`` (records ``left[i]`` and ``right[i]`` of ``table``), read from
+    Python lists rather than one numpy scalar at a time (a bulk batch explains ≈ 1,000 pairs)."""
     prior = round(rules.prior_weight, 4)
     labels: dict[tuple[int, int], str] = {}
     out = []

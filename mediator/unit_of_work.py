@@ -31,7 +31,6 @@ from .tagged_sources import TaggedSources
 
 log = logging.getLogger(__name__)
 _SERVER_META = ("versionId", "lastUpdated")  # set by HAPI; never sent back
-_UNKNOWN: Any = object()  # a block not in the search cache
 
 
 class UnitOfWork:
@@ -75,11 +74,10 @@ class UnitOfWork:
         """
         if not block_keys:
             return []
-        cached = [self._searches.get((str(limit), key), _UNKNOWN) for key in block_keys]
-        if any(block is _UNKNOWN for block in cached):  # not all prefetched: ask them, concurrently
-            blocks = await asyncio.gather(*(self._search_blocks([key], limit) for key in block_keys))
-        else:
-            blocks = cached
+        missing = [key for key in block_keys if (str(limit), key) not in self._searches]
+        if missing:  # not prefetched: asked one key each, concurrently
+            await asyncio.gather(*(self._search_blocks([key], limit) for key in missing))
+        blocks = [self._searches[(str(limit), key)] for key in block_keys]
         oversized = [key for key, block in zip(block_keys, blocks, strict=True) if block is None]
         if oversized:
             # the kinds of key only: a key holds demographics (a birth date, name codes)
