@@ -132,7 +132,12 @@ def create_app(
     handlers.add_routes(app)
     from .admin import setup as setup_admin  # curation API and page at /admin (mediator/admin/)
 
-    setup_admin(app)
+    throttle = None
+    if settings.locks == "postgres" and settings.locks_dsn:  # replicas count failed logins together
+        from .admin import pg_throttle
+
+        throttle = pg_throttle.setup(app, settings.locks_dsn)
+    setup_admin(app, throttle=throttle)
     from .admin.jobs import setup as setup_jobs  # background jobs (bulk, re-matching), resumed at start
 
     setup_jobs(app)

@@ -13,18 +13,21 @@ from aiohttp import web
 from ..context import HAPI
 from . import api, pages, score_index
 from .auth import ADMIN_SETTINGS, THROTTLE, USERS, AdminSettings, auth_middleware
-from .throttle import LoginThrottle
+from .throttle import LoginThrottle, Throttle
 from .users import UserStore
 
 ADMIN_APP = web.AppKey("admin_app", web.Application)
 
 
-def create_admin_app(admin_settings: AdminSettings | None = None) -> web.Application:
+def create_admin_app(
+    admin_settings: AdminSettings | None = None, throttle: Throttle | None = None
+) -> web.Application:
+    """``throttle``: failed logins counted where all replicas see them (default: in this process)."""
     settings = admin_settings or AdminSettings.from_env()
     admin = web.Application()
     admin[ADMIN_SETTINGS] = settings
     admin[USERS] = UserStore(settings.users_file)
-    admin[THROTTLE] = LoginThrottle()
+    admin[THROTTLE] = throttle if throttle is not None else LoginThrottle()
     admin.middlewares.append(pages.error_pages)  # outermost: sees what auth and the handlers raise
     admin.middlewares.append(auth_middleware)
     api.add_routes(admin)
@@ -32,9 +35,11 @@ def create_admin_app(admin_settings: AdminSettings | None = None) -> web.Applica
     return admin
 
 
-def setup(app: web.Application, admin_settings: AdminSettings | None = None) -> None:
+def setup(
+    app: web.Application, admin_settings: AdminSettings | None = None, throttle: Throttle | None = None
+) -> None:
     """Mount the admin sub-application at ``/admin`` on the mediator's app."""
-    admin = create_admin_app(admin_settings)
+    admin = create_admin_app(admin_settings, throttle)
     app[ADMIN_APP] = admin
     app.add_subapp("/admin", admin)
 

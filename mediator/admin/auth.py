@@ -31,7 +31,7 @@ from cryptography.fernet import Fernet, InvalidToken
 
 from ..errors import Forbidden, RegistryError
 from ..settings import REPO_ROOT
-from .throttle import LoginThrottle
+from .throttle import Throttle
 from .users import UserStore
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -58,7 +58,7 @@ SESSION = web.RequestKey("admin_session", Session)
 ADMIN_USER = web.RequestKey("admin_user", str)
 ADMIN_CSRF = web.RequestKey("admin_csrf", str)
 USERS = web.AppKey("admin_users", UserStore)
-THROTTLE = web.AppKey("admin_login_throttle", LoginThrottle)
+THROTTLE = web.AppKey("admin_login_throttle", Throttle)  # type: ignore[type-abstract]
 
 
 class Unauthorized(RegistryError):
@@ -212,12 +212,12 @@ async def _check_csrf(request: web.Request, session: Session) -> None:
 async def log_in(request: web.Request, name: str, password: str) -> str:
     """Check the password; on success start a fresh session and return its CSRF token."""
     throttle = request.app[THROTTLE]
-    throttle.check(name, request.remote)
+    await throttle.check(name, request.remote)
     user = request.app[USERS].verify(name, password)
     if user is None:
-        throttle.failed(name, request.remote)
+        await throttle.failed(name, request.remote)
         raise Unauthorized("Unknown user or wrong password.")
-    throttle.succeeded(name)
+    await throttle.succeeded(name)
     session = get_session(request)
     session.invalidate()
     session.invalid = False

@@ -5,8 +5,12 @@ seconds is refused (429, ``Retry-After``) until its oldest counted failure leave
 password is even checked, so a locked name costs no argon2 work and reveals nothing. A successful login
 clears its name's failures (not its address's). At most ``max_keys`` names and addresses each are tracked
 (the least recently failed are forgotten first), so a flood of random names cannot grow memory.
-The address is the TCP peer (``X-Forwarded-For`` can be forged, so it is not used here). Per process:
-replicas each count their own.
+The address is the TCP peer (``X-Forwarded-For`` can be forged, so it is not used here).
+
+:class:`LoginThrottle` counts in this process's memory. Replicas sharing PostgreSQL locks
+(``CR_LOCKS=postgres``) count in PostgreSQL instead (:mod:`mediator.admin.pg_throttle`), so five failures
+spread over two replicas lock a name on both. Either way, attempts already being checked when the limit is
+reached still finish (the password check is not serialised).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import math
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
+from typing import Protocol
 
 from ..errors import RegistryError
 
@@ -26,6 +31,22 @@ class TooManyAttempts(RegistryError):
     def __init__(self, diagnostics: str, retry_after_s: int) -> None:
         super().__init__(diagnostics)
         self.retry_after_s = retry_after_s
+
+
+class Throttle(Protocol):
+    """What the login handler asks: may this name try from this address now, and how did the try end."""
+
+    async def check(self, user: str, address: str | None) -> None:
+        """Raise :class:`TooManyAttempts` when the name or the address is locked."""
+
+    async def failed(self, user: str, address: str | None) -> None: ...
+
+    async def succeeded(self, user: str) -> None: ...
+
+
+def too_many(wait_s: float) -> TooManyAttempts:
+    message = "Too many failed logins; wait before trying again."
+    return TooManyAttempts(message, retry_after_s=math.ceil(wait_s))
 
 
 class _Failures:
@@ -69,21 +90,19 @@ class LoginThrottle:
         self.users = _Failures(max_per_user, max_keys)
         self.addresses = _Failures(max_per_address, max_keys)
 
-    def check(self, user: str, address: str | None) -> None:
+    async def check(self, user: str, address: str | None) -> None:
         now = self.clock()
         wait = max(
             self.users.wait_s(user.lower(), now, self.window_s),
             self.addresses.wait_s(address or "-", now, self.window_s),
         )
         if wait > 0:
-            raise TooManyAttempts(
-                "Too many failed logins; wait before trying again.", retry_after_s=math.ceil(wait)
-            )
+            raise too_many(wait)
 
-    def failed(self, user: str, address: str | None) -> None:
+    async def failed(self, user: str, address: str | None) -> None:
         now = self.clock()
         self.users.add(user.lower(), now)
         self.addresses.add(address or "-", now)
 
-    def succeeded(self, user: str) -> None:
+    async def succeeded(self, user: str) -> None:
         self.users.times.pop(user.lower(), None)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from mediator.admin import ADMIN_APP
 from mediator.admin.auth import THROTTLE
-from mediator.admin.throttle import LoginThrottle
+from mediator.admin.throttle import LoginThrottle, TooManyAttempts
 from tests.admin.conftest import PASSWORD
 
 
@@ -61,16 +63,18 @@ async def test_failed_logins_lock_the_address_across_user_names(app_client):
     assert (await _login(app_client, "alice", PASSWORD)).status == 429
 
 
-def test_memory_is_bounded_and_success_clears_the_user():
+async def test_memory_is_bounded_and_success_clears_the_user():
     clock = Clock()
     throttle = LoginThrottle(max_per_user=2, max_per_address=10**9, window_s=60, max_keys=100, clock=clock)
     for n in range(10_000):
-        throttle.failed(f"user{n}", f"10.0.{n // 256}.{n % 256}")
+        await throttle.failed(f"user{n}", f"10.0.{n // 256}.{n % 256}")
     assert len(throttle.users.times) == 100 and len(throttle.addresses.times) == 100
     assert all(len(times) <= 2 for times in throttle.users.times.values())
-    throttle.failed("user9999", "x")
-    throttle.succeeded("user9999")
-    throttle.check("user9999", "y")  # no exception
+    await throttle.failed("user9999", "x")
+    with pytest.raises(TooManyAttempts):
+        await throttle.check("user9999", "y")
+    await throttle.succeeded("user9999")
+    await throttle.check("user9999", "y")  # no exception
 
 
 async def test_page_errors_are_html_and_api_errors_stay_json(admin):

@@ -1,5 +1,6 @@
 """Two real mediator processes against one HAPI (on PostgreSQL), coordinated by PostgreSQL advisory locks,
-keep the guarantees of one: one golden record per person, one source record per identifier.
+keep the guarantees of one: one golden record per person, one source record per identifier, one count of
+an admin name's failed logins.
 
 Left alone, two replicas rarely race closely enough to show a missing lock, so the new-person scenario also
 runs with the replicas behind a :class:`~tests.pairing_proxy.PairingProxy`, which holds each HAPI transaction
@@ -110,3 +111,35 @@ async def test_twenty_concurrent_resubmissions_over_two_replicas_make_one_source
     assert len(sources) == 1
     assert sources[0]["meta"]["versionId"] == "20"
     await store.assert_consistent(sources[0]["id"])
+
+
+async def _failed_logins_then_try(http, urls, name, failures):
+    """``failures`` wrong passwords for ``name``, alternately on the replicas; then the answer of each."""
+    for n in range(failures):
+        async with http.post(
+            f"{urls[n % 2]}/admin/api/login", json={"username": name, "password": "wrong-password"}
+        ) as resp:
+            assert resp.status == 401, await resp.text()
+    answers = []
+    for url in urls:
+        async with http.post(f"{url}/admin/api/login", json={"username": name, "password": "x" * 12}) as resp:
+            answers.append((resp.status, resp.headers.get("Retry-After")))
+    return answers
+
+
+async def test_failed_logins_spread_over_two_replicas_lock_the_name_on_both(replica_urls, http):
+    """Five failures (three on one replica, two on the other) reach the limit of five per name: the shared
+    count in PostgreSQL refuses the name on both replicas, before any password check."""
+    answers = await _failed_logins_then_try(http, replica_urls, f"mallory-{unique_surname()}", 5)
+    assert [status for status, _ in answers] == [429, 429], answers
+    assert all(0 < int(after) <= 900 for _, after in answers)
+
+
+async def test_replicas_counting_in_their_own_memory_let_the_same_failures_through(
+    proxied_local_replicas, http
+):
+    """The control: with ``CR_LOCKS=local`` each replica counts only its own failures (three and two), so
+    the same attempts are not refused — the test above fails without the shared count."""
+    name = f"mallory-{unique_surname()}"
+    answers = await _failed_logins_then_try(http, proxied_local_replicas.urls, name, 5)
+    assert [status for status, _ in answers] == [401, 401], answers
