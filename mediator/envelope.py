@@ -8,16 +8,23 @@ basicAuthentication.js, tlsAuthentication.js, ...). An answer whose ``Content-Ty
 ``OrchestrationMetadataDef``: ``name`` required, ``request.timestamp`` required, bodies are strings),
 ``properties`` and ``status`` (one of ``transactionStatus``). Without the header we answer plain FHIR.
 
+The core stores the orchestrations with the transaction. A submission's HAPI calls carry other people's
+demographics (the candidates it was compared with) and blocking keys made of them, so by default
+(``CR_OPENHIM_ORCHESTRATION_BODIES=ids``) an orchestration shows what finds the records again and no
+more: resource types, ids and versions, request lines, statuses, error outcomes, and the query parameters
+in :data:`KEPT_QUERY` (others are shown as ``redacted``). ``full`` keeps the bodies, for debugging.
+
 This middleware sits outside ``errors_middleware`` so OperationOutcome error answers are enveloped too.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from aiohttp import web
 
@@ -50,7 +57,75 @@ def transaction_status(http_status: int) -> str:
     return "Completed"
 
 
-def orchestration(call: CallRecord) -> dict[str, Any]:
+# query parameters shown as sent in "ids" mode: ids, paging and search controls, no demographics
+KEPT_QUERY = frozenset(
+    {"_id", "identifier", "_count", "_elements", "_sort", "_summary", "_total", "_getpages"}
+    | {"_getpagesoffset", "_bundletype", "_pretty", "subject", "focus", "status", "code", "entity"}
+)
+
+
+def ids_only(body: str) -> str:
+    """``body`` (FHIR JSON) reduced to resource types, ids, versions, request/response lines and error
+    outcomes. Not JSON: its length only."""
+    if not body:
+        return ""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return f"({len(body)} characters, not JSON)"
+    return json.dumps(_ids_only(doc), separators=(",", ":"))
+
+
+def _ids_only(doc: Any) -> Any:
+    if not isinstance(doc, dict):
+        return None
+    kind = doc.get("resourceType")
+    if kind == "OperationOutcome":
+        return doc
+    if kind == "Bundle":
+        kept = {k: doc[k] for k in ("resourceType", "id", "type", "total") if k in doc}
+        return kept | {"entry": [_entry(e) for e in doc.get("entry", []) if isinstance(e, dict)]}
+    if kind == "Parameters":  # e.g. the block tags asked for: names only
+        return {
+            "resourceType": kind,
+            "parameter": [{"name": p.get("name")} for p in doc.get("parameter", [])],
+        }
+    if kind is not None:
+        version = (doc.get("meta") or {}).get("versionId")
+        return {"resourceType": kind, "id": doc.get("id")} | (
+            {"meta": {"versionId": version}} if version else {}
+        )
+    if isinstance(doc.get("ids"), list):  # Patient/$tagged-versions: [id, version] pairs
+        return {"ids": doc["ids"]}
+    return {}
+
+
+def _entry(entry: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if "fullUrl" in entry:
+        out["fullUrl"] = entry["fullUrl"]
+    if "resource" in entry:
+        out["resource"] = _ids_only(entry["resource"])
+    if isinstance(entry.get("request"), dict):
+        out["request"] = {k: v for k, v in entry["request"].items() if k in ("method", "url", "ifMatch")}
+    if isinstance(entry.get("response"), dict):
+        answer = entry["response"]
+        out["response"] = {
+            k: answer[k] for k in ("status", "location", "etag", "lastModified") if k in answer
+        }
+        if "outcome" in answer:
+            out["response"]["outcome"] = _ids_only(answer["outcome"])
+    return out
+
+
+def _kept_query(query: str) -> str:
+    pairs = parse_qsl(query, keep_blank_values=True)
+    return urlencode([(k, v if k in KEPT_QUERY else "redacted") for k, v in pairs], safe="|,:/")
+
+
+def orchestration(call: CallRecord, bodies: str = "ids") -> dict[str, Any]:
+    """The OpenHIM orchestration of one HAPI call; ``bodies``: "ids" (:func:`ids_only`) or "full"."""
+    shown: Callable[[str], str] = ids_only if bodies == "ids" else (lambda body: body)
     parts = urlsplit(call.url)
     default_port = 443 if parts.scheme == "https" else 80
     entry: dict[str, Any] = {
@@ -59,11 +134,11 @@ def orchestration(call: CallRecord) -> dict[str, Any]:
             "host": parts.hostname or "",
             "port": str(parts.port or default_port),
             "path": parts.path,
-            "querystring": parts.query,
+            "querystring": _kept_query(parts.query) if bodies == "ids" else parts.query,
             "method": call.method,
             "headers": {"Accept": "application/fhir+json"}
             | ({"Content-Type": "application/fhir+json"} if call.request_body is not None else {}),
-            "body": call.request_body or "",
+            "body": shown(call.request_body or ""),
             "timestamp": _iso(call.started),
         },
     }
@@ -71,7 +146,7 @@ def orchestration(call: CallRecord) -> dict[str, Any]:
         entry["response"] = {
             "status": call.status,
             "headers": {"Content-Type": "application/fhir+json"},
-            "body": call.response_body or "",
+            "body": shown(call.response_body or ""),
             "timestamp": _iso(call.finished),
         }
     if call.error is not None:
@@ -96,7 +171,7 @@ def properties_of(request: web.Request) -> dict[str, Any]:
 
 
 def envelope(
-    urn: str, response: web.Response, recorder: CallRecorder, request: web.Request
+    urn: str, response: web.Response, recorder: CallRecorder, request: web.Request, bodies: str = "ids"
 ) -> dict[str, Any]:
     body = response.text if response.body is not None else ""
     headers = {k: v for k, v in response.headers.items() if k.lower() not in _SKIP_HEADERS}
@@ -109,7 +184,7 @@ def envelope(
             "body": body or "",
             "timestamp": _iso(None),
         },
-        "orchestrations": [orchestration(c) for c in recorder.calls],
+        "orchestrations": [orchestration(c, bodies) for c in recorder.calls],
         "properties": properties_of(request),
     }
     if response.status >= 500:
@@ -117,7 +192,9 @@ def envelope(
     return doc
 
 
-def envelope_middleware(urn: str, *, require_client: bool) -> Callable[..., Awaitable[web.StreamResponse]]:
+def envelope_middleware(
+    urn: str, *, require_client: bool, bodies: str = "ids"
+) -> Callable[..., Awaitable[web.StreamResponse]]:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if TX_HEADER not in request.headers:
@@ -142,7 +219,7 @@ def envelope_middleware(urn: str, *, require_client: bool) -> Callable[..., Awai
             current_recorder.reset(token)
         if not isinstance(response, web.Response):  # a streamed answer cannot be wrapped
             return response
-        doc = envelope(urn, response, recorder, request)
+        doc = envelope(urn, response, recorder, request, bodies)
         return web.json_response(doc, status=response.status, content_type=ENVELOPE_TYPE)
 
     return middleware

@@ -302,7 +302,12 @@ def setup(app: web.Application, settings: Settings) -> None:
     link = OpenHIMLink(settings, registration)
     app[OPENHIM] = link
     app.middlewares.insert(
-        0, envelope_middleware(link.urn, require_client=not settings.openhim_allow_anonymous)
+        0,
+        envelope_middleware(
+            link.urn,
+            require_client=not settings.openhim_allow_anonymous,
+            bodies=settings.openhim_orchestration_bodies,
+        ),
     )
 
     async def openhim_task(app: web.Application) -> AsyncIterator[None]:

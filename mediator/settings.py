@@ -23,6 +23,12 @@ def _list(value: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in value.split(",") if item.strip())
 
 
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
+    return value
+
+
 def _gc_threshold(value: str) -> tuple[int, ...]:
     numbers = tuple(int(v) for v in _list(value))
     if len(numbers) > 3 or any(n < 0 for n in numbers):
@@ -64,6 +70,9 @@ class Settings:
     openhim_heartbeat_s: float = 10.0
     openhim_install_channels: bool = False
     openhim_allow_anonymous: bool = False
+    # what the orchestrations sent to OpenHIM show of each HAPI call's bodies: "ids" (ids, versions,
+    # request lines and statuses: no demographics of anyone) or "full" (the bodies, for debugging)
+    openhim_orchestration_bodies: str = "ids"
     openhim_timeout_s: float = 10.0  # every call to the core's API
     openhim_retry_max_s: float = 30.0  # registration backoff cap while the core is down
     # how the core reaches this mediator (endpoints, default channel route); None = mediator-config.json
@@ -122,6 +131,11 @@ class Settings:
             openhim_heartbeat_s=num("CR_OPENHIM_HEARTBEAT_S", defaults.openhim_heartbeat_s),
             openhim_install_channels=_bool(get("CR_OPENHIM_INSTALL_CHANNELS", "false")),
             openhim_allow_anonymous=_bool(get("CR_OPENHIM_ALLOW_ANONYMOUS", "false")),
+            openhim_orchestration_bodies=_choice(
+                "CR_OPENHIM_ORCHESTRATION_BODIES",
+                get("CR_OPENHIM_ORCHESTRATION_BODIES", defaults.openhim_orchestration_bodies),
+                ("ids", "full"),
+            ),
             openhim_timeout_s=num("CR_OPENHIM_TIMEOUT_S", defaults.openhim_timeout_s),
             openhim_retry_max_s=num("CR_OPENHIM_RETRY_MAX_S", defaults.openhim_retry_max_s),
             openhim_mediator_host=get("CR_OPENHIM_MEDIATOR_HOST") or None,

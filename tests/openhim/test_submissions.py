@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -58,6 +59,49 @@ async def test_submission_envelope_has_orchestrations_and_properties(
 
     source = await store.read("Patient", answer["id"])
     assert source is not None
+
+
+async def _second_of_a_family(core, url, facility):
+    """Two people of one family (the first is the second's candidate); the second's transaction."""
+    family = unique_surname()
+    first = patient(facility, "P1", family=family, given="Wanjiru", birth_date="1961-03-05")
+    second = patient(facility, "P2", family=family, given="Odhiambo", birth_date="1990-11-30")
+    assert (await core.route(url, "POST", "/fhir/Patient", body=first)).response["status"] == 201
+    tx = await core.route(url, "POST", "/fhir/Patient", body=second)
+    assert tx.response["status"] == 201 and tx.problems == []
+    shown = json.dumps(tx.orchestrations)
+    values = [family, "Wanjiru", "Odhiambo", "1961-03-05", "1990-11-30", second["telecom"][0]["value"]]
+    return tx, shown, values
+
+
+async def test_orchestrations_show_ids_and_statuses_never_demographics(
+    core, settings, start_mediator, facility
+):
+    """What OpenHIM stores of a submission's HAPI calls names records by id and version only: not the
+    submitted person's demographics, not the candidates' (other people's), not blocking keys made of them."""
+    url, _, _ = await _mediator(core, settings, start_mediator)
+    tx, shown, values = await _second_of_a_family(core, url, facility)
+    assert [v for v in values if v in shown] == []
+    (write,) = [o for o in tx.orchestrations if o["name"] == "HAPI FHIR: transaction"]
+    sent = json.loads(write["request"]["body"])
+    written = {e["request"]["url"] for e in sent["entry"]}
+    assert f"Patient/{tx.json()['id']}" in written  # the records written can still be found
+    assert {e["resource"]["resourceType"] for e in sent["entry"]} >= {"Patient", "AuditEvent"}
+    assert all(set(e["resource"]) <= {"resourceType", "id", "meta"} for e in sent["entry"])
+    answered = json.loads(write["response"]["body"])
+    assert [e["response"]["status"][:3] for e in answered["entry"]] and all(
+        "location" in e["response"] for e in answered["entry"]
+    )
+
+
+async def test_full_orchestration_bodies_show_what_was_sent_when_asked(
+    core, settings, start_mediator, facility
+):
+    """The control: with ``CR_OPENHIM_ORCHESTRATION_BODIES=full`` the same check finds the demographics."""
+    full = dataclasses.replace(settings, openhim_orchestration_bodies="full")
+    url, _, _ = await _mediator(core, full, start_mediator)
+    _, shown, values = await _second_of_a_family(core, url, facility)
+    assert {values[0], "Odhiambo", "1990-11-30"} <= {v for v in values if v in shown}
 
 
 async def test_console_threshold_change_changes_the_next_decision(core, settings, start_mediator, facility):
