@@ -8,6 +8,7 @@ import gc
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
@@ -21,6 +22,9 @@ from .locks import LocalKeyedLocks, LockManager
 from .registry import Registry
 from .settings import Settings
 from .tagged_sources import TaggedSources
+
+if TYPE_CHECKING:
+    from .pg_locks import PgAdvisoryLocks
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +92,11 @@ def create_app(
     holder.base_shared_systems = frozenset(settings.shared_identifier_systems)
     app[CONFIG] = holder
     holder.rules_swapped = lambda: _console_over_stored_rules(app)
+    shared_locks: PgAdvisoryLocks | None = None
     if locks is None and settings.locks == "postgres":  # shared by replicas
         from . import pg_locks
 
-        locks = pg_locks.setup(app, settings)
+        locks = shared_locks = pg_locks.setup(app, settings)
     lock_manager = locks or LocalKeyedLocks()
 
     async def hapi_session(app: web.Application) -> AsyncIterator[None]:
@@ -133,10 +138,10 @@ def create_app(
     from .admin import setup as setup_admin  # curation API and page at /admin (mediator/admin/)
 
     throttle = None
-    if settings.locks == "postgres" and settings.locks_dsn:  # replicas count failed logins together
+    if shared_locks is not None:  # replicas count failed logins together too
         from .admin import pg_throttle
 
-        throttle = pg_throttle.setup(app, settings.locks_dsn)
+        throttle = pg_throttle.setup(app, shared_locks)
     setup_admin(app, throttle=throttle)
     from .admin.jobs import setup as setup_jobs  # background jobs (bulk, re-matching), resumed at start
 

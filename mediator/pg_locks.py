@@ -78,6 +78,13 @@ class PgAdvisoryLocks:
             pool, self._pool = self._pool, None
             await pool.close()
 
+    @property
+    def pool(self) -> Any:
+        """The connection pool, for other short statements on the lock database (the login throttle)."""
+        if self._pool is None:
+            raise RuntimeError("PgAdvisoryLocks.start() was not called")
+        return self._pool
+
     async def cleanup_ctx(self, app: web.Application) -> AsyncIterator[None]:
         await self.start()
         try:

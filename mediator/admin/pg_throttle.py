@@ -9,8 +9,9 @@ at the next failure, so the table holds one window of failures at most (two rows
 the address's). If PostgreSQL cannot be reached, a login is refused with 503: it is never let through
 unthrottled.
 
-Used when ``CR_LOCKS=postgres`` (see :mod:`mediator.pg_locks`); the schema and table are created at start-up
-if missing, which needs the ``CREATE`` privilege on that database (HAPI's own database owner has it).
+Used when ``CR_LOCKS=postgres``, on the connection pool of the key locks (:mod:`mediator.pg_locks`); the
+schema and table are created at start-up if missing, which needs the ``CREATE`` privilege on that database
+(HAPI's own database owner has it).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import asyncpg  # type: ignore[import-untyped]
 from aiohttp import web
 
 from ..errors import UpstreamUnavailable
+from ..pg_locks import PgAdvisoryLocks
 from .throttle import too_many
 
 log = logging.getLogger(__name__)
@@ -60,11 +62,12 @@ _SUCCEEDED = f"DELETE FROM {TABLE} WHERE kind = 'user' AND key = $1"
 
 
 class PgLoginThrottle:
-    """A :class:`~mediator.admin.throttle.Throttle` over one PostgreSQL table; ``start()`` before use."""
+    """A :class:`~mediator.admin.throttle.Throttle` over one PostgreSQL table, on the pool of ``locks``;
+    ``start()`` (after the locks') before use."""
 
     def __init__(
         self,
-        dsn: str,
+        locks: PgAdvisoryLocks,
         *,
         max_per_user: int = 5,
         max_per_address: int = 20,
@@ -72,37 +75,24 @@ class PgLoginThrottle:
         timeout_s: float = 5.0,
         clock: Callable[[], float] | None = None,
     ) -> None:
-        self.dsn = dsn
+        self.locks = locks
         self.max_per_user = max_per_user
         self.max_per_address = max_per_address
         self.window_s = window_s
         self.timeout_s = timeout_s
         self.clock = clock  # None: PostgreSQL's clock (tests pass their own)
-        self._pool: Any = None
 
     async def start(self) -> None:
         try:
-            self._pool = await asyncpg.create_pool(
-                self.dsn, min_size=0, max_size=2, timeout=self.timeout_s, command_timeout=self.timeout_s
-            )
-            async with self._pool.acquire() as conn, conn.transaction():
+            async with self.locks.pool.acquire(timeout=self.timeout_s) as conn, conn.transaction():
                 await conn.execute(f"SELECT pg_advisory_xact_lock({_CREATE_LOCK})")
                 await conn.execute(_CREATE)
-        except (OSError, asyncpg.PostgresError) as exc:
-            await self.close()
+        except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
             raise UpstreamUnavailable(f"Cannot set up the login throttle table {TABLE}: {exc}") from exc
 
-    async def close(self) -> None:
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
-            await pool.close()
-
     async def cleanup_ctx(self, app: web.Application) -> AsyncIterator[None]:
-        await self.start()
-        try:
-            yield
-        finally:
-            await self.close()
+        await self.start()  # the pool opens and closes with the locks (their cleanup_ctx comes first)
+        yield
 
     async def check(self, user: str, address: str | None) -> None:
         wait = await self._run(
@@ -128,18 +118,16 @@ class PgLoginThrottle:
         return self.clock() if self.clock is not None else None
 
     async def _run(self, method: str, sql: str, *args: Any) -> Any:
-        if self._pool is None:
-            raise RuntimeError("PgLoginThrottle.start() was not called")
         try:
-            async with self._pool.acquire(timeout=self.timeout_s) as conn:
+            async with self.locks.pool.acquire(timeout=self.timeout_s) as conn:
                 return await getattr(conn, method)(sql, *args)
         except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("login throttle database unavailable", extra={"error": type(exc).__name__})
             raise UpstreamUnavailable("The login throttle's database is unavailable; try again.") from exc
 
 
-def setup(app: web.Application, dsn: str) -> PgLoginThrottle:
-    """A shared throttle whose pool opens and closes with ``app``."""
-    throttle = PgLoginThrottle(dsn)
+def setup(app: web.Application, locks: PgAdvisoryLocks) -> PgLoginThrottle:
+    """A shared throttle on the pool of ``locks`` (set up on ``app`` before it)."""
+    throttle = PgLoginThrottle(locks)
     app.cleanup_ctx.append(throttle.cleanup_ctx)
     return throttle

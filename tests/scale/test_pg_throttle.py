@@ -11,6 +11,7 @@ import pytest
 from mediator.admin.pg_throttle import TABLE, PgLoginThrottle
 from mediator.admin.throttle import TooManyAttempts
 from mediator.errors import UpstreamUnavailable
+from mediator.pg_locks import PgAdvisoryLocks
 
 pytestmark = pytest.mark.postgres
 
@@ -27,16 +28,18 @@ class Clock:
 async def pair(pg_dsn):
     """Two throttles (as two replicas would have) on one database, with one test clock."""
     clock = Clock()
+    pools = [PgAdvisoryLocks(pg_dsn, pool_size=2) for _ in range(2)]
     throttles = [
-        PgLoginThrottle(pg_dsn, max_per_user=3, max_per_address=5, window_s=60, clock=clock) for _ in range(2)
+        PgLoginThrottle(locks, max_per_user=3, max_per_address=5, window_s=60, clock=clock) for locks in pools
     ]
-    for t in throttles:
-        await t.start()
     try:
+        for locks, throttle in zip(pools, throttles, strict=True):
+            await locks.start()
+            await throttle.start()
         yield throttles, clock
     finally:
-        for t in throttles:
-            await t.close()
+        for locks in pools:
+            await locks.close()
 
 
 def _name() -> str:
@@ -97,7 +100,19 @@ async def test_rows_older_than_the_window_are_deleted_at_the_next_failure(pair, 
     assert left == 0
 
 
-async def test_an_unreachable_database_stops_the_start_with_503():
-    throttle = PgLoginThrottle("postgresql://hapi:hapi@127.0.0.1:1/hapi", timeout_s=2)
-    with pytest.raises(UpstreamUnavailable):
-        await throttle.start()
+async def test_a_lost_database_refuses_logins_with_503(pg_dsn):
+    """Never let a login through unthrottled: with the database gone, the check answers 503."""
+    locks = PgAdvisoryLocks(pg_dsn, pool_size=1)
+    await locks.start()
+    throttle = PgLoginThrottle(locks, timeout_s=2)
+    await throttle.start()
+    await throttle.check(_name(), _address())
+    await locks.close()
+    locks._pool = await asyncpg.create_pool(  # a pool whose server is gone (nothing listens on port 1)
+        "postgresql://hapi:hapi@127.0.0.1:1/hapi", min_size=0, max_size=1, timeout=2
+    )
+    try:
+        with pytest.raises(UpstreamUnavailable):
+            await throttle.check(_name(), _address())
+    finally:
+        await locks.close()
