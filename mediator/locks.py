@@ -15,8 +15,26 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Protocol
 
 
+class Lease(Protocol):
+    """A named exclusive lease (one holder in the whole deployment) until :meth:`release`."""
+
+    async def release(self) -> None: ...
+
+
 class LockManager(Protocol):
     def hold(self, keys: Iterable[str]) -> AbstractAsyncContextManager[None]: ...
+
+    async def try_lease(self, name: str) -> Lease | None:
+        """The lease ``name`` if nobody holds it (else None at once): for work of which only one may run
+        at a time, such as applying a re-match, held for as long as the work runs."""
+
+
+class _LocalLease:
+    def __init__(self, names: set[str], name: str) -> None:
+        self._names, self.name = names, name
+
+    async def release(self) -> None:
+        self._names.discard(self.name)
 
 
 class LocalKeyedLocks:
@@ -24,6 +42,13 @@ class LocalKeyedLocks:
 
     def __init__(self) -> None:
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._leases: set[str] = set()
+
+    async def try_lease(self, name: str) -> Lease | None:
+        if name in self._leases:
+            return None
+        self._leases.add(name)
+        return _LocalLease(self._leases, name)
 
     def _ref(self, key: str) -> asyncio.Lock:
         lock, count = self._locks.get(key, (None, 0))

@@ -14,6 +14,10 @@ submission fails with 503 (:class:`~mediator.errors.UpstreamUnavailable`) and no
 Limitation: if the lock connection is lost while the body runs, PostgreSQL releases the locks before the
 body finishes. The body's HAPI writes keep their ``If-Match`` safety, so nothing is corrupted, but the
 "one golden record for a new person" guarantee is then only as good as one replica's. The loss is logged.
+Leases (:meth:`PgAdvisoryLocks.try_lease`, e.g. "a re-match is being applied") are session-level advisory
+locks in a key space of their own, held on a pooled connection for as long as the work runs; a replica
+that dies releases them with its sessions.
+
 Use with ``CR_LOCKS=postgres CR_LOCKS_DSN=postgresql://user:password@host:port/db`` (any database of the
 cluster; HAPI's own database is fine: advisory locks touch no table).
 """
@@ -38,10 +42,37 @@ log = logging.getLogger(__name__)
 _LOCK_ALL = "SELECT count(pg_advisory_xact_lock(k)) FROM unnest($1::bigint[]) AS k"
 
 
-def key_id(key: str) -> int:
+def key_id(key: str, space: bytes = b"cr-locks") -> int:
     """A stable signed 64-bit integer for a lock key (the first 8 bytes of its BLAKE2b digest)."""
-    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8, person=b"cr-locks").digest()
+    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8, person=space).digest()
     return int.from_bytes(digest, "big", signed=True)
+
+
+def lease_id(name: str) -> int:
+    """The advisory lock of the lease ``name``: a key space apart from record keys."""
+    return key_id(name, b"cr-lease")
+
+
+class _PgLease:
+    """A session-level advisory lock held on one pooled connection until :meth:`release`."""
+
+    def __init__(self, pool: Any, conn: Any, name: str) -> None:
+        self._pool, self._conn, self.name = pool, conn, name
+
+    async def release(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            if conn.is_closed():
+                log.error("lease connection lost while holding the lease", extra={"lease": self.name})
+            else:
+                await conn.fetchval("SELECT pg_advisory_unlock($1)", lease_id(self.name))
+        except Exception:
+            log.warning("lease not released cleanly; closing its connection", extra={"lease": self.name})
+            conn.terminate()  # ends the session, which releases the lease too
+        finally:
+            await self._pool.release(conn)
 
 
 class PgAdvisoryLocks:
@@ -91,6 +122,26 @@ class PgAdvisoryLocks:
             yield
         finally:
             await self.close()
+
+    async def try_lease(self, name: str) -> _PgLease | None:
+        """``pg_try_advisory_lock`` on a connection kept for the lease (one fewer for submissions while
+        it is held); None at once when another session (another replica) holds it."""
+        pool = self.pool
+        try:
+            conn = await pool.acquire(timeout=self.acquire_timeout_s)
+        except TimeoutError as exc:
+            raise UpstreamUnavailable("All lock connections are busy; retry the request.") from exc
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise UpstreamUnavailable(f"Cannot reach the lock database: {exc}") from exc
+        try:
+            taken = await conn.fetchval("SELECT pg_try_advisory_lock($1)", lease_id(name))
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            await pool.release(conn)
+            raise UpstreamUnavailable(f"Lock database error: {exc}") from exc
+        if not taken:
+            await pool.release(conn)
+            return None
+        return _PgLease(pool, conn, name)
 
     @asynccontextmanager
     async def hold(self, keys: Iterable[str]) -> AsyncIterator[None]:

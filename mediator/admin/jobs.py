@@ -7,8 +7,10 @@
   (only the source records of these identifier systems) → 202; the job's ``result`` is the dry-run summary
   (links that would change, merges, splits, examples). Writes nothing.
 * ``POST /admin/jobs/rematch/apply`` (same body) → 202; the new rules become the live rules and the
-  records are relinked (``mediator.rematch``); 409 while another apply runs, or while the OpenHIM console
-  sets its own rules text (it would keep winning on every replica).
+  records are relinked (``mediator.rematch``); 409 while another apply runs — on any replica: the apply
+  holds the lease :data:`APPLY_LEASE` of the key locks (a PostgreSQL advisory lock with ``CR_LOCKS=postgres``)
+  for as long as it runs — or while the OpenHIM console sets its own rules text (it would keep winning on
+  every replica). An apply resumed at start-up waits for the lease.
 * ``POST /admin/jobs/rules/reset``: forget the rules a re-match applied (``Basic/cr-rules-applied`` in HAPI,
   :mod:`mediator.applied_rules`) and use the ``CR_RULES`` file's again (409 while an apply runs); a form post
   (from the jobs page) is redirected back to the page.
@@ -47,6 +49,7 @@ import matching
 from .. import applied_rules, bulk, rematch
 from ..context import CONFIG, HAPI, REGISTRY
 from ..errors import Conflict, InvalidInput, NotFound
+from ..locks import Lease
 from ..openhim import OPENHIM
 from ..settings import REPO_ROOT
 from .auth import ADMIN_USER
@@ -55,6 +58,8 @@ from .pages import csrf_field, e, layout
 log = logging.getLogger(__name__)
 
 MAX_UPLOAD_BYTES = 512 * 1024 * 1024
+APPLY_LEASE = "rematch-apply"  # one re-match apply (or rules reset) at a time in the whole deployment
+LEASE_RETRY_S = 2.0  # a resumed apply asks for the lease again this often while another replica holds it
 
 
 @dataclass
@@ -78,6 +83,7 @@ class Jobs:
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.bulk_jobs: dict[str, bulk.BulkJob] = {}
         self.rematch_jobs: dict[str, rematch.RematchJob] = {}
+        self.leases: dict[str, Lease] = {}  # job id -> the lease it runs under (re-match applies)
 
     def _info_path(self, job_id: str) -> Path:
         return self.dir / f"{job_id}.job.json"
@@ -94,7 +100,10 @@ class Jobs:
             if info.status != "finished":
                 self.start(info)
 
-    def start(self, info: JobInfo) -> None:
+    def start(self, info: JobInfo, lease: Lease | None = None) -> None:
+        """Run the job in the background; a re-match apply runs under ``lease`` (waits for it if None)."""
+        if lease is not None:
+            self.leases[info.id] = lease
         info.status, info.error = "running", ""
         self.infos[info.id] = info
         self.save(info)
@@ -102,8 +111,20 @@ class Jobs:
         self.tasks[info.id] = task
         task.add_done_callback(lambda _t: self.tasks.pop(info.id, None))
 
+    async def _lease(self, info: JobInfo) -> None:
+        """Hold the apply lease before a resumed apply goes on (another replica may be applying)."""
+        while info.id not in self.leases:
+            lease = await self.app[REGISTRY].locks.try_lease(APPLY_LEASE)
+            if lease is not None:
+                self.leases[info.id] = lease
+                return
+            log.info("re-match apply waits for another one to end", extra={"job": info.id})
+            await asyncio.sleep(LEASE_RETRY_S)  # polling a lease held elsewhere, not synchronising a test
+
     async def _run(self, info: JobInfo) -> None:
         try:
+            if info.kind == "rematch-apply":
+                await self._lease(info)
             if info.kind == "bulk":
                 await self._bulk(info)
             elif info.kind == "rematch-dry-run":
@@ -120,6 +141,10 @@ class Jobs:
         except Exception as exc:
             log.exception("job failed", extra={"job": info.id, "kind": info.kind})
             info.status, info.error = "failed", f"{type(exc).__name__}: {exc}"
+        finally:
+            lease = self.leases.pop(info.id, None)
+            if lease is not None:
+                await asyncio.shield(lease.release())
         self.save(info)
 
     def _bulk_job(self, info: JobInfo) -> bulk.BulkJob:
@@ -310,8 +335,6 @@ async def rematch_dry_run(request: web.Request) -> web.Response:
 async def rematch_apply(request: web.Request) -> web.Response:
     params = await _rules_body(request)
     jobs = _jobs(request)
-    if _applying(jobs):
-        raise Conflict("A re-match is already being applied; wait for it to finish.")
     link = request.config_dict.get(OPENHIM)
     if link is not None and link.console_sets_rules:  # its text would keep winning on every replica
         raise Conflict(
@@ -319,16 +342,21 @@ async def rematch_apply(request: web.Request) -> web.Response:
             "empty that text in the console (the rules in effect are then used) before applying new rules "
             "here, or edit the rules in the console."
         )
+    lease = await _apply_lease(request)
     params["applied_by"] = request.get(ADMIN_USER, "")
     info = JobInfo(
         id=f"rematch-{uuid.uuid4().hex[:12]}", kind="rematch-apply", created=time.time(), params=params
     )
-    jobs.start(info)
+    jobs.start(info, lease)
     return web.json_response(jobs.progress(info), status=202)
 
 
-def _applying(jobs: Jobs) -> bool:
-    return any(i.kind == "rematch-apply" and i.id in jobs.tasks for i in jobs.infos.values())
+async def _apply_lease(request: web.Request) -> Lease:
+    """The apply lease, or 409 while a re-match is being applied on this or another replica."""
+    lease = await request.config_dict[REGISTRY].locks.try_lease(APPLY_LEASE)
+    if lease is None:
+        raise Conflict("A re-match is being applied (on this or another replica); wait for it to finish.")
+    return lease
 
 
 def rules_in_effect(request: web.Request) -> dict[str, Any]:
@@ -348,9 +376,11 @@ def rules_in_effect(request: web.Request) -> dict[str, Any]:
 
 
 async def reset_rules(request: web.Request) -> web.StreamResponse:
-    if _applying(_jobs(request)):
-        raise Conflict("A re-match is being applied; wait for it to finish.")
-    removed = await applied_rules.reset(request.config_dict[CONFIG], request.config_dict[HAPI])
+    lease = await _apply_lease(request)
+    try:
+        removed = await applied_rules.reset(request.config_dict[CONFIG], request.config_dict[HAPI])
+    finally:
+        await lease.release()
     log.info("admin reset the matching rules to the file", extra={"admin": request.get(ADMIN_USER)})
     if request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
         raise web.HTTPSeeOther("/admin/jobs/page")

@@ -15,8 +15,9 @@ import pytest
 import yaml
 
 from mediator import records
-from mediator.admin.jobs import JOBS
+from mediator.admin.jobs import APPLY_LEASE, JOBS
 from mediator.app import create_app
+from mediator.context import REGISTRY
 from mediator.settings import REPO_ROOT
 from tests.admin.conftest import AdminClient
 from tests.conftest import unique_phone, unique_surname
@@ -133,6 +134,29 @@ async def test_rematch_dry_run_then_apply(admin: AdminClient, facility: str, sto
     assert reset["rules_in_effect"]["auto_match"] != 99.0
     page = await (await admin.client.get("/admin/jobs/page")).text()
     assert "rules file" in page and "Back to the rules file" not in page
+
+
+async def test_one_apply_or_reset_at_a_time_under_the_apply_lease(admin: AdminClient, facility: str):
+    """An apply runs under the apply lease of the key locks and gives it back when it ends; while the lease
+    is held (here by the test, as another replica's apply would hold it) apply and reset are refused."""
+    locks = admin.client.app[REGISTRY].locks
+    doc = yaml.safe_load((REPO_ROOT / "rules" / "default.yaml").read_text())
+    held = await locks.try_lease(APPLY_LEASE)
+    assert held is not None
+    try:
+        refused = await admin.post(
+            "/admin/jobs/rematch/apply", {"rules": doc, "systems": [facility]}, status=409
+        )
+        assert "being applied" in refused["issue"][0]["diagnostics"]
+        await admin.post("/admin/jobs/rules/reset", {}, status=409)
+    finally:
+        await held.release()
+    apply = await admin.post("/admin/jobs/rematch/apply", {"rules": doc, "systems": [facility]}, status=202)
+    assert (await _finished(admin, apply["id"]))["status"] == "finished"
+    again = await locks.try_lease(APPLY_LEASE)  # the finished apply gave the lease back
+    assert again is not None
+    await again.release()
+    assert (await admin.post("/admin/jobs/rules/reset", {}))["removed"] is True
 
 
 def _unfinished_job(jobs_dir: Path, facility: str) -> None:

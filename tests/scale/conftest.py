@@ -115,14 +115,35 @@ def replica_pair(env: dict[str, str], label: str) -> Iterator[list[str]]:
         yield [one, two]
 
 
+REPLICA_ADMIN = ("replica-admin", "correct horse battery staple")
+
+
 @pytest.fixture(scope="session")
-def replica_urls(pg_dsn: str, pg_hapi_url: str) -> Iterator[list[str]]:
+def admin_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """One admin user, session key and (empty) jobs directory for both replicas of a pair: a session
+    cookie from one replica is valid on the other, as behind a load balancer."""
+    from cryptography.fernet import Fernet
+
+    from mediator.admin.users import UserStore
+
+    folder = tmp_path_factory.mktemp("replica-admin")
+    UserStore(folder / "users.json").set_password(*REPLICA_ADMIN)
+    return {
+        "CR_ADMIN_USERS_FILE": str(folder / "users.json"),
+        "CR_ADMIN_SECRET_KEY": Fernet.generate_key().decode(),
+        "CR_JOBS_DIR": str(folder / "jobs"),
+    }
+
+
+@pytest.fixture(scope="session")
+def replica_urls(pg_dsn: str, pg_hapi_url: str, admin_env: dict[str, str]) -> Iterator[list[str]]:
     """Two mediator replicas against one HAPI (on PostgreSQL), sharing PostgreSQL advisory locks."""
     env = {
         "CR_HAPI_URL": pg_hapi_url,
         "CR_LOCKS": "postgres",
         "CR_LOCKS_DSN": pg_dsn,
         "CR_HAPI_TIMEOUT": "60",
+        **admin_env,
     }
     with replica_pair(env, "") as urls:
         yield urls
@@ -141,28 +162,32 @@ class Replicas:
 
 
 @contextmanager
-def proxied_replica_pair(locks: dict[str, str], pg_hapi_url: str, label: str) -> Iterator[Replicas]:
+def proxied_replica_pair(
+    locks: dict[str, str], pg_hapi_url: str, label: str, admin_env: dict[str, str]
+) -> Iterator[Replicas]:
     with PairingProxy(pg_hapi_url, hold_s=PAIRING_HOLD_S) as proxy:
         env = {
             "CR_HAPI_URL": proxy.url,
             "CR_HAPI_TIMEOUT": "60",
             "CR_LOCKS_TIMEOUT_S": "120",  # serialised submissions wait for each other's held transactions
             **locks,
+            **admin_env,
         }
         with replica_pair(env, label) as urls:
             yield Replicas(urls, proxy)
 
 
 @pytest.fixture(scope="module")
-def proxied_replicas(pg_dsn: str, pg_hapi_url: str) -> Iterator[Replicas]:
+def proxied_replicas(pg_dsn: str, pg_hapi_url: str, admin_env: dict[str, str]) -> Iterator[Replicas]:
     """Two replicas sharing PostgreSQL advisory locks, reaching HAPI through a :class:`PairingProxy`."""
-    with proxied_replica_pair({"CR_LOCKS": "postgres", "CR_LOCKS_DSN": pg_dsn}, pg_hapi_url, "-pg") as pair:
+    shared = {"CR_LOCKS": "postgres", "CR_LOCKS_DSN": pg_dsn}
+    with proxied_replica_pair(shared, pg_hapi_url, "-pg", admin_env) as pair:
         yield pair
 
 
 @pytest.fixture(scope="module")
-def proxied_local_replicas(pg_hapi_url: str) -> Iterator[Replicas]:
+def proxied_local_replicas(pg_hapi_url: str, admin_env: dict[str, str]) -> Iterator[Replicas]:
     """Two replicas with in-process locks only (``CR_LOCKS=local``) through a :class:`PairingProxy`: what
     the cross-process guarantees would be without shared locks."""
-    with proxied_replica_pair({"CR_LOCKS": "local"}, pg_hapi_url, "-local") as pair:
+    with proxied_replica_pair({"CR_LOCKS": "local"}, pg_hapi_url, "-local", admin_env) as pair:
         yield pair

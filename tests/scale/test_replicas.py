@@ -1,6 +1,6 @@
 """Two real mediator processes against one HAPI (on PostgreSQL), coordinated by PostgreSQL advisory locks,
 keep the guarantees of one: one golden record per person, one source record per identifier, one count of
-an admin name's failed logins.
+an admin name's failed logins, one re-match apply (or rules reset) at a time.
 
 Left alone, two replicas rarely race closely enough to show a missing lock, so the new-person scenario also
 runs with the replicas behind a :class:`~tests.pairing_proxy.PairingProxy`, which holds each HAPI transaction
@@ -12,11 +12,15 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
+import asyncpg  # type: ignore[import-untyped]
 import pytest
 
 from mediator import records
+from mediator.admin.jobs import APPLY_LEASE
+from mediator.pg_locks import lease_id
 from tests.conftest import patient, unique_surname
 from tests.hapi_helpers import Store
+from tests.scale.conftest import REPLICA_ADMIN
 
 pytestmark = pytest.mark.postgres
 
@@ -143,3 +147,40 @@ async def test_replicas_counting_in_their_own_memory_let_the_same_failures_throu
     name = f"mallory-{unique_surname()}"
     answers = await _failed_logins_then_try(http, proxied_local_replicas.urls, name, 5)
     assert [status for status, _ in answers] == [401, 401], answers
+
+
+async def _resets_while_the_apply_lease_is_held_elsewhere(pg_dsn, urls):
+    """Log in on the first replica (the cookie holds on both), hold the apply lease from another PostgreSQL
+    session (as a replica applying a re-match does), and ask each replica to reset the rules; then the
+    answer of a reset once the lease is free."""
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as admin:
+        name, password = REPLICA_ADMIN
+        async with admin.post(
+            f"{urls[0]}/admin/api/login", json={"username": name, "password": password}
+        ) as r:
+            assert r.status == 200, await r.text()
+            headers = {"X-CSRF-Token": (await r.json())["csrf"]}
+        elsewhere = await asyncpg.connect(pg_dsn)
+        try:
+            assert await elsewhere.fetchval("SELECT pg_try_advisory_lock($1)", lease_id(APPLY_LEASE))
+            held = []
+            for url in urls:
+                async with admin.post(f"{url}/admin/jobs/rules/reset", json={}, headers=headers) as r:
+                    held.append(r.status)
+        finally:
+            await elsewhere.close()  # ends the session: the lease is free
+        async with admin.post(f"{urls[1]}/admin/jobs/rules/reset", json={}, headers=headers) as r:
+            return held, r.status
+
+
+async def test_no_replica_resets_or_applies_rules_while_another_applies(replica_urls, pg_dsn):
+    """The apply lease is a PostgreSQL advisory lock: while any session holds it, both replicas refuse."""
+    held, free = await _resets_while_the_apply_lease_is_held_elsewhere(pg_dsn, replica_urls)
+    assert held == [409, 409] and free == 200
+
+
+async def test_replicas_with_local_locks_do_not_see_a_lease_held_elsewhere(proxied_local_replicas, pg_dsn):
+    """The control: with ``CR_LOCKS=local`` the lease is each process's own, so the test above fails
+    without the shared lease."""
+    held, free = await _resets_while_the_apply_lease_is_held_elsewhere(pg_dsn, proxied_local_replicas.urls)
+    assert held == [200, 200] and free == 200
