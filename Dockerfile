@@ -17,7 +17,9 @@ COPY matching/ matching/
 COPY rules/ rules/
 COPY mediator-config.json ./
 
-RUN useradd --system --uid 10001 registry
+# the mediator's state (admin users, session key, resumable bulk and re-match jobs) lives in /app/var: the
+# only directory it writes, made its user's here (/app is root's); docker-compose.yml keeps it on a volume
+RUN useradd --system --uid 10001 registry && mkdir -p /app/var && chown registry /app/var
 USER registry
 
 ENV CR_HOST=0.0.0.0 CR_PORT=3000

@@ -34,6 +34,21 @@ def test_mediator_settings_from_the_compose_environment():
     assert settings.hapi_base_url == f"http://hapi-fhir:{hapi['SERVER_PORT']}/fhir"
 
 
+def test_the_image_and_compose_keep_the_mediators_state_on_a_writable_volume():
+    """The mediator writes its admin users, session key and resumable jobs under var/ (``/app/var`` in the
+    image) and nowhere else. The image runs as a non-root user and ``/app`` is root's, so var/ must be made
+    that user's: without it the mediator stops at start-up (checked by hand on a read-only copy of the code:
+    ``OSError`` on ``var/``). Compose keeps var/ on a named volume, so users and jobs outlive a re-created
+    container."""
+    dockerfile = (REPO_ROOT / "Dockerfile").read_text(encoding="utf-8")
+    user = re.findall(r"^USER (\S+)", dockerfile, re.M)[-1]
+    var = re.findall(r"^WORKDIR (\S+)", dockerfile, re.M)[-1] + "/var"
+    runs = re.findall(r"^RUN (.+)$", dockerfile, re.M)
+    assert any(f"mkdir -p {var}" in r and f"chown {user} {var}" in r for r in runs), runs
+    mounts = [m.split(":") for m in COMPOSE["services"]["client-registry"]["volumes"]]
+    assert [m[0] for m in mounts if m[1] == var and m[0] in COMPOSE["volumes"]], mounts
+
+
 def test_core_and_console_images_and_core_certificate():
     services = COMPOSE["services"]
     assert services["openhim-core"]["image"].startswith("jembi/openhim-core:")
