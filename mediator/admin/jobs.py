@@ -24,7 +24,9 @@
 Same auth and CSRF as the rest of ``/admin`` (the admin app's middleware). Jobs are asyncio tasks owned by
 the mediator's app (``cleanup_ctx``: cancelled at shutdown); each keeps its state in ``CR_JOBS_DIR``
 (default ``var/jobs``) — ``<id>.job.json`` (kind and parameters) plus the engine's own state — so a
-restarted mediator resumes every job that had not finished.
+restarted mediator resumes every job that had not finished. Replicas may share that directory (one volume):
+a job runs under the lease ``job:<id>`` of the key locks, so a replica starting while another runs the job
+leaves it to that one.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ log = logging.getLogger(__name__)
 
 MAX_UPLOAD_BYTES = 512 * 1024 * 1024
 APPLY_LEASE = "rematch-apply"  # one re-match apply (or rules reset) at a time in the whole deployment
+JOB_LEASE = "job:"  # + job id: a job runs on one replica at a time (replicas may share CR_JOBS_DIR)
 LEASE_RETRY_S = 2.0  # a resumed apply asks for the lease again this often while another replica holds it
 
 
@@ -122,6 +125,19 @@ class Jobs:
             await asyncio.sleep(LEASE_RETRY_S)  # polling a lease held elsewhere, not synchronising a test
 
     async def _run(self, info: JobInfo) -> None:
+        owned = await self.app[REGISTRY].locks.try_lease(JOB_LEASE + info.id)
+        if owned is None:  # a replica sharing this jobs directory runs it
+            log.info("job runs on another replica", extra={"job": info.id, "kind": info.kind})
+            lease = self.leases.pop(info.id, None)
+            if lease is not None:
+                await lease.release()
+            return
+        try:
+            await self._run_owned(info)
+        finally:
+            await asyncio.shield(owned.release())
+
+    async def _run_owned(self, info: JobInfo) -> None:
         try:
             if info.kind == "rematch-apply":
                 await self._lease(info)
