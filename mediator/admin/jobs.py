@@ -26,7 +26,8 @@ the mediator's app (``cleanup_ctx``: cancelled at shutdown); each keeps its stat
 (default ``var/jobs``) — ``<id>.job.json`` (kind and parameters) plus the engine's own state — so a
 restarted mediator resumes every job that had not finished. Replicas may share that directory (one volume):
 a job runs under the lease ``job:<id>`` of the key locks, so a replica starting while another runs the job
-leaves it to that one.
+leaves it to that one, and every replica lists the directory's jobs with the progress their files show
+(:meth:`Jobs.refresh`), whichever replica runs them.
 """
 
 from __future__ import annotations
@@ -102,6 +103,21 @@ class Jobs:
             self.infos[info.id] = info
             if info.status != "finished":
                 self.start(info)
+
+    def refresh(self) -> None:
+        """Read again the jobs this process does not run (another replica sharing the directory may have
+        started, advanced or finished them): their files say how far they are."""
+        for path in sorted(self.dir.glob("*.job.json")):
+            job_id = path.name.removesuffix(".job.json")
+            if job_id in self.tasks:
+                continue  # run here: what this process holds is the latest
+            try:
+                self.infos[job_id] = JobInfo(**json.loads(path.read_text()))
+            except (OSError, ValueError, TypeError):
+                log.warning("job file unreadable", extra={"job": job_id})
+                continue
+            self.bulk_jobs.pop(job_id, None)  # their engines' state is read again from their files
+            self.rematch_jobs.pop(job_id, None)
 
     def start(self, info: JobInfo, lease: Lease | None = None) -> None:
         """Run the job in the background; a re-match apply runs under ``lease`` (waits for it if None)."""
@@ -404,7 +420,9 @@ async def reset_rules(request: web.Request) -> web.StreamResponse:
 
 
 def _info(request: web.Request) -> JobInfo:
-    info = _jobs(request).infos.get(request.match_info["job"])
+    jobs = _jobs(request)
+    jobs.refresh()
+    info = jobs.infos.get(request.match_info["job"])
     if info is None:
         raise NotFound(f"No job {request.match_info['job']}.")
     return info
@@ -412,6 +430,7 @@ def _info(request: web.Request) -> JobInfo:
 
 async def list_jobs(request: web.Request) -> web.Response:
     jobs = _jobs(request)
+    jobs.refresh()
     items = [jobs.progress(i) for i in sorted(jobs.infos.values(), key=lambda i: i.created, reverse=True)]
     return web.json_response({"items": items, "rules_in_effect": rules_in_effect(request)})
 
@@ -438,6 +457,7 @@ async def job_report(request: web.Request) -> web.StreamResponse:
 
 async def jobs_page(request: web.Request) -> web.Response:
     jobs = _jobs(request)
+    jobs.refresh()
     rows = []
     for info in sorted(jobs.infos.values(), key=lambda i: i.created, reverse=True):
         p = jobs.progress(info)

@@ -95,6 +95,27 @@ async def test_bulk_upload_progress_and_report(admin: AdminClient, facility: str
     assert page.status == 200 and started["id"] in await page.text()
 
 
+async def test_replicas_sharing_the_jobs_directory_list_each_others_jobs(
+    aiohttp_client, settings, admin_settings, facility: str
+):
+    """Behind a load balancer the admin may ask either replica: both list a job and its progress, whichever
+    runs it (here two apps on one jobs directory; the second started before the upload)."""
+    one = await AdminClient(await aiohttp_client(create_app(settings))).login()
+    two = await AdminClient(await aiohttp_client(create_app(settings))).login()
+    person = {"family": unique_surname(), "given": "Achieng", "gender": "F", "phone": unique_phone()}
+    resp = await _upload(one, _csv_text([{"id": "S1", **person}, {"id": "S2", **person}]), facility)
+    started = await resp.json()
+    seen = await two.get(f"/admin/jobs/{started['id']}")  # still running on the first, or finished
+    assert seen["kind"] == "bulk" and seen["rows_total"] == 2
+    done = await _finished(one, started["id"])
+    assert done["status"] == "finished"
+    listed = {j["id"]: j for j in (await two.get("/admin/jobs"))["items"]}
+    assert listed[started["id"]]["status"] == "finished"
+    assert listed[started["id"]]["counts"] == done["counts"] and sum(done["counts"].values()) == 2
+    report = await two.client.get(f"/admin/jobs/{started['id']}/report.csv")
+    assert report.status == 200 and len((await report.text()).splitlines()) == 3
+
+
 async def test_jobs_need_a_session(app_client):
     assert (await app_client.get("/admin/jobs")).status == 401
 
