@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Awaitable
 from typing import Any
 
 from aiohttp import web
@@ -195,8 +197,33 @@ async def capability_statement(request: web.Request) -> web.Response:
     )
 
 
+READY_TIMEOUT_S = 5.0
+
+
 async def health(request: web.Request) -> web.Response:
+    """Liveness: the process answers (the image's health check)."""
     return web.json_response({"status": "ok"})
+
+
+async def ready(request: web.Request) -> web.Response:
+    """Readiness: whether submissions can be served now — the FHIR store answers its capability statement
+    and the key locks can be taken (the lock database, with ``CR_LOCKS=postgres``). 200, or 503 naming
+    what is unavailable, each within :data:`READY_TIMEOUT_S`; for a load balancer or an operator."""
+    fhir_store, locks = await asyncio.gather(
+        _check(request.app[HAPI].metadata()), _check(request.app[REGISTRY].locks.ping())
+    )
+    checks = {"fhir_store": fhir_store, "locks": locks}
+    ok = set(checks.values()) == {"ok"}
+    body = {"status": "ok" if ok else "unavailable", "checks": checks}
+    return web.json_response(body, status=200 if ok else 503)
+
+
+async def _check(probe: Awaitable[Any]) -> str:
+    try:
+        await asyncio.wait_for(probe, READY_TIMEOUT_S)
+    except (RegistryError, TimeoutError):
+        return "unavailable"
+    return "ok"
 
 
 def add_routes(app: web.Application) -> None:
@@ -208,3 +235,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/fhir/", bundle)
     app.router.add_get("/fhir/metadata", capability_statement)
     app.router.add_get("/health", health)
+    app.router.add_get("/ready", ready)

@@ -28,6 +28,9 @@ class LockManager(Protocol):
         """The lease ``name`` if nobody holds it (else None at once): for work of which only one may run
         at a time, such as applying a re-match, held for as long as the work runs."""
 
+    async def ping(self) -> None:
+        """Raise :class:`~mediator.errors.UpstreamUnavailable` when the locks cannot be taken now."""
+
 
 class _LocalLease:
     def __init__(self, names: set[str], name: str) -> None:
@@ -43,6 +46,9 @@ class LocalKeyedLocks:
     def __init__(self) -> None:
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self._leases: set[str] = set()
+
+    async def ping(self) -> None:
+        """In-process locks are always there."""
 
     async def try_lease(self, name: str) -> Lease | None:
         if name in self._leases:

@@ -123,6 +123,14 @@ class PgAdvisoryLocks:
         finally:
             await self.close()
 
+    async def ping(self) -> None:
+        """One round trip to the lock database (``/ready``); 503 when it cannot be reached."""
+        try:
+            async with self.pool.acquire(timeout=self.connect_timeout_s) as conn:
+                await conn.fetchval("SELECT 1", timeout=self.connect_timeout_s)
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise UpstreamUnavailable(f"Cannot reach the lock database: {exc}") from exc
+
     async def try_lease(self, name: str) -> _PgLease | None:
         """``pg_try_advisory_lock`` on a connection kept for the lease (one fewer for submissions while
         it is held); None at once when another session (another replica) holds it."""

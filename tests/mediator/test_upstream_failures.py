@@ -27,6 +27,23 @@ async def test_hapi_down_gives_503(aiohttp_client, unused_tcp_port_factory, faci
     assert body["resourceType"] == "OperationOutcome" and body["issue"][0]["code"] == "transient"
 
 
+async def test_ready_says_whether_the_fhir_store_answers(aiohttp_client, unused_tcp_port_factory, settings):
+    """``/health`` is liveness (the process answers); ``/ready`` is 503 while HAPI cannot be reached."""
+    up = await aiohttp_client(create_app(settings))
+    resp = await up.get("/ready")
+    assert resp.status == 200
+    assert await resp.json() == {"status": "ok", "checks": {"fhir_store": "ok", "locks": "ok"}}
+    port = unused_tcp_port_factory()  # nothing listens there
+    down = await aiohttp_client(create_app(Settings(hapi_base_url=f"http://127.0.0.1:{port}/fhir")))
+    assert (await down.get("/health")).status == 200
+    resp = await down.get("/ready")
+    assert resp.status == 503
+    assert await resp.json() == {
+        "status": "unavailable",
+        "checks": {"fhir_store": "unavailable", "locks": "ok"},
+    }
+
+
 @pytest.fixture
 async def proxy(aiohttp_server, hapi_url):
     state = {"swallow_transactions": False, "swallowed": asyncio.Event()}

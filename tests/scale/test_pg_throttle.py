@@ -101,12 +101,14 @@ async def test_rows_older_than_the_window_are_deleted_at_the_next_failure(pair, 
 
 
 async def test_a_lost_database_refuses_logins_with_503(pg_dsn):
-    """Never let a login through unthrottled: with the database gone, the check answers 503."""
+    """Never let a login through unthrottled: with the database gone, the check answers 503 (and the locks'
+    readiness probe says it is unavailable)."""
     locks = PgAdvisoryLocks(pg_dsn, pool_size=1)
     await locks.start()
     throttle = PgLoginThrottle(locks, timeout_s=2)
     await throttle.start()
     await throttle.check(_name(), _address())
+    await locks.ping()
     await locks.close()
     locks._pool = await asyncpg.create_pool(  # a pool whose server is gone (nothing listens on port 1)
         "postgresql://hapi:hapi@127.0.0.1:1/hapi", min_size=0, max_size=1, timeout=2
@@ -114,5 +116,7 @@ async def test_a_lost_database_refuses_logins_with_503(pg_dsn):
     try:
         with pytest.raises(UpstreamUnavailable):
             await throttle.check(_name(), _address())
+        with pytest.raises(UpstreamUnavailable):
+            await locks.ping()
     finally:
         await locks.close()

@@ -117,6 +117,13 @@ async def test_twenty_concurrent_resubmissions_over_two_replicas_make_one_source
     await store.assert_consistent(sources[0]["id"])
 
 
+async def test_both_replicas_are_ready_with_the_store_and_the_lock_database(replica_urls, http):
+    for url in replica_urls:
+        async with http.get(f"{url}/ready") as resp:
+            assert resp.status == 200
+            assert (await resp.json())["checks"] == {"fhir_store": "ok", "locks": "ok"}
+
+
 async def _failed_logins_then_try(http, urls, name, failures):
     """``failures`` wrong passwords for ``name``, alternately on the replicas; then the answer of each."""
     for n in range(failures):
