@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..context import CONFIG, HAPI
+from ..context import CONFIG, HAPI, REGISTRY
 from ..errors import InvalidInput
 from . import queries
 from .auth import ADMIN_CSRF, ADMIN_USER, log_in, log_out
@@ -20,7 +20,11 @@ def admin_of(request: web.Request) -> Admin:
 
 
 def curation(request: web.Request) -> Curation:
-    return Curation(request.config_dict[HAPI], request.config_dict[CONFIG].current.cruid_system)
+    return Curation(
+        request.config_dict[HAPI],
+        request.config_dict[CONFIG].current.cruid_system,
+        request.config_dict[REGISTRY].locks,  # the app key locks (shared by replicas: CR_LOCKS=postgres)
+    )
 
 
 async def body(request: web.Request) -> dict[str, Any]:

@@ -14,21 +14,28 @@ every touched record before and after (ids and links only, never demographics).
 
 A stale version anywhere (another admin or a submission got there first) → HAPI 409 → :class:`Conflict`
 (409 OperationOutcome); nothing is retried, the admin looks again.
+Actions on the same record (the pair's Task, the source or golden records named in the request) take turns
+under the key locks (shared by replicas with ``CR_LOCKS=postgres``): the second one reads what the first
+wrote. Without that, two decisions sent at once on one pair could both fail (two 409s on H2, no winner).
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
+import functools
+import inspect
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from .. import records
 from ..audit import Actor, event
 from ..errors import Conflict, InvalidInput, NotFound, Unprocessable, UpstreamUnavailable
 from ..fhir_client import HapiClient
+from ..locks import LocalKeyedLocks, LockManager
 from ..records import NS, Resource
 from ..review import OPEN, POTENTIAL_MATCH, WITHDRAWN, review_task_id
 from ..unit_of_work import UnitOfWork
@@ -290,10 +297,34 @@ def close_task(task: Resource, decision: str, admin: Admin, status: str = "compl
     return closed
 
 
+_Action = TypeVar("_Action", bound=Callable[..., Awaitable[Any]])
+
+
+def _one_at_a_time(*arguments: str) -> Callable[[_Action], _Action]:
+    """Hold the key locks on the records these arguments name while the action runs. Two admins acting on
+    the same record (on any replica, with ``CR_LOCKS=postgres``) then take turns, and the second one is
+    answered from what the first one wrote (409: already decided). Otherwise both transactions reached the
+    FHIR store at once, and on H2 both could fail, each waiting for the other's lock (503 for both)."""
+
+    def wrap(action: _Action) -> _Action:
+        signature = inspect.signature(action)
+
+        @functools.wraps(action)
+        async def serialised(self: Curation, *args: Any, **kwargs: Any) -> Any:
+            named = signature.bind(self, *args, **kwargs).arguments
+            async with self.locks.hold([f"curation:{named[a]}" for a in arguments]):
+                return await action(self, *args, **kwargs)
+
+        return serialised  # type: ignore[return-value]
+
+    return wrap
+
+
 class Curation:
-    def __init__(self, hapi: HapiClient, cruid_system: str) -> None:
+    def __init__(self, hapi: HapiClient, cruid_system: str, locks: LockManager | None = None) -> None:
         self.hapi = hapi
         self.cruid_system = cruid_system
+        self.locks: LockManager = locks if locks is not None else LocalKeyedLocks()
 
     async def pair_goldens(self, change: _Change, task: Resource) -> tuple[Resource, Resource, str | None]:
         """(golden of the task's subject now, the other golden now, the focus source id)."""
@@ -317,6 +348,7 @@ class Curation:
             raise Conflict(f"This pair was already decided ({decided}).", retryable=False)
         return task
 
+    @_one_at_a_time("task_id")
     async def decide(
         self,
         task_id: str,
@@ -436,6 +468,7 @@ class Curation:
                 moved.pop("meta", None)
                 change.put(moved)
 
+    @_one_at_a_time("golden_id", "source_id")
     async def break_out(
         self, golden_id: str, source_id: str, admin: Admin, note: str | None = None
     ) -> Outcome:
@@ -454,6 +487,7 @@ class Curation:
         audit_id = await change.commit(admin, BREAK, note=note)
         return Outcome(BREAK, audit_id, (golden_id, new_id))
 
+    @_one_at_a_time("source_id", "target_id")
     async def move(self, source_id: str, target_id: str, admin: Admin, note: str | None = None) -> Outcome:
         change = _Change(self.hapi)
         source = await change.require(source_id, "Source record")
@@ -474,6 +508,7 @@ class Curation:
         audit_id = await change.commit(admin, MOVE, note=note)
         return Outcome(MOVE, audit_id, tuple(g for g in (current, target_id) if g))
 
+    @_one_at_a_time("source_id")
     async def confirm(self, source_id: str, admin: Admin, note: str | None = None) -> Outcome:
         change = _Change(self.hapi)
         source = await change.require(source_id, "Source record")
@@ -486,6 +521,7 @@ class Curation:
         audit_id = await change.commit(admin, CONFIRM, note=note)
         return Outcome(CONFIRM, audit_id, (golden_id,))
 
+    @_one_at_a_time("patient_id")
     async def undo_last(self, patient_id: str, admin: Admin) -> Outcome:
         last = await self.last_decision(patient_id)
         if last is None:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 from mediator import records
-from tests.admin.conftest import make_pair
+from mediator.app import create_app
+from tests.admin.conftest import AdminClient, make_pair
 from tests.conftest import patient
+from tests.pairing_proxy import PairingProxy
 
 FHIR = {"Content-Type": "application/fhir+json"}
 
@@ -105,6 +108,26 @@ async def test_different_people_are_never_matched_again(admin, app_client, pair,
     resp = await app_client.post("/fhir/Patient", json=same)
     assert resp.status == 200 and resp.headers["X-CRUID"] == pair.golden_b
     assert (await store.read("Task", pair.task))["status"] == "completed"
+
+
+async def test_two_decisions_on_one_pair_take_turns_before_the_fhir_store(
+    aiohttp_client, settings, admin_settings, pair
+):
+    """Two decisions on the same pair at once (two admins, or one clicking twice): the key locks let one
+    decide while the other waits, and the other is then answered 409 from what the first wrote. Checked
+    through a proxy that holds a HAPI transaction until a second one is pending: only one transaction is
+    sent (without the locks both decisions sent theirs together, and on H2 both could fail with 503)."""
+    with PairingProxy(settings.hapi_base_url, hold_s=1.0) as proxy:
+        app = create_app(dataclasses.replace(settings, hapi_base_url=proxy.url))
+        one = await AdminClient(await aiohttp_client(app)).login()
+        proxy.reset()
+        url = f"/admin/api/pairs/{pair.task}/decision"
+        a, b = await asyncio.gather(
+            one.client.post(url, json={"decision": "same-person"}, headers={"X-CSRF-Token": one.csrf}),
+            one.client.post(url, json={"decision": "different-people"}, headers={"X-CSRF-Token": one.csrf}),
+        )
+        assert sorted([a.status, b.status]) == [200, 409], [await a.text(), await b.text()]
+        assert proxy.stats.transactions == 1 and proxy.stats.pairs == 0, proxy.stats
 
 
 async def test_two_admins_deciding_the_same_pair_one_wins(admin, second_admin, pair, store):
