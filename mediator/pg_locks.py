@@ -53,6 +53,22 @@ def lease_id(name: str) -> int:
     return key_id(name, b"cr-lease")
 
 
+async def _give_back(pool: Any, conn: Any, undo: str, *args: Any, what: dict[str, Any]) -> None:
+    """Release what ``conn``'s session holds with ``undo`` and return it to ``pool``; a lost connection is
+    logged, and one where ``undo`` fails is closed (ending the session releases its locks too)."""
+    try:
+        if conn.is_closed():
+            log.error("lock connection lost while holding locks", extra=what)
+        else:
+            try:
+                await conn.execute(undo, *args)
+            except Exception:
+                log.warning("locks not released cleanly; closing the connection", extra=what, exc_info=True)
+                conn.terminate()
+    finally:
+        await pool.release(conn)
+
+
 class _PgLease:
     """A session-level advisory lock held on one pooled connection until :meth:`release`."""
 
@@ -61,18 +77,9 @@ class _PgLease:
 
     async def release(self) -> None:
         conn, self._conn = self._conn, None
-        if conn is None:
-            return
-        try:
-            if conn.is_closed():
-                log.error("lease connection lost while holding the lease", extra={"lease": self.name})
-            else:
-                await conn.fetchval("SELECT pg_advisory_unlock($1)", lease_id(self.name))
-        except Exception:
-            log.warning("lease not released cleanly; closing its connection", extra={"lease": self.name})
-            conn.terminate()  # ends the session, which releases the lease too
-        finally:
-            await self._pool.release(conn)
+        if conn is not None:
+            unlock = "SELECT pg_advisory_unlock($1)"
+            await _give_back(self._pool, conn, unlock, lease_id(self.name), what={"lease": self.name})
 
 
 class PgAdvisoryLocks:
@@ -135,12 +142,7 @@ class PgAdvisoryLocks:
         """``pg_try_advisory_lock`` on a connection kept for the lease (one fewer for submissions while
         it is held); None at once when another session (another replica) holds it."""
         pool = self.pool
-        try:
-            conn = await pool.acquire(timeout=self.acquire_timeout_s)
-        except TimeoutError as exc:
-            raise UpstreamUnavailable("All lock connections are busy; retry the request.") from exc
-        except (OSError, asyncpg.PostgresError) as exc:
-            raise UpstreamUnavailable(f"Cannot reach the lock database: {exc}") from exc
+        conn = await self._acquire()
         try:
             taken = await conn.fetchval("SELECT pg_try_advisory_lock($1)", lease_id(name))
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
@@ -151,17 +153,20 @@ class PgAdvisoryLocks:
             return None
         return _PgLease(pool, conn, name)
 
-    @asynccontextmanager
-    async def hold(self, keys: Iterable[str]) -> AsyncIterator[None]:
-        if self._pool is None:
-            raise RuntimeError("PgAdvisoryLocks.start() was not called")
-        ids = sorted({key_id(k) for k in keys})
+    async def _acquire(self) -> Any:
+        """A pooled connection within ``acquire_timeout_s`` (503 when none is free or the database is
+        unreachable)."""
         try:
-            conn = await self._pool.acquire(timeout=self.acquire_timeout_s)
+            return await self.pool.acquire(timeout=self.acquire_timeout_s)
         except TimeoutError as exc:
             raise UpstreamUnavailable("All lock connections are busy; retry the request.") from exc
         except (OSError, asyncpg.PostgresError) as exc:
             raise UpstreamUnavailable(f"Cannot reach the lock database: {exc}") from exc
+
+    @asynccontextmanager
+    async def hold(self, keys: Iterable[str]) -> AsyncIterator[None]:
+        ids = sorted({key_id(k) for k in keys})
+        conn = await self._acquire()
         try:
             try:
                 await conn.execute(f"BEGIN; SET LOCAL lock_timeout = {int(self.acquire_timeout_s * 1000)}")
@@ -171,22 +176,8 @@ class PgAdvisoryLocks:
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 raise UpstreamUnavailable(f"Lock database error: {exc}") from exc
             yield
-        finally:
-            await self._end(conn, len(ids))
-
-    async def _end(self, conn: Any, n_keys: int) -> None:
-        """Roll back (releasing every lock of the transaction) and give the connection back to the pool."""
-        try:
-            if conn.is_closed():
-                log.error("lock connection lost while holding locks", extra={"keys": n_keys})
-            else:
-                try:
-                    await conn.execute("ROLLBACK")
-                except Exception:
-                    log.warning("lock transaction did not roll back; closing its connection", exc_info=True)
-                    conn.terminate()  # ends the session, which releases its locks too
-        finally:
-            await self._pool.release(conn)
+        finally:  # rolling back releases every lock of the transaction
+            await _give_back(self._pool, conn, "ROLLBACK", what={"keys": len(ids)})
 
 
 def setup(app: web.Application, settings: Settings) -> PgAdvisoryLocks:

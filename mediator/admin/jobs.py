@@ -142,16 +142,15 @@ class Jobs:
 
     async def _run(self, info: JobInfo) -> None:
         owned = await self.app[REGISTRY].locks.try_lease(JOB_LEASE + info.id)
-        if owned is None:  # a replica sharing this jobs directory runs it
-            log.info("job runs on another replica", extra={"job": info.id, "kind": info.kind})
-            lease = self.leases.pop(info.id, None)
-            if lease is not None:
-                await lease.release()
-            return
         try:
-            await self._run_owned(info)
-        finally:
-            await asyncio.shield(owned.release())
+            if owned is None:  # a replica sharing this jobs directory runs it
+                log.info("job runs on another replica", extra={"job": info.id, "kind": info.kind})
+            else:
+                await self._run_owned(info)
+        finally:  # the job's own lease, and the apply lease it ran (or was started) under
+            for lease in (self.leases.pop(info.id, None), owned):
+                if lease is not None:
+                    await asyncio.shield(lease.release())
 
     async def _run_owned(self, info: JobInfo) -> None:
         try:
@@ -173,10 +172,6 @@ class Jobs:
         except Exception as exc:
             log.exception("job failed", extra={"job": info.id, "kind": info.kind})
             info.status, info.error = "failed", f"{type(exc).__name__}: {exc}"
-        finally:
-            lease = self.leases.pop(info.id, None)
-            if lease is not None:
-                await asyncio.shield(lease.release())
         self.save(info)
 
     def _bulk_job(self, info: JobInfo) -> bulk.BulkJob:
