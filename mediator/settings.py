@@ -52,7 +52,7 @@ class Settings:
     client_systems: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     max_body_bytes: int = 2_000_000
     max_candidates: int = 500
-    # source records kept (as JSON, ≈ 1 KB each) to answer candidate searches without reading them again
+    # source records kept (parsed, ≈ 5 KB each) to answer candidate searches without reading them again
     source_cache_records: int = 200_000
     # Python's cyclic garbage collector thresholds (gc.set_threshold); empty = Python's default (700, 10, 10).
     # With the registry's caches, full collections at the defaults were a third of the mediator's CPU.

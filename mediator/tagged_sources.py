@@ -21,8 +21,6 @@ import logging
 from collections import OrderedDict
 from typing import Any
 
-import orjson
-
 from .errors import Unprocessable
 from .fhir_client import SINGLE_RESPONSE_MAX, HapiClient
 from .records import BLOCK_SYSTEM, Resource, subsetted
@@ -40,7 +38,7 @@ class TaggedSources:
     def __init__(self, hapi: HapiClient, capacity: int = 200_000) -> None:
         self._hapi = hapi
         self.capacity = max(0, capacity)
-        self._cache: OrderedDict[str, tuple[str, bytes]] = OrderedDict()  # id -> (version, JSON)
+        self._cache: OrderedDict[str, tuple[str, Resource]] = OrderedDict()  # id -> (version, view)
         self._store = hapi.base_url  # the cache holds this store's records (the URL can change live)
         self._operation = True  # False once the server is known not to have it
         self.hits = self.reads = 0
@@ -84,7 +82,7 @@ class TaggedSources:
             held = self._cache.get(rid)
             if held is not None and held[0] == version:
                 self._cache.move_to_end(rid)
-                out[rid] = orjson.loads(held[1])
+                out[rid] = held[1]
             else:
                 stale.append(rid)
         self.hits += len(versions) - len(stale)
@@ -121,7 +119,7 @@ class TaggedSources:
         version = view.get("meta", {}).get("versionId")
         if not isinstance(version, str):
             return
-        self._cache[view["id"]] = (version, orjson.dumps(view))
+        self._cache[view["id"]] = (version, view)
         self._cache.move_to_end(view["id"])
         while len(self._cache) > self.capacity:
             self._cache.popitem(last=False)

@@ -10,11 +10,13 @@ import aiohttp
 import pytest
 
 from mediator import records, tagged_sources
+from mediator.app import create_app
+from mediator.context import REGISTRY
 from mediator.errors import Unprocessable
 from mediator.fhir_client import HapiClient
 from mediator.tagged_sources import TaggedSources
 from mediator.unit_of_work import UnitOfWork
-from tests.conftest import unique_surname
+from tests.conftest import patient, unique_surname
 from tests.hapi_helpers import get_now, put_now
 
 
@@ -69,7 +71,7 @@ async def test_records_are_read_once_and_again_only_when_changed(hapi, hapi_url)
     assert first is not None and len(first) == 3 and (sources.hits, sources.reads) == (0, 3)
     again = await sources.find([key], 10)
     assert again == first and (sources.hits, sources.reads) == (3, 3)
-    assert again[0] is not first[0], "a fresh copy each time"
+    assert again[0] is first[0], "one parsed view per version, shared"
 
     put_now(hapi_url, _source(family, 0, [key], given="Changed"))  # someone else changes one
     changed = await sources.find([key], 10)
@@ -146,3 +148,34 @@ async def test_other_refusals_of_the_operation_are_errors_not_a_fallback(hapi, m
     with pytest.raises(Unprocessable, match="max must be"):
         await sources.find([f"test:{unique_surname()}:k"], 6000)
     assert sources._operation, "still asks the operation"
+
+
+async def test_views_shared_by_the_decisions_that_read_them_stay_what_hapi_holds(
+    aiohttp_client, settings, hapi
+):
+    """Views are shared, not copied: no decision may change one. One person from four facilities (matches
+    update the golden record and link the candidates' person), then every view a candidate search gives
+    equals the record HAPI holds in that version."""
+    app = create_app(settings)
+    client = await aiohttp_client(app)
+    family = unique_surname()
+    for n, given in enumerate(["Amina", "Amina", "Aminah", "Amina"]):
+        answer = await client.post(
+            "/fhir/Patient", json=patient(f"urn:test:fac{n}", f"v{n}", family=family, given=given)
+        )
+        assert answer.status in (200, 201), await answer.text()
+    registry = app[REGISTRY]
+    stored = [
+        await hapi.read("Patient", records.source_record_id(f"urn:test:fac{n}", f"v{n}")) for n in range(4)
+    ]
+    keys = sorted({k for s in stored if s for k in records.tags(s, records.BLOCK_SYSTEM)})
+    views = await UnitOfWork(hapi, registry.sources).find_sources(keys, 100)
+    assert registry.sources.hits >= 4, "the views come from what the decisions read"
+    by_id = {v["id"]: v for v in views}
+    for record in stored:
+        assert record is not None
+        view = by_id[record["id"]]
+        assert view["meta"]["versionId"] == record["meta"]["versionId"]
+        assert {k: v for k, v in view.items() if k != "meta"} == {
+            k: v for k, v in record.items() if k not in ("meta", "text")
+        }
