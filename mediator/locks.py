@@ -22,6 +22,8 @@ class Lease(Protocol):
 
 
 class LockManager(Protocol):
+    shared: bool  # held for every replica (a lock service), not only for this process
+
     def hold(self, keys: Iterable[str]) -> AbstractAsyncContextManager[None]: ...
 
     async def try_lease(self, name: str) -> Lease | None:
@@ -42,6 +44,8 @@ class _LocalLease:
 
 class LocalKeyedLocks:
     """asyncio locks per key, created on demand and dropped when nobody holds or waits for them."""
+
+    shared = False
 
     def __init__(self) -> None:
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}

@@ -85,6 +85,8 @@ class _PgLease:
 class PgAdvisoryLocks:
     """A :class:`~mediator.locks.LockManager` over PostgreSQL advisory locks; ``start()`` before use."""
 
+    shared = True
+
     def __init__(
         self,
         dsn: str,

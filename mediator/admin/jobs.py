@@ -27,7 +27,9 @@ the mediator's app (``cleanup_ctx``: cancelled at shutdown); each keeps its stat
 restarted mediator resumes every job that had not finished. Replicas may share that directory (one volume):
 a job runs under the lease ``job:<id>`` of the key locks, so a replica starting while another runs the job
 leaves it to that one, and every replica lists the directory's jobs with the progress their files show
-(:meth:`Jobs.refresh`), whichever replica runs them.
+(:meth:`Jobs.refresh`), whichever replica runs them. With shared key locks each replica also looks every
+``CR_JOBS_ADOPT_S`` for jobs left running whose lease nobody holds (their replica is gone: its session
+ended) and takes them over (:meth:`Jobs.adopt`); a job is always re-read from its file under its lease.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ from aiohttp import BodyPartReader, web
 import matching
 
 from .. import applied_rules, bulk, rematch
-from ..context import CONFIG, HAPI, REGISTRY
+from ..context import CONFIG, HAPI, REGISTRY, SETTINGS
 from ..errors import Conflict, InvalidInput, NotFound
 from ..locks import Lease
 from ..openhim import OPENHIM
@@ -88,6 +90,7 @@ class Jobs:
         self.bulk_jobs: dict[str, bulk.BulkJob] = {}
         self.rematch_jobs: dict[str, rematch.RematchJob] = {}
         self.leases: dict[str, Lease] = {}  # job id -> the lease it runs under (re-match applies)
+        self.adopting: asyncio.Task[None] | None = None  # adopt_every, with shared key locks
 
     def _info_path(self, job_id: str) -> Path:
         return self.dir / f"{job_id}.job.json"
@@ -98,11 +101,29 @@ class Jobs:
         os.replace(tmp, self._info_path(info.id))
 
     def resume_all(self) -> None:
+        """At start-up: run again every job that has not finished (a failed one is tried again)."""
         for path in sorted(self.dir.glob("*.job.json")):
             info = JobInfo(**json.loads(path.read_text()))
             self.infos[info.id] = info
             if info.status != "finished":
-                self.start(info)
+                self._spawn(info.id, retry_failed=True)
+
+    def adopt(self) -> list[asyncio.Task[None]]:
+        """Run the jobs whose files say running but which no replica runs: the one that ran them is gone,
+        and with it its session and the job's lease (shared key locks). A job another replica still runs
+        keeps its lease and is left to it. Returns the tasks started (each ends at once if that lease is
+        held)."""
+        self.refresh()
+        return [
+            self._spawn(job_id)
+            for job_id, info in sorted(self.infos.items())
+            if info.status == "running" and job_id not in self.tasks
+        ]
+
+    async def adopt_every(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)  # a period, not synchronisation: jobs are looked at again
+            self.adopt()
 
     def refresh(self) -> None:
         """Read again the jobs this process does not run (another replica sharing the directory may have
@@ -120,15 +141,18 @@ class Jobs:
             self.rematch_jobs.pop(job_id, None)
 
     def start(self, info: JobInfo, lease: Lease | None = None) -> None:
-        """Run the job in the background; a re-match apply runs under ``lease`` (waits for it if None)."""
+        """Run a new job in the background; a re-match apply runs under ``lease`` (waits for it if None)."""
         if lease is not None:
             self.leases[info.id] = lease
-        info.status, info.error = "running", ""
         self.infos[info.id] = info
         self.save(info)
-        task = asyncio.create_task(self._run(info), name=f"job-{info.id}")
-        self.tasks[info.id] = task
-        task.add_done_callback(lambda _t: self.tasks.pop(info.id, None))
+        self._spawn(info.id)
+
+    def _spawn(self, job_id: str, retry_failed: bool = False) -> asyncio.Task[None]:
+        task = asyncio.create_task(self._run(job_id, retry_failed), name=f"job-{job_id}")
+        self.tasks[job_id] = task
+        task.add_done_callback(lambda _t: self.tasks.pop(job_id, None))
+        return task
 
     async def _lease(self, info: JobInfo) -> None:
         """Hold the apply lease before a resumed apply goes on (another replica may be applying)."""
@@ -140,15 +164,28 @@ class Jobs:
             log.info("re-match apply waits for another one to end", extra={"job": info.id})
             await asyncio.sleep(LEASE_RETRY_S)  # polling a lease held elsewhere, not synchronising a test
 
-    async def _run(self, info: JobInfo) -> None:
-        owned = await self.app[REGISTRY].locks.try_lease(JOB_LEASE + info.id)
+    async def _run(self, job_id: str, retry_failed: bool) -> None:
+        owned = await self.app[REGISTRY].locks.try_lease(JOB_LEASE + job_id)
         try:
             if owned is None:  # a replica sharing this jobs directory runs it
-                log.info("job runs on another replica", extra={"job": info.id, "kind": info.kind})
-            else:
-                await self._run_owned(info)
+                log.debug("job runs on another replica", extra={"job": job_id})
+                return
+            # under the lease, the file is what the job's last runner left: it may have ended meanwhile
+            try:
+                info = JobInfo(**json.loads(self._info_path(job_id).read_text()))
+            except (OSError, ValueError, TypeError):
+                log.warning("job file unreadable", extra={"job": job_id})
+                return
+            self.infos[job_id] = info
+            if info.status == "finished" or (info.status == "failed" and not retry_failed):
+                return
+            self.bulk_jobs.pop(job_id, None)  # engines read their state again from their files
+            self.rematch_jobs.pop(job_id, None)
+            info.status, info.error = "running", ""
+            self.save(info)
+            await self._run_owned(info)
         finally:  # the job's own lease, and the apply lease it ran (or was started) under
-            for lease in (self.leases.pop(info.id, None), owned):
+            for lease in (self.leases.pop(job_id, None), owned):
                 if lease is not None:
                     await asyncio.shield(lease.release())
 
@@ -230,7 +267,7 @@ class Jobs:
         return out
 
     async def stop(self) -> None:
-        tasks = list(self.tasks.values())
+        tasks = list(self.tasks.values()) + ([self.adopting] if self.adopting is not None else [])
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -246,6 +283,9 @@ def setup(app: web.Application) -> None:
         jobs = Jobs(app, Path(os.environ.get("CR_JOBS_DIR") or REPO_ROOT / "var" / "jobs"))
         app[JOBS] = jobs
         jobs.resume_all()
+        interval = app[SETTINGS].jobs_adopt_s
+        if app[REGISTRY].locks.shared and interval > 0:  # with in-process locks, another process's jobs
+            jobs.adopting = asyncio.create_task(jobs.adopt_every(interval), name="jobs-adopt")  # look unrun
         yield
         await jobs.stop()
 
