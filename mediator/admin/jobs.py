@@ -91,6 +91,7 @@ class Jobs:
         self.rematch_jobs: dict[str, rematch.RematchJob] = {}
         self.leases: dict[str, Lease] = {}  # job id -> the lease it runs under (re-match applies)
         self.adopting: asyncio.Task[None] | None = None  # adopt_every, with shared key locks
+        self.adopt_grace_s = 0.0  # wait this long (holding the lease) before going on with a job taken over
 
     def _info_path(self, job_id: str) -> Path:
         return self.dir / f"{job_id}.job.json"
@@ -115,7 +116,7 @@ class Jobs:
         held)."""
         self.refresh()
         return [
-            self._spawn(job_id)
+            self._spawn(job_id, adopted=True)
             for job_id, info in sorted(self.infos.items())
             if info.status == "running" and job_id not in self.tasks
         ]
@@ -148,8 +149,8 @@ class Jobs:
         self.save(info)
         self._spawn(info.id)
 
-    def _spawn(self, job_id: str, retry_failed: bool = False) -> asyncio.Task[None]:
-        task = asyncio.create_task(self._run(job_id, retry_failed), name=f"job-{job_id}")
+    def _spawn(self, job_id: str, retry_failed: bool = False, adopted: bool = False) -> asyncio.Task[None]:
+        task = asyncio.create_task(self._run(job_id, retry_failed, adopted), name=f"job-{job_id}")
         self.tasks[job_id] = task
         task.add_done_callback(lambda _t: self.tasks.pop(job_id, None))
         return task
@@ -164,12 +165,16 @@ class Jobs:
             log.info("re-match apply waits for another one to end", extra={"job": info.id})
             await asyncio.sleep(LEASE_RETRY_S)  # polling a lease held elsewhere, not synchronising a test
 
-    async def _run(self, job_id: str, retry_failed: bool) -> None:
+    async def _run(self, job_id: str, retry_failed: bool, adopted: bool) -> None:
         owned = await self.app[REGISTRY].locks.try_lease(JOB_LEASE + job_id)
         try:
             if owned is None:  # a replica sharing this jobs directory runs it
                 log.debug("job runs on another replica", extra={"job": job_id})
                 return
+            if adopted:  # the gone replica's key locks ended with its session, but its last transaction
+                # may still be in HAPI: deciding its rows now could miss what that one writes
+                log.info("taking over a job left by a replica that is gone", extra={"job": job_id})
+                await asyncio.sleep(self.adopt_grace_s)  # a bound on that transaction, not synchronisation
             # under the lease, the file is what the job's last runner left: it may have ended meanwhile
             try:
                 info = JobInfo(**json.loads(self._info_path(job_id).read_text()))
@@ -284,6 +289,7 @@ def setup(app: web.Application) -> None:
         app[JOBS] = jobs
         jobs.resume_all()
         interval = app[SETTINGS].jobs_adopt_s
+        jobs.adopt_grace_s = app[SETTINGS].hapi_timeout_s  # the longest this mediator waits for HAPI
         if app[REGISTRY].locks.shared and interval > 0:  # with in-process locks, another process's jobs
             jobs.adopting = asyncio.create_task(jobs.adopt_every(interval), name="jobs-adopt")  # look unrun
         yield

@@ -70,6 +70,15 @@ def _healthy(url: str) -> bool:
 @contextmanager
 def mediator_process(env: dict[str, str], log_path: Path, timeout_s: float = 60.0) -> Iterator[str]:
     """``python -m mediator`` in a child process; yields its base URL once ``/health`` answers 200."""
+    with mediator_child(env, log_path, timeout_s) as (url, _proc):
+        yield url
+
+
+@contextmanager
+def mediator_child(
+    env: dict[str, str], log_path: Path, timeout_s: float = 60.0
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """:func:`mediator_process`, also yielding the process (for a test that kills it)."""
     port = free_port()
     full_env = {**os.environ, **env, "CR_HOST": "127.0.0.1", "CR_PORT": str(port)}
     with open(log_path, "wb") as log:
@@ -85,7 +94,7 @@ def mediator_process(env: dict[str, str], log_path: Path, timeout_s: float = 60.
             if time.monotonic() > deadline:
                 raise RuntimeError(f"mediator not healthy within {timeout_s}s; see {log_path}")
             time.sleep(0.2)  # polling a condition with a deadline, not synchronising on time
-        yield url
+        yield url, proc
     finally:
         proc.terminate()
         try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import time
 from pathlib import Path
 
 import aiohttp
@@ -16,11 +17,14 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from cryptography.fernet import Fernet
 
+from mediator import records
 from mediator.admin.jobs import JOB_LEASE, JOBS, Jobs
 from mediator.app import create_app
 from mediator.pg_locks import lease_id
-from tests.admin.test_jobs import _unfinished_job
+from tests.admin.test_jobs import _csv_text, _unfinished_job
+from tests.conftest import unique_surname
 from tests.hapi_helpers import Store
+from tests.scale.conftest import REPLICA_ADMIN, mediator_child, mediator_process
 
 pytestmark = pytest.mark.postgres
 JOB = "bulk-resume"  # the id _unfinished_job gives
@@ -67,7 +71,12 @@ async def test_a_job_left_by_a_replica_that_is_gone_is_taken_over_while_running(
     settings, pg_dsn, pg_hapi_url, jobs_dir, facility, monkeypatch
 ):
     shared = dataclasses.replace(
-        settings, hapi_base_url=pg_hapi_url, locks="postgres", locks_dsn=pg_dsn, jobs_adopt_s=0.05
+        settings,
+        hapi_base_url=pg_hapi_url,
+        locks="postgres",
+        locks_dsn=pg_dsn,
+        jobs_adopt_s=0.05,
+        hapi_timeout_s=0.5,  # also the wait before going on with a job taken over
     )
     looked: asyncio.Queue[asyncio.Task[None]] = asyncio.Queue()  # the tasks each look for orphans starts
     adopt = Jobs.adopt
@@ -105,3 +114,89 @@ async def test_with_locks_of_one_process_jobs_of_other_processes_are_never_taken
     local = dataclasses.replace(settings, locks="local", jobs_adopt_s=0.05)
     async with TestClient(TestServer(create_app(local))) as client:
         assert client.app[JOBS].adopting is None
+
+
+LOGS = Path(__file__).resolve().parents[2] / "var"
+# one window (bulk.WINDOW_BATCHES batches of 50): the replica taking the job over decides it again whole
+KILLED_JOB_ROWS = 1000
+
+
+async def test_a_bulk_job_goes_on_when_the_replica_running_it_is_killed(
+    pg_dsn, pg_hapi_url, admin_env, tmp_path, facility
+):
+    """Two real replicas share the jobs directory; the one running an upload is killed (SIGKILL) after its
+    first writes. The other takes the job over without a restart and finishes it: every row's record once,
+    linked to one golden record."""
+    env = {
+        **admin_env,
+        "CR_HAPI_URL": pg_hapi_url,
+        "CR_LOCKS": "postgres",
+        "CR_LOCKS_DSN": pg_dsn,
+        "CR_HAPI_TIMEOUT": "5",  # also the wait before going on with a job taken over
+        "CR_JOBS_DIR": str(tmp_path / "jobs"),  # not the session replicas' directory: they would adopt too
+        "CR_JOBS_ADOPT_S": "0.5",
+    }
+    rows = [
+        {
+            "id": f"K{n}",
+            "family": unique_surname(),
+            "given": "Okello",
+            "gender": "male",
+            "birth_date": "1970-01-01",
+        }
+        for n in range(KILLED_JOB_ROWS)
+    ]
+    with (
+        mediator_child(env, LOGS / "test-adopt-killed.log") as (killed_url, killed),
+        mediator_process(env, LOGS / "test-adopt-survivor.log") as survivor_url,
+    ):
+        async with (
+            aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as admin,
+            aiohttp.ClientSession() as http,
+        ):
+            store = Store(http, pg_hapi_url)
+            name, password = REPLICA_ADMIN
+            async with admin.post(
+                f"{killed_url}/admin/api/login", json={"username": name, "password": password}
+            ) as r:
+                assert r.status == 200, await r.text()
+                headers = {"X-CSRF-Token": (await r.json())["csrf"]}
+            form = aiohttp.FormData()
+            form.add_field("system", facility)
+            form.add_field("file", _csv_text(rows).encode(), filename="clinic.csv", content_type="text/csv")
+            async with admin.post(f"{killed_url}/admin/jobs/bulk", data=form, headers=headers) as r:
+                assert r.status == 202, await r.text()
+                job_id = (await r.json())["id"]
+            deadline = time.monotonic() + 120
+            while not await store.sources_with(facility):  # its first batch is written
+                assert time.monotonic() < deadline, "the job wrote nothing"
+                await asyncio.sleep(0.1)  # polling HAPI with a deadline, not synchronising on time
+            killed.kill()
+            killed.wait()
+            job_file = tmp_path / "jobs" / f"{job_id}.job.json"
+            assert json.loads(job_file.read_text())["status"] == "running", "killed before it finished"
+            written_by_the_killed = len(await store.sources_with(facility))
+            assert written_by_the_killed < KILLED_JOB_ROWS
+
+            deadline = time.monotonic() + 300
+            while True:  # the survivor's view of the job (the cookie holds on both replicas)
+                async with admin.get(f"{survivor_url}/admin/jobs/{job_id}") as r:
+                    assert r.status == 200, await r.text()
+                    progress = await r.json()
+                if progress["status"] != "running":
+                    break
+                assert time.monotonic() < deadline, progress
+                await asyncio.sleep(0.2)  # polling the job with a deadline, not synchronising on time
+            assert progress["status"] == "finished", progress
+            assert sum(progress["counts"].values()) == KILLED_JOB_ROWS
+            sources = await store.sources_with(facility)
+            assert sorted(s["identifier"][0]["value"] for s in sources) == sorted(r["id"] for r in rows)
+            listed_by: dict[str, list[str]] = {s["id"]: [] for s in sources}  # no golden record left behind
+            ids = sorted(listed_by)
+            for k in range(0, len(ids), 50):
+                refs = ",".join(f"Patient/{i}" for i in ids[k : k + 50])
+                for golden in await store.search("Patient", {"link": refs}):
+                    for source_id in records.source_ids_of(golden):
+                        listed_by.setdefault(source_id, []).append(golden["id"])
+            for source in sources:
+                assert listed_by[source["id"]] == [records.golden_id_of(source)], source["id"]
