@@ -2,8 +2,13 @@
 
 Reads go through the unit of work, which remembers the version it saw; writes are staged and sent as
 one FHIR ``transaction`` Bundle in which every update of a record that existed carries ``If-Match`` with
-that version. If anyone changed such a record meanwhile, HAPI refuses the whole Bundle (409/412) and
-nothing is written; the workflow then starts again from fresh reads.
+that version, and every record read as absent carries ``If-Match: W/"0"`` (HAPI creates the record if it
+is still absent and refuses if anyone created it meanwhile: no version of a record is "0"). If anyone
+changed or created such a record meanwhile, HAPI refuses the whole Bundle (409/412) and nothing is written;
+the workflow then starts again from fresh reads. The key locks keep two submissions of one person apart,
+but a replica that dies with a transaction still in HAPI loses its locks at once: a retry on another
+replica could otherwise read the record as absent and overwrite it when that transaction lands, leaving a
+golden record behind. (A record deleted in HAPI directly, which the registry never does, is refused too.)
 
 Staged resources are visible to later reads and candidate searches of the same unit of work, which lets
 one FHIR ``transaction`` request with several Patients be decided entry by entry and still be written
@@ -31,6 +36,7 @@ from .tagged_sources import TaggedSources
 
 log = logging.getLogger(__name__)
 _SERVER_META = ("versionId", "lastUpdated")  # set by HAPI; never sent back
+ABSENT_VERSION = "0"  # If-Match of a record read as absent: HAPI creates it, or refuses if it exists now
 
 
 class UnitOfWork:
@@ -186,9 +192,8 @@ class UnitOfWork:
         entries = []
         for key, resource in self._staged.items():
             request: dict[str, str] = {"method": "PUT", "url": key}
-            version = self._seen_versions.get(key)
-            if version is not None:
-                request["ifMatch"] = f'W/"{version}"'
+            if key in self._seen_versions:  # read: updated in that version, or created only if still absent
+                request["ifMatch"] = f'W/"{self._seen_versions[key] or ABSENT_VERSION}"'
             body = dict(resource)  # staged resources are private copies; only meta is trimmed here
             if "meta" in body:
                 body["meta"] = {k: v for k, v in body["meta"].items() if k not in _SERVER_META}
