@@ -91,7 +91,6 @@ class Jobs:
         self.rematch_jobs: dict[str, rematch.RematchJob] = {}
         self.leases: dict[str, Lease] = {}  # job id -> the lease it runs under (re-match applies)
         self.adopting: asyncio.Task[None] | None = None  # adopt_every, with shared key locks
-        self.adopt_grace_s = 0.0  # wait this long (holding the lease) before going on with a job taken over
 
     def _info_path(self, job_id: str) -> Path:
         return self.dir / f"{job_id}.job.json"
@@ -171,10 +170,9 @@ class Jobs:
             if owned is None:  # a replica sharing this jobs directory runs it
                 log.debug("job runs on another replica", extra={"job": job_id})
                 return
-            if adopted:  # the gone replica's key locks ended with its session, but its last transaction
-                # may still be in HAPI: deciding its rows now could miss what that one writes
+            if adopted:  # the gone replica's last transaction may still land in HAPI: records it creates
+                # meanwhile make this replica's writes of them fail and be decided again (If-Match W/"0")
                 log.info("taking over a job left by a replica that is gone", extra={"job": job_id})
-                await asyncio.sleep(self.adopt_grace_s)  # a bound on that transaction, not synchronisation
             # under the lease, the file is what the job's last runner left: it may have ended meanwhile
             try:
                 info = JobInfo(**json.loads(self._info_path(job_id).read_text()))
@@ -289,7 +287,6 @@ def setup(app: web.Application) -> None:
         app[JOBS] = jobs
         jobs.resume_all()
         interval = app[SETTINGS].jobs_adopt_s
-        jobs.adopt_grace_s = app[SETTINGS].hapi_timeout_s  # the longest this mediator waits for HAPI
         if app[REGISTRY].locks.shared and interval > 0:  # with in-process locks, another process's jobs
             jobs.adopting = asyncio.create_task(jobs.adopt_every(interval), name="jobs-adopt")  # look unrun
         yield
