@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -125,6 +126,15 @@ def replica_pair(env: dict[str, str], label: str) -> Iterator[list[str]]:
 
 
 REPLICA_ADMIN = ("replica-admin", "correct horse battery staple")
+
+
+async def replica_admin_login(admin: Any, url: str) -> dict[str, str]:
+    """Log ``admin`` (an aiohttp session keeping cookies) in as :data:`REPLICA_ADMIN` on the replica at
+    ``url`` (the cookie holds on every replica of a pair); the CSRF header for its unsafe requests."""
+    name, password = REPLICA_ADMIN
+    async with admin.post(f"{url}/admin/api/login", json={"username": name, "password": password}) as r:
+        assert r.status == 200, await r.text()
+        return {"X-CSRF-Token": (await r.json())["csrf"]}
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,7 @@ from mediator.pg_locks import lease_id
 from tests.admin.test_jobs import _csv_text, _unfinished_job
 from tests.conftest import unique_surname
 from tests.hapi_helpers import Store
-from tests.scale.conftest import REPLICA_ADMIN, mediator_child, mediator_process
+from tests.scale.conftest import mediator_child, mediator_process, replica_admin_login
 
 pytestmark = pytest.mark.postgres
 JOB = "bulk-resume"  # the id _unfinished_job gives
@@ -154,12 +154,7 @@ async def test_a_bulk_job_goes_on_when_the_replica_running_it_is_killed(
             aiohttp.ClientSession() as http,
         ):
             store = Store(http, pg_hapi_url)
-            name, password = REPLICA_ADMIN
-            async with admin.post(
-                f"{killed_url}/admin/api/login", json={"username": name, "password": password}
-            ) as r:
-                assert r.status == 200, await r.text()
-                headers = {"X-CSRF-Token": (await r.json())["csrf"]}
+            headers = await replica_admin_login(admin, killed_url)
             form = aiohttp.FormData()
             form.add_field("system", facility)
             form.add_field("file", _csv_text(rows).encode(), filename="clinic.csv", content_type="text/csv")

@@ -20,7 +20,7 @@ from mediator.admin.jobs import APPLY_LEASE
 from mediator.pg_locks import lease_id
 from tests.conftest import patient, unique_surname
 from tests.hapi_helpers import Store
-from tests.scale.conftest import REPLICA_ADMIN
+from tests.scale.conftest import replica_admin_login
 
 pytestmark = pytest.mark.postgres
 
@@ -161,12 +161,7 @@ async def _resets_while_the_apply_lease_is_held_elsewhere(pg_dsn, urls):
     session (as a replica applying a re-match does), and ask each replica to reset the rules; then the
     answer of a reset once the lease is free."""
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as admin:
-        name, password = REPLICA_ADMIN
-        async with admin.post(
-            f"{urls[0]}/admin/api/login", json={"username": name, "password": password}
-        ) as r:
-            assert r.status == 200, await r.text()
-            headers = {"X-CSRF-Token": (await r.json())["csrf"]}
+        headers = await replica_admin_login(admin, urls[0])
         elsewhere = await asyncpg.connect(pg_dsn)
         try:
             assert await elsewhere.fetchval("SELECT pg_try_advisory_lock($1)", lease_id(APPLY_LEASE))
