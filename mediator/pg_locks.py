@@ -12,7 +12,8 @@ Timeouts: waiting for a pool connection and for the locks is bounded by ``acquir
 submission fails with 503 (:class:`~mediator.errors.UpstreamUnavailable`) and nothing has been written.
 
 Limitation: if the lock connection is lost while the body runs, PostgreSQL releases the locks before the
-body finishes. The body's HAPI writes keep their ``If-Match`` safety, so nothing is corrupted, but the
+body finishes. The body's HAPI writes keep their ``If-Match`` safety (records read as absent included), so
+nothing is overwritten, but the
 "one golden record for a new person" guarantee is then only as good as one replica's. The loss is logged.
 Leases (:meth:`PgAdvisoryLocks.try_lease`, e.g. "a re-match is being applied") are session-level advisory
 locks in a key space of their own, held on a pooled connection for as long as the work runs; a replica
@@ -37,6 +38,12 @@ from .errors import UpstreamUnavailable
 from .settings import Settings
 
 log = logging.getLogger(__name__)
+
+# PostgreSQL probes the lock connections of an idle replica after 30 s, then every 10 s, and ends their
+# sessions (releasing their locks and leases: a job's, an apply's) after 3 unanswered probes: a replica whose
+# host vanished without closing its connections holds nothing for more than ≈ 1 minute (the server's
+# default is the operating system's, often 2 hours).
+KEEPALIVES = {"tcp_keepalives_idle": "30", "tcp_keepalives_interval": "10", "tcp_keepalives_count": "3"}
 
 # the array comes sorted from Python; unnest() yields it in order and count() consumes every row
 _LOCK_ALL = "SELECT count(pg_advisory_xact_lock(k)) FROM unnest($1::bigint[]) AS k"
@@ -109,6 +116,7 @@ class PgAdvisoryLocks:
                 max_size=self.pool_size,
                 timeout=self.connect_timeout_s,
                 command_timeout=self.acquire_timeout_s + 5,
+                server_settings=KEEPALIVES,
             )
         except (OSError, asyncpg.PostgresError) as exc:
             raise UpstreamUnavailable(f"Cannot reach the lock database: {exc}") from exc

@@ -110,3 +110,18 @@ async def until_someone_waits_for_an_advisory_lock(locks, timeout_s=10.0):
         ):
             assert loop.time() < deadline, "nobody waited for an advisory lock"
             await asyncio.sleep(0.02)  # poll interval of the bounded wait above
+
+
+async def test_the_server_ends_the_lock_sessions_of_a_vanished_host_within_a_minute(two_managers):
+    """Locks and leases of a replica whose host vanished are released when PostgreSQL ends its sessions:
+    the lock connections ask for TCP keepalive probes after 30 s, every 10 s, 3 of them."""
+    a, _ = two_managers
+    async with a._pool.acquire() as conn:
+        settings = await conn.fetch(
+            "SELECT name, setting FROM pg_settings WHERE name LIKE 'tcp_keepalives_%' ORDER BY name"
+        )
+    assert {r["name"]: r["setting"] for r in settings} == {
+        "tcp_keepalives_count": "3",
+        "tcp_keepalives_idle": "30",
+        "tcp_keepalives_interval": "10",
+    }
