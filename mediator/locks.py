@@ -33,6 +33,10 @@ class LockManager(Protocol):
     async def ping(self) -> None:
         """Raise :class:`~mediator.errors.UpstreamUnavailable` when the locks cannot be taken now."""
 
+    async def confirm(self) -> None:
+        """Inside :meth:`hold`, just before writing: raise :class:`~mediator.errors.UpstreamUnavailable`
+        when the locks held were lost meanwhile (a lock service's connection dropped)."""
+
 
 class _LocalLease:
     def __init__(self, names: set[str], name: str) -> None:
@@ -53,6 +57,9 @@ class LocalKeyedLocks:
 
     async def ping(self) -> None:
         """In-process locks are always there."""
+
+    async def confirm(self) -> None:
+        """In-process locks cannot be lost."""
 
     async def try_lease(self, name: str) -> Lease | None:
         if name in self._leases:

@@ -139,6 +139,7 @@ class Registry:
                 # one AuditEvent for the whole transaction (a bulk batch writes one, not one per record)
                 actor = prepared[0].submission.actor  # one request: one actor
                 uow.put(submission_event(actor=actor, decisions=[d for _, d in processed]))
+                await self.locks.confirm()  # still alone with these keys (503, nothing written, if not)
                 try:
                     versions = await uow.commit()
                 except Conflict:

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
+import aiohttp
+import asyncpg  # type: ignore[import-untyped]
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
+from mediator import pg_locks, records
+from mediator.app import create_app
 from mediator.errors import UpstreamUnavailable
 from mediator.pg_locks import PgAdvisoryLocks, key_id
+from mediator.registry import Registry
+from tests.conftest import patient, unique_surname
+from tests.hapi_helpers import Store
 
 pytestmark = pytest.mark.postgres
 
@@ -125,3 +134,37 @@ async def test_the_server_ends_the_lock_sessions_of_a_vanished_host_within_a_min
         "tcp_keepalives_idle": "30",
         "tcp_keepalives_interval": "10",
     }
+
+
+async def test_a_submission_whose_lock_connection_was_lost_writes_nothing(
+    settings, pg_dsn, pg_hapi_url, facility, monkeypatch
+):
+    """The lock connection is ended (as a network cut or a database restart would) while the submission
+    decides: its locks are gone, so another replica may be deciding the same person. It answers 503 and
+    writes nothing; the retry then goes through."""
+    shared = dataclasses.replace(settings, hapi_base_url=pg_hapi_url, locks="postgres", locks_dsn=pg_dsn)
+    process = Registry._process
+    cut: list[bool] = []
+
+    async def cut_the_lock_connection_once(self, *args, **kwargs):
+        if not cut:
+            killer = await asyncpg.connect(pg_dsn)
+            try:
+                pid = pg_locks._HELD.get().get_server_pid()
+                cut.append(await killer.fetchval("SELECT pg_terminate_backend($1)", pid))
+            finally:
+                await killer.close()
+        return await process(self, *args, **kwargs)
+
+    monkeypatch.setattr(Registry, "_process", cut_the_lock_connection_once)
+    submitted = patient(facility, "7", family=unique_surname())
+    async with aiohttp.ClientSession() as http, TestClient(TestServer(create_app(shared))) as client:
+        store = Store(http, pg_hapi_url)
+        answer = await client.post("/fhir/Patient", json=submitted)
+        assert answer.status == 503, await answer.text()
+        assert (await answer.json())["resourceType"] == "OperationOutcome"
+        assert cut == [True]
+        assert await store.read("Patient", records.source_record_id(facility, "7")) is None
+        again = await client.post("/fhir/Patient", json=submitted)
+        assert again.status == 201, await again.text()
+        await store.assert_consistent(records.source_record_id(facility, "7"))
