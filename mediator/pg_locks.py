@@ -41,6 +41,8 @@ from .errors import UpstreamUnavailable
 from .settings import Settings
 
 log = logging.getLogger(__name__)
+# what a lost, refused or closed lock-database connection raises
+DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 _HELD: contextvars.ContextVar[Any] = contextvars.ContextVar("held_lock_connection", default=None)
 
 # PostgreSQL probes the lock connections of an idle replica after 30 s, then every 10 s, and ends their
@@ -153,7 +155,7 @@ class PgAdvisoryLocks:
         try:
             async with self.pool.acquire(timeout=self.connect_timeout_s) as conn:
                 await conn.fetchval("SELECT 1", timeout=self.connect_timeout_s)
-        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except (TimeoutError, *DB_ERRORS) as exc:
             raise UpstreamUnavailable(f"Cannot reach the lock database: {exc}") from exc
 
     async def try_lease(self, name: str) -> _PgLease | None:
@@ -163,7 +165,7 @@ class PgAdvisoryLocks:
         conn = await self._acquire()
         try:
             taken = await conn.fetchval("SELECT pg_try_advisory_lock($1)", lease_id(name))
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DB_ERRORS as exc:
             await pool.release(conn)
             raise UpstreamUnavailable(f"Lock database error: {exc}") from exc
         if not taken:
@@ -191,7 +193,7 @@ class PgAdvisoryLocks:
                 await conn.fetchval(_LOCK_ALL, ids)
             except asyncpg.LockNotAvailableError as exc:
                 raise UpstreamUnavailable("Timed out waiting for a record lock; retry the request.") from exc
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except DB_ERRORS as exc:
                 raise UpstreamUnavailable(f"Lock database error: {exc}") from exc
             held = _HELD.set(conn)
             try:
@@ -209,7 +211,7 @@ class PgAdvisoryLocks:
             return
         try:
             await conn.fetchval("SELECT 1", timeout=self.connect_timeout_s)
-        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except (TimeoutError, *DB_ERRORS) as exc:
             log.warning("record locks lost before writing", extra={"error": type(exc).__name__})
             raise UpstreamUnavailable("The record locks were lost; nothing was written; retry.") from exc
 

@@ -24,7 +24,7 @@ import asyncpg  # type: ignore[import-untyped]
 from aiohttp import web
 
 from ..errors import UpstreamUnavailable
-from ..pg_locks import PgAdvisoryLocks
+from ..pg_locks import DB_ERRORS, PgAdvisoryLocks
 from .throttle import too_many
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ class PgLoginThrottle:
         try:
             async with self.locks.pool.acquire(timeout=self.timeout_s) as conn:
                 return await getattr(conn, method)(sql, *args)
-        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except (TimeoutError, *DB_ERRORS) as exc:
             log.warning("login throttle database unavailable", extra={"error": type(exc).__name__})
             raise UpstreamUnavailable("The login throttle's database is unavailable; try again.") from exc
 

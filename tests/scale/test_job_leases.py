@@ -38,6 +38,11 @@ def jobs_dir(tmp_path: Path, monkeypatch) -> Path:
     return tmp_path / "jobs"
 
 
+def _status(jobs_dir: Path) -> str:
+    """The job's status as its file says."""
+    return str(json.loads((jobs_dir / f"{JOB}.job.json").read_text())["status"])
+
+
 async def _start_and_settle(settings, jobs_dir: Path) -> str:
     """Start a mediator on the jobs directory, wait for its task of the job (if any) to end, stop it; the
     job's status as the directory then says."""
@@ -45,7 +50,7 @@ async def _start_and_settle(settings, jobs_dir: Path) -> str:
         task = client.app[JOBS].tasks.get(JOB)
         if task is not None:
             await task
-    return str(json.loads((jobs_dir / f"{JOB}.job.json").read_text())["status"])
+    return _status(jobs_dir)
 
 
 async def test_a_job_another_replica_runs_is_left_to_it(settings, pg_dsn, pg_hapi_url, jobs_dir, facility):
@@ -61,10 +66,6 @@ async def test_a_job_another_replica_runs_is_left_to_it(settings, pg_dsn, pg_hap
         assert await Store(http, pg_hapi_url).sources_with(facility) == []
         assert await _start_and_settle(shared, jobs_dir) == "finished"
         assert len(await Store(http, pg_hapi_url).sources_with(facility)) == 1
-
-
-def _status(jobs_dir: Path) -> str:
-    return str(json.loads((jobs_dir / f"{JOB}.job.json").read_text())["status"])
 
 
 async def test_a_job_left_by_a_replica_that_is_gone_is_taken_over_while_running(
