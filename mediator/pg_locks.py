@@ -11,12 +11,12 @@ unrelated submissions; it never lets two related ones run together.
 Timeouts: waiting for a pool connection and for the locks is bounded by ``acquire_timeout_s``; past it the
 submission fails with 503 (:class:`~mediator.errors.UpstreamUnavailable`) and nothing has been written.
 
-Limitation: if the lock connection is lost while the body runs, PostgreSQL releases the locks before the
-body finishes. :meth:`PgAdvisoryLocks.confirm`, called just before a submission's HAPI transaction, then
-fails it with 503 and nothing is written; a loss during the transaction itself (≈ 150 ms for a bulk batch)
-is not caught. The body's HAPI writes keep their ``If-Match`` safety (records read as absent included), so
-nothing is overwritten, but the
-"one golden record for a new person" guarantee is then only as good as one replica's. The loss is logged.
+Limitation: if the lock connection is lost while the body runs, PostgreSQL releases the locks before the body
+finishes. :meth:`PgAdvisoryLocks.confirm`, called just before the HAPI transaction of a submission or of an
+admin's curation decision, then fails it with 503 and nothing is written; a loss during the transaction itself
+(≈ 150 ms for a bulk batch) is not caught. The body's HAPI writes keep their ``If-Match`` safety (records read
+as absent included), so nothing is overwritten, but the "one golden record for a new person" guarantee is then
+only as good as one replica's. The loss is logged.
 Leases (:meth:`PgAdvisoryLocks.try_lease`, e.g. "a re-match is being applied") are session-level advisory
 locks in a key space of their own, held on a pooled connection for as long as the work runs; a replica
 that dies releases them with its sessions.

@@ -151,8 +151,9 @@ def golden_with(golden: Resource, **changes: Any) -> Resource:
 class _Change:
     """One unit of work plus the before-state of every Patient it read, for the AuditEvent."""
 
-    def __init__(self, hapi: HapiClient) -> None:
+    def __init__(self, hapi: HapiClient, locks: LockManager) -> None:
         self.uow = UnitOfWork(hapi)
+        self.locks = locks
         self.before: dict[str, dict[str, Any]] = {}
         self.tasks_before: dict[str, Resource | None] = {}  # "Task/id" -> as first read (None: absent)
 
@@ -270,6 +271,7 @@ class _Change:
             )
             self.put(task)
         self.put(audit)
+        await self.locks.confirm()  # still alone with these records (503, nothing written, if not)
         await self.uow.commit()
         return str(audit["id"])
 
@@ -360,7 +362,7 @@ class Curation:
     ) -> Outcome:
         if decision not in DECISIONS:
             raise InvalidInput(f"decision must be one of {', '.join(DECISIONS)}.")
-        change = _Change(self.hapi)
+        change = _Change(self.hapi, self.locks)
         task = await self._open_task(change, task_id)
         a, b, _ = await self.pair_goldens(change, task)
         if decision == SAME_PERSON:
@@ -472,7 +474,7 @@ class Curation:
     async def break_out(
         self, golden_id: str, source_id: str, admin: Admin, note: str | None = None
     ) -> Outcome:
-        change = _Change(self.hapi)
+        change = _Change(self.hapi, self.locks)
         golden = await change.require(golden_id, "Golden record")
         if source_id not in records.source_ids_of(golden):
             raise InvalidInput(f"Patient/{source_id} is not a source record of Patient/{golden_id}.")
@@ -489,7 +491,7 @@ class Curation:
 
     @_one_at_a_time("source_id", "target_id")
     async def move(self, source_id: str, target_id: str, admin: Admin, note: str | None = None) -> Outcome:
-        change = _Change(self.hapi)
+        change = _Change(self.hapi, self.locks)
         source = await change.require(source_id, "Source record")
         if records.is_golden(source):
             raise InvalidInput(f"Patient/{source_id} is a golden record, not a source record.")
@@ -510,7 +512,7 @@ class Curation:
 
     @_one_at_a_time("source_id")
     async def confirm(self, source_id: str, admin: Admin, note: str | None = None) -> Outcome:
-        change = _Change(self.hapi)
+        change = _Change(self.hapi, self.locks)
         source = await change.require(source_id, "Source record")
         golden_id = records.golden_id_of(source)
         if records.is_golden(source) or not golden_id:
@@ -526,7 +528,7 @@ class Curation:
         last = await self.last_decision(patient_id)
         if last is None:
             raise NotFound(f"No decision on Patient/{patient_id} to undo.")
-        change = _Change(self.hapi)
+        change = _Change(self.hapi, self.locks)
         task: Resource | None = None
         task_before: str | None = None
         goldens: list[str] = []

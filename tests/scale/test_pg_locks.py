@@ -11,8 +11,10 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from mediator import pg_locks, records
+from mediator.admin.curation import CONFIRM, Admin, Curation, _Change
 from mediator.app import create_app
 from mediator.errors import UpstreamUnavailable
+from mediator.fhir_client import HapiClient
 from mediator.pg_locks import PgAdvisoryLocks, key_id
 from mediator.registry import Registry
 from tests.conftest import patient, unique_surname
@@ -168,3 +170,50 @@ async def test_a_submission_whose_lock_connection_was_lost_writes_nothing(
         again = await client.post("/fhir/Patient", json=submitted)
         assert again.status == 201, await again.text()
         await store.assert_consistent(records.source_record_id(facility, "7"))
+
+
+async def test_a_curation_decision_whose_lock_connection_was_lost_writes_nothing(
+    settings, pg_dsn, pg_hapi_url, facility, monkeypatch
+):
+    """An admin's decision holds the key locks on the records it names; if their connection is lost while it
+    reads (another replica's admin may now be deciding on the same records), it answers 503 and writes
+    nothing: neither the record nor an AuditEvent. The retry goes through."""
+    on_pg = dataclasses.replace(settings, hapi_base_url=pg_hapi_url)
+    source_id = records.source_record_id(facility, "8")
+    require = _Change.require
+    cut: list[bool] = []
+
+    async def cut_the_lock_connection_once(self, *args, **kwargs):
+        if not cut:
+            killer = await asyncpg.connect(pg_dsn)
+            try:
+                pid = pg_locks._HELD.get().get_server_pid()
+                cut.append(await killer.fetchval("SELECT pg_terminate_backend($1)", pid))
+            finally:
+                await killer.close()
+        return await require(self, *args, **kwargs)
+
+    locks = PgAdvisoryLocks(pg_dsn, pool_size=2, acquire_timeout_s=5)
+    await locks.start()
+    try:
+        async with aiohttp.ClientSession() as http, TestClient(TestServer(create_app(on_pg))) as client:
+            created = await client.post("/fhir/Patient", json=patient(facility, "8", family=unique_surname()))
+            assert created.status == 201, await created.text()
+            store = Store(http, pg_hapi_url)
+            before = await store.read("Patient", source_id)
+            assert before is not None and not records.is_manually_linked(before)
+            curation = Curation(HapiClient(http, pg_hapi_url, 30, 5), on_pg.cruid_system, locks=locks)
+            monkeypatch.setattr(_Change, "require", cut_the_lock_connection_once)
+            with pytest.raises(UpstreamUnavailable):
+                await curation.confirm(source_id, Admin("tester"))
+            assert cut == [True]
+            after = await store.read("Patient", source_id)
+            assert after is not None and after["meta"]["versionId"] == before["meta"]["versionId"]
+            events = await store.search("AuditEvent", {"entity": f"Patient/{source_id}"})
+            assert [e["subtype"][0]["code"] for e in events] == ["create"]  # the submission's only
+            outcome = await curation.confirm(source_id, Admin("tester"))
+            assert outcome.action == CONFIRM
+            confirmed = await store.read("Patient", source_id)
+            assert confirmed is not None and records.is_manually_linked(confirmed)
+    finally:
+        await locks.close()
