@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.bench_scale --hapi URL [--hapi-pid PIDFILE] [--stages 10000,100000] [--batch 50]
                                           [--samples 200] [--concurrency 2] [--plain 2000]
                                           [--plain-warmup 2000] [--load bulk|singles] [--clients 4]
+                                          [--plain-hapi URL2]
 
 Against a running, preferably empty HAPI (e.g. on PostgreSQL: ``scripts/pg-start`` then ``HAPI_DB=postgres
 SPRING_DATASOURCE_URL=jdbc:postgresql://127.0.0.1:5433/hapi_bench HAPI_PORT=8097 scripts/hapi-start``):
@@ -20,6 +21,14 @@ SPRING_DATASOURCE_URL=jdbc:postgresql://127.0.0.1:5433/hapi_bench HAPI_PORT=8097
 3. HAPI plain creates again at the end (same size, new people), records/s; the overall bulk rate and its
    ratio to plain creates at the start and at the end; the p95 growth from the first to the last stage.
 4. RSS of this process (the mediator's registry) and of HAPI (``--hapi-pid``).
+
+``--plain-hapi URL2`` (a second HAPI, freshly started on an empty database of its own) measures HAPI's plain
+creates over the very load the registry takes, before the registry's stages: the same generated records, up to
+the same stored sizes, in transaction Bundles of ``--batch`` with ``--concurrency`` in flight, from its cold
+start like the registry's HAPI. Records/s per stage and overall, and the registry's ratio to them, stage by
+stage and overall. The second HAPI is idle during the registry's load. The samples at 2,000 records at the
+start and the end measure HAPI at one moment of its JIT warm-up and one database size; this measures both over
+the whole load.
 Figures only; nothing here is a timed test.
 
 Measured 2026-11-25, 2 cores shared with other test runs (noisy), HAPI 8.8.0 on PostgreSQL 15, 10k records,
@@ -246,6 +255,10 @@ async def main() -> None:
         help="load the stages through a bulk job (default) or as single submissions",
     )
     parser.add_argument("--clients", type=int, default=4, help="--load singles: concurrent clients")
+    parser.add_argument(
+        "--plain-hapi",
+        help="a second, empty HAPI: load the same records there as plain creates first, stage by stage",
+    )
     args = parser.parse_args()
     hapi = args.hapi.rstrip("/")
     stages = [args.records] if args.records else [int(s) for s in args.stages.split(",")]
@@ -258,6 +271,24 @@ async def main() -> None:
 
     def plain_label(n: int) -> str:
         return f"{n} Patients, transaction Bundles of {args.batch}, {args.concurrency} in flight"
+
+    plain_stages: list[float] = []  # the second HAPI's plain-create rate per stage
+    if args.plain_hapi:
+        done, plain_records, plain_seconds = 0, 0, 0.0
+        for i, size in enumerate(stages):
+            kept = [p for p in population[done:size] if valid_birth_date(p.get("birthDate"))]
+            rate = await plain_creates(args.plain_hapi.rstrip("/"), kept, args.batch, args.concurrency)
+            plain_stages.append(rate)
+            plain_records += len(kept)
+            plain_seconds += len(kept) / rate
+            print(
+                f"second HAPI, plain creates of the same load, stage {i + 1}: {len(kept)} records at "
+                f"{rate:.1f} records/s ({done} -> {size} rows; {size - done - len(kept)} with birth dates "
+                f"HAPI refuses left out)"
+            )
+            done = size
+        plain_load_rate = plain_records / plain_seconds
+        print(f"second HAPI, plain creates of the same load overall: {plain_load_rate:.1f} records/s")
 
     if args.plain_warmup:
         warm = await plain_creates(
@@ -292,9 +323,10 @@ async def main() -> None:
                 bulk_seconds += len(rows) / rate
                 loaded = size
                 stored += len(rows)
+                same_load = f", {rate / plain_stages[i]:.1%} of the same load's" if plain_stages else ""
                 print(
                     f"{args.load} load stage {i + 1}: {len(rows)} records at {rate:.1f} records/s ({how}) = "
-                    f"{rate / plain_start:.1%} of plain creates at start; {counts}"
+                    f"{rate / plain_start:.1%} of plain creates at start{same_load}; {counts}"
                 )
                 samples = records(args.samples, args.seed + 1_000_003 + i)
                 latencies, single_rate = await singles(registry, samples)
@@ -314,6 +346,7 @@ async def main() -> None:
             print(
                 f"{args.load} load overall: {bulk_rate:.1f} records/s ({loaded} records); ratio to plain: "
                 f"{bulk_rate / plain_start:.1%} of start, {bulk_rate / plain_end:.1%} of end"
+                + (f", {bulk_rate / plain_load_rate:.1%} of the same load's" if plain_stages else "")
             )
             if len(results) > 1:
                 (n0, _, p0, _), (n1, _, p1, _) = results[0], results[-1]
