@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 import asyncpg  # type: ignore[import-untyped]
@@ -138,17 +140,11 @@ async def test_the_server_ends_the_lock_sessions_of_a_vanished_host_within_a_min
     }
 
 
-async def test_a_submission_whose_lock_connection_was_lost_writes_nothing(
-    settings, pg_dsn, pg_hapi_url, facility, monkeypatch
-):
-    """The lock connection is ended (as a network cut or a database restart would) while the submission
-    decides: its locks are gone, so another replica may be deciding the same person. It answers 503 and
-    writes nothing; the retry then goes through."""
-    shared = dataclasses.replace(settings, hapi_base_url=pg_hapi_url, locks="postgres", locks_dsn=pg_dsn)
-    process = Registry._process
-    cut: list[bool] = []
+def cutting_the_lock_connection_once(pg_dsn: str, method: Callable[..., Any], cut: list[bool]) -> Any:
+    """``method``, but the first call first ends the backend of the lock connection the task holds (as a
+    network cut or a database restart would), and records in ``cut`` whether that worked."""
 
-    async def cut_the_lock_connection_once(self, *args, **kwargs):
+    async def cut_the_lock_connection_once(self: Any, *args: Any, **kwargs: Any) -> Any:
         if not cut:
             killer = await asyncpg.connect(pg_dsn)
             try:
@@ -156,9 +152,21 @@ async def test_a_submission_whose_lock_connection_was_lost_writes_nothing(
                 cut.append(await killer.fetchval("SELECT pg_terminate_backend($1)", pid))
             finally:
                 await killer.close()
-        return await process(self, *args, **kwargs)
+        return await method(self, *args, **kwargs)
 
-    monkeypatch.setattr(Registry, "_process", cut_the_lock_connection_once)
+    return cut_the_lock_connection_once
+
+
+async def test_a_submission_whose_lock_connection_was_lost_writes_nothing(
+    settings, pg_dsn, pg_hapi_url, facility, monkeypatch
+):
+    """The lock connection is ended (as a network cut or a database restart would) while the submission
+    decides: its locks are gone, so another replica may be deciding the same person. It answers 503 and
+    writes nothing; the retry then goes through."""
+    shared = dataclasses.replace(settings, hapi_base_url=pg_hapi_url, locks="postgres", locks_dsn=pg_dsn)
+    cut: list[bool] = []
+    cutting = cutting_the_lock_connection_once(pg_dsn, Registry._process, cut)
+    monkeypatch.setattr(Registry, "_process", cutting)
     submitted = patient(facility, "7", family=unique_surname())
     async with aiohttp.ClientSession() as http, TestClient(TestServer(create_app(shared))) as client:
         store = Store(http, pg_hapi_url)
@@ -180,19 +188,7 @@ async def test_a_curation_decision_whose_lock_connection_was_lost_writes_nothing
     nothing: neither the record nor an AuditEvent. The retry goes through."""
     on_pg = dataclasses.replace(settings, hapi_base_url=pg_hapi_url)
     source_id = records.source_record_id(facility, "8")
-    require = _Change.require
     cut: list[bool] = []
-
-    async def cut_the_lock_connection_once(self, *args, **kwargs):
-        if not cut:
-            killer = await asyncpg.connect(pg_dsn)
-            try:
-                pid = pg_locks._HELD.get().get_server_pid()
-                cut.append(await killer.fetchval("SELECT pg_terminate_backend($1)", pid))
-            finally:
-                await killer.close()
-        return await require(self, *args, **kwargs)
-
     locks = PgAdvisoryLocks(pg_dsn, pool_size=2, acquire_timeout_s=5)
     await locks.start()
     try:
@@ -203,7 +199,9 @@ async def test_a_curation_decision_whose_lock_connection_was_lost_writes_nothing
             before = await store.read("Patient", source_id)
             assert before is not None and not records.is_manually_linked(before)
             curation = Curation(HapiClient(http, pg_hapi_url, 30, 5), on_pg.cruid_system, locks=locks)
-            monkeypatch.setattr(_Change, "require", cut_the_lock_connection_once)
+            monkeypatch.setattr(
+                _Change, "require", cutting_the_lock_connection_once(pg_dsn, _Change.require, cut)
+            )
             with pytest.raises(UpstreamUnavailable):
                 await curation.confirm(source_id, Admin("tester"))
             assert cut == [True]
