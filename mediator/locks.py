@@ -20,6 +20,9 @@ class Lease(Protocol):
 
     async def release(self) -> None: ...
 
+    async def held(self) -> bool:
+        """Still held: not released, and (for a lock service) its connection still answers."""
+
 
 class LockManager(Protocol):
     shared: bool  # held for every replica (a lock service), not only for this process
@@ -41,9 +44,14 @@ class LockManager(Protocol):
 class _LocalLease:
     def __init__(self, names: set[str], name: str) -> None:
         self._names, self.name = names, name
+        self._released = False
 
     async def release(self) -> None:
         self._names.discard(self.name)
+        self._released = True
+
+    async def held(self) -> bool:
+        return not self._released
 
 
 class LocalKeyedLocks:

@@ -41,8 +41,9 @@ from .errors import UpstreamUnavailable
 from .settings import Settings
 
 log = logging.getLogger(__name__)
-# what a lost, refused or closed lock-database connection raises
-DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+# what a lost, refused or closed lock-database connection raises (InternalClientError: a statement sent while
+# the server's notice that it ended the session is being read)
+DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
 _HELD: contextvars.ContextVar[Any] = contextvars.ContextVar("held_lock_connection", default=None)
 
 # PostgreSQL probes the lock connections of an idle replica after 30 s, then every 10 s, and ends their
@@ -97,6 +98,17 @@ class _PgLease:
         if conn is not None:
             unlock = "SELECT pg_advisory_unlock($1)"
             await _give_back(self._pool, conn, unlock, lease_id(self.name), what={"lease": self.name})
+
+    async def held(self) -> bool:
+        """The session holding the advisory lock is alive: its connection answers (a lost connection
+        ended the session, and the lock with it)."""
+        if self._conn is None:
+            return False
+        try:
+            await self._conn.fetchval("SELECT 1", timeout=5)
+        except (TimeoutError, *DB_ERRORS):
+            return False
+        return True
 
 
 class PgAdvisoryLocks:

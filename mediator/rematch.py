@@ -351,6 +351,7 @@ class RematchJob:
     ) -> None:
         self.state, self.hapi, self.config, self.registry = state, hapi, config, registry
         self.page_size = page_size
+        self.failure: Exception | None = None  # why the last run stopped (HAPI down, …), if it did
         job_dir.mkdir(parents=True, exist_ok=True)
         self.state_path = job_dir / f"{state.id}.rematch.json"
 
@@ -408,6 +409,7 @@ class RematchJob:
         except Exception as exc:  # HAPI down, …: stop; a restart (or resume) goes on from the saved position
             log.exception("re-match job failed", extra={"job": s.id})
             s.phase, s.error = "failed", f"{type(exc).__name__}: {exc}"
+            self.failure = exc
         s.seconds = time.perf_counter() - started
         self.save()
         return s

@@ -30,6 +30,10 @@ leaves it to that one, and every replica lists the directory's jobs with the pro
 (:meth:`Jobs.refresh`), whichever replica runs them. With shared key locks each replica also looks every
 ``CR_JOBS_ADOPT_S`` for jobs left running whose lease nobody holds (their replica is gone: its session
 ended) and takes them over (:meth:`Jobs.adopt`); a job is always re-read from its file under its lease.
+While the FHIR store or the lock database cannot be reached, a job waits (still running, its ``error`` saying
+so) and goes on from its saved position, backing off from 5 s to 60 s; it keeps its lease meanwhile, takes it
+again if the lock connection was lost, and stops if another replica took the job over meanwhile
+(:meth:`Jobs._run_owned`).
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ import matching
 
 from .. import applied_rules, bulk, rematch
 from ..context import CONFIG, HAPI, REGISTRY, SETTINGS
-from ..errors import Conflict, InvalidInput, NotFound
+from ..errors import Conflict, InvalidInput, NotFound, UpstreamTimeout, UpstreamUnavailable
 from ..locks import Lease
 from ..openhim import OPENHIM
 from ..settings import REPO_ROOT
@@ -62,10 +66,13 @@ from .pages import csrf_field, e, layout
 
 log = logging.getLogger(__name__)
 
+UPSTREAM = (UpstreamUnavailable, UpstreamTimeout)  # the FHIR store or the lock database is down or slow
+
 MAX_UPLOAD_BYTES = 512 * 1024 * 1024
 APPLY_LEASE = "rematch-apply"  # one re-match apply (or rules reset) at a time in the whole deployment
 JOB_LEASE = "job:"  # + job id: a job runs on one replica at a time (replicas may share CR_JOBS_DIR)
 LEASE_RETRY_S = 2.0  # a resumed apply asks for the lease again this often while another replica holds it
+UPSTREAM_RETRY_S = (5.0, 60.0)  # a job that lost the FHIR store waits this long, doubling up to the second
 
 
 @dataclass
@@ -166,6 +173,7 @@ class Jobs:
 
     async def _run(self, job_id: str, retry_failed: bool, adopted: bool) -> None:
         owned = await self.app[REGISTRY].locks.try_lease(JOB_LEASE + job_id)
+        held: list[Lease | None] = [owned]  # the job's lease as it runs (taken again if its connection drops)
         try:
             if owned is None:  # a replica sharing this jobs directory runs it
                 log.debug("job runs on another replica", extra={"job": job_id})
@@ -182,37 +190,87 @@ class Jobs:
             self.infos[job_id] = info
             if info.status == "finished" or (info.status == "failed" and not retry_failed):
                 return
-            self.bulk_jobs.pop(job_id, None)  # engines read their state again from their files
-            self.rematch_jobs.pop(job_id, None)
             info.status, info.error = "running", ""
             self.save(info)
-            await self._run_owned(info)
+            await self._run_owned(info, held)
         finally:  # the job's own lease, and the apply lease it ran (or was started) under
-            for lease in (self.leases.pop(job_id, None), owned):
+            for lease in (self.leases.pop(job_id, None), held[0]):
                 if lease is not None:
                     await asyncio.shield(lease.release())
 
-    async def _run_owned(self, info: JobInfo) -> None:
-        try:
-            if info.kind == "rematch-apply":
-                await self._lease(info)
-            if info.kind == "bulk":
-                await self._bulk(info)
-            elif info.kind == "rematch-dry-run":
-                cfg = self.app[CONFIG].current.with_changes(rules=matching.load_rules(info.params["rules"]))
-                the_plan = await rematch.dry_run(self.app[HAPI], cfg, info.params.get("systems", []))
-                info.result = the_plan.summary()
-            else:
-                state = await self._rematch(info).run()
-                if state.phase != "finished":
-                    raise RuntimeError(state.error)
-            info.status = "finished"
-        except asyncio.CancelledError:
-            raise  # shutting down: resumed at the next start
-        except Exception as exc:
-            log.exception("job failed", extra={"job": info.id, "kind": info.kind})
-            info.status, info.error = "failed", f"{type(exc).__name__}: {exc}"
-        self.save(info)
+    async def _run_owned(self, info: JobInfo, held: list[Lease | None]) -> None:
+        """Run the job to its end under the job lease ``held[0]``. While the FHIR store (or the lock
+        database) cannot be reached, the job waits and goes on from its saved position, still running, its
+        ``error`` saying why it waits; ``held[0]`` becomes the lease taken again after a lost lock
+        connection, or None when another replica took the job over meanwhile (this one stops)."""
+        delay = UPSTREAM_RETRY_S[0]
+        while True:
+            self.bulk_jobs.pop(info.id, None)  # engines read their state again from their files
+            self.rematch_jobs.pop(info.id, None)
+            try:
+                await self._run_once(info)
+                info.status, info.error = "finished", ""
+            except asyncio.CancelledError:
+                raise  # shutting down: resumed at the next start
+            except UPSTREAM as exc:
+                log.warning(
+                    "job waits for the FHIR store",
+                    extra={"job": info.id, "kind": info.kind, "error": type(exc).__name__, "retry_s": delay},
+                )
+                info.error = (
+                    f"Waiting for the FHIR store ({type(exc).__name__}: {exc}); next try in {delay:.0f} s."
+                )
+                self.save(info)
+                while True:
+                    await self._wait_before_retry(info, delay)
+                    delay = min(delay * 2, UPSTREAM_RETRY_S[1])
+                    try:
+                        held[0] = await self._still_leased(info, held[0])
+                    except UPSTREAM:
+                        continue  # the lock database is still down: wait again
+                    if held[0] is None:
+                        return
+                    break
+                continue
+            except Exception as exc:
+                log.exception("job failed", extra={"job": info.id, "kind": info.kind})
+                info.status, info.error = "failed", f"{type(exc).__name__}: {exc}"
+            self.save(info)
+            return
+
+    async def _run_once(self, info: JobInfo) -> None:
+        if info.kind == "rematch-apply":
+            await self._lease(info)
+        if info.kind == "bulk":
+            await self._bulk(info)
+        elif info.kind == "rematch-dry-run":
+            cfg = self.app[CONFIG].current.with_changes(rules=matching.load_rules(info.params["rules"]))
+            the_plan = await rematch.dry_run(self.app[HAPI], cfg, info.params.get("systems", []))
+            info.result = the_plan.summary()
+        else:
+            job = self._rematch(info)
+            state = await job.run()
+            if state.phase != "finished":
+                raise job.failure or RuntimeError(state.error)
+
+    async def _wait_before_retry(self, info: JobInfo, delay: float) -> None:
+        await asyncio.sleep(delay)  # backing off from a FHIR store that is down, not synchronisation
+
+    async def _still_leased(self, info: JobInfo, owned: Lease | None) -> Lease | None:
+        """After a wait: the job's lease, taken again if the lock connection was lost meanwhile (None if
+        another replica took it: that one runs the job now). A lost apply lease is given up here and taken
+        again before the apply goes on."""
+        apply = self.leases.get(info.id)
+        if apply is not None and not await apply.held():
+            await self.leases.pop(info.id).release()
+        if owned is not None:
+            if await owned.held():
+                return owned
+            await owned.release()
+        again = await self.app[REGISTRY].locks.try_lease(JOB_LEASE + info.id)
+        if again is None:
+            log.info("job taken over by another replica while it waited", extra={"job": info.id})
+        return again
 
     def _bulk_job(self, info: JobInfo) -> bulk.BulkJob:
         if info.id not in self.bulk_jobs:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import dataclasses
 import io
 import json
 import time
@@ -13,9 +14,10 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
+from aiohttp import web
 
 from mediator import records
-from mediator.admin.jobs import APPLY_LEASE, JOBS
+from mediator.admin.jobs import APPLY_LEASE, JOBS, UPSTREAM_RETRY_S, Jobs
 from mediator.app import create_app
 from mediator.context import REGISTRY
 from mediator.settings import REPO_ROOT
@@ -206,3 +208,65 @@ async def test_an_unfinished_job_resumes_when_the_mediator_starts(
     progress = await _finished(admin, "bulk-resume")
     assert progress["status"] == "finished" and progress["counts"] == {"no_match": 1}
     assert len(await store.sources_with(facility)) == 1
+
+
+@pytest.fixture
+async def losing_proxy(aiohttp_server, hapi_url):
+    """Forwards to HAPI; the next ``state["lose"]`` transactions reach HAPI and commit, but their answer is
+    replaced by a 502 (HAPI gone before it answered: the worst case for the job)."""
+    state: dict[str, Any] = {"lose": 0, "lost": 0}
+
+    async def forward(request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        target = hapi_url + request.path_qs.removeprefix("/fhir")
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
+        async with (
+            aiohttp.ClientSession() as session,
+            session.request(request.method, target, data=body or None, headers=headers) as upstream,
+        ):
+            payload, status = await upstream.read(), upstream.status
+            content_type = upstream.headers.get("Content-Type", "application/fhir+json")
+        if request.method == "POST" and request.path.rstrip("/") == "/fhir" and state["lose"] > 0:
+            state["lose"] -= 1
+            state["lost"] += 1
+            return web.Response(status=502, text="HAPI unreachable")
+        return web.Response(body=payload, status=status, headers={"Content-Type": content_type})
+
+    app = web.Application(client_max_size=10_000_000)
+    app.router.add_route("*", "/{tail:.*}", forward)
+    server = await aiohttp_server(app)
+    state["url"] = f"http://127.0.0.1:{server.port}/fhir"
+    return state
+
+
+async def test_a_job_waits_while_the_fhir_store_is_down_then_finishes(
+    aiohttp_client, settings, admin_settings, jobs_dir: Path, facility: str, store, losing_proxy, monkeypatch
+):
+    """The FHIR store goes away under a running bulk job (its first write committed, the answer lost): the job
+    does not fail; it stays running, says it waits for the FHIR store, and once the store is back it goes on
+    from its saved position and finishes, every row's source record stored once and consistent."""
+    _unfinished_job(jobs_dir, facility)
+    waiting, resume = asyncio.Event(), asyncio.Event()
+    delays: list[float] = []
+
+    async def held_until_the_store_is_back(self, info, delay):
+        delays.append(delay)
+        waiting.set()
+        await resume.wait()
+
+    monkeypatch.setattr(Jobs, "_wait_before_retry", held_until_the_store_is_back)
+    losing_proxy["lose"] = 1
+    on_proxy = dataclasses.replace(settings, hapi_base_url=losing_proxy["url"])
+    admin = await AdminClient(await aiohttp_client(create_app(on_proxy))).login()
+    await asyncio.wait_for(waiting.wait(), 60)
+    progress = await admin.get("/admin/jobs/bulk-resume")
+    assert progress["status"] == "running", progress
+    assert progress["error"].startswith("Waiting for the FHIR store (UpstreamUnavailable"), progress
+    assert losing_proxy["lost"] == 1 and delays == [UPSTREAM_RETRY_S[0]]
+    resume.set()
+    progress = await _finished(admin, "bulk-resume")
+    assert progress["status"] == "finished" and progress["error"] == "", progress
+    assert progress["rows_done"] == 1
+    sources = await store.sources_with(facility)
+    assert len(sources) == 1
+    await store.assert_consistent(sources[0]["id"])

@@ -20,6 +20,7 @@ from cryptography.fernet import Fernet
 from mediator import records
 from mediator.admin.jobs import JOB_LEASE, JOBS, Jobs
 from mediator.app import create_app
+from mediator.errors import UpstreamUnavailable
 from mediator.pg_locks import lease_id
 from tests.admin.test_jobs import _csv_text, _unfinished_job
 from tests.conftest import unique_surname
@@ -107,6 +108,60 @@ async def test_a_job_left_by_a_replica_that_is_gone_is_taken_over_while_running(
         assert _status(jobs_dir) == "finished"
         assert len(await store.sources_with(facility)) == 1
         assert client.app[JOBS].adopting is not None
+
+
+async def _end_the_session_holding(pg_dsn: str, lease: str) -> None:
+    """End the PostgreSQL session that holds the advisory lock of ``lease`` (as a lost connection would)."""
+    key = lease_id(lease)
+    killer = await asyncpg.connect(pg_dsn)
+    try:
+        ended = await killer.fetchval(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+            " AND classid::bigint = $1 AND objid::bigint = $2 AND objsubid = 1",
+            (key >> 32) & 0xFFFFFFFF,
+            key & 0xFFFFFFFF,
+        )
+        assert ended, "no session held the lease"
+    finally:
+        await killer.close()
+
+
+@pytest.mark.parametrize("taken_meanwhile", [True, False], ids=["taken-by-another", "nobody-took-it"])
+async def test_a_job_that_lost_its_lease_while_it_waited_for_the_fhir_store(
+    settings, pg_dsn, pg_hapi_url, jobs_dir, facility, monkeypatch, taken_meanwhile
+):
+    """A job waiting for the FHIR store loses its lease's connection (the lock database restarted, say). If
+    another replica took the job meanwhile, this one stops and leaves it to that one; if nobody did, it takes
+    the lease again and finishes the job."""
+    shared = dataclasses.replace(settings, hapi_base_url=pg_hapi_url, locks="postgres", locks_dsn=pg_dsn)
+    run_once = Jobs._run_once
+    runs: list[str] = []
+    other_replica = await asyncpg.connect(pg_dsn)
+
+    async def fhir_store_down_the_first_time(self: Jobs, info) -> None:
+        runs.append(info.id)
+        if len(runs) == 1:
+            raise UpstreamUnavailable("The FHIR store cannot be reached (test).")
+        await run_once(self, info)
+
+    async def lease_lost_while_waiting(self: Jobs, info, delay: float) -> None:
+        await _end_the_session_holding(pg_dsn, JOB_LEASE + JOB)
+        if taken_meanwhile:
+            assert await other_replica.fetchval("SELECT pg_try_advisory_lock($1)", lease_id(JOB_LEASE + JOB))
+
+    monkeypatch.setattr(Jobs, "_run_once", fhir_store_down_the_first_time)
+    monkeypatch.setattr(Jobs, "_wait_before_retry", lease_lost_while_waiting)
+    _unfinished_job(jobs_dir, facility)
+    try:
+        async with aiohttp.ClientSession() as http:
+            status = await _start_and_settle(shared, jobs_dir)
+            stored = await Store(http, pg_hapi_url).sources_with(facility)
+    finally:
+        await other_replica.close()
+    if taken_meanwhile:
+        assert (status, runs, stored) == ("running", [JOB], [])  # left to the replica holding the lease
+    else:
+        assert (status, runs, len(stored)) == ("finished", [JOB, JOB], 1)
 
 
 async def test_with_locks_of_one_process_jobs_of_other_processes_are_never_taken_over(settings, jobs_dir):
