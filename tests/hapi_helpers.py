@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 
 from mediator import records, rematch
 from mediator.fhir_client import HapiClient
@@ -89,3 +91,35 @@ async def mark_manually_linked(hapi: HapiClient, source_id: str) -> None:
             "entry": [{"resource": stored, "request": {"method": "PUT", "url": f"Patient/{source_id}"}}],
         }
     )
+
+
+async def forward_to_hapi(hapi_url: str, request: web.Request) -> web.Response:
+    """What HAPI answers ``request`` (made to a test proxy whose FHIR base is ``/fhir``), as the proxy's
+    answer: for in-process proxies that stand between the mediator and HAPI and fail on demand."""
+    body = await request.read()
+    target = hapi_url + request.path_qs.removeprefix("/fhir")
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(request.method, target, data=body or None, headers=headers) as upstream,
+    ):
+        payload = await upstream.read()
+        content_type = upstream.headers.get("Content-Type", "application/fhir+json")
+        return web.Response(body=payload, status=upstream.status, headers={"Content-Type": content_type})
+
+
+def is_transaction(request: web.Request) -> bool:
+    """A POST to the FHIR base of a test proxy: a transaction (or batch) Bundle."""
+    return request.method == "POST" and request.path.rstrip("/") == "/fhir"
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+async def serve_proxy(aiohttp_server: Any, forward: Handler) -> str:
+    """Serve ``forward`` for every path with pytest-aiohttp's ``aiohttp_server``; the proxy's FHIR base
+    URL."""
+    app = web.Application(client_max_size=10_000_000)
+    app.router.add_route("*", "/{tail:.*}", forward)
+    server = await aiohttp_server(app)
+    return f"http://127.0.0.1:{server.port}/fhir"

@@ -23,6 +23,7 @@ from mediator.context import REGISTRY
 from mediator.settings import REPO_ROOT
 from tests.admin.conftest import AdminClient
 from tests.conftest import unique_phone, unique_surname
+from tests.hapi_helpers import forward_to_hapi, is_transaction, serve_proxy
 
 
 @pytest.fixture(autouse=True)
@@ -217,25 +218,14 @@ async def losing_proxy(aiohttp_server, hapi_url):
     state: dict[str, Any] = {"lose": 0, "lost": 0}
 
     async def forward(request: web.Request) -> web.StreamResponse:
-        body = await request.read()
-        target = hapi_url + request.path_qs.removeprefix("/fhir")
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
-        async with (
-            aiohttp.ClientSession() as session,
-            session.request(request.method, target, data=body or None, headers=headers) as upstream,
-        ):
-            payload, status = await upstream.read(), upstream.status
-            content_type = upstream.headers.get("Content-Type", "application/fhir+json")
-        if request.method == "POST" and request.path.rstrip("/") == "/fhir" and state["lose"] > 0:
+        answer = await forward_to_hapi(hapi_url, request)
+        if is_transaction(request) and state["lose"] > 0:
             state["lose"] -= 1
             state["lost"] += 1
             return web.Response(status=502, text="HAPI unreachable")
-        return web.Response(body=payload, status=status, headers={"Content-Type": content_type})
+        return answer
 
-    app = web.Application(client_max_size=10_000_000)
-    app.router.add_route("*", "/{tail:.*}", forward)
-    server = await aiohttp_server(app)
-    state["url"] = f"http://127.0.0.1:{server.port}/fhir"
+    state["url"] = await serve_proxy(aiohttp_server, forward)
     return state
 
 

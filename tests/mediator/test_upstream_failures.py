@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 
-import aiohttp
 import pytest
 from aiohttp import web
 
 from mediator.app import create_app
 from mediator.settings import Settings
 from tests.conftest import patient, unique_surname
+from tests.hapi_helpers import forward_to_hapi, is_transaction, serve_proxy
 
 
 async def test_hapi_down_gives_503(aiohttp_client, unused_tcp_port_factory, facility):
@@ -50,25 +50,13 @@ async def proxy(aiohttp_server, hapi_url):
     never = asyncio.Event()
 
     async def forward(request: web.Request) -> web.StreamResponse:
-        body = await request.read()
-        target = hapi_url + request.path_qs.removeprefix("/fhir")
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
-        async with (
-            aiohttp.ClientSession() as session,
-            session.request(request.method, target, data=body or None, headers=headers) as upstream,
-        ):
-            payload = await upstream.read()
-            status = upstream.status
-            content_type = upstream.headers.get("Content-Type", "application/fhir+json")
-        if state["swallow_transactions"] and request.method == "POST" and request.path.rstrip("/") == "/fhir":
+        answer = await forward_to_hapi(hapi_url, request)
+        if state["swallow_transactions"] and is_transaction(request):
             state["swallowed"].set()
             await never.wait()  # HAPI committed; the answer never reaches the mediator
-        return web.Response(body=payload, status=status, headers={"Content-Type": content_type})
+        return answer
 
-    app = web.Application(client_max_size=10_000_000)
-    app.router.add_route("*", "/{tail:.*}", forward)
-    server = await aiohttp_server(app)
-    state["url"] = f"http://127.0.0.1:{server.port}/fhir"
+    state["url"] = await serve_proxy(aiohttp_server, forward)
     yield state
     never.set()
 
