@@ -19,6 +19,9 @@
   ``changed``, ``summary``. The list also says which rules are in effect (``rules_in_effect``).
 * ``GET /admin/jobs/{id}/report.csv``: a bulk job's decisions (row, source_id, outcome, golden_id, cruid,
   score, rule, error).
+* ``POST /admin/jobs/{id}/cancel`` → 202: the job is cancelled (never resumed). A bulk job stops after the
+  window it is deciding, on whichever replica runs it: what it wrote is whole and in its report. 409 for a
+  re-match apply (its rules are live already) and for a finished or cancelled job.
 * ``GET /admin/jobs/page``: HTML list of the jobs with their progress.
 
 Same auth and CSRF as the rest of ``/admin`` (the admin app's middleware). Jobs are asyncio tasks owned by
@@ -83,7 +86,11 @@ class JobInfo:
     params: dict[str, Any] = field(default_factory=dict)
     result: dict[str, Any] = field(default_factory=dict)  # dry run: the summary
     error: str = ""
-    status: str = "running"  # running | finished | failed
+    status: str = "running"  # running | finished | failed | cancelled
+
+
+class JobCancelled(Exception):
+    """An admin cancelled the job (its file says so): it stops at its next saved position."""
 
 
 class Jobs:
@@ -112,7 +119,7 @@ class Jobs:
         for path in sorted(self.dir.glob("*.job.json")):
             info = JobInfo(**json.loads(path.read_text()))
             self.infos[info.id] = info
-            if info.status != "finished":
+            if info.status not in ("finished", "cancelled"):
                 self._spawn(info.id, retry_failed=True)
 
     def adopt(self) -> list[asyncio.Task[None]]:
@@ -188,7 +195,7 @@ class Jobs:
                 log.warning("job file unreadable", extra={"job": job_id})
                 return
             self.infos[job_id] = info
-            if info.status == "finished" or (info.status == "failed" and not retry_failed):
+            if info.status in ("finished", "cancelled") or (info.status == "failed" and not retry_failed):
                 return
             info.status, info.error = "running", ""
             self.save(info)
@@ -211,7 +218,11 @@ class Jobs:
                 await self._run_once(info)
                 info.status, info.error = "finished", ""
             except asyncio.CancelledError:
-                raise  # shutting down: resumed at the next start
+                raise  # shutting down (or a cancelled dry run): resumed at the next start unless cancelled
+            except JobCancelled:
+                log.info("job cancelled", extra={"job": info.id, "kind": info.kind})
+                self._took_cancel(info)
+                return
             except UPSTREAM as exc:
                 log.warning(
                     "job waits for the FHIR store",
@@ -228,15 +239,53 @@ class Jobs:
                         held[0] = await self._still_leased(info, held[0])
                     except UPSTREAM:
                         continue  # the lock database is still down: wait again
-                    if held[0] is None:
+                    if held[0] is None or self._took_cancel(info):
                         return
                     break
                 continue
             except Exception as exc:
                 log.exception("job failed", extra={"job": info.id, "kind": info.kind})
                 info.status, info.error = "failed", f"{type(exc).__name__}: {exc}"
-            self.save(info)
+            if not self._took_cancel(info):  # a cancel meanwhile (here or on another replica) keeps its word
+                self.save(info)
             return
+
+    def _cancelled_on_file(self, job_id: str) -> dict[str, Any] | None:
+        """The job's file if it says an admin cancelled the job (here or on a replica sharing the jobs)."""
+        try:
+            on_file = json.loads(self._info_path(job_id).read_text())
+        except (OSError, ValueError):
+            return None
+        return on_file if isinstance(on_file, dict) and on_file.get("status") == "cancelled" else None
+
+    def _took_cancel(self, info: JobInfo) -> bool:
+        """True, with ``info`` as its file says, when the job was cancelled."""
+        on_file = self._cancelled_on_file(info.id)
+        if on_file is not None:
+            info.status, info.error = "cancelled", str(on_file.get("error", ""))
+        return on_file is not None
+
+    def _stop_if_cancelled(self, job_id: str) -> None:
+        if self._cancelled_on_file(job_id) is not None:
+            raise JobCancelled(job_id)
+
+    def cancel(self, info: JobInfo, admin: str) -> None:
+        """Mark the job cancelled in its file. A bulk job stops after the window it is deciding (its rows are
+        written and reported whole), on whichever replica runs it; a dry run here stops at once; a job
+        waiting for the FHIR store stops after its wait. Re-match applies cannot be cancelled."""
+        if info.kind == "rematch-apply":
+            raise Conflict(
+                "A re-match apply cannot be stopped halfway: its rules are live already. Apply the previous "
+                "rules to go back.",
+                retryable=False,
+            )
+        if info.status in ("finished", "cancelled"):
+            raise Conflict(f"The job is {info.status} already.", retryable=False)
+        info.status, info.error = "cancelled", f"Cancelled by {admin}."
+        self.save(info)
+        task = self.tasks.get(info.id)
+        if task is not None and info.kind == "rematch-dry-run":
+            task.cancel()  # writes nothing: nothing to finish
 
     async def _run_once(self, info: JobInfo) -> None:
         if info.kind == "rematch-apply":
@@ -281,6 +330,7 @@ class Jobs:
                 system=p["system"],
                 job_dir=self.dir / "bulk",
                 national_id_system=p.get("national_id_system"),
+                progress=lambda _state: self._stop_if_cancelled(info.id),
             )
         return self.bulk_jobs[info.id]
 
@@ -535,6 +585,15 @@ async def job_progress(request: web.Request) -> web.Response:
     return web.json_response(_jobs(request).progress(_info(request)))
 
 
+async def cancel_job(request: web.Request) -> web.StreamResponse:
+    jobs, info = _jobs(request), _info(request)
+    jobs.cancel(info, str(request.get(ADMIN_USER) or "an admin"))
+    log.info("admin cancelled a job", extra={"job": info.id, "admin": request.get(ADMIN_USER)})
+    if request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        raise web.HTTPSeeOther("/admin/jobs/page")
+    return web.json_response(jobs.progress(info), status=202)
+
+
 async def job_report(request: web.Request) -> web.StreamResponse:
     info = _info(request)
     if info.kind != "bulk":
@@ -573,9 +632,15 @@ async def jobs_page(request: web.Request) -> web.Response:
                 f"{p.get('changed')} changed"
             )
             link = ""
+        cancel = (
+            f'<form class="inline" method="post" action="/admin/jobs/{e(info.id)}/cancel">'
+            f'{csrf_field(request)}<button class="danger">Cancel</button></form>'
+            if info.kind != "rematch-apply" and info.status in ("running", "failed")
+            else ""
+        )
         rows.append(
-            f"<tr><td>{e(info.id)}</td><td>{e(info.kind)}</td><td>{e(info.status)} {e(info.error)}</td>"
-            f"<td>{done}{link}</td></tr>"
+            f"<tr><td>{e(info.id)}</td><td>{e(info.kind)}</td>"
+            f"<td>{e(info.status)} {e(info.error)} {cancel}</td><td>{done}{link}</td></tr>"
         )
     rules = rules_in_effect(request)
     reset = (
@@ -603,3 +668,4 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/jobs/page", jobs_page)
     r.add_get("/jobs/{job}", job_progress)
     r.add_get("/jobs/{job}/report.csv", job_report)
+    r.add_post("/jobs/{job}/cancel", cancel_job)

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from aiohttp import web
 
-from mediator import records
+from mediator import bulk, records
 from mediator.admin.jobs import APPLY_LEASE, JOBS, UPSTREAM_RETRY_S, Jobs
 from mediator.app import create_app
 from mediator.context import REGISTRY
@@ -260,3 +260,83 @@ async def test_a_job_waits_while_the_fhir_store_is_down_then_finishes(
     sources = await store.sources_with(facility)
     assert len(sources) == 1
     await store.assert_consistent(sources[0]["id"])
+
+
+async def test_an_admin_cancels_a_job_waiting_for_the_fhir_store(
+    aiohttp_client, settings, admin_settings, jobs_dir: Path, facility: str, store, losing_proxy, monkeypatch
+):
+    """Cancelled (202), the job stops after its wait instead of trying again, and no start resumes it;
+    cancelling it again, or cancelling a finished job, is a 409."""
+    _unfinished_job(jobs_dir, facility)
+    waiting, resume = asyncio.Event(), asyncio.Event()
+
+    async def held_until_the_test_resumes(self, info, delay):
+        waiting.set()
+        await resume.wait()
+
+    monkeypatch.setattr(Jobs, "_wait_before_retry", held_until_the_test_resumes)
+    losing_proxy["lose"] = 1
+    on_proxy = dataclasses.replace(settings, hapi_base_url=losing_proxy["url"])
+    admin = await AdminClient(await aiohttp_client(create_app(on_proxy))).login()
+    await asyncio.wait_for(waiting.wait(), 60)
+    assert (await admin.client.post("/admin/jobs/bulk-resume/cancel")).status == 403  # no CSRF token
+    cancel_form = 'action="/admin/jobs/bulk-resume/cancel"'
+    assert cancel_form in await (await admin.client.get("/admin/jobs/page")).text()
+    cancelled = await admin.post("/admin/jobs/bulk-resume/cancel", {}, status=202)
+    assert cancelled["status"] == "cancelled" and cancelled["error"] == "Cancelled by alice.", cancelled
+    resume.set()
+    progress = await _finished(admin, "bulk-resume")
+    assert progress["status"] == "cancelled" and progress["rows_done"] == 0, progress
+    assert losing_proxy["lost"] == 1  # tried once, never again
+    await admin.post("/admin/jobs/bulk-resume/cancel", {}, status=409)
+    assert cancel_form not in await (await admin.client.get("/admin/jobs/page")).text()
+    again = await AdminClient(await aiohttp_client(create_app(settings))).login()
+    assert again.client.app[JOBS].tasks.get("bulk-resume") is None  # not resumed at start
+    assert (await again.get("/admin/jobs/bulk-resume"))["status"] == "cancelled"
+    # the record whose answer was lost is in HAPI, whole: the job's one write before the outage
+    sources = await store.sources_with(facility)
+    assert len(sources) == 1
+    await store.assert_consistent(sources[0]["id"])
+
+
+async def test_a_bulk_job_cancelled_on_another_replica_stops_after_its_window(
+    aiohttp_client, settings, admin_settings, jobs_dir: Path, facility: str, store, monkeypatch
+):
+    """A replica sharing the jobs directory cancels the job (its file says so) while this one runs it: the
+    job stops after the window it was deciding, whose rows are written whole and reported, and goes no
+    further."""
+    monkeypatch.setattr(bulk, "WINDOW_BATCHES", 1)  # windows of one batch: 50 rows
+    rows = [
+        {
+            "id": f"W{n}",
+            "family": unique_surname(),
+            "given": "Nakato",
+            "gender": "female",
+            "phone": unique_phone(),
+        }
+        for n in range(120)
+    ]
+    stop_if_cancelled = Jobs._stop_if_cancelled
+    windows: list[str] = []
+
+    def cancelled_elsewhere_after_the_first_window(self: Jobs, job_id: str) -> None:
+        windows.append(job_id)
+        if len(windows) == 1:  # what the other replica's cancel writes
+            info = json.loads((jobs_dir / f"{job_id}.job.json").read_text())
+            (jobs_dir / f"{job_id}.job.json").write_text(
+                json.dumps({**info, "status": "cancelled", "error": "Cancelled by bob."})
+            )
+        stop_if_cancelled(self, job_id)
+
+    monkeypatch.setattr(Jobs, "_stop_if_cancelled", cancelled_elsewhere_after_the_first_window)
+    admin = await AdminClient(await aiohttp_client(create_app(settings))).login()
+    resp = await _upload(admin, _csv_text(rows), facility)
+    assert resp.status == 202, await resp.text()
+    job_id = (await resp.json())["id"]
+    progress = await _finished(admin, job_id)
+    assert (progress["status"], progress["error"]) == ("cancelled", "Cancelled by bob."), progress
+    assert progress["rows_done"] == 50 and windows == [job_id]
+    report = await admin.client.get(f"/admin/jobs/{job_id}/report.csv")
+    reported = [r["source_id"] for r in csv.DictReader(io.StringIO(await report.text()))]
+    stored = sorted(p["id"] for p in await store.sources_with(facility))
+    assert len(reported) == 50 and sorted(reported) == stored
