@@ -229,26 +229,37 @@ async def losing_proxy(aiohttp_server, hapi_url):
     return state
 
 
+async def _job_waiting_for_the_store(
+    aiohttp_client, settings, jobs_dir: Path, facility: str, losing_proxy, monkeypatch
+) -> tuple[AdminClient, asyncio.Event, list[float]]:
+    """A mediator (behind ``losing_proxy``) whose unfinished bulk job lost its first write's answer and now
+    waits for the FHIR store: the admin client, the event that ends the wait, the delays it was to wait."""
+    _unfinished_job(jobs_dir, facility)
+    waiting, resume = asyncio.Event(), asyncio.Event()
+    delays: list[float] = []
+
+    async def held_until_the_test_resumes(self, info, delay):
+        delays.append(delay)
+        waiting.set()
+        await resume.wait()
+
+    monkeypatch.setattr(Jobs, "_wait_before_retry", held_until_the_test_resumes)
+    losing_proxy["lose"] = 1
+    on_proxy = dataclasses.replace(settings, hapi_base_url=losing_proxy["url"])
+    admin = await AdminClient(await aiohttp_client(create_app(on_proxy))).login()
+    await asyncio.wait_for(waiting.wait(), 60)
+    return admin, resume, delays
+
+
 async def test_a_job_waits_while_the_fhir_store_is_down_then_finishes(
     aiohttp_client, settings, admin_settings, jobs_dir: Path, facility: str, store, losing_proxy, monkeypatch
 ):
     """The FHIR store goes away under a running bulk job (its first write committed, the answer lost): the job
     does not fail; it stays running, says it waits for the FHIR store, and once the store is back it goes on
     from its saved position and finishes, every row's source record stored once and consistent."""
-    _unfinished_job(jobs_dir, facility)
-    waiting, resume = asyncio.Event(), asyncio.Event()
-    delays: list[float] = []
-
-    async def held_until_the_store_is_back(self, info, delay):
-        delays.append(delay)
-        waiting.set()
-        await resume.wait()
-
-    monkeypatch.setattr(Jobs, "_wait_before_retry", held_until_the_store_is_back)
-    losing_proxy["lose"] = 1
-    on_proxy = dataclasses.replace(settings, hapi_base_url=losing_proxy["url"])
-    admin = await AdminClient(await aiohttp_client(create_app(on_proxy))).login()
-    await asyncio.wait_for(waiting.wait(), 60)
+    admin, resume, delays = await _job_waiting_for_the_store(
+        aiohttp_client, settings, jobs_dir, facility, losing_proxy, monkeypatch
+    )
     progress = await admin.get("/admin/jobs/bulk-resume")
     assert progress["status"] == "running", progress
     assert progress["error"].startswith("Waiting for the FHIR store (UpstreamUnavailable"), progress
@@ -266,19 +277,10 @@ async def test_an_admin_cancels_a_job_waiting_for_the_fhir_store(
     aiohttp_client, settings, admin_settings, jobs_dir: Path, facility: str, store, losing_proxy, monkeypatch
 ):
     """Cancelled (202), the job stops after its wait instead of trying again, and no start resumes it;
-    cancelling it again, or cancelling a finished job, is a 409."""
-    _unfinished_job(jobs_dir, facility)
-    waiting, resume = asyncio.Event(), asyncio.Event()
-
-    async def held_until_the_test_resumes(self, info, delay):
-        waiting.set()
-        await resume.wait()
-
-    monkeypatch.setattr(Jobs, "_wait_before_retry", held_until_the_test_resumes)
-    losing_proxy["lose"] = 1
-    on_proxy = dataclasses.replace(settings, hapi_base_url=losing_proxy["url"])
-    admin = await AdminClient(await aiohttp_client(create_app(on_proxy))).login()
-    await asyncio.wait_for(waiting.wait(), 60)
+    cancelling it again is a 409."""
+    admin, resume, _ = await _job_waiting_for_the_store(
+        aiohttp_client, settings, jobs_dir, facility, losing_proxy, monkeypatch
+    )
     assert (await admin.client.post("/admin/jobs/bulk-resume/cancel")).status == 403  # no CSRF token
     cancel_form = 'action="/admin/jobs/bulk-resume/cancel"'
     assert cancel_form in await (await admin.client.get("/admin/jobs/page")).text()
