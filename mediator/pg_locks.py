@@ -67,6 +67,16 @@ def lease_id(name: str) -> int:
     return key_id(name, b"cr-lease")
 
 
+async def _answers(conn: Any, timeout_s: float) -> bool:
+    """One round trip on ``conn``: its session is alive, and with it the advisory locks it holds (a lost
+    connection ends the session and releases them)."""
+    try:
+        await conn.fetchval("SELECT 1", timeout=timeout_s)
+    except (TimeoutError, *DB_ERRORS):
+        return False
+    return True
+
+
 async def _give_back(pool: Any, conn: Any, undo: str, *args: Any, what: dict[str, Any]) -> None:
     """Release what ``conn``'s session holds with ``undo`` and return it to ``pool``; a lost connection is
     logged, and one where ``undo`` fails is closed (ending the session releases its locks too)."""
@@ -90,8 +100,8 @@ async def _give_back(pool: Any, conn: Any, undo: str, *args: Any, what: dict[str
 class _PgLease:
     """A session-level advisory lock held on one pooled connection until :meth:`release`."""
 
-    def __init__(self, pool: Any, conn: Any, name: str) -> None:
-        self._pool, self._conn, self.name = pool, conn, name
+    def __init__(self, pool: Any, conn: Any, name: str, timeout_s: float) -> None:
+        self._pool, self._conn, self.name, self._timeout_s = pool, conn, name, timeout_s
 
     async def release(self) -> None:
         conn, self._conn = self._conn, None
@@ -100,15 +110,8 @@ class _PgLease:
             await _give_back(self._pool, conn, unlock, lease_id(self.name), what={"lease": self.name})
 
     async def held(self) -> bool:
-        """The session holding the advisory lock is alive: its connection answers (a lost connection
-        ended the session, and the lock with it)."""
-        if self._conn is None:
-            return False
-        try:
-            await self._conn.fetchval("SELECT 1", timeout=5)
-        except (TimeoutError, *DB_ERRORS):
-            return False
-        return True
+        """Not released, and the session holding the advisory lock is alive."""
+        return self._conn is not None and await _answers(self._conn, self._timeout_s)
 
 
 class PgAdvisoryLocks:
@@ -183,7 +186,7 @@ class PgAdvisoryLocks:
         if not taken:
             await pool.release(conn)
             return None
-        return _PgLease(pool, conn, name)
+        return _PgLease(pool, conn, name, self.connect_timeout_s)
 
     async def _acquire(self) -> Any:
         """A pooled connection within ``acquire_timeout_s`` (503 when none is free or the database is
@@ -219,13 +222,9 @@ class PgAdvisoryLocks:
         """503 unless the locks this task holds are still held: their connection answers (a lost
         connection has released them, and another replica may be deciding the same person now)."""
         conn = _HELD.get()
-        if conn is None:
-            return
-        try:
-            await conn.fetchval("SELECT 1", timeout=self.connect_timeout_s)
-        except (TimeoutError, *DB_ERRORS) as exc:
-            log.warning("record locks lost before writing", extra={"error": type(exc).__name__})
-            raise UpstreamUnavailable("The record locks were lost; nothing was written; retry.") from exc
+        if conn is not None and not await _answers(conn, self.connect_timeout_s):
+            log.warning("record locks lost before writing")
+            raise UpstreamUnavailable("The record locks were lost; nothing was written; retry.")
 
 
 def setup(app: web.Application, settings: Settings) -> PgAdvisoryLocks:

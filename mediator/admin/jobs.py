@@ -76,6 +76,7 @@ APPLY_LEASE = "rematch-apply"  # one re-match apply (or rules reset) at a time i
 JOB_LEASE = "job:"  # + job id: a job runs on one replica at a time (replicas may share CR_JOBS_DIR)
 LEASE_RETRY_S = 2.0  # a resumed apply asks for the lease again this often while another replica holds it
 UPSTREAM_RETRY_S = (5.0, 60.0)  # a job that lost the FHIR store waits this long, doubling up to the second
+ENDED = ("finished", "cancelled")  # statuses of jobs that never run again
 
 
 @dataclass
@@ -87,6 +88,11 @@ class JobInfo:
     result: dict[str, Any] = field(default_factory=dict)  # dry run: the summary
     error: str = ""
     status: str = "running"  # running | finished | failed | cancelled
+
+
+def cancellable(info: JobInfo) -> bool:
+    """Bulk jobs and dry runs that may still run; an apply's rules are live from its start."""
+    return info.kind != "rematch-apply" and info.status not in ENDED
 
 
 class JobCancelled(Exception):
@@ -119,7 +125,7 @@ class Jobs:
         for path in sorted(self.dir.glob("*.job.json")):
             info = JobInfo(**json.loads(path.read_text()))
             self.infos[info.id] = info
-            if info.status not in ("finished", "cancelled"):
+            if info.status not in ENDED:
                 self._spawn(info.id, retry_failed=True)
 
     def adopt(self) -> list[asyncio.Task[None]]:
@@ -195,7 +201,7 @@ class Jobs:
                 log.warning("job file unreadable", extra={"job": job_id})
                 return
             self.infos[job_id] = info
-            if info.status in ("finished", "cancelled") or (info.status == "failed" and not retry_failed):
+            if info.status in ENDED or (info.status == "failed" and not retry_failed):
                 return
             info.status, info.error = "running", ""
             self.save(info)
@@ -232,16 +238,10 @@ class Jobs:
                     f"Waiting for the FHIR store ({type(exc).__name__}: {exc}); next try in {delay:.0f} s."
                 )
                 self.save(info)
-                while True:
-                    await self._wait_before_retry(info, delay)
-                    delay = min(delay * 2, UPSTREAM_RETRY_S[1])
-                    try:
-                        held[0] = await self._still_leased(info, held[0])
-                    except UPSTREAM:
-                        continue  # the lock database is still down: wait again
-                    if held[0] is None or self._took_cancel(info):
-                        return
-                    break
+                next_delay = await self._wait_for_upstream(info, held, delay)
+                if next_delay is None:
+                    return
+                delay = next_delay
                 continue
             except Exception as exc:
                 log.exception("job failed", extra={"job": info.id, "kind": info.kind})
@@ -249,6 +249,19 @@ class Jobs:
             if not self._took_cancel(info):  # a cancel meanwhile (here or on another replica) keeps its word
                 self.save(info)
             return
+
+    async def _wait_for_upstream(self, info: JobInfo, held: list[Lease | None], delay: float) -> float | None:
+        """Wait ``delay``, then keep the job lease (``held[0]``, taken again if its connection was lost),
+        waiting longer while the lock database is down too. The next delay, or None when the job must stop:
+        another replica took it over, or an admin cancelled it."""
+        while True:
+            await self._wait_before_retry(info, delay)
+            delay = min(delay * 2, UPSTREAM_RETRY_S[1])
+            try:
+                held[0] = await self._still_leased(info, held[0])
+            except UPSTREAM:
+                continue  # the lock database is still down: wait again
+            return None if held[0] is None or self._took_cancel(info) else delay
 
     def _cancelled_on_file(self, job_id: str) -> dict[str, Any] | None:
         """The job's file if it says an admin cancelled the job (here or on a replica sharing the jobs)."""
@@ -273,14 +286,14 @@ class Jobs:
         """Mark the job cancelled in its file. A bulk job stops after the window it is deciding (its rows are
         written and reported whole), on whichever replica runs it; a dry run here stops at once; a job
         waiting for the FHIR store stops after its wait. Re-match applies cannot be cancelled."""
-        if info.kind == "rematch-apply":
+        if not cancellable(info):
             raise Conflict(
                 "A re-match apply cannot be stopped halfway: its rules are live already. Apply the previous "
-                "rules to go back.",
+                "rules to go back."
+                if info.kind == "rematch-apply"
+                else f"The job is {info.status} already.",
                 retryable=False,
             )
-        if info.status in ("finished", "cancelled"):
-            raise Conflict(f"The job is {info.status} already.", retryable=False)
         info.status, info.error = "cancelled", f"Cancelled by {admin}."
         self.save(info)
         task = self.tasks.get(info.id)
@@ -635,7 +648,7 @@ async def jobs_page(request: web.Request) -> web.Response:
         cancel = (
             f'<form class="inline" method="post" action="/admin/jobs/{e(info.id)}/cancel">'
             f'{csrf_field(request)}<button class="danger">Cancel</button></form>'
-            if info.kind != "rematch-apply" and info.status in ("running", "failed")
+            if cancellable(info)
             else ""
         )
         rows.append(
