@@ -55,9 +55,11 @@ async def _replica(settings: Settings) -> AsyncIterator[tuple[web.Application, T
 
 
 async def _submit(client: TestClient, facility: str, value: str, family: str) -> aiohttp.ClientResponse:
+    """The person ``family`` (a given name of its own too: the shared test HAPI holds many an Amina born on
+    the default date, and one with a similar surname made a new person a potential match)."""
     return await client.post(
         "/fhir/Patient",
-        json=patient(facility, value, family=family),
+        json=patient(facility, value, family=family, given=family[::-1].capitalize()),
         headers={"Content-Type": "application/fhir+json"},
     )
 
