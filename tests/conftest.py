@@ -80,12 +80,17 @@ def facility() -> str:
 
 
 def unique_surname() -> str:
-    """A surname no other test uses (blocking keys then keep tests apart)."""
+    """A surname no other test uses, and not even a similar one.
+
+    Many tests send the default given name and birth date, so their records share blocking keys in the
+    test HAPI; a surname only 'similar' to another test's (Jaro-Winkler >= 0.84) is enough to make a new
+    person a potential match. Eight random syllables make that about 1 pair in 170,000 (4 syllables:
+    1 in 6,000, and one such pair failed a CI run)."""
     letters = "bcdfghjklmnprstvz"
     vowels = "aeiou"
     raw = uuid.uuid4().int
     name = ""
-    for _ in range(4):
+    for _ in range(8):
         name += letters[raw % len(letters)] + vowels[(raw // 17) % len(vowels)]
         raw //= 97
     return name.capitalize()
