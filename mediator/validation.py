@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterator
 from typing import Any
 
 from aiohttp import web
@@ -16,6 +18,10 @@ from .errors import InvalidInput, PayloadTooLarge, Unprocessable
 SUPPORTED_FHIR_VERSIONS = {"4.0", "4.0.0", "4.0.1"}
 GENDERS = {"male", "female", "other", "unknown"}
 JSON_TYPES = {"application/fhir+json", "application/json", "application/json+fhir", "text/json"}
+# FHIR R4 strings "SHALL NOT contain Unicode character points below 32, except for u0009 (horizontal tab),
+# u0010 (carriage return) and u0013 (line feed)"; the models do not check it, and PostgreSQL cannot store
+# U+0000 at all (HAPI answers a transaction holding one with an error, which would look like a conflict).
+CONTROL_CHARACTER = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 
 
 def check_fhir_version(request: web.Request) -> None:
@@ -63,11 +69,35 @@ def _pydantic_problems(exc: ValidationError, prefix: str) -> tuple[str, list[str
     return "; ".join(problems), paths
 
 
+def _strings(value: Any, path: str) -> Iterator[tuple[str, str]]:
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _strings(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _strings(item, f"{path}[{index}]")
+
+
+def check_no_control_characters(data: dict[str, Any], where: str) -> None:
+    for path, text in _strings(data, where):
+        found = CONTROL_CHARACTER.search(text)
+        if found:
+            code = f"U+{ord(found.group()):04X}"
+            raise InvalidInput(
+                f"{path}: {code} at position {found.start()}; FHIR strings hold no control characters but "
+                "tab, carriage return and line feed.",
+                expression=[path],
+            )
+
+
 def validate_patient(data: dict[str, Any], where: str = "Patient") -> dict[str, Any]:
     if data.get("resourceType") != "Patient":
         raise InvalidInput(
             f"Expected a Patient resource, got {data.get('resourceType')!r}.", expression=[where]
         )
+    check_no_control_characters(data, where)
     try:
         Patient.model_validate(data)
     except ValidationError as exc:

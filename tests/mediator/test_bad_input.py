@@ -23,6 +23,7 @@ def _cases(facility: str) -> list[tuple[str, bytes, dict[str, str], int, str]]:
     wrong_type = {**good, "resourceType": "Observation"}
     bad_date = {**good, "birthDate": "1987-13-45"}
     bad_gender = {**good, "gender": "M"}
+    control = {**good, "name": [{**good["name"][0], "family": good["name"][0]["family"] + "\u0000"}]}
     fhir = {"Content-Type": "application/fhir+json"}
     return [
         ("not json", b"{not json", fhir, 400, "not valid JSON"),
@@ -32,6 +33,8 @@ def _cases(facility: str) -> list[tuple[str, bytes, dict[str, str], int, str]]:
         ("identifier without system", json.dumps(no_system).encode(), fhir, 400, "system"),
         ("bad birthDate", json.dumps(bad_date).encode(), fhir, 400, "birthDate"),
         ("bad gender", json.dumps(bad_gender).encode(), fhir, 400, "gender"),
+        # FHIR strings hold no characters below U+0020 but tab, CR and LF; PostgreSQL cannot store U+0000
+        ("control character", json.dumps(control).encode(), fhir, 400, "Patient.name[0].family: U+0000"),
         (
             "unknown FHIR version",
             json.dumps(good).encode(),
@@ -44,7 +47,7 @@ def _cases(facility: str) -> list[tuple[str, bytes, dict[str, str], int, str]]:
     ]
 
 
-@pytest.mark.parametrize("index", range(10))
+@pytest.mark.parametrize("index", range(11))
 async def test_bad_patient_is_refused_and_nothing_written(client, store, facility, index):
     name, body, headers, status, words = _cases(facility)[index]
     resp = await client.post("/fhir/Patient", data=body, headers=headers)

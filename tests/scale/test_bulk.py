@@ -43,6 +43,7 @@ async def test_csv_rows_are_decided_and_a_bad_row_is_reported_with_its_line(
             {"id": "A3", **person, "gender": "x"},  # line 4: bad gender
             {"id": "A4", **person, "birth_date": "12/04/1987"},  # line 5: bad date (FHIR validation)
             {"id": "A5", "family": unique_surname(), "given": "Okello", "gender": "male"},
+            {"id": "A6", **person, "city": "Gulu\x01"},  # line 7: a control character
         ],
     )
     async with bulk.registry_in_process(settings) as registry:
@@ -51,13 +52,14 @@ async def test_csv_rows_are_decided_and_a_bad_row_is_reported_with_its_line(
         )
         state = await job.run()
     report = {int(r["row"]): r for r in _report(job)}
-    assert sorted(report) == [2, 3, 4, 5, 6]
+    assert sorted(report) == [2, 3, 4, 5, 6, 7]
     assert report[4]["error"] and "gender" in report[4]["error"]
+    assert "Patient.address[0].city: U+0001" in report[7]["error"] and not report[7]["source_id"]
     assert report[5]["error"] and not report[5]["source_id"]
     assert report[3]["outcome"] == "match"
     assert report[2]["golden_id"] == report[3]["golden_id"]
     assert float(report[3]["score"]) > 0
-    assert state.finished and state.rows_done == 6 and state.counts["error"] == 2
+    assert state.finished and state.rows_done == 7 and state.counts["error"] == 3
     sources = await store.sources_with(facility)
     assert sorted(i["value"] for s in sources for i in s["identifier"] if i["system"] == facility) == [
         "A1",
