@@ -15,10 +15,11 @@ from aiohttp import web
 
 from . import applied_rules, handlers
 from .config import ConfigHolder, RegistryConfig, RulesOrigin
-from .context import CONFIG, HAPI, HTTP_SESSION, REGISTRY, SETTINGS
+from .context import CONFIG, HAPI, HTTP_SESSION, METRICS, REGISTRY, SETTINGS
 from .errors import RegistryError, operation_outcome
 from .fhir_client import HapiClient
 from .locks import LocalKeyedLocks, LockManager
+from .metrics import Metrics
 from .registry import Registry
 from .settings import Settings
 from .tagged_sources import TaggedSources
@@ -53,6 +54,9 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
             ),
             status=500,
         )
+    metrics = request.app.get(METRICS)
+    if metrics is not None:
+        metrics.request_answered(request, response.status, time.perf_counter() - started)
     log.info(
         "request",
         extra={
@@ -84,6 +88,7 @@ def create_app(
 ) -> web.Application:
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[errors_middleware])
     app[SETTINGS] = settings
+    app[METRICS] = metrics = Metrics()
     if settings.gc_threshold:  # a process-wide setting: the process serves this app
         gc.set_threshold(*settings.gc_threshold)
     holder = ConfigHolder(
@@ -106,9 +111,11 @@ def create_app(
             hapi = HapiClient(
                 session, settings.hapi_base_url, settings.hapi_timeout_s, settings.hapi_connect_timeout_s
             )
+            hapi.metrics = metrics
             app[HAPI] = hapi
             sources = TaggedSources(hapi, settings.source_cache_records)
             app[REGISTRY] = Registry(hapi, app[CONFIG], lock_manager, settings.conflict_retries, sources)
+            app[REGISTRY].metrics = metrics
             # the rules a re-match applied (stored in HAPI) win over CR_RULES; broken ones fail start-up
             loading = await applied_rules.install(app[CONFIG], hapi)
             # and every replica notices when a re-match on another one (or a reset) changes them

@@ -7,6 +7,7 @@ from aiohttp import web
 
 from .config import ConfigHolder
 from .fhir_client import HapiClient
+from .metrics import Metrics
 from .registry import Registry, SubmissionResult
 from .settings import Settings
 
@@ -15,6 +16,7 @@ CONFIG = web.AppKey("config", ConfigHolder)
 HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)
 HAPI = web.AppKey("hapi", HapiClient)
 REGISTRY = web.AppKey("registry", Registry)
+METRICS = web.AppKey("metrics", Metrics)
 
 # per request: the registry decision, for the OpenHIM envelope's properties
 REGISTRY_RESULT = web.RequestKey("registry_result", SubmissionResult)

@@ -22,6 +22,7 @@ import numpy as np
 import orjson
 
 from .errors import Conflict, NotFound, Unprocessable, UpstreamTimeout, UpstreamUnavailable
+from .metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ class HapiClient:
         self, session: aiohttp.ClientSession, base_url: str, timeout_s: float, connect_s: float
     ) -> None:
         self._session = session
+        self.metrics: Metrics | None = None  # set by the app: timings and failures of the calls
         self.reconfigure(base_url, timeout_s, connect_s)
 
     def reconfigure(self, base_url: str, timeout_s: float, connect_s: float) -> None:
@@ -110,16 +112,20 @@ class HapiClient:
                 raw = await resp.read()
                 status = resp.status
         except TimeoutError as exc:
+            self._failed(name, "timeout")
             record.error = "timeout"
             record.finished = _now()
             log.warning("hapi call timed out", extra={"call": name, "method": method})
             raise UpstreamTimeout(f"The FHIR store did not answer in time ({name}).") from exc
         except aiohttp.ClientError as exc:
+            self._failed(name, "connection")
             record.error = type(exc).__name__
             record.finished = _now()
             log.warning("hapi call failed", extra={"call": name, "error": type(exc).__name__})
             raise UpstreamUnavailable(f"The FHIR store is unavailable ({name}).") from exc
         record.status, record.finished = status, _now()
+        if self.metrics is not None:
+            self.metrics.store_seconds.labels(name).observe(time.perf_counter() - t0)
         if recorder is not None:  # the orchestration shown in OpenHIM
             record.response_body = raw.decode("utf-8", errors="replace")
         log.debug("hapi %s %s -> %s in %.1f ms", method, name, status, (time.perf_counter() - t0) * 1000)
@@ -132,8 +138,13 @@ class HapiClient:
         if status == 404 or status == 410:
             raise NotFound(f"Not found in the FHIR store ({name}).")
         if status >= 500 or status == 429:
+            self._failed(name, "server_error")
             raise UpstreamUnavailable(f"The FHIR store failed ({name}): HTTP {status}.")
         raise Unprocessable(f"The FHIR store rejected the request ({name}): {diagnostics}")
+
+    def _failed(self, call: str, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.store_failures.labels(call, reason).inc()
 
     async def read(self, resource_type: str, resource_id: str) -> dict[str, Any] | None:
         status, payload = await self._call(

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from . import pix
 from .audit import Actor
-from .context import CONFIG, HAPI, REGISTRY, REGISTRY_RESULT
+from .context import CONFIG, HAPI, METRICS, REGISTRY, REGISTRY_RESULT
 from .errors import InvalidInput, RegistryError
 from .registry import Submission, SubmissionResult
 from .validation import parse_identifier_param, read_json, validate_bundle, validate_patient
@@ -205,6 +205,11 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus metrics (``mediator/metrics.py``): counts and timings, no ids or demographics."""
+    return request.app[METRICS].exposition()
+
+
 async def ready(request: web.Request) -> web.Response:
     """Readiness: whether submissions can be served now — the FHIR store answers its capability statement
     and the key locks can be taken (the lock database, with ``CR_LOCKS=postgres``). 200, or 503 naming
@@ -236,3 +241,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/fhir/metadata", capability_statement)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
+    app.router.add_get("/metrics", metrics)

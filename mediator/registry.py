@@ -24,6 +24,7 @@ from .config import ConfigHolder, RegistryConfig
 from .errors import Conflict, Forbidden, InvalidInput, NotFound, Unprocessable
 from .fhir_client import HapiClient
 from .locks import LockManager
+from .metrics import Metrics
 from .records import Resource
 from .review import OPEN, POSSIBLE_DUPLICATE, POTENTIAL_MATCH, WITHDRAWN, review_task
 from .tagged_sources import TaggedSources
@@ -97,6 +98,7 @@ class Registry:
         self.config = config
         self.locks = locks
         self.conflict_retries = conflict_retries
+        self.metrics: Metrics | None = None  # set by the app: decisions and conflict retries
 
     # -- entry points -------------------------------------------------------------------------------
 
@@ -146,12 +148,16 @@ class Registry:
                     if attempt == self.conflict_retries:
                         raise
                     log.info("version conflict, retrying", extra={"attempt": attempt})
+                    if self.metrics is not None:
+                        self.metrics.conflict_retries.inc()
                     continue
                 elapsed_ms = (time.perf_counter() - started) * 1000
                 out = []
                 for r in results:
                     version = versions.get(f"Patient/{r.source_id}")
                     out.append(replace(r, version=version))
+                    if self.metrics is not None:
+                        self.metrics.decisions.labels(r.outcome).inc()
                     log.info(
                         "submission decided",
                         extra={

@@ -96,6 +96,17 @@ def unique_surname() -> str:
     return name.capitalize()
 
 
+def metric_samples(exposition: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """A Prometheus text exposition as {(sample name, sorted labels): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(exposition)
+        for sample in family.samples
+    }
+
+
 def unique_phone() -> str:
     return f"+2567{uuid.uuid4().int % 10**8:08d}"
 

@@ -59,7 +59,7 @@ from aiohttp import BodyPartReader, web
 import matching
 
 from .. import applied_rules, bulk, rematch
-from ..context import CONFIG, HAPI, REGISTRY, SETTINGS
+from ..context import CONFIG, HAPI, METRICS, REGISTRY, SETTINGS
 from ..errors import Conflict, InvalidInput, NotFound, UpstreamTimeout, UpstreamUnavailable
 from ..locks import Lease
 from ..openhim import OPENHIM
@@ -88,6 +88,13 @@ class JobInfo:
     result: dict[str, Any] = field(default_factory=dict)  # dry run: the summary
     error: str = ""
     status: str = "running"  # running | finished | failed | cancelled
+
+
+WAITING = "Waiting for the FHIR store"  # a running job's error while it waits (jobs page, API, metrics)
+
+
+def waiting_for_store(info: JobInfo) -> bool:
+    return info.status == "running" and info.error.startswith(WAITING)
 
 
 def cancellable(info: JobInfo) -> bool:
@@ -144,6 +151,11 @@ class Jobs:
         while True:
             await asyncio.sleep(interval_s)  # a period, not synchronisation: jobs are looked at again
             self.adopt()
+
+    def states(self) -> list[tuple[str, str, bool]]:
+        """(kind, status, waiting for the FHIR store) of every job in the directory, for the metrics."""
+        self.refresh()
+        return [(i.kind, i.status, waiting_for_store(i)) for i in self.infos.values()]
 
     def refresh(self) -> None:
         """Read again the jobs this process does not run (another replica sharing the directory may have
@@ -234,9 +246,7 @@ class Jobs:
                     "job waits for the FHIR store",
                     extra={"job": info.id, "kind": info.kind, "error": type(exc).__name__, "retry_s": delay},
                 )
-                info.error = (
-                    f"Waiting for the FHIR store ({type(exc).__name__}: {exc}); next try in {delay:.0f} s."
-                )
+                info.error = f"{WAITING} ({type(exc).__name__}: {exc}); next try in {delay:.0f} s."
                 self.save(info)
                 next_delay = await self._wait_for_upstream(info, held, delay)
                 if next_delay is None:
@@ -406,6 +416,7 @@ def setup(app: web.Application) -> None:
     async def jobs_ctx(app: web.Application) -> AsyncIterator[None]:
         jobs = Jobs(app, Path(os.environ.get("CR_JOBS_DIR") or REPO_ROOT / "var" / "jobs"))
         app[JOBS] = jobs
+        app[METRICS].watch_jobs(jobs.states)
         jobs.resume_all()
         interval = app[SETTINGS].jobs_adopt_s
         if app[REGISTRY].locks.shared and interval > 0:  # with in-process locks, another process's jobs

@@ -22,7 +22,7 @@ from mediator.app import create_app
 from mediator.context import REGISTRY
 from mediator.settings import REPO_ROOT
 from tests.admin.conftest import AdminClient
-from tests.conftest import unique_phone, unique_surname
+from tests.conftest import metric_samples, unique_phone, unique_surname
 from tests.hapi_helpers import forward_to_hapi, is_transaction, serve_proxy
 
 
@@ -264,9 +264,18 @@ async def test_a_job_waits_while_the_fhir_store_is_down_then_finishes(
     assert progress["status"] == "running", progress
     assert progress["error"].startswith("Waiting for the FHIR store (UpstreamUnavailable"), progress
     assert losing_proxy["lost"] == 1 and delays == [UPSTREAM_RETRY_S[0]]
+    metrics = metric_samples(await (await admin.client.get("/metrics")).text())
+    assert metrics[("cr_jobs_waiting_for_fhir_store", (("kind", "bulk"),))] == 1
+    assert metrics[("cr_jobs", (("kind", "bulk"), ("status", "running")))] == 1
+    lost = (("call", "transaction"), ("reason", "server_error"))
+    assert metrics[("cr_fhir_store_failures_total", lost)] == 1
     resume.set()
     progress = await _finished(admin, "bulk-resume")
     assert progress["status"] == "finished" and progress["error"] == "", progress
+    metrics = metric_samples(await (await admin.client.get("/metrics")).text())
+    assert metrics[("cr_jobs_waiting_for_fhir_store", (("kind", "bulk"),))] == 0
+    assert metrics[("cr_jobs", (("kind", "bulk"), ("status", "finished")))] == 1
+    assert ("cr_jobs", (("kind", "bulk"), ("status", "running"))) not in metrics
     assert progress["rows_done"] == 1
     sources = await store.sources_with(facility)
     assert len(sources) == 1

@@ -1,0 +1,48 @@
+"""``GET /metrics``: Prometheus counts and timings of requests, decisions and FHIR store calls — and never an
+id, an identifier or a demographic value."""
+
+from __future__ import annotations
+
+from mediator.app import create_app
+from mediator.settings import Settings
+from tests.conftest import metric_samples, patient, unique_surname
+
+
+async def test_requests_decisions_and_store_calls_are_counted_without_ids_or_demographics(client, facility):
+    family = unique_surname()
+    first = await client.post("/fhir/Patient", json=patient(facility, "MET1", family=family))
+    second = await client.post("/fhir/Patient", json=patient(facility + "/b", "MET2", family=family))
+    assert (first.status, second.status) == (201, 201)
+    assert first.headers["X-Match-Outcome"] == "no_match" and second.headers["X-Match-Outcome"] == "match"
+    assert (await client.get("/fhir/Patient/src-nope/elsewhere")).status == 404
+
+    resp = await client.get("/metrics")
+    assert resp.status == 200 and resp.content_type == "text/plain"
+    text = await resp.text()
+    samples = metric_samples(text)
+    assert samples[("cr_decisions_total", (("outcome", "no_match"),))] == 1
+    assert samples[("cr_decisions_total", (("outcome", "match"),))] == 1
+    created = (("method", "POST"), ("route", "/fhir/Patient"), ("status", "201"))
+    assert samples[("cr_http_requests_total", created)] == 2
+    unmatched = (("method", "GET"), ("route", "unmatched"), ("status", "404"))
+    assert samples[("cr_http_requests_total", unmatched)] == 1
+    assert samples[("cr_http_request_duration_seconds_count", created[:2])] == 2
+    assert samples[("cr_fhir_store_call_duration_seconds_count", (("call", "transaction"),))] == 2
+    assert not any(name == "cr_fhir_store_failures_total" for name, _ in samples)
+    for secret in (family, "MET1", "MET2", first.headers["X-CRUID"], "src-", facility):
+        assert secret not in text
+
+
+async def test_an_unreachable_fhir_store_is_counted_as_a_failure(
+    aiohttp_client, unused_tcp_port_factory, facility
+):
+    port = unused_tcp_port_factory()  # nothing listens there
+    client = await aiohttp_client(create_app(Settings(hapi_base_url=f"http://127.0.0.1:{port}/fhir")))
+    resp = await client.post("/fhir/Patient", json=patient(facility, "DOWN", family=unique_surname()))
+    assert resp.status == 503
+    samples = metric_samples(await (await client.get("/metrics")).text())
+    failures = {labels: n for (name, labels), n in samples.items() if name == "cr_fhir_store_failures_total"}
+    assert failures and all(dict(labels)["reason"] == "connection" for labels in failures), failures
+    unavailable = (("method", "POST"), ("route", "/fhir/Patient"), ("status", "503"))
+    assert samples[("cr_http_requests_total", unavailable)] == 1
+    assert not any(name == "cr_decisions_total" for name, _ in samples)
