@@ -27,6 +27,7 @@ cluster; HAPI's own database is fine: advisory locks touch no table).
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import hashlib
 import logging
@@ -92,7 +93,8 @@ async def _give_back(pool: Any, conn: Any, undo: str, *args: Any, what: dict[str
                 await conn.execute(undo, *args)
             except Exception:
                 log.warning("locks not released cleanly; closing the connection", extra=what, exc_info=True)
-                conn.terminate()
+                with contextlib.suppress(asyncpg.InterfaceError):  # the pool took it back as it closed
+                    conn.terminate()
     finally:
         await pool.release(conn)
 

@@ -215,3 +215,35 @@ async def test_a_curation_decision_whose_lock_connection_was_lost_writes_nothing
             assert confirmed is not None and records.is_manually_linked(confirmed)
     finally:
         await locks.close()
+
+
+async def test_giving_back_a_connection_the_pool_took_back_as_it_closed_raises_nothing():
+    """The lock database ends a session just as its locks are given back: the unlock fails, and asyncpg's
+    pool, seeing the connection close, has already taken it back (its proxy refuses every call). Releasing
+    must still end quietly: the session's end released the locks. (Seen in CI: an InterfaceError from
+    ``terminate()`` failed a job's lease release.)"""
+
+    class TakenBackAsItFailed:
+        released = False
+
+        def is_closed(self) -> bool:
+            return False  # not noticed yet
+
+        async def execute(self, *args: Any) -> None:
+            self.released = True  # the pool's close callback runs before the error reaches the caller
+            raise asyncpg.exceptions.AdminShutdownError("terminating connection due to administrator command")
+
+        def terminate(self) -> None:
+            assert self.released
+            raise asyncpg.InterfaceError("cannot call Connection.terminate(): connection has been released")
+
+    class Pool:
+        def __init__(self) -> None:
+            self.given_back: list[Any] = []
+
+        async def release(self, conn: Any) -> None:
+            self.given_back.append(conn)
+
+    conn, pool = TakenBackAsItFailed(), Pool()
+    await pg_locks._give_back(pool, conn, "SELECT pg_advisory_unlock($1)", 1, what={"lease": "test"})
+    assert pool.given_back == [conn]
