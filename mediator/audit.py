@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -12,6 +13,11 @@ from .records import CLIENT_SYSTEM, ref
 
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 RESTFUL = "http://hl7.org/fhir/restful-interaction"
+AUDIT_EVENT_TYPE = "http://terminology.hl7.org/CodeSystem/audit-event-type"
+IHE_EVENT_TYPE = "urn:ihe:event-type-code"
+ENTITY_TYPE = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
+OBJECT_ROLE = "http://terminology.hl7.org/CodeSystem/object-role"
+PIX_QUERY = "ITI-83"
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,45 @@ def submission_event(*, actor: Actor, decisions: Sequence[RecordDecision]) -> di
             entities.append({"what": previous, "description": "previous golden record"})
     action = "create" if {d.action for d in decisions} == {"create"} else "update"
     return event(actor=actor, subtype=action, entities=entities, action="C" if action == "create" else "U")
+
+
+def pix_query_event(
+    *, actor: Actor, query: str, golden_id: str | None, refused: str | None
+) -> dict[str, Any]:
+    """The AuditEvent of one identifier cross-reference lookup (IHE PIXm ITI-83, as its Query audit
+    describes it): who asked, the query string (base64, as ``entity.query``) and, when the identifier was
+    known, the person's golden record — so an admin sees who looked a person up. ``refused``: why the
+    lookup was answered 4xx (outcome 4), e.g. an unknown identifier."""
+    entities: list[dict[str, Any]] = [
+        {
+            "type": {"system": ENTITY_TYPE, "code": "2"},  # system object
+            "role": {"system": OBJECT_ROLE, "code": "24"},  # query
+            "query": base64.b64encode(query.encode()).decode(),
+            "description": "identifier cross-reference query",
+        }
+    ]
+    if golden_id:
+        entities.append(
+            {
+                "what": {"reference": ref(golden_id)},
+                "type": {"system": ENTITY_TYPE, "code": "1"},  # person
+                "role": {"system": OBJECT_ROLE, "code": "1"},  # patient
+                "description": "golden record",
+            }
+        )
+    resource = event(actor=actor, subtype="search", entities=entities, action="E")
+    resource["type"] = {"system": AUDIT_EVENT_TYPE, "code": "rest", "display": "RESTful Operation"}
+    resource["subtype"].insert(
+        0,
+        {
+            "system": IHE_EVENT_TYPE,
+            "code": PIX_QUERY,
+            "display": "Mobile Patient Identifier Cross-reference Query",
+        },
+    )
+    if refused:
+        resource["outcome"], resource["outcomeDesc"] = "4", refused
+    return resource
 
 
 def details_of(entity: Mapping[str, Any]) -> dict[str, str]:

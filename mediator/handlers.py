@@ -92,7 +92,14 @@ async def ihe_pix(request: web.Request) -> web.Response:
     targets: list[str] = []
     for raw in request.query.getall("targetSystem", []):
         targets.extend(t.strip() for t in raw.split(",") if t.strip())
-    parameters = await pix.cross_references(request.app[HAPI], request.app[CONFIG].current, source, targets)
+    parameters = await pix.audited_cross_references(
+        request.app[HAPI],
+        request.app[CONFIG].current,
+        source,
+        targets,
+        actor=actor_of(request),
+        query=request.rel_url.raw_query_string,  # as sent
+    )
     return fhir_response(parameters)
 
 

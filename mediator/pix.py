@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import records
+from .audit import Actor, pix_query_event
 from .config import RegistryConfig
 from .errors import Forbidden, NotFound
 from .fhir_client import HapiClient
@@ -43,9 +44,38 @@ async def _golden_of(hapi: HapiClient, cfg: RegistryConfig, system: str, value: 
     return walk.last if walk.last is not None else golden  # never None: the walk starts from a record
 
 
+async def audited_cross_references(
+    hapi: HapiClient,
+    cfg: RegistryConfig,
+    source: tuple[str, str],
+    target_systems: list[str],
+    *,
+    actor: Actor,
+    query: str,
+) -> dict[str, Any]:
+    """:func:`cross_references`, recorded as an AuditEvent whatever its answer (found, unknown identifier,
+    unknown target domain) before it is given: no answer without its record. HAPI unavailable: 503, and
+    neither an answer nor a record."""
+    try:
+        parameters, golden_id = await cross_references(hapi, cfg, source, target_systems)
+    except (NotFound, Forbidden) as refused:
+        await _record(
+            hapi, pix_query_event(actor=actor, query=query, golden_id=None, refused=refused.diagnostics)
+        )
+        raise
+    await _record(hapi, pix_query_event(actor=actor, query=query, golden_id=golden_id, refused=None))
+    return parameters
+
+
+async def _record(hapi: HapiClient, event: dict[str, Any]) -> None:
+    entry = {"resource": event, "request": {"method": "PUT", "url": f"AuditEvent/{event['id']}"}}
+    await hapi.transaction({"resourceType": "Bundle", "type": "transaction", "entry": [entry]})
+
+
 async def cross_references(
     hapi: HapiClient, cfg: RegistryConfig, source: tuple[str, str], target_systems: list[str]
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], str]:
+    """The PIXm answer (``Parameters``) for the identifier ``source``, and the person's golden record id."""
     system, value = source
     for target in target_systems:
         if not await _known_system(hapi, cfg, target):
@@ -90,4 +120,4 @@ async def cross_references(
             )
     if not wanted or cfg.cruid_system in wanted:
         parameters.append({"name": "targetId", "valueReference": {"reference": records.ref(golden["id"])}})
-    return {"resourceType": "Parameters", "parameter": parameters}
+    return {"resourceType": "Parameters", "parameter": parameters}, golden["id"]

@@ -363,6 +363,8 @@ def _event_summary(ev: Resource, about: set[str] | None = None) -> dict[str, Any
     agent: dict[str, Any] = next(iter(ev.get("agent", [])), {})
     who = agent.get("who", {}).get("identifier", {})
     action = next((c.get("code") for c in ev.get("subtype", [])), None)
+    if action == audit.PIX_QUERY:
+        action = "identifier lookup (PIXm)"
     admin = any(c.get("system") == ADMIN_ACTION_SYSTEM for c in ev.get("subtype", []))
     entities = []
     decision = None
@@ -372,6 +374,8 @@ def _event_summary(ev: Resource, about: set[str] | None = None) -> dict[str, Any
             g for g in groups if any(records.ref_id(e.get("what", {}).get("reference")) in about for e in g)
         ] or groups
     for e in (entity for g in groups for entity in g):
+        if not e.get("what", {}).get("reference"):
+            continue  # a lookup's query: the event's action says what it was
         details = audit.details_of(e)
         item: dict[str, Any] = {
             "what": e.get("what", {}).get("reference"),

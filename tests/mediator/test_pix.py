@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+from urllib.parse import parse_qs, urlencode
+
+from mediator.admin import queries
+from mediator.fhir_client import HapiClient
 from tests.conftest import patient, unique_surname
 
 
@@ -72,3 +77,36 @@ async def test_pix_unknown_target_domain_is_403(client, facility, settings):
 async def test_pix_needs_a_source_identifier(client):
     assert (await client.get("/fhir/Patient/$ihe-pix")).status == 400
     assert (await client.get("/fhir/Patient/$ihe-pix", params={"sourceIdentifier": "nosystem"})).status == 400
+
+
+async def _lookups(store, query: str) -> list[dict]:
+    """The PIXm lookup AuditEvents whose query is ``query``."""
+    events = await store.search("AuditEvent", {"subtype": "urn:ihe:event-type-code|ITI-83", "_count": "200"})
+    return [
+        ev
+        for ev in events
+        if any(
+            parse_qs(base64.b64decode(e.get("query", "")).decode()) == parse_qs(query) for e in ev["entity"]
+        )
+    ]
+
+
+async def test_every_lookup_is_recorded_as_an_audit_event(client, store, facility, settings):
+    """Who looked whom up: the query, the client and the person's golden record (IHE PIXm's Query audit);
+    an unknown identifier is recorded too (outcome 4). The admin's history of the person lists it."""
+    _, cruid, _ = await _person(client, facility, settings)
+    query = urlencode({"sourceIdentifier": f"{facility}|X1"})
+    resp = await client.get(f"/fhir/Patient/$ihe-pix?{query}", headers={"X-OpenHIM-ClientID": "lab-app"})
+    assert resp.status == 200
+    [event] = await _lookups(store, query)
+    assert event["type"]["code"] == "rest" and event["action"] == "E" and event["outcome"] == "0"
+    assert event["agent"][0]["who"]["identifier"]["value"] == "lab-app"
+    assert [e["what"]["reference"] for e in event["entity"] if "what" in e] == [f"Patient/{cruid}"]
+    history = await queries.history(HapiClient(store.session, settings.hapi_base_url, 30, 3), cruid)
+    assert [h["action"] for h in history if h["id"] == event["id"]] == ["identifier lookup (PIXm)"]
+
+    unknown = urlencode({"sourceIdentifier": f"{facility}|NOBODY"})
+    assert (await client.get(f"/fhir/Patient/$ihe-pix?{unknown}")).status == 404
+    [refused] = await _lookups(store, unknown)
+    assert refused["outcome"] == "4" and "not known" in refused["outcomeDesc"]
+    assert not [e for e in refused["entity"] if "what" in e]
