@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Awaitable
 from typing import Any
 
 from aiohttp import web
 
-from . import pix
+from . import pix, records
 from .audit import Actor
 from .context import CONFIG, HAPI, METRICS, REGISTRY, REGISTRY_RESULT
-from .errors import InvalidInput, RegistryError
+from .errors import InvalidInput, RegistryError, UpstreamTimeout, UpstreamUnavailable
+from .metrics import REVIEW_COUNT_EVERY_S
 from .registry import Submission, SubmissionResult
+from .review import OPEN, POSSIBLE_DUPLICATE, POTENTIAL_MATCH
 from .validation import parse_identifier_param, read_json, validate_bundle, validate_patient
 
 FHIR_JSON = "application/fhir+json"
@@ -214,7 +217,18 @@ async def health(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus metrics (``mediator/metrics.py``): counts and timings, no ids or demographics."""
-    return request.app[METRICS].exposition()
+    registry_metrics = request.app[METRICS]
+    counted_at = registry_metrics.review_counted_at
+    if counted_at is None or time.monotonic() - counted_at >= REVIEW_COUNT_EVERY_S:
+        registry_metrics.review_counted_at = time.monotonic()
+        try:
+            for kind in (POTENTIAL_MATCH, POSSIBLE_DUPLICATE):
+                code = f"{records.REVIEW_TYPE_SYSTEM}|{kind}"
+                count = await request.app[HAPI].count("Task", {"status": OPEN, "code": code})
+                registry_metrics.review_open.labels(kind).set(count)
+        except (UpstreamUnavailable, UpstreamTimeout):
+            registry_metrics.review_open.clear()  # unknown, not stale (the failure is counted too)
+    return registry_metrics.exposition()
 
 
 async def ready(request: web.Request) -> web.Response:

@@ -13,6 +13,8 @@ tests; a replica is one process with one app).
 - ``cr_fhir_store_call_duration_seconds{call}``: calls the FHIR store answered (any status);
   ``cr_fhir_store_failures_total{call,reason}``: ``timeout``, ``connection`` (refused, reset) or
   ``server_error`` (5xx or 429) — what becomes a 503/504 or a job waiting for the store;
+- ``cr_review_tasks_open{kind}``: the review queue (open ``potential-match`` / ``possible-duplicate``
+  Tasks), counted in the FHIR store at most every :data:`REVIEW_COUNT_EVERY_S` (absent while it cannot be);
 - ``cr_jobs{kind,status}`` and ``cr_jobs_waiting_for_fhir_store{kind}``: admin jobs in the jobs directory at
   the time of the scrape. Replicas sharing that directory all report the same jobs: aggregate with ``max``,
   not ``sum``.
@@ -24,9 +26,18 @@ from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Iterator
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+REVIEW_COUNT_EVERY_S = 30.0  # scrapes in between show the last count
 
 # seconds: a single submission takes 15-40 ms at 100k records; bulk transactions and slow stores far more
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -96,6 +107,14 @@ class Metrics:
             ["call", "reason"],
             registry=self.registry,
         )
+
+        self.review_open = Gauge(
+            "cr_review_tasks_open",
+            "Open review Tasks (the review queue), by kind",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.review_counted_at: float | None = None  # time.monotonic() of the last count
 
     def watch_jobs(self, states: JobStates) -> None:
         self.registry.register(_JobsCollector(states))

@@ -3,8 +3,11 @@ id, an identifier or a demographic value."""
 
 from __future__ import annotations
 
+from mediator import records
 from mediator.app import create_app
+from mediator.context import METRICS
 from mediator.settings import Settings
+from tests.admin.conftest import make_pair
 from tests.conftest import metric_samples, patient, unique_surname
 
 
@@ -27,7 +30,10 @@ async def test_requests_decisions_and_store_calls_are_counted_without_ids_or_dem
     unmatched = (("method", "GET"), ("route", "unmatched"), ("status", "404"))
     assert samples[("cr_http_requests_total", unmatched)] == 1
     assert samples[("cr_http_request_duration_seconds_count", created[:2])] == 2
-    assert samples[("cr_fhir_store_call_duration_seconds_count", (("call", "transaction"),))] == 2
+    listings = (("call", "operation Patient/$tagged-versions"),)  # each submission's candidates, once
+    assert samples[("cr_fhir_store_call_duration_seconds_count", listings)] == 2
+    # (the admin's review-score index may write a transaction of its own at start)
+    assert samples[("cr_fhir_store_call_duration_seconds_count", (("call", "transaction"),))] >= 2
     assert not any(name == "cr_fhir_store_failures_total" for name, _ in samples)
     for secret in (family, "MET1", "MET2", first.headers["X-CRUID"], "src-", facility):
         assert secret not in text
@@ -46,3 +52,24 @@ async def test_an_unreachable_fhir_store_is_counted_as_a_failure(
     unavailable = (("method", "POST"), ("route", "/fhir/Patient"), ("status", "503"))
     assert samples[("cr_http_requests_total", unavailable)] == 1
     assert not any(name == "cr_decisions_total" for name, _ in samples)
+
+
+async def test_the_review_queue_is_counted_in_the_fhir_store(client, store, facility):
+    """``cr_review_tasks_open`` is the store's count of open review Tasks, counted again after
+    ``REVIEW_COUNT_EVERY_S`` (forced here): a new potential match adds one."""
+
+    async def open_tasks(kind: str) -> int:
+        params = {"status": "requested", "code": f"{records.REVIEW_TYPE_SYSTEM}|{kind}", "_summary": "count"}
+        async with store.session.get(f"{store.base_url}/Task", params=params) as resp:
+            return (await resp.json(content_type=None))["total"]
+
+    async def gauge(kind: str) -> float:
+        client.server.app[METRICS].review_counted_at = None  # the next scrape counts again
+        samples = metric_samples(await (await client.get("/metrics")).text())
+        return samples[("cr_review_tasks_open", (("kind", kind),))]
+
+    before = await gauge("potential-match")
+    assert before == await open_tasks("potential-match")
+    assert await gauge("possible-duplicate") == await open_tasks("possible-duplicate")
+    await make_pair(client, facility)
+    assert await gauge("potential-match") == before + 1
