@@ -34,6 +34,25 @@ def test_twins_with_similar_names_do_not_auto_match(rules: matching.Rules) -> No
     assert decide_one(a, b, rules).outcome != "match"
 
 
+def test_twins_whose_records_both_hold_their_names_swapped_do_not_auto_match(rules: matching.Rules) -> None:
+    """Both records give the shared family name as the given name: the names compared straight agree on
+    'Diallo' and disagree on the real given names. (A household false merge in ``bench.quality``.)"""
+    a = patient("a", "Diallo", "Cheih", gender="male", birth="2016-04-30", phone=None)  # one household's
+    b = patient("b", "Diallo", "Abdoulaie", gender="male", birth="2016-04-30", phone=None)  # address
+    d = decide_one(a, b, rules)
+    assert d.outcome == "potential" and d.scores[0].score >= rules.auto_threshold
+
+
+def test_a_married_name_alone_goes_to_review_and_a_shared_national_id_still_matches(
+    rules: matching.Rules,
+) -> None:
+    maiden = patient("a", "Maria", "Silva", phone=None, ids={})
+    married = patient("b", "Maria", "Zandamela", phone=None, ids={})
+    assert decide_one(married, maiden, rules).outcome == "potential"
+    with_nid = patient("c", "Maria", "Zandamela", phone=None, ids={NID: "123456789"})
+    assert decide_one(with_nid, dict(maiden, identifier=with_nid["identifier"]), rules).outcome == "match"
+
+
 def test_parent_and_child_namesake_do_not_auto_match(rules: matching.Rules) -> None:
     father = patient("a", ["Kwame"], "Mensah Sr.", birth="1962-08-09", gender="male")
     son = patient("b", ["Kwame"], "Mensah Jr", birth="1991-02-14", gender="male")
