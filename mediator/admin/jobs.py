@@ -1,7 +1,8 @@
 """Background jobs for HIE admins under ``/admin/jobs/…``: bulk upload and re-matching after a rules change.
 
 * ``POST /admin/jobs/bulk`` (multipart: ``file`` = .ndjson/.csv, ``system``, optional
-  ``national_id_system``) → 202 with the job's progress; the file is decided by ``mediator.bulk`` in this
+  ``national_id_system`` and ``encoding``: the file's character set when not UTF-8, e.g. ``cp1252``; it is
+  converted once, on upload) → 202 with the job's progress; the file is decided by ``mediator.bulk`` in this
   process, in the background.
 * ``POST /admin/jobs/rematch/dry-run`` ``{rules: {…}}`` or ``{rules_yaml: "…"}``, optional ``systems``
   (only the source records of these identifier systems) → 202; the job's ``result`` is the dry-run summary
@@ -42,10 +43,12 @@ again if the lock connection was lost, and stops if another replica took the job
 from __future__ import annotations
 
 import asyncio
+import codecs
 import csv
 import json
 import logging
 import os
+import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -434,6 +437,25 @@ def _jobs(request: web.Request) -> Jobs:
     return request.config_dict[JOBS]
 
 
+def _to_utf8(path: Path, encoding: str) -> None:
+    """Rewrite an uploaded file from ``encoding`` to UTF-8, which the bulk engine reads (LookupError: no
+    such encoding; UnicodeDecodeError: the file is not in it)."""
+    codec = codecs.lookup(encoding).name
+    if codec == "utf-8":
+        return
+    converted = path.with_suffix(path.suffix + ".utf8")
+    try:
+        with (
+            path.open(encoding=codec, newline="") as src,
+            converted.open("w", encoding="utf-8", newline="") as out,
+        ):
+            shutil.copyfileobj(src, out, 1 << 20)
+    except BaseException:
+        converted.unlink(missing_ok=True)
+        raise
+    os.replace(converted, path)
+
+
 def _count_rows(path: Path) -> int:
     if path.suffix == ".csv":
         with path.open(newline="", encoding="utf-8-sig") as f:
@@ -445,7 +467,7 @@ def _count_rows(path: Path) -> int:
 async def upload_bulk(request: web.Request) -> web.Response:
     if not request.content_type.startswith("multipart/"):
         raise InvalidInput(
-            "Send multipart/form-data with 'file', 'system' and optional 'national_id_system'."
+            "Send multipart/form-data with 'file', 'system' and optional 'national_id_system' and 'encoding'."
         )
     jobs = _jobs(request)
     job_id = f"bulk-{uuid.uuid4().hex[:12]}"
@@ -481,10 +503,20 @@ async def upload_bulk(request: web.Request) -> web.Response:
     cfg = request.config_dict[CONFIG].current
     national = fields.get("national_id_system") or next(iter(sorted(cfg.shared_identifier_systems)), None)
     try:
+        encoding = fields.get("encoding", "")
+        if encoding:
+            _to_utf8(saved, encoding)
         total = _count_rows(saved)
         if saved.suffix == ".csv":
             next(bulk.read_rows(saved, system, national), None)  # checks the header
-    except (ValueError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        saved.unlink()
+        raise InvalidInput(
+            f"The file is not {encoding or 'UTF-8'}: byte 0x{exc.object[exc.start]:02X} cannot be read. "
+            "Export it as UTF-8, or give its encoding in 'encoding' (e.g. cp1252 or latin-1, in which "
+            "spreadsheets often save CSV files)."
+        ) from exc
+    except (ValueError, LookupError) as exc:
         saved.unlink()
         raise InvalidInput(f"Cannot read the file: {exc}") from exc
     info = JobInfo(

@@ -50,11 +50,19 @@ def _csv_text(facility_rows: list[dict[str, str]]) -> str:
 
 
 async def _upload(
-    admin: AdminClient, text: str, system: str, csrf: str | None = None
+    admin: AdminClient,
+    text: str,
+    system: str,
+    csrf: str | None = None,
+    *,
+    saved_as: str = "utf-8",
+    encoding: str | None = None,
 ) -> aiohttp.ClientResponse:
     form = aiohttp.FormData()
     form.add_field("system", system)
-    form.add_field("file", text.encode(), filename="clinic.csv", content_type="text/csv")
+    if encoding is not None:
+        form.add_field("encoding", encoding)
+    form.add_field("file", text.encode(saved_as), filename="clinic.csv", content_type="text/csv")
     headers = {"X-CSRF-Token": admin.csrf if csrf is None else csrf}
     return await admin.client.post("/admin/jobs/bulk", data=form, headers=headers)
 
@@ -96,6 +104,30 @@ async def test_bulk_upload_progress_and_report(admin: AdminClient, facility: str
     assert started["id"] in [j["id"] for j in listing["items"]]
     page = await admin.client.get("/admin/jobs/page")
     assert page.status == 200 and started["id"] in await page.text()
+
+
+async def test_a_csv_saved_in_another_encoding_is_read_when_the_upload_names_it(
+    admin: AdminClient, facility: str, store, jobs_dir: Path
+):
+    """Spreadsheets often save CSV files as cp1252: without 'encoding' the upload is refused (400, naming
+    the field) and nothing is kept; with it, the names arrive intact."""
+    family = unique_surname() + "-Ouédraogo"
+    text = _csv_text(
+        [{"id": "E1", "family": family, "given": "Zoé", "gender": "F", "birth_date": "1990-03-04"}]
+    )
+    refused = await _upload(admin, text, facility, saved_as="cp1252")
+    assert refused.status == 400
+    diagnostics = (await refused.json())["issue"][0]["diagnostics"]
+    assert "not UTF-8: byte 0xE9" in diagnostics and "'encoding'" in diagnostics, diagnostics
+    assert list((jobs_dir / "uploads").iterdir()) == []
+    unknown = await _upload(admin, text, facility, saved_as="cp1252", encoding="klingon")
+    assert unknown.status == 400 and "klingon" in await unknown.text()
+    resp = await _upload(admin, text, facility, saved_as="cp1252", encoding="cp1252")
+    assert resp.status == 202, await resp.text()
+    progress = await _finished(admin, (await resp.json())["id"])
+    assert progress["status"] == "finished" and progress["counts"].get("error", 0) == 0, progress
+    [source] = await store.sources_with(facility)
+    assert source["name"][0]["family"] == family and source["name"][0]["given"] == ["Zoé"]
 
 
 async def test_replicas_sharing_the_jobs_directory_list_each_others_jobs(
