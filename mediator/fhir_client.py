@@ -239,6 +239,22 @@ class HapiClient:
             raise UpstreamUnavailable("The FHIR store answered a transaction without a body.")
         return payload
 
+    async def deleted_version(self, resource_type: str, resource_id: str) -> str | None:
+        """The version of the deletion when the record's latest version is one (HAPI keeps a deleted record's
+        history and refuses to create it again as new), else None."""
+        _, bundle = await self._call(
+            f"history {resource_type}",
+            "GET",
+            f"{resource_type}/{resource_id}/_history",
+            params={"_count": "1"},
+            headers={"Cache-Control": "no-store"},
+            accept_status=(404, 410),
+        )
+        latest: dict[str, Any] = next(iter((bundle or {}).get("entry", [])), {})
+        if latest.get("request", {}).get("method") != "DELETE":
+            return None
+        return latest.get("request", {}).get("url", "").rpartition("/_history/")[2] or None
+
     async def metadata(self) -> dict[str, Any] | None:
         _, payload = await self._call("metadata", "GET", "metadata")
         return payload

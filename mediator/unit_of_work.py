@@ -8,7 +8,9 @@ changed or created such a record meanwhile, HAPI refuses the whole Bundle (409/4
 the workflow then starts again from fresh reads. The key locks keep two submissions of one person apart,
 but a replica that dies with a transaction still in HAPI loses its locks at once: a retry on another
 replica could otherwise read the record as absent and overwrite it when that transaction lands, leaving a
-golden record behind. (A record deleted in HAPI directly, which the registry never does, is refused too.)
+golden record behind. A record deleted in HAPI directly (the registry never deletes) is not absent to HAPI:
+its history ends in the deletion. When HAPI refuses a record read as absent, the unit of work asks whether
+the record's latest version is a deletion, and then writes it again over that version (once).
 
 Staged resources are visible to later reads and candidate searches of the same unit of work, which lets
 one FHIR ``transaction`` request with several Patients be decided entry by entry and still be written
@@ -19,8 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from typing import Any
 
+from .errors import Conflict
 from .fhir_client import HapiClient
 from .records import (
     BLOCK_SYSTEM,
@@ -37,6 +41,8 @@ from .tagged_sources import TaggedSources
 log = logging.getLogger(__name__)
 _SERVER_META = ("versionId", "lastUpdated")  # set by HAPI; never sent back
 ABSENT_VERSION = "0"  # If-Match of a record read as absent: HAPI creates it, or refuses if it exists now
+# HAPI's refusal of such a record (HAPI-0989), naming it
+_NOT_ABSENT = re.compile(r"Trying to update (\w+)/([A-Za-z0-9.-]+)/_history/" + ABSENT_VERSION + r" but")
 
 
 class UnitOfWork:
@@ -204,7 +210,12 @@ class UnitOfWork:
         """Write everything staged at once; returns "Type/id" -> new version id."""
         if not self._staged:
             return {}
-        response = await self._hapi.transaction(self.bundle())
+        try:
+            response = await self._hapi.transaction(self.bundle())
+        except Conflict as conflict:
+            if not await self._deleted_in_hapi(conflict):
+                raise
+            response = await self._hapi.transaction(self.bundle())
         versions: dict[str, str] = {}
         for (key, resource), entry in zip(self._staged.items(), response.get("entry", []), strict=False):
             answer = entry.get("response", {})
@@ -214,6 +225,23 @@ class UnitOfWork:
                 if _source_blocks(resource):  # a candidate of later submissions: known in this version
                     self._sources.remember(resource, versions[key], answer.get("lastModified"))
         return versions
+
+    async def _deleted_in_hapi(self, conflict: Conflict) -> bool:
+        """The conflict is a record read as absent whose history ends in a deletion (someone deleted it in
+        HAPI directly): it is then written over the deletion's version. False for anything else, which is
+        a concurrent change (the workflow decides again from fresh reads)."""
+        refused = _NOT_ABSENT.search(conflict.diagnostics)
+        if refused is None:
+            return False
+        key = f"{refused.group(1)}/{refused.group(2)}"
+        if key not in self._staged or self._seen_versions.get(key, ABSENT_VERSION) is not None:
+            return False
+        deleted = await self._hapi.deleted_version(refused.group(1), refused.group(2))
+        if deleted is None:
+            return False  # created meanwhile: a true conflict
+        log.info("record deleted in the FHIR store is written again", extra={"record": key, "over": deleted})
+        self._seen_versions[key] = deleted
+        return True
 
 
 def _block(

@@ -96,3 +96,26 @@ async def test_a_submission_whose_record_lands_meanwhile_leaves_no_golden_record
         golden = await store.assert_consistent(source_id)
         listing = await store.search("Patient", {"link": records.ref(source_id)})
         assert [g["id"] for g in listing] == [golden["id"]]
+
+
+async def test_a_source_record_deleted_in_hapi_is_written_again_when_resubmitted(
+    client, store, facility, hapi_url
+):
+    """Someone deleted a source record in HAPI directly (the registry never deletes). Its history ends in
+    the deletion, so HAPI refuses to create it as new (HAPI-0989); the facility's next submission of that
+    identifier writes it again over the deletion, linked to a golden record. (Before: 409 'concurrent
+    change' on every try, for good.)"""
+    family = unique_surname()
+    record_id = records.source_record_id(facility, "DEL1")
+    # A lone record under that id (one a golden record lists cannot be deleted: referential integrity)
+    assert _transaction_now(hapi_url, [_source(record_id, family)]) == 200
+    async with store.session.delete(f"{hapi_url}/Patient/{record_id}") as deleted:
+        assert deleted.status == 200
+    assert await store.read("Patient", record_id) is None
+
+    resp = await client.post("/fhir/Patient", json=patient(facility, "DEL1", family=family))
+    assert resp.status == 201, await resp.text()
+    golden = await store.assert_consistent(record_id)
+    assert golden["id"] == resp.headers["X-CRUID"]
+    source = await store.read("Patient", record_id)
+    assert source is not None and source["meta"]["versionId"] == "3"  # created, deleted, written again
