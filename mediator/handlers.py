@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import time
 from collections.abc import Awaitable
@@ -12,7 +13,7 @@ from aiohttp import web
 
 from . import pix, records
 from .audit import Actor
-from .context import CONFIG, HAPI, METRICS, REGISTRY, REGISTRY_RESULT
+from .context import CONFIG, HAPI, METRICS, REGISTRY, REGISTRY_RESULT, SETTINGS
 from .errors import InvalidInput, RegistryError, UpstreamTimeout, UpstreamUnavailable
 from .metrics import REVIEW_COUNT_EVERY_S
 from .registry import Submission, SubmissionResult
@@ -216,7 +217,15 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus metrics (``mediator/metrics.py``): counts and timings, no ids or demographics."""
+    """Prometheus metrics (``mediator/metrics.py``): counts and timings, no ids or demographics; with
+    ``CR_METRICS_TOKEN``, only for ``Authorization: Bearer <token>`` (401 otherwise)."""
+    token = request.app[SETTINGS].metrics_token
+    if token is not None:
+        sent = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
+            return web.Response(
+                status=401, text="Metrics need the bearer token.", headers={"WWW-Authenticate": "Bearer"}
+            )
     registry_metrics = request.app[METRICS]
     counted_at = registry_metrics.review_counted_at
     if counted_at is None or time.monotonic() - counted_at >= REVIEW_COUNT_EVERY_S:

@@ -62,6 +62,8 @@ class Settings:
     rules_poll_s: float = 10.0
     # seconds between looks for jobs left running by a replica that is gone (shared key locks only); 0 = never
     jobs_adopt_s: float = 30.0
+    # GET /metrics needs "Authorization: Bearer <this>" when set; unset = open (keep the port internal)
+    metrics_token: str | None = None
     # OpenHIM (mediator/openhim.py); no URL = the mediator runs on its own
     openhim_api_url: str | None = None
     openhim_username: str = "root@openhim.org"
@@ -125,6 +127,7 @@ class Settings:
             conflict_retries=int(num("CR_CONFLICT_RETRIES", defaults.conflict_retries)),
             rules_poll_s=num("CR_RULES_POLL_S", defaults.rules_poll_s),
             jobs_adopt_s=num("CR_JOBS_ADOPT_S", defaults.jobs_adopt_s),
+            metrics_token=get("CR_METRICS_TOKEN") or None,
             openhim_api_url=get("CR_OPENHIM_API_URL") or None,
             openhim_username=get("CR_OPENHIM_USERNAME", defaults.openhim_username),
             openhim_password=get("CR_OPENHIM_PASSWORD", defaults.openhim_password),

@@ -73,3 +73,13 @@ async def test_the_review_queue_is_counted_in_the_fhir_store(client, store, faci
     assert await gauge("possible-duplicate") == await open_tasks("possible-duplicate")
     await make_pair(client, facility)
     assert await gauge("potential-match") == before + 1
+
+
+async def test_with_a_metrics_token_only_its_bearer_reads_the_metrics(aiohttp_client, settings):
+    assert Settings.from_env({}).metrics_token is None
+    guarded = Settings.from_env({"CR_METRICS_TOKEN": "s3cret", "CR_HAPI_URL": settings.hapi_base_url})
+    client = await aiohttp_client(create_app(guarded))
+    assert (await client.get("/metrics")).status == 401
+    assert (await client.get("/metrics", headers={"Authorization": "Bearer wrong"})).status == 401
+    allowed = await client.get("/metrics", headers={"Authorization": "Bearer s3cret"})
+    assert allowed.status == 200 and "cr_http_requests_total" in await allowed.text()
