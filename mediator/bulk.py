@@ -161,6 +161,8 @@ def _checked(number: int, build: Any) -> Row:
         return Row(number, None, exc.diagnostics)
     except ValueError as exc:  # json.JSONDecodeError is a ValueError
         return Row(number, None, str(exc))
+    except RecursionError:
+        return Row(number, None, "nested too deeply to read")
 
 
 # -- submitting --------------------------------------------------------------------------------------

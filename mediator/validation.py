@@ -22,6 +22,9 @@ JSON_TYPES = {"application/fhir+json", "application/json", "application/json+fhi
 # u0010 (carriage return) and u0013 (line feed)"; the models do not check it, and PostgreSQL cannot store
 # U+0000 at all (HAPI answers a transaction holding one with an error, which would look like a conflict).
 CONTROL_CHARACTER = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+# A Patient nests about 6 levels (extension in extension adds 2 each); deeper input is refused before the
+# models (and the JSON encoder towards HAPI) recurse through it
+MAX_DEPTH = 64
 
 
 def check_fhir_version(request: web.Request) -> None:
@@ -55,6 +58,8 @@ async def read_json(request: web.Request) -> dict[str, Any]:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"The body is not valid JSON: {exc}.") from exc
+    except RecursionError as exc:
+        raise InvalidInput(f"The body nests more than {MAX_DEPTH} levels deep.") from exc
     if not isinstance(data, dict):
         raise InvalidInput("The body must be a JSON object holding one FHIR resource.")
     return data
@@ -69,18 +74,25 @@ def _pydantic_problems(exc: ValidationError, prefix: str) -> tuple[str, list[str
     return "; ".join(problems), paths
 
 
-def _strings(value: Any, path: str) -> Iterator[tuple[str, str]]:
-    if isinstance(value, str):
-        yield path, value
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            yield from _strings(item, f"{path}.{key}")
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            yield from _strings(item, f"{path}[{index}]")
+def _strings(data: Any, where: str) -> Iterator[tuple[str, str]]:
+    """Every string value in ``data`` with its path, in document order, without recursion; InvalidInput
+    past :data:`MAX_DEPTH` levels."""
+    stack: list[tuple[str, Any, int]] = [(where, data, 0)]
+    while stack:
+        path, value, depth = stack.pop()
+        if isinstance(value, str):
+            yield path, value
+            continue
+        if isinstance(value, dict | list) and depth >= MAX_DEPTH:
+            raise InvalidInput(f"{path}: nested more than {MAX_DEPTH} levels deep.", expression=[path])
+        if isinstance(value, dict):
+            stack.extend((f"{path}.{k}", v, depth + 1) for k, v in reversed(list(value.items())))
+        elif isinstance(value, list):
+            stack.extend((f"{path}[{i}]", v, depth + 1) for i, v in reversed(list(enumerate(value))))
 
 
-def check_no_control_characters(data: dict[str, Any], where: str) -> None:
+def check_strings(data: dict[str, Any], where: str) -> None:
+    """No control characters (FHIR) and no nesting deeper than :data:`MAX_DEPTH`."""
     for path, text in _strings(data, where):
         found = CONTROL_CHARACTER.search(text)
         if found:
@@ -97,7 +109,7 @@ def validate_patient(data: dict[str, Any], where: str = "Patient") -> dict[str, 
         raise InvalidInput(
             f"Expected a Patient resource, got {data.get('resourceType')!r}.", expression=[where]
         )
-    check_no_control_characters(data, where)
+    check_strings(data, where)
     try:
         Patient.model_validate(data)
     except ValidationError as exc:
@@ -129,6 +141,7 @@ def validate_bundle(data: dict[str, Any]) -> dict[str, Any]:
         raise InvalidInput("Only batch and transaction Bundles are accepted.", expression=["Bundle.type"])
     # Entries are validated one by one (a batch answers per entry); check the envelope only here.
     envelope = {k: v for k, v in data.items() if k != "entry"}
+    check_strings(envelope, "Bundle")
     try:
         Bundle.model_validate(envelope)
     except ValidationError as exc:

@@ -16,6 +16,14 @@ async def _outcome(resp) -> str:
     return body["issue"][0]["diagnostics"]
 
 
+def _extensions(levels: int) -> str:
+    """An extension holding an extension, ``levels`` deep (two JSON levels each)."""
+    text = '{"url": "http://example.org/x", "valueString": "v"}'
+    for _ in range(levels):
+        text = '{"url": "http://example.org/x", "extension": [' + text + "]}"
+    return text
+
+
 def _cases(facility: str) -> list[tuple[str, bytes, dict[str, str], int, str]]:
     good = patient(facility, "BAD1", family=unique_surname())
     no_ident = {k: v for k, v in good.items() if k != "identifier"}
@@ -24,6 +32,8 @@ def _cases(facility: str) -> list[tuple[str, bytes, dict[str, str], int, str]]:
     bad_date = {**good, "birthDate": "1987-13-45"}
     bad_gender = {**good, "gender": "M"}
     control = {**good, "name": [{**good["name"][0], "family": good["name"][0]["family"] + "\u0000"}]}
+    nested = json.dumps({**good, "extension": ["NESTED"]}).replace('"NESTED"', _extensions(40))
+    deep_json = json.dumps({**good, "extension": ["DEEP"]}).replace('"DEEP"', "[" * 100_000 + "]" * 100_000)
     fhir = {"Content-Type": "application/fhir+json"}
     return [
         ("not json", b"{not json", fhir, 400, "not valid JSON"),
@@ -35,6 +45,9 @@ def _cases(facility: str) -> list[tuple[str, bytes, dict[str, str], int, str]]:
         ("bad gender", json.dumps(bad_gender).encode(), fhir, 400, "gender"),
         # FHIR strings hold no characters below U+0020 but tab, CR and LF; PostgreSQL cannot store U+0000
         ("control character", json.dumps(control).encode(), fhir, 400, "Patient.name[0].family: U+0000"),
+        # deeper than any Patient: refused before the models or the encoder recurse into it (500 before)
+        ("nested extensions", nested.encode(), fhir, 400, "nested more than 64 levels deep"),
+        ("deeply nested JSON", deep_json.encode(), fhir, 400, "nests more than 64 levels deep"),
         (
             "unknown FHIR version",
             json.dumps(good).encode(),
@@ -47,7 +60,7 @@ def _cases(facility: str) -> list[tuple[str, bytes, dict[str, str], int, str]]:
     ]
 
 
-@pytest.mark.parametrize("index", range(11))
+@pytest.mark.parametrize("index", range(13))
 async def test_bad_patient_is_refused_and_nothing_written(client, store, facility, index):
     name, body, headers, status, words = _cases(facility)[index]
     resp = await client.post("/fhir/Patient", data=body, headers=headers)

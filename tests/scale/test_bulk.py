@@ -183,3 +183,27 @@ def test_unknown_csv_columns_are_refused_together(tmp_path):
 
 def test_registry_error_is_the_row_error_type():
     assert issubclass(bulk.UpstreamUnavailable, RegistryError)
+
+
+def test_ndjson_lines_too_deep_or_with_control_characters_are_row_errors(tmp_path):
+    """Each such line is reported with its number; the lines around it are read (before, a line nested
+    deeper than Python's recursion limit stopped the whole job)."""
+    good = patient("urn:s", "1", family="Okello")
+    path = tmp_path / "c.ndjson"
+    lines = [
+        json.dumps(good),
+        json.dumps({**good, "extension": ["DEEP"]}).replace('"DEEP"', "[" * 50_000 + "]" * 50_000),
+        json.dumps({**good, "extension": ["NESTED"]}).replace(
+            '"NESTED"',
+            '{"url": "http://x", "extension": [' * 40 + '{"url": "http://x", "valueString": "v"}' + "]}" * 40,
+        ),
+        json.dumps({**good, "gender": "female\u0007"}),
+        json.dumps(good),
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    rows = list(bulk.read_rows(path, "urn:s", None))
+    assert [r.number for r in rows] == [1, 2, 3, 4, 5]
+    assert rows[0].patient is not None and rows[4].patient is not None
+    assert rows[1].patient is None and "nested too deeply" in (rows[1].error or "")
+    assert rows[2].patient is None and "nested more than 64 levels deep" in (rows[2].error or "")
+    assert rows[3].patient is None and "Patient.gender: U+0007" in (rows[3].error or "")
