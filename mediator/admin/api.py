@@ -32,7 +32,7 @@ async def body(request: web.Request) -> dict[str, Any]:
         raise InvalidInput("Send a JSON body (Content-Type: application/json).")
     try:
         data = await request.json()
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested too deeply
         raise InvalidInput("The body is not valid JSON.") from exc
     if not isinstance(data, dict):
         raise InvalidInput("The body must be a JSON object.")

@@ -545,6 +545,8 @@ async def _rules_body(request: web.Request) -> dict[str, Any]:
             doc = yaml.safe_load(data["rules_yaml"])
         except yaml.YAMLError as exc:
             raise InvalidInput(f"rules_yaml is not valid YAML: {exc}") from exc
+        except RecursionError as exc:
+            raise InvalidInput("rules_yaml is nested too deeply.") from exc
     if not isinstance(doc, dict):
         raise InvalidInput("Give the new rules: 'rules' (an object) or 'rules_yaml' (the YAML text).")
     try:

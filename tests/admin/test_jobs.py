@@ -165,6 +165,14 @@ async def test_rematch_dry_run_then_apply(admin: AdminClient, facility: str, sto
     doc["deterministic"] = []
     bad = await admin.post("/admin/jobs/rematch/dry-run", {"rules": {"name": "x"}}, status=400)
     assert bad["resourceType"] == "OperationOutcome"
+    deep = await admin.post("/admin/jobs/rematch/dry-run", {"rules_yaml": "[" * 50_000}, status=400)
+    assert "nested too deeply" in deep["issue"][0]["diagnostics"]  # a 500 before
+    deep_json = await admin.client.post(
+        "/admin/jobs/rematch/dry-run",
+        data="[" * 50_000 + "]" * 50_000,
+        headers={"X-CSRF-Token": admin.csrf, "Content-Type": "application/json"},
+    )
+    assert deep_json.status == 400, await deep_json.text()  # a 500 before
     dry = await admin.post(
         "/admin/jobs/rematch/dry-run", {"rules_yaml": yaml.safe_dump(doc), "systems": [facility]}, status=202
     )
