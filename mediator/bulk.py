@@ -128,6 +128,24 @@ def csv_patient(record: dict[str, str], system: str, national_id_system: str | N
     return patient
 
 
+def csv_records(reader: Iterator[Any]) -> Iterator[tuple[int, Any]]:
+    """(line number, record) of a ``csv`` reader or ``DictReader``, with a line it cannot read as its
+    ``csv.Error`` in place of the record, and the lines after it read on."""
+    lines: Any = getattr(reader, "reader", reader)  # a DictReader counts lines only after a good record
+    while True:
+        before = lines.line_num
+        try:
+            record = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            if lines.line_num == before:
+                raise  # nothing consumed: it would fail again
+            yield lines.line_num, exc
+            continue
+        yield lines.line_num, record
+
+
 def read_rows(path: Path, system: str | None, national_id_system: str | None) -> Iterator[Row]:
     """Every data row of the file as a validated Patient, or an error with its line number."""
     if path.suffix.lower() == ".csv":
@@ -140,8 +158,11 @@ def read_rows(path: Path, system: str | None, national_id_system: str | None) ->
                 raise ValueError(
                     f"CSV columns: unknown {unknown}, or no id column; known: {', '.join(CSV_COLUMNS)}"
                 )
-            for record in reader:
-                yield _checked(reader.line_num, lambda r=record: csv_patient(r, system, national_id_system))
+            for line_num, record in csv_records(reader):
+                if isinstance(record, csv.Error):  # e.g. a field over the csv module's 128 KiB limit
+                    yield Row(line_num, None, f"unreadable CSV line: {record}")
+                    continue
+                yield _checked(line_num, lambda r=record: csv_patient(r, system, national_id_system))
         return
     with path.open(encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):

@@ -459,7 +459,7 @@ def _to_utf8(path: Path, encoding: str) -> None:
 def _count_rows(path: Path) -> int:
     if path.suffix == ".csv":
         with path.open(newline="", encoding="utf-8-sig") as f:
-            return max(0, sum(1 for _ in csv.reader(f)) - 1)
+            return max(0, sum(1 for _ in bulk.csv_records(csv.reader(f))) - 1)
     with path.open(encoding="utf-8") as f:
         return sum(1 for line in f if line.strip())
 
@@ -516,7 +516,7 @@ async def upload_bulk(request: web.Request) -> web.Response:
             "Export it as UTF-8, or give its encoding in 'encoding' (e.g. cp1252 or latin-1, in which "
             "spreadsheets often save CSV files)."
         ) from exc
-    except (ValueError, LookupError) as exc:
+    except (ValueError, LookupError, csv.Error) as exc:
         saved.unlink()
         raise InvalidInput(f"Cannot read the file: {exc}") from exc
     info = JobInfo(

@@ -391,3 +391,26 @@ async def test_a_bulk_job_cancelled_on_another_replica_stops_after_its_window(
     reported = [r["source_id"] for r in csv.DictReader(io.StringIO(await report.text()))]
     stored = sorted(p["id"] for p in await store.sources_with(facility))
     assert len(reported) == 50 and sorted(reported) == stored
+
+
+async def test_a_csv_line_the_csv_reader_cannot_read_is_a_row_error(admin: AdminClient, facility: str, store):
+    """A field over the csv module's limit (128 KiB) made the upload answer 500; now that line is reported
+    with its number and the other lines are loaded."""
+    rows = [
+        {"id": "L1", "family": unique_surname(), "given": unique_surname(), "gender": "F"},
+        {"id": "L2", "family": "x" * 200_000, "given": "Ana", "gender": "F"},
+        {"id": "L3", "family": unique_surname(), "given": unique_surname(), "gender": "M"},
+    ]
+    resp = await _upload(admin, _csv_text(rows), facility)
+    assert resp.status == 202, await resp.text()
+    started = await resp.json()
+    assert started["rows_total"] == 3
+    progress = await _finished(admin, started["id"])
+    assert progress["status"] == "finished" and progress["counts"]["error"] == 1, progress
+    report = await admin.client.get(f"/admin/jobs/{started['id']}/report.csv")
+    by_row = {int(r["row"]): r for r in csv.DictReader(io.StringIO(await report.text()))}
+    assert "field larger than field limit" in by_row[3]["error"]
+    assert sorted(i["value"] for s in await store.sources_with(facility) for i in s["identifier"]) == [
+        "L1",
+        "L3",
+    ]
