@@ -83,7 +83,7 @@ async def update_patient(request: web.Request) -> web.Response:
 
 
 async def conditional_update_patient(request: web.Request) -> web.Response:
-    if set(request.query) != {"identifier"}:
+    if set(request.query) != {"identifier"} or len(request.query.getall("identifier")) != 1:
         raise InvalidInput("Conditional update needs exactly one search parameter: identifier=system|value.")
     conditional = parse_identifier_param(request.query.get("identifier"), "identifier")
     patient = validate_patient(await read_json(request))
@@ -112,6 +112,8 @@ def _entry_submission(entry: Any, index: int, actor: Actor) -> Submission:
     if not isinstance(entry, dict):
         raise InvalidInput("Each Bundle entry must be an object.", expression=[where])
     request = entry.get("request") or {}
+    if not isinstance(request, dict):
+        raise InvalidInput("Bundle.entry.request must be an object.", expression=[f"{where}.request"])
     method = str(request.get("method", "")).upper()
     url = str(request.get("url", ""))
     resource = entry.get("resource")

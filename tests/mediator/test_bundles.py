@@ -53,6 +53,10 @@ async def test_transaction_is_all_or_nothing(client, store, facility):
     body = await resp.json(content_type=None)
     assert "Bundle.entry[1]" in str(body)
     assert await store.sources_with(facility) == []
+    bundle["entry"][1] = {"request": "PUT", "resource": patient(facility, "T2", family=family)}
+    not_an_object = await client.post("/fhir", json=bundle)  # a 500 before
+    assert not_an_object.status == 400 and "Bundle.entry[1].request" in await not_an_object.text()
+    assert await store.sources_with(facility) == []
 
 
 async def test_transaction_links_entries_to_each_other(client, store, facility):

@@ -147,6 +147,12 @@ async def test_conditional_update_by_identifier(client, store, facility):
         json=patient(facility, "C1", family=family),
     )
     assert mismatch.status == 400
+    two = await client.put(  # which one would it be? (the first was taken before)
+        "/fhir/Patient",
+        params=[("identifier", f"{facility}|C1"), ("identifier", f"{facility}|C2")],
+        json=patient(facility, "C1", family=family),
+    )
+    assert two.status == 400 and "exactly one" in await two.text()
 
 
 async def test_put_to_a_golden_record_is_refused(client, facility):
