@@ -2,7 +2,7 @@
 
     python -m mediator.bulk load FILE --system URI [--registry URL | (in-process: CR_* settings)]
                                       [--batch 50] [--concurrency 2] [--window 2000]
-                                      [--job-dir var/bulk]
+                                      [--job-dir var/bulk] [--encoding cp1252]
 
 Rows are read in windows of ``--window`` rows (default 40 batches); within a window, rows sharing a
 frequent blocking key are grouped into the same batch (a large block is then searched once, not once per
@@ -20,6 +20,9 @@ order: ``row,source_id,outcome,golden_id,cruid,score,rule,error,seq`` (outcome: 
 no_match, the registry's own words; in ``--registry`` mode the FHIR API gives no scores: outcome
 ``created``/``updated``; ``seq``: the order in which the rows were decided).
 
+The file is read as UTF-8 unless ``--encoding`` names its character set (spreadsheets often save CSV files as
+cp1252 or latin-1); a byte the encoding cannot read stops the job with a message (exit 2).
+
 CSV columns (header row; names are case-insensitive; empty cells are left out; unknown columns are an error):
 
     id           required  the record's number at the facility -> identifier {system: --system, value: id}
@@ -35,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import codecs
 import csv
 import hashlib
 import json
@@ -146,12 +150,16 @@ def csv_records(reader: Iterator[Any]) -> Iterator[tuple[int, Any]]:
         yield lines.line_num, record
 
 
-def read_rows(path: Path, system: str | None, national_id_system: str | None) -> Iterator[Row]:
-    """Every data row of the file as a validated Patient, or an error with its line number."""
+def read_rows(
+    path: Path, system: str | None, national_id_system: str | None, encoding: str = "utf-8"
+) -> Iterator[Row]:
+    """Every data row of the file as a validated Patient, or an error with its line number. ``encoding``:
+    the file's character set (LookupError when unknown; a byte it cannot decode stops the reading)."""
     if path.suffix.lower() == ".csv":
         if not system:
             raise ValueError("a CSV file needs --system (the facility's identifier system)")
-        with path.open(newline="", encoding="utf-8-sig") as f:
+        utf8 = codecs.lookup(encoding).name == "utf-8"
+        with path.open(newline="", encoding="utf-8-sig" if utf8 else encoding) as f:
             reader = csv.DictReader(f)
             unknown = [c for c in reader.fieldnames or [] if c.strip().lower() not in CSV_COLUMNS]
             if unknown or "id" not in [c.strip().lower() for c in reader.fieldnames or []]:
@@ -164,7 +172,7 @@ def read_rows(path: Path, system: str | None, national_id_system: str | None) ->
                     continue
                 yield _checked(line_num, lambda r=record: csv_patient(r, system, national_id_system))
         return
-    with path.open(encoding="utf-8") as f:
+    with path.open(encoding=encoding) as f:
         for number, line in enumerate(f, start=1):
             if line.strip():
                 yield _checked(number, lambda line=line: json.loads(line))
@@ -305,13 +313,14 @@ class BulkJob:
         system: str | None,
         job_dir: Path,
         national_id_system: str | None = None,
+        encoding: str = "utf-8",
         batch_size: int = 50,
         concurrency: int = 2,
         window: int | None = None,
         progress: Any = None,
     ) -> None:
         self.path, self.submitter, self.system = path, submitter, system
-        self.national_id_system = national_id_system
+        self.national_id_system, self.encoding = national_id_system, encoding
         self.batch_size, self.concurrency = max(1, batch_size), max(1, concurrency)
         self.window = max(self.batch_size, window or WINDOW_BATCHES * self.batch_size)
         ident = hashlib.sha256(f"{path.resolve()}|{system}".encode()).hexdigest()[:12]
@@ -349,7 +358,7 @@ class BulkJob:
         if self.state.finished:
             return self.state
         started = time.perf_counter() - self.state.seconds
-        rows = read_rows(self.path, self.system, self.national_id_system)
+        rows = read_rows(self.path, self.system, self.national_id_system, self.encoding)
         report_file, writer = self._open_report()
         try:
             todo = (r for r in rows if r.number > self.state.rows_done)
@@ -548,6 +557,7 @@ async def load(args: argparse.Namespace) -> JobState:
         system=args.system,
         job_dir=Path(args.job_dir),
         national_id_system=national,
+        encoding=args.encoding,
         batch_size=args.batch,
         concurrency=args.concurrency,
         window=args.window,
@@ -587,6 +597,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("file")
     p.add_argument("--system", help="the facility's identifier system (required for CSV)")
     p.add_argument("--national-id-system", help="identifier system of the CSV national_id column")
+    p.add_argument(
+        "--encoding", default="utf-8", help="the file's character set, e.g. cp1252 (default utf-8)"
+    )
     p.add_argument("--registry", help="base URL of a running mediator; default: decide in this process")
     p.add_argument("--batch", type=int, default=50, help="submissions per HAPI transaction (default 50)")
     p.add_argument("--concurrency", type=int, default=2, help="batches in flight (default 2)")
@@ -596,7 +609,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         state = asyncio.run(load(args))
-    except ValueError as exc:
+    except (ValueError, LookupError) as exc:  # a UnicodeDecodeError is a ValueError
         print(f"bulk: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(asdict(state)))

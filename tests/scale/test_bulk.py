@@ -6,6 +6,8 @@ import csv
 import json
 import subprocess
 import sys
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -207,3 +209,31 @@ def test_ndjson_lines_too_deep_or_with_control_characters_are_row_errors(tmp_pat
     assert rows[1].patient is None and "nested too deeply" in (rows[1].error or "")
     assert rows[2].patient is None and "nested more than 64 levels deep" in (rows[2].error or "")
     assert rows[3].patient is None and "Patient.gender: U+0007" in (rows[3].error or "")
+
+
+def test_cli_reads_a_csv_in_the_encoding_it_is_given(hapi_url, facility, tmp_path):
+    family = unique_surname() + "-Ouédraogo"
+    path = tmp_path / "w.csv"
+    path.write_bytes(f"id,family,given,gender\nW1,{family},Zoé,F\n".encode("cp1252"))
+
+    def load(*extra: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "mediator.bulk", "load", str(path), "--system", facility]
+        return subprocess.run(
+            [*command, "--job-dir", str(tmp_path / "jobs"), *extra],
+            cwd=REPO,
+            env={"CR_HAPI_URL": hapi_url, "PATH": "/usr/bin:/bin"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    as_utf8 = load()
+    assert as_utf8.returncode == 2 and "can't decode byte 0xe9" in as_utf8.stderr, as_utf8.stderr
+    assert load("--encoding", "klingon").returncode == 2
+    as_cp1252 = load("--encoding", "cp1252")
+    assert as_cp1252.returncode == 0, as_cp1252.stderr
+    query = urllib.parse.urlencode({"identifier": f"{facility}|W1"})
+    with urllib.request.urlopen(f"{hapi_url}/Patient?{query}", timeout=60) as response:
+        [entry] = json.load(response)["entry"]
+    name = entry["resource"]["name"][0]
+    assert name["family"] == family and name["given"] == ["Zoé"]
