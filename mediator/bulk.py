@@ -150,6 +150,12 @@ def csv_records(reader: Iterator[Any]) -> Iterator[tuple[int, Any]]:
         yield lines.line_num, record
 
 
+def csv_encoding(encoding: str) -> str:
+    """How to open a CSV file in ``encoding``: UTF-8 ones may start with the byte-order mark spreadsheets
+    write (LookupError when the encoding is unknown)."""
+    return "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
+
+
 def read_rows(
     path: Path, system: str | None, national_id_system: str | None, encoding: str = "utf-8"
 ) -> Iterator[Row]:
@@ -158,8 +164,7 @@ def read_rows(
     if path.suffix.lower() == ".csv":
         if not system:
             raise ValueError("a CSV file needs --system (the facility's identifier system)")
-        utf8 = codecs.lookup(encoding).name == "utf-8"
-        with path.open(newline="", encoding="utf-8-sig" if utf8 else encoding) as f:
+        with path.open(newline="", encoding=csv_encoding(encoding)) as f:
             reader = csv.DictReader(f)
             unknown = [c for c in reader.fieldnames or [] if c.strip().lower() not in CSV_COLUMNS]
             if unknown or "id" not in [c.strip().lower() for c in reader.fieldnames or []]:

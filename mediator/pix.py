@@ -9,6 +9,7 @@ from .audit import Actor, pix_query_event
 from .config import RegistryConfig
 from .errors import Forbidden, NotFound
 from .fhir_client import HapiClient
+from .unit_of_work import UnitOfWork
 
 MAX_SOURCES = 1000
 
@@ -68,8 +69,9 @@ async def audited_cross_references(
 
 
 async def _record(hapi: HapiClient, event: dict[str, Any]) -> None:
-    entry = {"resource": event, "request": {"method": "PUT", "url": f"AuditEvent/{event['id']}"}}
-    await hapi.transaction({"resourceType": "Bundle", "type": "transaction", "entry": [entry]})
+    uow = UnitOfWork(hapi)
+    uow.put(event)
+    await uow.commit()
 
 
 async def cross_references(

@@ -1,8 +1,8 @@
 """Background jobs for HIE admins under ``/admin/jobs/…``: bulk upload and re-matching after a rules change.
 
 * ``POST /admin/jobs/bulk`` (multipart: ``file`` = .ndjson/.csv, ``system``, optional
-  ``national_id_system`` and ``encoding``: the file's character set when not UTF-8, e.g. ``cp1252``; it is
-  converted once, on upload) → 202 with the job's progress; the file is decided by ``mediator.bulk`` in this
+  ``national_id_system`` and ``encoding``: the file's character set when not UTF-8, e.g. ``cp1252``, checked
+  on upload) → 202 with the job's progress; the file is decided by ``mediator.bulk`` in this
   process, in the background.
 * ``POST /admin/jobs/rematch/dry-run`` ``{rules: {…}}`` or ``{rules_yaml: "…"}``, optional ``systems``
   (only the source records of these identifier systems) → 202; the job's ``result`` is the dry-run summary
@@ -43,12 +43,10 @@ again if the lock connection was lost, and stops if another replica took the job
 from __future__ import annotations
 
 import asyncio
-import codecs
 import csv
 import json
 import logging
 import os
-import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -356,6 +354,7 @@ class Jobs:
                 system=p["system"],
                 job_dir=self.dir / "bulk",
                 national_id_system=p.get("national_id_system"),
+                encoding=p.get("encoding", "utf-8"),
                 progress=lambda _state: self._stop_if_cancelled(info.id),
             )
         return self.bulk_jobs[info.id]
@@ -437,30 +436,12 @@ def _jobs(request: web.Request) -> Jobs:
     return request.config_dict[JOBS]
 
 
-def _to_utf8(path: Path, encoding: str) -> None:
-    """Rewrite an uploaded file from ``encoding`` to UTF-8, which the bulk engine reads (LookupError: no
-    such encoding; UnicodeDecodeError: the file is not in it)."""
-    codec = codecs.lookup(encoding).name
-    if codec == "utf-8":
-        return
-    converted = path.with_suffix(path.suffix + ".utf8")
-    try:
-        with (
-            path.open(encoding=codec, newline="") as src,
-            converted.open("w", encoding="utf-8", newline="") as out,
-        ):
-            shutil.copyfileobj(src, out, 1 << 20)
-    except BaseException:
-        converted.unlink(missing_ok=True)
-        raise
-    os.replace(converted, path)
-
-
-def _count_rows(path: Path) -> int:
+def _count_rows(path: Path, encoding: str) -> int:
+    """Rows of the uploaded file, read whole: an encoding it is not in fails here, at upload."""
     if path.suffix == ".csv":
-        with path.open(newline="", encoding="utf-8-sig") as f:
+        with path.open(newline="", encoding=bulk.csv_encoding(encoding)) as f:
             return max(0, sum(1 for _ in bulk.csv_records(csv.reader(f))) - 1)
-    with path.open(encoding="utf-8") as f:
+    with path.open(encoding=encoding) as f:
         return sum(1 for line in f if line.strip())
 
 
@@ -502,19 +483,17 @@ async def upload_bulk(request: web.Request) -> web.Response:
         raise InvalidInput("Give the facility's identifier system ('system').")
     cfg = request.config_dict[CONFIG].current
     national = fields.get("national_id_system") or next(iter(sorted(cfg.shared_identifier_systems)), None)
+    encoding = fields.get("encoding") or "utf-8"
     try:
-        encoding = fields.get("encoding", "")
-        if encoding:
-            _to_utf8(saved, encoding)
-        total = _count_rows(saved)
+        total = _count_rows(saved, encoding)
         if saved.suffix == ".csv":
-            next(bulk.read_rows(saved, system, national), None)  # checks the header
+            next(bulk.read_rows(saved, system, national, encoding), None)  # checks the header
     except UnicodeDecodeError as exc:
         saved.unlink()
         raise InvalidInput(
-            f"The file is not {encoding or 'UTF-8'}: byte 0x{exc.object[exc.start]:02X} cannot be read. "
-            "Export it as UTF-8, or give its encoding in 'encoding' (e.g. cp1252 or latin-1, in which "
-            "spreadsheets often save CSV files)."
+            f"The file is not {fields.get('encoding') or 'UTF-8'}: byte 0x{exc.object[exc.start]:02X} cannot "
+            "be read. Export it as UTF-8, or give its encoding in 'encoding' (e.g. cp1252 or latin-1, in "
+            "which spreadsheets often save CSV files)."
         ) from exc
     except (ValueError, LookupError, csv.Error) as exc:
         saved.unlink()
@@ -528,6 +507,7 @@ async def upload_bulk(request: web.Request) -> web.Response:
             "filename": filename,
             "system": system,
             "national_id_system": national,
+            "encoding": encoding,
             "rows_total": total,
         },
     )
