@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-import time
 from collections.abc import Awaitable
 from typing import Any
 
@@ -14,8 +13,7 @@ from aiohttp import web
 from . import pix, records
 from .audit import Actor
 from .context import CONFIG, HAPI, METRICS, REGISTRY, REGISTRY_RESULT, SETTINGS
-from .errors import InvalidInput, RegistryError, UpstreamTimeout, UpstreamUnavailable
-from .metrics import REVIEW_COUNT_EVERY_S
+from .errors import InvalidInput, RegistryError
 from .registry import Submission, SubmissionResult
 from .review import OPEN, POSSIBLE_DUPLICATE, POTENTIAL_MATCH
 from .validation import parse_identifier_param, read_json, validate_bundle, validate_patient
@@ -228,18 +226,14 @@ async def metrics(request: web.Request) -> web.Response:
             return web.Response(
                 status=401, text="Metrics need the bearer token.", headers={"WWW-Authenticate": "Bearer"}
             )
-    registry_metrics = request.app[METRICS]
-    counted_at = registry_metrics.review_counted_at
-    if counted_at is None or time.monotonic() - counted_at >= REVIEW_COUNT_EVERY_S:
-        registry_metrics.review_counted_at = time.monotonic()
-        try:
-            for kind in (POTENTIAL_MATCH, POSSIBLE_DUPLICATE):
-                code = f"{records.REVIEW_TYPE_SYSTEM}|{kind}"
-                count = await request.app[HAPI].count("Task", {"status": OPEN, "code": code})
-                registry_metrics.review_open.labels(kind).set(count)
-        except (UpstreamUnavailable, UpstreamTimeout):
-            registry_metrics.review_open.clear()  # unknown, not stale (the failure is counted too)
-    return registry_metrics.exposition()
+    hapi = request.app[HAPI]
+
+    async def open_review_tasks(kind: str) -> int:
+        code = f"{records.REVIEW_TYPE_SYSTEM}|{kind}"
+        return await hapi.count("Task", {"status": OPEN, "code": code})
+
+    await request.app[METRICS].count_review_queue(open_review_tasks, (POTENTIAL_MATCH, POSSIBLE_DUPLICATE))
+    return request.app[METRICS].exposition()
 
 
 async def ready(request: web.Request) -> web.Response:

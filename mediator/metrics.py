@@ -22,8 +22,9 @@ tests; a replica is one process with one app).
 
 from __future__ import annotations
 
+import time
 from collections import Counter as Tally
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 
 from aiohttp import web
 from prometheus_client import (
@@ -36,6 +37,8 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from .errors import UpstreamTimeout, UpstreamUnavailable
 
 REVIEW_COUNT_EVERY_S = 30.0  # scrapes in between show the last count
 
@@ -115,6 +118,21 @@ class Metrics:
             registry=self.registry,
         )
         self.review_counted_at: float | None = None  # time.monotonic() of the last count
+
+    async def count_review_queue(
+        self, open_tasks: Callable[[str], Awaitable[int]], kinds: Iterable[str]
+    ) -> None:
+        """Set ``cr_review_tasks_open`` from ``open_tasks(kind)`` (a count in the FHIR store) when the last
+        count is :data:`REVIEW_COUNT_EVERY_S` old; cleared (unknown, not stale) when the store fails."""
+        counted_at = self.review_counted_at
+        if counted_at is not None and time.monotonic() - counted_at < REVIEW_COUNT_EVERY_S:
+            return
+        self.review_counted_at = time.monotonic()
+        try:
+            for kind in kinds:
+                self.review_open.labels(kind).set(await open_tasks(kind))
+        except (UpstreamUnavailable, UpstreamTimeout):
+            self.review_open.clear()  # the failure is counted too
 
     def watch_jobs(self, states: JobStates) -> None:
         self.registry.register(_JobsCollector(states))
