@@ -5,6 +5,7 @@ RegistryError                     base; ``status`` and FHIR ``issue.code``
 ├── Forbidden             403     the caller may not do this (identifier system of another client)
 ├── NotFound              404     unknown record or identifier
 ├── Conflict              409     the record changed under us; ``retryable`` tells the workflow to try again
+├── Ambiguous             409     an identifier names records of more than one person (never answer with one)
 ├── PayloadTooLarge       413     body over the configured limit
 ├── Unprocessable         422     well-formed FHIR that the registry cannot accept (no usable identifier)
 ├── UpstreamUnavailable   503     HAPI (or another upstream) refused, is down or answered 5xx
@@ -54,6 +55,11 @@ class Conflict(RegistryError):
     def __init__(self, diagnostics: str, *, retryable: bool = True) -> None:
         super().__init__(diagnostics)
         self.retryable = retryable
+
+
+class Ambiguous(RegistryError):
+    status = 409
+    code = "multiple-matches"
 
 
 class PayloadTooLarge(RegistryError):

@@ -22,6 +22,7 @@ import numpy as np
 import orjson
 
 from .errors import Conflict, NotFound, Unprocessable, UpstreamTimeout, UpstreamUnavailable
+from .identifiers import is_fhir_id
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -147,6 +148,10 @@ class HapiClient:
             self.metrics.store_failures.labels(call, reason).inc()
 
     async def read(self, resource_type: str, resource_id: str) -> dict[str, Any] | None:
+        """The record, or None when it does not exist. An id that is not a FHIR id names no record (and
+        never goes into the URL, where ``x/_history/1`` or ``x?…`` would read something else)."""
+        if not is_fhir_id(resource_id):
+            return None
         status, payload = await self._call(
             f"read {resource_type}", "GET", f"{resource_type}/{resource_id}", accept_status=(404, 410)
         )
@@ -242,6 +247,8 @@ class HapiClient:
     async def deleted_version(self, resource_type: str, resource_id: str) -> str | None:
         """The version of the deletion when the record's latest version is one (HAPI keeps a deleted record's
         history and refuses to create it again as new), else None."""
+        if not is_fhir_id(resource_id):
+            return None
         _, bundle = await self._call(
             f"history {resource_type}",
             "GET",

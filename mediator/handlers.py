@@ -16,7 +16,7 @@ from .context import CONFIG, HAPI, METRICS, REGISTRY, REGISTRY_RESULT, SETTINGS
 from .errors import InvalidInput, RegistryError
 from .registry import Submission, SubmissionResult
 from .review import OPEN, POSSIBLE_DUPLICATE, POTENTIAL_MATCH
-from .validation import parse_identifier_param, read_json, validate_bundle, validate_patient
+from .validation import check_id, parse_identifier_param, read_json, validate_bundle, validate_patient
 
 FHIR_JSON = "application/fhir+json"
 
@@ -72,8 +72,8 @@ async def create_patient(request: web.Request) -> web.Response:
 
 
 async def update_patient(request: web.Request) -> web.Response:
+    target_id = check_id(request.match_info["id"], "Patient.id")
     patient = validate_patient(await read_json(request))
-    target_id = request.match_info["id"]
     if patient.get("id") not in (None, target_id):
         raise InvalidInput("Patient.id must equal the id in the URL.", expression=["Patient.id"])
     submission = Submission(patient=patient, actor=actor_of(request), target_id=target_id)
@@ -134,7 +134,8 @@ def _entry_submission(entry: Any, index: int, actor: Actor) -> Submission:
             conditional=parse_identifier_param(query["identifier"][0], "identifier"),
         )
     if method == "PUT" and url.startswith("Patient/") and url.count("/") == 1:
-        return Submission(patient=patient, actor=actor, target_id=url.split("/", 1)[1])
+        target_id = check_id(url.split("/", 1)[1], f"{where}.request.url")
+        return Submission(patient=patient, actor=actor, target_id=target_id)
     raise InvalidInput(
         "Entries must be POST Patient, PUT Patient/{id} or PUT Patient?identifier=system|value.",
         expression=[f"{where}.request"],

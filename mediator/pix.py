@@ -1,4 +1,10 @@
-"""IHE PIXm cross-reference lookup: every identifier the registry holds for the same person."""
+"""IHE PIXm cross-reference lookup: every identifier the registry holds for the same person.
+
+The identifier looked up is found by an escaped token search and then checked against each record found
+(HAPI trims and truncates indexed values; only a record that holds exactly this identifier, in its normal
+form, counts). An identifier held by records of two people is refused, never answered with one of them.
+Behind OpenHIM with a client map, a caller sees only the identifier domains the map gives it.
+"""
 
 from __future__ import annotations
 
@@ -7,42 +13,73 @@ from typing import Any
 from . import records
 from .audit import Actor, pix_query_event
 from .config import RegistryConfig
-from .errors import Forbidden, NotFound
+from .errors import Ambiguous, Forbidden, NotFound
 from .fhir_client import HapiClient
+from .identifiers import holds, is_fhir_id, token
 from .unit_of_work import UnitOfWork
 
 MAX_SOURCES = 1000
+MAX_HOLDERS = 50  # source records holding the identifier looked up, read to tell one person from several
+
+
+def visible_systems(cfg: RegistryConfig, client_id: str | None) -> frozenset[str] | None:
+    """The identifier systems ``client_id`` may look up and be answered with (None: all, open mode):
+    its own, the shared ones and the CRUID. A caller the client map does not know may not look up."""
+    if cfg.open_mode:
+        return None
+    own = cfg.client_systems.get(client_id or "")
+    if own is None:
+        raise Forbidden(f"Client '{client_id or ''}' is not allowed to look up identifiers.")
+    return own | cfg.shared_identifier_systems | {cfg.cruid_system}
 
 
 async def _known_system(hapi: HapiClient, cfg: RegistryConfig, system: str) -> bool:
     if system in cfg.known_systems():
         return True
     # Otherwise a domain is known when the registry holds at least one record of it.
-    return await hapi.count("Patient", {"identifier": f"{system}|"}) > 0
+    return await hapi.count("Patient", {"identifier": token(system)}) > 0
 
 
-async def _golden_of(hapi: HapiClient, cfg: RegistryConfig, system: str, value: str) -> dict[str, Any]:
-    if system == cfg.cruid_system:
-        golden = await hapi.read("Patient", value) if value.startswith("cr-") else None
-        if golden is None or not records.is_golden(golden):
-            raise NotFound(f"No person with CRUID {value}.")
-    else:
-        found = await hapi.search(
-            "Patient",
-            {"identifier": f"{system}|{value}", "_tag": f"{records.RECORD_TYPE_SYSTEM}|{records.SOURCE}"},
-            max_results=1,
-        )
-        golden_id = records.golden_id_of(found[0]) if found else None
-        golden = await hapi.read("Patient", golden_id) if golden_id else None
-        if golden is None:
-            raise NotFound(f"The identifier {system}|{value} is not known to the registry.")
-    # Follow merges to the surviving golden record (up to 10 links after this one). Whatever the end — a
-    # live golden record, a link to a record that is gone, a record that is not golden, a cycle, too many
-    # links — the answer is the last record that exists on the way.
+async def _live_golden(hapi: HapiClient, golden: dict[str, Any]) -> dict[str, Any]:
+    """Follow merges to the surviving golden record (up to 10 links after this one). Whatever the end — a
+    live golden record, a link to a record that is gone, a record that is not golden, a cycle, too many
+    links — the answer is the last record that exists on the way."""
     walk = await records.follow_replaced_by_async(
         lambda rid: hapi.read("Patient", rid), golden, max_records=records.MAX_RECORDS + 1
     )
     return walk.last if walk.last is not None else golden  # never None: the walk starts from a record
+
+
+async def _golden_of(hapi: HapiClient, cfg: RegistryConfig, system: str, value: str) -> dict[str, Any]:
+    if system == cfg.cruid_system:
+        golden = await hapi.read("Patient", value) if value.startswith("cr-") and is_fhir_id(value) else None
+        if golden is None or not records.is_golden(golden):
+            raise NotFound(f"No person with CRUID {value}.")
+        return await _live_golden(hapi, golden)
+    found = await hapi.search(
+        "Patient",
+        {
+            "identifier": token(system, value),
+            "_tag": f"{records.RECORD_TYPE_SYSTEM}|{records.SOURCE}",
+            "_count": str(MAX_HOLDERS),
+        },
+        max_results=MAX_HOLDERS,
+    )
+    people: dict[str, dict[str, Any]] = {}
+    holders = [r for r in found if holds(r.get("identifier", []), system, value)]
+    for golden_id in sorted({g for r in holders if (g := records.golden_id_of(r))}):
+        golden = await hapi.read("Patient", golden_id)
+        if golden is not None:
+            live = await _live_golden(hapi, golden)
+            people[live["id"]] = live
+    if not people:
+        raise NotFound(f"The identifier {system}|{value} is not known to the registry.")
+    if len(people) > 1:
+        raise Ambiguous(
+            f"The identifier {system}|{value} is held by records of {len(people)} people; an admin must "
+            "decide whether they are one person before it can be looked up."
+        )
+    return next(iter(people.values()))
 
 
 async def audited_cross_references(
@@ -58,8 +95,8 @@ async def audited_cross_references(
     unknown target domain) before it is given: no answer without its record. HAPI unavailable: 503, and
     neither an answer nor a record."""
     try:
-        parameters, golden_id = await cross_references(hapi, cfg, source, target_systems)
-    except (NotFound, Forbidden) as refused:
+        parameters, golden_id = await cross_references(hapi, cfg, source, target_systems, actor.client_id)
+    except (NotFound, Forbidden, Ambiguous) as refused:
         await _record(
             hapi, pix_query_event(actor=actor, query=query, golden_id=None, refused=refused.diagnostics)
         )
@@ -75,12 +112,20 @@ async def _record(hapi: HapiClient, event: dict[str, Any]) -> None:
 
 
 async def cross_references(
-    hapi: HapiClient, cfg: RegistryConfig, source: tuple[str, str], target_systems: list[str]
+    hapi: HapiClient,
+    cfg: RegistryConfig,
+    source: tuple[str, str],
+    target_systems: list[str],
+    client_id: str | None = None,
 ) -> tuple[dict[str, Any], str]:
-    """The PIXm answer (``Parameters``) for the identifier ``source``, and the person's golden record id."""
+    """The PIXm answer (``Parameters``) for the identifier ``source`` (in normal form), as ``client_id`` may
+    see it, and the person's golden record id."""
     system, value = source
+    visible = visible_systems(cfg, client_id)
+    if visible is not None and system not in visible:
+        raise Forbidden(f"Client '{client_id}' may not look up identifiers of system {system}.")
     for target in target_systems:
-        if not await _known_system(hapi, cfg, target):
+        if (visible is not None and target not in visible) or not await _known_system(hapi, cfg, target):
             raise Forbidden(f"targetSystem {target} is not an identifier domain known to the registry.")
     golden = await _golden_of(hapi, cfg, system, value)
     source_ids = records.source_ids_of(golden)
@@ -91,7 +136,7 @@ async def cross_references(
         if source_ids
         else []
     )
-    wanted = set(target_systems)
+    wanted = set(target_systems) or set(visible or ())
     parameters: list[dict[str, Any]] = []
     seen: set[tuple[str, str]] = {(system, value)}
     identifiers = [

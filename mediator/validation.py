@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from .context import SETTINGS
 from .errors import InvalidInput, PayloadTooLarge, Unprocessable
+from .identifiers import IdentifierRefused, is_fhir_id, normal_form
 
 SUPPORTED_FHIR_VERSIONS = {"4.0", "4.0.0", "4.0.1"}
 GENDERS = {"male", "female", "other", "unknown"}
@@ -122,6 +123,7 @@ def validate_patient(data: dict[str, Any], where: str = "Patient") -> dict[str, 
         )
     if not data.get("identifier"):
         raise Unprocessable("The Patient has no identifier.", expression=[f"{where}.identifier"])
+    normal = []
     for index, ident in enumerate(data["identifier"]):
         if not ident.get("system"):
             raise InvalidInput(
@@ -131,7 +133,13 @@ def validate_patient(data: dict[str, Any], where: str = "Patient") -> dict[str, 
             raise InvalidInput(
                 "Every identifier needs a value.", expression=[f"{where}.identifier[{index}].value"]
             )
-    return data
+        try:
+            system, value = normal_form(ident["system"], ident["value"])
+        except IdentifierRefused as exc:
+            raise InvalidInput(str(exc), expression=[f"{where}.identifier[{index}]"]) from exc
+        normal.append({**ident, "system": system, "value": value})
+    # keys, searches and the stored record all take the identifiers in their normal form
+    return {**data, "identifier": normal}
 
 
 def validate_bundle(data: dict[str, Any]) -> dict[str, Any]:
@@ -153,9 +161,23 @@ def validate_bundle(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def parse_identifier_param(value: str | None, name: str) -> tuple[str, str]:
+    """``system|value`` (split at the first ``|``: a system holds none) in its normal form."""
     if not value or "|" not in value:
         raise InvalidInput(f"Parameter {name} must be system|value.")
     system, _, ident = value.partition("|")
     if not system or not ident:
         raise InvalidInput(f"Parameter {name} must be system|value with both parts.")
-    return system, ident
+    try:
+        return normal_form(system, ident)
+    except IdentifierRefused as exc:
+        raise InvalidInput(f"Parameter {name}: {exc}") from exc
+
+
+def check_id(resource_id: str, where: str) -> str:
+    """``resource_id`` if it is a FHIR id (it goes into a URL), else InvalidInput naming ``where``."""
+    if not is_fhir_id(resource_id):
+        raise InvalidInput(
+            f"{where}: {resource_id[:80]!r} is not a FHIR id ([A-Za-z0-9-.], 1 to 64 characters).",
+            expression=[where],
+        )
+    return resource_id

@@ -15,6 +15,7 @@ from .. import audit, records
 from ..config import RegistryConfig
 from ..errors import InvalidInput, NotFound, Unprocessable
 from ..fhir_client import HapiClient
+from ..identifiers import IdentifierRefused, holds, normal_form, normal_text, search_escape, token
 from ..records import Resource
 from ..review import OPEN, POSSIBLE_DUPLICATE, POTENTIAL_MATCH
 from . import score_index
@@ -307,6 +308,17 @@ async def auto_matches(hapi: HapiClient, since: str | None = None, limit: int = 
     return out
 
 
+def _identifier_query(text: str) -> tuple[str | None, str]:
+    """An admin's identifier search (``system|value``, or a value of any system) in normal form."""
+    system, bar, value = text.partition("|")
+    try:
+        if bar:
+            return normal_form(system, value)
+        return None, normal_text(text, "value")
+    except IdentifierRefused as exc:
+        raise InvalidInput(str(exc)) from exc
+
+
 async def search_people(
     hapi: HapiClient, cfg: RegistryConfig, identifier: str | None, name: str | None
 ) -> list[dict[str, Any]]:
@@ -318,11 +330,15 @@ async def search_people(
         if golden is not None and records.is_golden(golden):
             goldens[golden["id"]] = golden
     params = {"_tag": f"{records.RECORD_TYPE_SYSTEM}|{records.SOURCE}", "_count": "100"}
-    if identifier:
-        params["identifier"] = identifier
+    wanted = _identifier_query(identifier) if identifier else None
+    if wanted:
+        system, value = wanted
+        params["identifier"] = token(system, value) if system is not None else search_escape(value)
     if name:
         params["name"] = name
     sources = await hapi.search("Patient", params, max_results=100)
+    if wanted:  # HAPI trims and truncates what it indexes: only records holding exactly this identifier
+        sources = [s for s in sources if holds(s.get("identifier", []), *wanted)]
     golden_ids = [g for s in sources if (g := records.golden_id_of(s)) and g not in goldens]
     goldens.update(await read_many(hapi, "Patient", golden_ids))
     out = []

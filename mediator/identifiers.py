@@ -1,0 +1,97 @@
+"""One identifier, one normal form: what the registry keys records by, searches HAPI with and stores.
+
+Every identifier the registry receives (a Patient's, a conditional update's, a lookup's) goes through
+:func:`normal_form` once, at the edge; keys, FHIR searches and stored values all use what it returns, so
+two spellings that HAPI or a person would take for the same identifier are the same record, and a value
+that cannot be made safe is refused. The rules and their reasons are in ``docs/identifiers.md``.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from confusable_homoglyphs import categories
+
+# FHIR R4 ``id``: what may go into a URL as ``Type/<id>`` (anything else could add a path or a query)
+FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+# FHIR search syntax: these characters mean something in a token parameter and are escaped with ``\``
+_SEARCH_SPECIAL = re.compile(r"([\\,|$])")
+# Unicode categories never accepted in an identifier: format characters (zero-width space and joiners, the
+# byte-order mark, bidirectional embeddings, overrides and isolates, soft hyphen), controls, line and
+# paragraph separators, surrogates, private use and unassigned code points: invisible, or shown differently
+# from what is stored
+_REFUSED_CATEGORIES = {"Cf", "Cc", "Zl", "Zp", "Cs", "Co", "Cn"}
+# script aliases that go with any script: digits, punctuation, combining marks
+_NEUTRAL_SCRIPTS = {"COMMON", "INHERITED"}
+
+
+class IdentifierRefused(ValueError):
+    """An identifier (or a part of one) that has no safe normal form; the message says why, not what."""
+
+
+def normal_text(text: str, part: str) -> str:
+    """``text`` in the registry's normal form: NFKC (full-width and other compatibility forms folded),
+    no leading or trailing whitespace (HAPI trims token values when it indexes and searches them).
+    :class:`IdentifierRefused` for an empty result, an invisible, control or bidirectional character, or
+    letters of more than one script (look-alikes such as a Cyrillic ``А`` among Latin letters)."""
+    normal = unicodedata.normalize("NFKC", text).strip()
+    if not normal:
+        raise IdentifierRefused(f"The identifier's {part} is empty.")
+    for position, char in enumerate(normal):
+        category = unicodedata.category(char)
+        if category in _REFUSED_CATEGORIES or (char.isspace() and char != " "):
+            raise IdentifierRefused(
+                f"The identifier's {part} holds U+{ord(char):04X} at position {position}: invisible, control "
+                "and bidirectional characters are refused in identifiers."
+            )
+    scripts = {categories.alias(c) for c in normal if c.isalpha()} - _NEUTRAL_SCRIPTS
+    if len(scripts) > 1:
+        raise IdentifierRefused(
+            f"The identifier's {part} mixes letters of several scripts ({', '.join(sorted(scripts))}); "
+            "look-alike letters are refused in identifiers."
+        )
+    return normal
+
+
+def normal_form(system: str, value: str) -> tuple[str, str]:
+    """The normal form of ``system|value`` (:func:`normal_text` of each part). A system may hold neither
+    whitespace nor ``|`` (it is a URI, and ``system|value`` must split one way only)."""
+    normal_system = normal_text(system, "system")
+    if "|" in normal_system or " " in normal_system:
+        raise IdentifierRefused("The identifier's system is a URI: it may hold neither '|' nor spaces.")
+    return normal_system, normal_text(value, "value")
+
+
+def search_escape(text: str) -> str:
+    """``text`` as a literal inside a FHIR search parameter (``\\`` ``,`` ``|`` ``$`` escaped)."""
+    return _SEARCH_SPECIAL.sub(r"\\\1", text)
+
+
+def token(system: str, value: str | None = None) -> str:
+    """The FHIR token search value for ``system|value`` (``system|`` when ``value`` is None), escaped."""
+    return f"{search_escape(system)}|" + ("" if value is None else search_escape(value))
+
+
+def holds(identifiers: Iterable[Mapping[str, Any]], system: str | None, value: str) -> bool:
+    """Whether ``identifiers`` (a stored record's) include ``system|value`` (in normal form; ``system``
+    None: of any system), each compared in its normal form. FHIR searches only find candidates: HAPI trims
+    and truncates the values it indexes, so what a search returns is checked with this."""
+    for ident in identifiers:
+        try:
+            found = normal_form(str(ident.get("system", "")), str(ident.get("value", "")))
+        except IdentifierRefused:  # stored before identifiers were normalised: never a normal form
+            continue
+        if found[1] == value and system in (None, found[0]):
+            return True
+    return False
+
+
+def is_fhir_id(text: str) -> bool:
+    """Whether ``text`` is a FHIR resource id, the only thing the registry puts after ``Type/`` in a URL."""
+    return FHIR_ID.fullmatch(text) is not None
+
+
+__all__ = ["IdentifierRefused", "holds", "is_fhir_id", "normal_form", "normal_text", "search_escape", "token"]

@@ -1,0 +1,294 @@
+"""One identifier, one record: the normal form of identifiers, FHIR search escaping and ids in URLs.
+
+Each test is a request from the identity-integrity review (issue #21) that used to answer with another
+person, take over another client's record, read an old version, or make one identifier many people.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import unicodedata
+import uuid
+
+import aiohttp
+import pytest
+
+from mediator import identifiers, records
+from mediator.app import create_app
+from mediator.settings import Settings
+from tests.conftest import patient, unique_surname
+
+
+def _system() -> str:
+    return f"urn:test:{uuid.uuid4().hex[:10]}"
+
+
+def _identifiers(params) -> set[tuple[str, str]]:
+    return {
+        (p["valueIdentifier"]["system"], p["valueIdentifier"]["value"])
+        for p in params["parameter"]
+        if p["name"] == "targetIdentifier"
+    }
+
+
+async def _submit(client, system: str, value: str, **kw) -> dict:
+    resp = await client.post("/fhir/Patient", json=patient(system, value, family=unique_surname(), **kw))
+    assert resp.status in (200, 201), await resp.text()
+    return {"status": resp.status, "cruid": resp.headers["X-CRUID"], "location": resp.headers["Location"]}
+
+
+# -- the normal form, without HAPI ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spelling", "normal"),
+    [
+        (unicodedata.normalize("NFD", "Zoé-12"), "Zoé-12"),  # NFD → NFC
+        ("ＭＲＮ-１２", "MRN-12"),  # full-width letters and digits
+        ("  MRN-9 ", "MRN-9"),  # HAPI trims token values
+        ("\u3000MRN-9", "MRN-9"),  # an ideographic space
+        ("MRN 9", "MRN 9"),  # a space inside stays
+    ],
+)
+def test_spellings_of_one_identifier_have_one_normal_form(spelling, normal):
+    assert identifiers.normal_form("urn:x", spelling) == ("urn:x", normal)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "MRN\u200b12",  # zero-width space
+        "\ufeffMRN12",  # byte-order mark
+        "MRN\u202e21",  # right-to-left override
+        "MRN\u206612\u2069",  # bidirectional isolate
+        "MRN\u00ad12",  # soft hyphen
+        "MRN\t12",  # a tab inside
+        "MRN-\u0410BC",  # Cyrillic А among Latin letters
+        " ",
+    ],
+)
+def test_invisible_bidirectional_and_look_alike_characters_are_refused(value):
+    with pytest.raises(identifiers.IdentifierRefused):
+        identifiers.normal_form("urn:x", value)
+
+
+def test_one_script_values_are_kept():
+    assert identifiers.normal_form("urn:x", "АБ-123")[1] == "АБ-123"  # Cyrillic only
+    assert identifiers.normal_form("urn:x", "x|1") == ("urn:x", "x|1")  # a value may hold '|'
+
+
+@pytest.mark.parametrize("system", ["urn:sys:a|x", "urn:a b"])
+def test_a_system_holds_no_bar_and_no_space(system):
+    with pytest.raises(identifiers.IdentifierRefused):
+        identifiers.normal_form(system, "1")
+
+
+def test_search_values_are_escaped():
+    assert identifiers.token("urn:c", "12,345") == r"urn:c|12\,345"
+    assert identifiers.token("urn:c", r"a|b$c\d") == r"urn:c|a\|b\$c\\d"
+    assert identifiers.token("urn:c") == "urn:c|"
+
+
+@pytest.mark.parametrize("text", ["cr-1/_history/4", "cr-1?_elements=id", "a" * 65, "", "cr 1", "cr-1%2F"])
+def test_what_is_not_a_fhir_id(text):
+    assert not identifiers.is_fhir_id(text)
+
+
+def test_record_keys_of_normal_identifiers_are_unchanged():
+    """Installations keep their records: for an identifier in normal form the key is still
+    ``src-`` + the first 40 hex digits of sha256("system|value")."""
+    old = "src-" + hashlib.sha256(b"urn:old|MRN-1").hexdigest()[:40]
+    assert records.source_record_id("urn:old", "MRN-1") == old
+
+
+# -- through the registry and HAPI ------------------------------------------------------------------------
+
+
+async def test_records_stored_under_the_old_keys_are_found(client, hapi_url, settings):
+    """A source record and its golden record written as earlier versions wrote them (the key computed
+    here, not by the registry) are found by a resubmission and a lookup: installations keep their people."""
+    system, family = _system(), unique_surname()
+    source_id = "src-" + hashlib.sha256(f"{system}|OLD-1".encode()).hexdigest()[:40]
+    golden_id = f"cr-{uuid.uuid4()}"
+    golden = records.new_golden(golden_id, settings.cruid_system)
+    golden["link"] = [{"other": {"reference": f"Patient/{source_id}"}, "type": "seealso"}]
+    source = records.build_source_record(
+        patient(system, "OLD-1", family=family), source_id, client_id=None, golden_id=golden_id, block_keys=[]
+    )
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {"resource": r, "request": {"method": "PUT", "url": f"Patient/{r['id']}"}}
+            for r in (golden, source)
+        ],
+    }
+    async with aiohttp.ClientSession() as session, session.post(hapi_url, json=bundle) as resp:
+        assert resp.status == 200, await resp.text()
+    again = await client.post("/fhir/Patient", json=patient(system, "OLD-1", family=family))
+    assert (again.status, again.headers["X-CRUID"]) == (200, golden_id)
+    assert again.headers["Location"].startswith(f"Patient/{source_id}/")
+    lookup = await client.get("/fhir/Patient/$ihe-pix", params={"sourceIdentifier": f"{system}|OLD-1"})
+    assert (settings.cruid_system, golden_id) in _identifiers(await lookup.json(content_type=None))
+
+
+async def test_a_comma_in_a_lookup_is_not_an_or(client, settings):
+    """`urn:c|12,345` and `urn:nope|x,urn:z|345` once answered with the person holding `urn:z|345`."""
+    z, c = _system(), _system()
+    await _submit(client, z, "345")
+    for query in (f"{c}|12,345", f"urn:nope|x,{z}|345"):
+        resp = await client.get(f"/fhir/Patient/$ihe-pix?sourceIdentifier={query}")
+        assert resp.status == 404, query
+    mine = await _submit(client, c, "12,345")  # an identifier that holds a comma is looked up as itself
+    resp = await client.get(f"/fhir/Patient/$ihe-pix?sourceIdentifier={c}|12,345")
+    assert resp.status == 200
+    assert _identifiers(await resp.json(content_type=None)) == {(settings.cruid_system, mine["cruid"])}
+
+
+@pytest.mark.parametrize("special", ["A$1", "A\\1", "A|1"])
+async def test_values_with_search_syntax_characters_are_their_own_records(client, settings, special):
+    system = _system()
+    plain = await _submit(client, system, "A1", given="Kato", birth_date="1950-01-01")
+    marked = await _submit(client, system, special, given="Zuri", birth_date="2001-09-30")
+    assert marked["status"] == 201 and marked["cruid"] != plain["cruid"]
+    resp = await client.get("/fhir/Patient/$ihe-pix", params={"sourceIdentifier": f"{system}|{special}"})
+    assert resp.status == 200
+    assert (settings.cruid_system, marked["cruid"]) in _identifiers(await resp.json(content_type=None))
+
+
+async def test_a_trailing_space_is_the_same_identifier(client, store):
+    system = _system()
+    first = await _submit(client, system, "MRN-9 ")
+    second = await _submit(client, system, "MRN-9")
+    assert (first["status"], second["status"]) == (201, 200)
+    assert first["location"].split("/_history")[0] == second["location"].split("/_history")[0]
+    [stored] = await store.sources_with(system)
+    assert stored["identifier"][0]["value"] == "MRN-9"
+
+
+async def test_a_bar_in_a_system_cannot_take_over_another_record(client, store):
+    """system `urn:sys:a|x` value `1` and system `urn:sys:a` value `x|1` once had one record key."""
+    base = _system()
+    resp = await client.post("/fhir/Patient", json=patient(f"{base}|x", "1", family=unique_surname()))
+    assert resp.status == 400
+    outcome = await resp.json(content_type=None)
+    assert outcome["issue"][0]["expression"] == ["Patient.identifier[0]"]
+    assert await store.sources_with(f"{base}|x") == []
+    family = unique_surname()
+    other = await client.post("/fhir/Patient", json=patient(base, "x|1", family=family))
+    assert other.status == 201
+    conditional = await client.put(
+        "/fhir/Patient", params={"identifier": f"{base}|x|1"}, json=patient(base, "x|1", family=family)
+    )
+    assert conditional.status == 200 and conditional.headers["X-CRUID"] == other.headers["X-CRUID"]
+
+
+async def test_a_cruid_with_a_path_suffix_reads_nothing(client, settings):
+    mine = await _submit(client, _system(), "P1")
+    cruid_system = settings.cruid_system
+    for suffix in ("/_history/1", "?_elements=identifier", "/../cr-x"):
+        resp = await client.get(
+            "/fhir/Patient/$ihe-pix", params={"sourceIdentifier": f"{cruid_system}|{mine['cruid']}{suffix}"}
+        )
+        assert resp.status == 404, suffix
+    ok = await client.get(
+        "/fhir/Patient/$ihe-pix", params={"sourceIdentifier": f"{cruid_system}|{mine['cruid']}"}
+    )
+    assert ok.status == 200
+
+
+async def test_ids_in_urls_are_checked(client):
+    system = _system()
+    body = patient(system, "Q1", family=unique_surname())
+    resp = await client.put("/fhir/Patient/src-1$x", json=body)
+    assert resp.status == 400
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [{"resource": body, "request": {"method": "PUT", "url": "Patient/src-1%2F_history"}}],
+    }
+    resp = await client.post("/fhir", json=bundle)
+    answer = await resp.json(content_type=None)
+    assert answer["entry"][0]["response"]["status"].startswith("400")
+
+
+async def test_unicode_spellings_are_one_record_or_refused(client, store):
+    """Eleven spellings once became eleven people."""
+    system = _system()
+    first = await _submit(client, system, "Zoé-12")
+    same = [unicodedata.normalize("NFD", "Zoé-12"), "Ｚｏé-１２", " Zoé-12"]
+    for spelling in same:
+        again = await _submit(client, system, spelling)
+        assert (again["status"], again["cruid"]) == (200, first["cruid"]), ascii(spelling)
+    for refused in ("Zoé\u200b-12", "\ufeffZoé-12", "Zo\u202eé-12", "Zoе-12"):  # the last: Cyrillic е
+        resp = await client.post("/fhir/Patient", json=patient(system, refused, family=unique_surname()))
+        assert resp.status == 400, ascii(refused)
+        outcome = await resp.json(content_type=None)
+        assert outcome["issue"][0]["expression"] == ["Patient.identifier[0]"]
+    assert len(await store.sources_with(system)) == 1
+
+
+async def test_an_identifier_held_by_two_people_is_not_answered_with_one(client, settings):
+    """A shared identifier (national id) on the records of two people: the lookup names neither."""
+    nid_system = settings.shared_identifier_systems[0]
+    nid = {"system": nid_system, "value": f"NID-{uuid.uuid4().hex[:8]}"}
+    a = await _submit(client, _system(), "A", extra_identifiers=[nid], given="Kato", birth_date="1950-01-01")
+    b = await _submit(client, _system(), "B", extra_identifiers=[nid], given="Zuri", birth_date="2001-09-30")
+    assert a["cruid"] != b["cruid"]
+    resp = await client.get(
+        "/fhir/Patient/$ihe-pix", params={"sourceIdentifier": f"{nid_system}|{nid['value']}"}
+    )
+    assert resp.status == 409
+    outcome = await resp.json(content_type=None)
+    assert outcome["issue"][0]["code"] == "multiple-matches"
+
+
+# -- closed mode: who may look up what --------------------------------------------------------------------
+
+
+@pytest.fixture
+async def closed(aiohttp_client, hapi_url):
+    clinic, lab = _system(), _system()
+    settings = Settings(
+        hapi_base_url=hapi_url, hapi_timeout_s=30.0, client_systems={"clinic": (clinic,), "lab": (lab,)}
+    )
+    return await aiohttp_client(create_app(settings)), settings, clinic, lab
+
+
+async def test_closed_mode_lookups_need_a_known_client_and_see_only_its_domains(closed, store):
+    client, settings, clinic, lab = closed
+    family = unique_surname()
+    a = await client.post(
+        "/fhir/Patient", json=patient(clinic, "C1", family=family), headers={"X-OpenHIM-ClientID": "clinic"}
+    )
+    b = await client.post(
+        "/fhir/Patient", json=patient(lab, "L1", family=family), headers={"X-OpenHIM-ClientID": "lab"}
+    )
+    assert a.headers["X-CRUID"] == b.headers["X-CRUID"]
+    query = {"sourceIdentifier": f"{clinic}|C1"}
+    assert (await client.get("/fhir/Patient/$ihe-pix", params=query)).status == 403
+    unknown = await client.get(
+        "/fhir/Patient/$ihe-pix", params=query, headers={"X-OpenHIM-ClientID": "intruder"}
+    )
+    assert unknown.status == 403
+    seen = await client.get("/fhir/Patient/$ihe-pix", params=query, headers={"X-OpenHIM-ClientID": "clinic"})
+    assert seen.status == 200
+    params = await seen.json(content_type=None)
+    assert _identifiers(params) == {(settings.cruid_system, a.headers["X-CRUID"])}  # not the lab's L1
+    refs = {p["valueReference"]["reference"] for p in params["parameter"] if p["name"] == "targetId"}
+    assert refs == {a.headers["LocationCRUID"], a.headers["Location"].split("/_history")[0]}
+    into_lab = await client.get(
+        "/fhir/Patient/$ihe-pix",
+        params={**query, "targetSystem": lab},
+        headers={"X-OpenHIM-ClientID": "clinic"},
+    )
+    assert into_lab.status == 403
+    by_lab_id = await client.get(
+        "/fhir/Patient/$ihe-pix",
+        params={"sourceIdentifier": f"{lab}|L1"},
+        headers={"X-OpenHIM-ClientID": "clinic"},
+    )
+    assert by_lab_id.status == 403
+    events = await store.search("AuditEvent", {"subtype": "urn:ihe:event-type-code|ITI-83", "_count": "500"})
+    refused = [e for e in events if e.get("outcome") == "4" and "intruder" in str(e.get("agent"))]
+    assert refused, "a refused lookup is audited too"
