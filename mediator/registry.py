@@ -18,7 +18,7 @@ from typing import Any
 
 import matching
 
-from . import records
+from . import linking, records
 from .audit import Actor, RecordDecision, submission_event
 from .config import ConfigHolder, RegistryConfig
 from .errors import Conflict, Forbidden, InvalidInput, NotFound, Unprocessable
@@ -305,12 +305,8 @@ class Registry:
         current = records.golden_id_of(existing) if existing else None
         current_golden = await uow.peek("Patient", current) if current else None
         never = records.distinct_from(current_golden) if current_golden else set()
-        candidates = [
-            matching.Candidate(id=r["id"], golden_id=gid, resource=r)
-            for r in found
-            if r["id"] != prepared.source_id and (gid := records.golden_id_of(r)) and gid not in never
-        ]
-        return existing, current, candidates
+        stored = (linking.Found(r["id"], records.golden_id_of(r), r) for r in found)
+        return existing, current, linking.candidates(prepared.source_id, stored, never)
 
     async def _target(
         self,
@@ -320,7 +316,7 @@ class Registry:
         current: str | None,
         decision: matching.Decision,
     ) -> str | None:
-        return choose_golden(
+        return linking.choose_golden(
             current=current,
             manual=existing is not None and records.is_manually_linked(existing),
             auto=decision.auto_match_goldens(),
@@ -472,26 +468,6 @@ def _review_tasks(decision: matching.Decision, source_id: str, golden_id: str) -
 
 def _submission(s: Submission | Prepared) -> Submission:
     return s.submission if isinstance(s, Prepared) else s
-
-
-def choose_golden(
-    *, current: str | None, manual: bool, auto: list[str], current_has_others: bool
-) -> str | None:
-    """Which golden record a source record belongs to after a decision; None = a new one.
-
-    A manual link stays; the current person is kept while it is among the auto-matches (stability);
-    otherwise the best auto-match; with none, a record alone on its golden record keeps it, and a record
-    that no longer matches the others of its person leaves them.
-    """
-    if current and manual:
-        return current
-    if current and current in auto:
-        return current
-    if auto:
-        return auto[0]
-    if current and not current_has_others:
-        return current
-    return None
 
 
 async def _decide(

@@ -60,12 +60,12 @@ from typing import Any
 
 import matching
 
-from . import applied_rules, records
+from . import applied_rules, linking, records
 from .audit import Actor
 from .config import ConfigHolder, RegistryConfig
 from .errors import Conflict, RegistryError, UpstreamTimeout, UpstreamUnavailable
 from .fhir_client import HapiClient
-from .registry import Registry, Submission, choose_golden
+from .registry import Registry, Submission
 from .unit_of_work import UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -253,22 +253,17 @@ def plan(snapshot: Snapshot, cfg: RegistryConfig) -> Plan:
             out.manual_kept += 1
             out.unchanged += 1
             continue
-        seek = source.search_keys
-        blocks = [index.get(key, ()) for key in seek]  # .get: search keys nobody is filed under add nothing
-        found = {c for block in blocks for c in block}
-        if len(found) > limit:  # UnitOfWork.find_sources: leave out the blocks over the limit
-            found = {c for block in blocks if len(block) <= limit for c in block}
+        # .get: search keys nobody is filed under add nothing
+        found = linking.within_limit([index.get(key, []) for key in source.search_keys], limit)
         current_golden = goldens.get(current) if current and not current.startswith(_NEW) else None
         never = records.distinct_from(current_golden) if current_golden else set()
-        candidates = [
-            matching.Candidate(id=c, golden_id=gid, resource=sources[c].fields)
-            for c in sorted(found)
-            if c != sid and (gid := golden_of[c]) and gid not in never
-        ]
+        candidates = linking.candidates(
+            sid, (linking.Found(c, golden_of[c], sources[c].fields) for c in sorted(found)), never
+        )
         decision = matching.decide(source.fields, candidates, rules)
         if decision.outcome == "potential":
             out.potential += 1
-        target = choose_golden(
+        target = linking.choose_golden(
             current=current,
             manual=False,  # manually linked records were kept above
             auto=decision.auto_match_goldens(),

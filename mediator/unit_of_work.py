@@ -26,6 +26,7 @@ from typing import Any
 
 from .errors import Conflict
 from .fhir_client import HapiClient
+from .linking import within_limit
 from .records import (
     BLOCK_SYSTEM,
     RECORD_TYPE_SYSTEM,
@@ -98,7 +99,7 @@ class UnitOfWork:
                 "blocks over the candidate limit skipped",
                 extra={"key_kinds": kinds, "blocks": len(oversized), "limit": limit},
             )
-        found = list({r["id"]: r for block in blocks if block is not None for r in block}.values())
+        found = within_limit(blocks, limit)
         # views for matching (SUBSETTED), never remembered as reads: nothing stale can be written back
         by_key: dict[str, Resource] = {f"Patient/{r['id']}": r for r in found}
         staged_here = set().union(*(self._staged_blocks.get(k, ()) for k in block_keys))
