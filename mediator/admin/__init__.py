@@ -11,8 +11,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..context import HAPI
-from . import api, pages, score_index
+from . import api, pages
 from .auth import ADMIN_SETTINGS, THROTTLE, USERS, AdminSettings, auth_middleware
+from .score_index import SCORE_INDEX, ScoreIndex
 from .throttle import LoginThrottle, Throttle
 from .users import UserStore
 
@@ -41,13 +42,14 @@ def setup(
     """Mount the admin sub-application at ``/admin`` on the mediator's app."""
     admin = create_admin_app(admin_settings, throttle)
     app[ADMIN_APP] = admin
+    app[SCORE_INDEX] = ScoreIndex()
     app.add_subapp("/admin", admin)
 
     async def install_score_index(app: web.Application) -> None:
-        score_index.start(app[HAPI])  # in the background: HAPI may still be starting
+        app[SCORE_INDEX].start(app[HAPI])  # in the background: HAPI may still be starting
 
     async def stop_score_index(app: web.Application) -> None:
-        await score_index.stop()
+        await app[SCORE_INDEX].stop()
 
     app.on_startup.append(install_score_index)
     app.on_shutdown.append(stop_score_index)  # before the HAPI session closes

@@ -12,6 +12,7 @@ from ..errors import InvalidInput
 from . import queries
 from .auth import ADMIN_CSRF, ADMIN_USER, log_in, log_out
 from .curation import Admin, Curation
+from .score_index import SCORE_INDEX
 
 
 def admin_of(request: web.Request) -> Admin:
@@ -24,6 +25,7 @@ def curation(request: web.Request) -> Curation:
         request.config_dict[HAPI],
         request.config_dict[CONFIG].current.cruid_system,
         request.config_dict[REGISTRY].locks,  # the app key locks (shared by replicas: CR_LOCKS=postgres)
+        request.config_dict[SCORE_INDEX],
     )
 
 
@@ -69,7 +71,7 @@ async def me(request: web.Request) -> web.Response:
 
 async def queue(request: web.Request) -> web.Response:
     f = queries.QueueFilter.from_query(request.query)
-    return _json(await queries.queue(request.config_dict[HAPI], f))
+    return _json(await queries.queue(request.config_dict[HAPI], f, request.config_dict[SCORE_INDEX]))
 
 
 async def pair(request: web.Request) -> web.Response:

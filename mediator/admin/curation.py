@@ -323,10 +323,17 @@ def _one_at_a_time(*arguments: str) -> Callable[[_Action], _Action]:
 
 
 class Curation:
-    def __init__(self, hapi: HapiClient, cruid_system: str, locks: LockManager | None = None) -> None:
+    def __init__(
+        self,
+        hapi: HapiClient,
+        cruid_system: str,
+        locks: LockManager | None = None,
+        index: score_index.ScoreIndex | None = None,
+    ) -> None:
         self.hapi = hapi
         self.cruid_system = cruid_system
         self.locks: LockManager = locks if locks is not None else LocalKeyedLocks()
+        self.index = index  # installs the review search parameters a merge needs, when missing
 
     async def pair_goldens(self, change: _Change, task: Resource) -> tuple[Resource, Resource, str | None]:
         """(golden of the task's subject now, the other golden now, the focus source id)."""
@@ -424,7 +431,8 @@ class Curation:
                 ),
             )
         except Unprocessable as exc:  # review-candidate not installed (yet): merging now would miss Tasks
-            score_index.start(self.hapi)
+            if self.index is not None:
+                self.index.start(self.hapi)
             raise UpstreamUnavailable(
                 "The review search parameters are being installed; try the merge again shortly."
             ) from exc

@@ -19,6 +19,7 @@ from . import queries
 from .api import admin_of, curation
 from .auth import ADMIN_CSRF, ADMIN_USER, SESSION, Unauthorized, csrf_token, log_in, log_out
 from .curation import DIFFERENT_PEOPLE, SAME_PERSON, Outcome
+from .score_index import SCORE_INDEX
 from .throttle import TooManyAttempts
 
 CSS = """
@@ -150,7 +151,7 @@ async def logout_submit(request: web.Request) -> web.StreamResponse:
 
 async def queue_page(request: web.Request) -> web.Response:
     f = queries.QueueFilter.from_query(request.query)
-    page = await queries.queue(request.config_dict[HAPI], f)
+    page = await queries.queue(request.config_dict[HAPI], f, request.config_dict[SCORE_INDEX])
     title = "Potential matches" if f.kind == POTENTIAL_MATCH else "Possible duplicates"
     filters = (
         '<form method="get" action="/admin/" aria-label="filter">'

@@ -120,14 +120,14 @@ def _queue_params(f: QueueFilter) -> list[tuple[str, str]]:
 QUEUE_ELEMENTS = ("_elements", "id,focus,for,input,authoredOn,code,status")
 
 
-async def queue(hapi: HapiClient, f: QueueFilter) -> dict[str, Any]:
+async def queue(hapi: HapiClient, f: QueueFilter, index: score_index.ScoreIndex) -> dict[str, Any]:
     """One page of open review Tasks, highest score first (ties: oldest first, then id).
 
     HAPI sorts and pages through the ``review-score`` search parameter (:mod:`.score_index`); until that is
     installed and every open Task indexed, the Tasks are read and sorted here (slow with thousands)."""
     params = _queue_params(f)
-    score_index.start(hapi)
-    if score_index.is_ready(hapi):
+    index.start(hapi)
+    if index.is_ready(hapi):
         try:
             total, page = await asyncio.gather(
                 hapi.count("Task", params),
@@ -144,7 +144,7 @@ async def queue(hapi: HapiClient, f: QueueFilter) -> dict[str, Any]:
                 ),
             )
         except Unprocessable:  # the store no longer knows review-score
-            score_index.forget(hapi)
+            index.forget(hapi)
             total, page = await _queue_in_memory(hapi, f, params)
     else:
         total, page = await _queue_in_memory(hapi, f, params)

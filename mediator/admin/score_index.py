@@ -10,8 +10,8 @@
   transactions of 200 with ``If-Match`` (a Task a person decided meanwhile is left to the next pass).
 * The expression belongs to the id and code: a different expression needs a new id and code (values indexed
   under the old expression would look indexed and be stale; a new parameter starts empty and is backfilled).
-* Until the install finished for a HAPI base URL, :func:`is_ready` is false and the queue sorts in memory
-  (the old, slow but always correct path); a failed install is retried on the next queue request.
+* Until the install finished for a HAPI base URL, :meth:`ScoreIndex.is_ready` is false and the queue sorts
+  in memory (the old, slow but always correct path); a failed install is retried on the next queue request.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import asyncio
 import logging
 from datetime import UTC, datetime
 from typing import Any
+
+from aiohttp import web
 
 from .. import records
 from ..errors import Conflict, RegistryError, Unprocessable
@@ -65,41 +67,53 @@ PARAMETERS = (SEARCH_PARAMETER, CANDIDATE_PARAMETER)
 LOWEST = "ge-10000000000"  # every (scaled) score the matcher can give (weights sum to a few dozen at most)
 BATCH = 100  # ids per search URL (200 ids overflow the request line)
 
-_ready: set[str] = set()
-_running: dict[str, asyncio.Task[None]] = {}
-_locks: dict[str, asyncio.Lock] = {}
+
+class ScoreIndex:
+    """Whether the parameters are installed in the store, and the install running in the background: one per
+    app (``SCORE_INDEX``). Keyed by the store's base URL, which the OpenHIM console may change live."""
+
+    def __init__(self) -> None:
+        self._ready: set[str] = set()
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def is_ready(self, hapi: HapiClient) -> bool:
+        return hapi.base_url in self._ready
+
+    def forget(self, hapi: HapiClient) -> None:
+        """The store lost the parameter (e.g. a new database behind the same URL): install again."""
+        self._ready.discard(hapi.base_url)
+
+    def start(self, hapi: HapiClient) -> None:
+        """Start :meth:`install` in the background unless it is done or running for this store."""
+        key = hapi.base_url
+        if key in self._ready or (key in self._running and not self._running[key].done()):
+            return
+        self._running[key] = asyncio.get_running_loop().create_task(self._install_logged(hapi))
+
+    async def stop(self) -> None:
+        """Cancel this app's install, if one runs."""
+        running = [t for t in self._running.values() if not t.done()]
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+        self._running.clear()
+
+    async def install(self, hapi: HapiClient) -> int:
+        """:func:`install`, one at a time per store (start-up and a caller may both ask); then ready."""
+        async with self._locks.setdefault(hapi.base_url, asyncio.Lock()):
+            rewritten = await install(hapi)
+            self._ready.add(hapi.base_url)
+            return rewritten
+
+    async def _install_logged(self, hapi: HapiClient) -> None:
+        try:
+            await self.install(hapi)
+        except RegistryError as exc:
+            log.warning("review-score search parameter not installed yet", extra={"error": exc.diagnostics})
 
 
-def is_ready(hapi: HapiClient) -> bool:
-    return hapi.base_url in _ready
-
-
-def forget(hapi: HapiClient) -> None:
-    """The store lost the parameter (e.g. a new database behind the same URL): install again."""
-    _ready.discard(hapi.base_url)
-
-
-def start(hapi: HapiClient) -> None:
-    """Start :func:`install` in the background unless it is done or running for this store."""
-    key = hapi.base_url
-    if key in _ready or (key in _running and not _running[key].done()):
-        return
-    _running[key] = asyncio.get_running_loop().create_task(_install_logged(hapi))
-
-
-async def stop() -> None:
-    running = [t for t in _running.values() if not t.done()]
-    for task in running:
-        task.cancel()
-    await asyncio.gather(*running, return_exceptions=True)
-    _running.clear()
-
-
-async def _install_logged(hapi: HapiClient) -> None:
-    try:
-        await install(hapi)
-    except RegistryError as exc:
-        log.warning("review-score search parameter not installed yet", extra={"error": exc.diagnostics})
+SCORE_INDEX = web.AppKey("score_index", ScoreIndex)
 
 
 def _same(stored: dict[str, Any] | None, wanted: dict[str, Any]) -> bool:
@@ -109,13 +123,6 @@ def _same(stored: dict[str, Any] | None, wanted: dict[str, Any]) -> bool:
 
 
 async def install(hapi: HapiClient) -> int:
-    """:func:`_install`, one at a time per store in this process (start-up and a caller may both ask)."""
-    lock = _locks.setdefault(hapi.base_url, asyncio.Lock())
-    async with lock:
-        return await _install(hapi)
-
-
-async def _install(hapi: HapiClient) -> int:
     """Install the parameters (idempotent) and index the open review Tasks; returns how many were rewritten.
 
     When the candidate parameter is new, every open review Task is rewritten (the score index cannot tell
@@ -140,7 +147,6 @@ async def _install(hapi: HapiClient) -> int:
         missing = await unindexed_open_tasks(hapi, everything=everything)
         everything = False
         if not missing:
-            _ready.add(hapi.base_url)
             return rewritten
         for i in range(0, len(missing), BATCH):
             try:

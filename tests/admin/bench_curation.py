@@ -30,7 +30,8 @@ async def main(base: str, n: int = 1000) -> None:
         run = uuid.uuid4().hex[:8]
         system = f"http://bench-{run}.example.org/mrn"
         t0 = time.perf_counter()
-        rewritten = await score_index.install(hapi)
+        index = score_index.ScoreIndex()
+        rewritten = await index.install(hapi)
         print(
             f"review-score search parameter installed: {time.perf_counter() - t0:.3f} s "
             f"({rewritten} reindexed)"
@@ -65,7 +66,7 @@ async def main(base: str, n: int = 1000) -> None:
                     )
             await hapi.transaction({"resourceType": "Bundle", "type": "transaction", "entry": entries})
         print(f"wrote {n:,} open potential matches: {time.perf_counter() - t0:.1f} s")
-        assert score_index.is_ready(hapi)
+        assert index.is_ready(hapi)
         for label, f in (
             (f"{n:,} open (filtered by facility), first page of 50", queries.QueueFilter(system=system)),
             (
@@ -76,7 +77,7 @@ async def main(base: str, n: int = 1000) -> None:
         ):
             for attempt in range(3):
                 t0 = time.perf_counter()
-                page = await queries.queue(hapi, f)
+                page = await queries.queue(hapi, f, index)
                 print(
                     f"queue, {label}: {time.perf_counter() - t0:.3f} s "
                     f"(run {attempt + 1}, total {page['total']})"

@@ -9,6 +9,7 @@ from typing import Any
 import matching
 from mediator import records
 from mediator.admin import score_index
+from mediator.admin.score_index import SCORE_INDEX
 from mediator.context import CONFIG, HAPI
 from mediator.review import POSSIBLE_DUPLICATE, POTENTIAL_MATCH, review_task, review_task_id
 from tests.admin.conftest import Pair, make_pair
@@ -60,7 +61,7 @@ async def _submit_duplicate(app_client, facility: str) -> tuple[dict[str, Any], 
 
 
 async def test_possible_duplicate_then_same_person_merges(admin, app_client, facility, store):
-    await score_index.install(app_client.server.app[HAPI])
+    await app_client.server.app[SCORE_INDEX].install(app_client.server.app[HAPI])
     third, linked, other, task_id = await _submit_duplicate(app_client, facility)
     task = await store.read("Task", task_id)
     assert task is not None and task["status"] == "requested"
@@ -123,7 +124,7 @@ class OtherTasks:
 
 async def other_tasks(app_client, facility: str, settings) -> OtherTasks:
     hapi = app_client.server.app[HAPI]
-    await score_index.install(hapi)
+    await app_client.server.app[SCORE_INDEX].install(hapi)
     pair = await make_pair(app_client, facility)  # Task: source_b (golden_b) vs golden_a
     keep, lose = pair.golden_a, pair.golden_b
     # a third person with one source record

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from mediator import records
 from mediator.admin import score_index
+from mediator.admin.score_index import SCORE_INDEX
 from mediator.context import HAPI
 from mediator.fhir_client import HapiClient
 from mediator.review import POTENTIAL_MATCH, review_task
@@ -53,9 +55,9 @@ async def _pages(admin, system: str) -> tuple[list[str], list[int]]:
 
 
 async def test_queue_is_sorted_and_paged_by_hapi(admin, app_client, facility, settings):
-    hapi = app_client.server.app[HAPI]
-    await score_index.install(hapi)
-    assert score_index.is_ready(hapi)
+    hapi, index = app_client.server.app[HAPI], app_client.server.app[SCORE_INDEX]
+    await index.install(hapi)
+    assert index.is_ready(hapi)
     tasks = await _write_tasks(hapi, facility, settings.cruid_system)
     assert await score_index.unindexed_open_tasks(hapi) == []  # written after the parameter: indexed
     ids, totals = await _pages(admin, facility)
@@ -65,16 +67,16 @@ async def test_queue_is_sorted_and_paged_by_hapi(admin, app_client, facility, se
 
 
 async def test_install_indexes_tasks_written_before_the_parameter(admin, app_client, facility, settings):
-    hapi = app_client.server.app[HAPI]
-    await score_index.install(hapi)
-    await score_index.stop()  # no install started by the app may run while the parameter is gone
+    hapi, index = app_client.server.app[HAPI], app_client.server.app[SCORE_INDEX]
+    await index.install(hapi)
+    await index.stop()  # no install started by the app may run while the parameter is gone
     bundle = {
         "resourceType": "Bundle",
         "type": "transaction",
         "entry": [{"request": {"method": "DELETE", "url": f"SearchParameter/{score_index.SP_ID}"}}],
     }
     await hapi.transaction(bundle)  # as on a store that never had it
-    score_index.forget(hapi)
+    index.forget(hapi)
     tasks = await _write_tasks(hapi, facility, settings.cruid_system)
     # Whether HAPI indexed these Tasks depends on when its search-parameter cache notices the delete
     # (seconds, more under load), so the test does not assert it; it asserts the outcome of install below.
@@ -82,11 +84,22 @@ async def test_install_indexes_tasks_written_before_the_parameter(admin, app_cli
     ids, _ = await _pages(admin, facility)
     assert ids == _expected(tasks)
 
-    await score_index.install(hapi)  # (the queue may have started one in the background too)
-    assert score_index.is_ready(hapi)
+    await index.install(hapi)  # (the queue may have started one in the background too)
+    assert index.is_ready(hapi)
     assert await score_index.unindexed_open_tasks(hapi) == []
-    assert await score_index.install(hapi) == 0  # idempotent: nothing written the second time
+    assert await index.install(hapi) == 0  # idempotent: nothing written the second time
     stored = await hapi.read("SearchParameter", score_index.SP_ID)
     assert stored is not None and stored["expression"] == score_index.EXPRESSION
     ids, totals = await _pages(admin, facility)
     assert ids == _expected(tasks) and totals == [5, 5, 5]
+
+
+async def test_each_app_owns_its_install(app_client):
+    """Stopping one app's install leaves another app's running (the state was module-wide: one app's
+    shutdown cancelled every app's install in the process)."""
+    hapi = app_client.server.app[HAPI]
+    mine, theirs = score_index.ScoreIndex(), score_index.ScoreIndex()
+    theirs.start(hapi)
+    await mine.stop()
+    await asyncio.gather(*theirs._running.values())
+    assert theirs.is_ready(hapi) and not mine.is_ready(hapi)
