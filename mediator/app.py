@@ -8,6 +8,7 @@ import gc
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -15,7 +16,7 @@ from aiohttp import web
 
 from . import applied_rules, handlers
 from .config import ConfigHolder, RegistryConfig, RulesOrigin
-from .context import CONFIG, HAPI, HTTP_SESSION, METRICS, REGISTRY, SETTINGS
+from .context import CONFIG, HAPI, HTTP_SESSION, METRICS, REGISTRY, SETTINGS, STARTED_AT
 from .errors import RegistryError, operation_outcome
 from .fhir_client import HapiClient
 from .locks import LocalKeyedLocks, LockManager
@@ -88,6 +89,7 @@ def create_app(
 ) -> web.Application:
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[errors_middleware])
     app[SETTINGS] = settings
+    app[STARTED_AT] = datetime.now(UTC).isoformat(timespec="seconds")
     app[METRICS] = metrics = Metrics()
     if settings.gc_threshold:  # a process-wide setting: the process serves this app
         gc.set_threshold(*settings.gc_threshold)

@@ -46,7 +46,7 @@ import yaml
 import matching
 
 from .config import ConfigHolder, RegistryConfig, RulesOrigin
-from .errors import UpstreamTimeout, UpstreamUnavailable
+from .errors import UpstreamError, UpstreamUnavailable
 from .fhir_client import HapiClient
 from .records import NS
 
@@ -292,7 +292,7 @@ async def poll(holder: ConfigHolder, hapi: HapiClient) -> bool:
     """
     try:
         stable, resource = await _read_stable(holder, hapi)
-    except (UpstreamUnavailable, UpstreamTimeout) as exc:
+    except UpstreamError as exc:
         log.warning(
             "FHIR store unreachable while checking the stored matching rules; the current ones stay",
             extra={"error": type(exc).__name__},
@@ -349,13 +349,13 @@ async def install(holder: ConfigHolder, hapi: HapiClient) -> asyncio.Task[None] 
     try:
         await load(holder, hapi)
         return None
-    except (UpstreamUnavailable, UpstreamTimeout):
+    except UpstreamError:
         log.warning("FHIR store unreachable at start-up: the applied matching rules are read once it answers")
 
     async def keep_trying() -> None:
         delay = 0.5
         while holder.pending is not None:
-            with contextlib.suppress(UpstreamUnavailable, UpstreamTimeout):
+            with contextlib.suppress(UpstreamError):
                 await holder.settled()
                 return
             await asyncio.sleep(delay)  # retry backoff while HAPI is unreachable

@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .audit import Actor
-from .errors import RegistryError, UpstreamTimeout, UpstreamUnavailable
+from .errors import RegistryError, UpstreamError, UpstreamUnavailable
 from .registry import Prepared, Registry, Submission, SubmissionResult
 from .validation import validate_patient
 
@@ -63,7 +63,7 @@ CSV_COLUMNS = (
 )
 REPORT_FIELDS = ["row", "source_id", "outcome", "golden_id", "cruid", "score", "rule", "error", "seq"]
 WINDOW_BATCHES = 40  # rows are grouped by blocking key within windows of this many batches
-_UPSTREAM = (UpstreamUnavailable, UpstreamTimeout)
+_UPSTREAM = UpstreamError
 _GENDERS = {
     "m": "male",
     "f": "female",

@@ -17,6 +17,9 @@ HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)
 HAPI = web.AppKey("hapi", HapiClient)
 REGISTRY = web.AppKey("registry", Registry)
 METRICS = web.AppKey("metrics", Metrics)
+STARTED_AT = web.AppKey(
+    "started_at", str
+)  # when this app was made (FHIR dateTime): the capability statement's date
 
 # per request: the registry decision, for the OpenHIM envelope's properties
 REGISTRY_RESULT = web.RequestKey("registry_result", SubmissionResult)

@@ -4,12 +4,13 @@ RegistryError                     base; ``status`` and FHIR ``issue.code``
 ├── InvalidInput          400     the request cannot be read (not JSON, wrong resourceType, bad parameter)
 ├── Forbidden             403     the caller may not do this (identifier system of another client)
 ├── NotFound              404     unknown record or identifier
-├── Conflict              409     the record changed under us; ``retryable`` tells the workflow to try again
+├── Conflict              409     the record changed under us (the workflow decides again from fresh reads)
 ├── Ambiguous             409     an identifier names records of more than one person (never answer with one)
 ├── PayloadTooLarge       413     body over the configured limit
 ├── Unprocessable         422     well-formed FHIR that the registry cannot accept (no usable identifier)
-├── UpstreamUnavailable   503     HAPI (or another upstream) refused, is down or answered 5xx
-└── UpstreamTimeout       504     HAPI did not answer in time
+└── UpstreamError                 HAPI (or another upstream) could not be used: nothing was written
+    ├── UpstreamUnavailable   503 refused, is down or answered 5xx
+    └── UpstreamTimeout       504 did not answer in time
 """
 
 from __future__ import annotations
@@ -52,10 +53,6 @@ class Conflict(RegistryError):
     status = 409
     code = "conflict"
 
-    def __init__(self, diagnostics: str, *, retryable: bool = True) -> None:
-        super().__init__(diagnostics)
-        self.retryable = retryable
-
 
 class Ambiguous(RegistryError):
     status = 409
@@ -72,12 +69,19 @@ class Unprocessable(RegistryError):
     code = "processing"
 
 
-class UpstreamUnavailable(RegistryError):
+class UpstreamError(RegistryError):
+    """An upstream (the FHIR store, the lock database) could not be used; retrying later may work."""
+
     status = 503
     code = "transient"
 
 
-class UpstreamTimeout(RegistryError):
+class UpstreamUnavailable(UpstreamError):
+    status = 503
+    code = "transient"
+
+
+class UpstreamTimeout(UpstreamError):
     status = 504
     code = "timeout"
 

@@ -21,7 +21,7 @@ import aiohttp
 import numpy as np
 import orjson
 
-from .errors import Conflict, NotFound, Unprocessable, UpstreamTimeout, UpstreamUnavailable
+from .errors import Conflict, NotFound, Unprocessable, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from .identifiers import is_fhir_id
 from .metrics import Metrics
 
@@ -287,7 +287,7 @@ async def wait_until_ready(client: HapiClient, timeout_s: float) -> None:
         try:
             await client.metadata()
             return
-        except (UpstreamUnavailable, UpstreamTimeout):
+        except UpstreamError:
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.5)  # poll interval while HAPI boots

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from . import pix, records
 from .audit import Actor
-from .context import CONFIG, HAPI, METRICS, REGISTRY, REGISTRY_RESULT, SETTINGS
+from .context import CONFIG, HAPI, METRICS, REGISTRY, REGISTRY_RESULT, SETTINGS, STARTED_AT
 from .errors import InvalidInput, RegistryError
 from .registry import Submission, SubmissionResult
 from .review import OPEN, POSSIBLE_DUPLICATE, POTENTIAL_MATCH
@@ -184,7 +184,7 @@ async def capability_statement(request: web.Request) -> web.Response:
             "kind": "instance",
             "fhirVersion": "4.0.1",
             "format": ["application/fhir+json"],
-            "date": "2026-11-25",
+            "date": request.app[STARTED_AT],  # what this instance serves was settled when it started
             "software": {"name": "client-registry mediator"},
             "rest": [
                 {

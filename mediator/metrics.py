@@ -38,7 +38,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .errors import UpstreamTimeout, UpstreamUnavailable
+from .errors import UpstreamError
 
 REVIEW_COUNT_EVERY_S = 30.0  # scrapes in between show the last count
 
@@ -131,7 +131,7 @@ class Metrics:
         try:
             for kind in kinds:
                 self.review_open.labels(kind).set(await open_tasks(kind))
-        except (UpstreamUnavailable, UpstreamTimeout):
+        except UpstreamError:
             self.review_open.clear()  # the failure is counted too
 
     def watch_jobs(self, states: JobStates) -> None:

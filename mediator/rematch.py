@@ -63,7 +63,7 @@ import matching
 from . import applied_rules, linking, records
 from .audit import Actor
 from .config import ConfigHolder, RegistryConfig
-from .errors import Conflict, RegistryError, UpstreamTimeout, UpstreamUnavailable
+from .errors import Conflict, RegistryError, UpstreamError
 from .fhir_client import HapiClient
 from .registry import Registry, Submission
 from .unit_of_work import UnitOfWork
@@ -410,7 +410,8 @@ class RematchJob:
         return s
 
     async def _retag(self, ids: Sequence[str], rules: matching.Rules) -> None:
-        for attempt in range(1, 6):
+        retries = self.registry.conflict_retries
+        for attempt in range(1, retries + 1):
             uow = UnitOfWork(self.hapi)
             for sid in ids:
                 stored = await uow.read("Patient", sid)
@@ -432,7 +433,7 @@ class RematchJob:
                 await uow.commit()
                 return
             except Conflict:
-                if attempt == 5:
+                if attempt == retries:
                     raise
 
     async def _already_relinked(self, sid: str) -> bool:
@@ -475,7 +476,7 @@ class RematchJob:
         actor = Actor(client_id=records.client_of(stored), address=f"rematch:{self.state.id}")
         try:
             result = await self.registry.submit(Submission(patient, actor, target_id=sid, conditional=key))
-        except (UpstreamUnavailable, UpstreamTimeout):
+        except UpstreamError:
             raise
         except RegistryError as exc:
             self.state.errors.append({"source_id": sid, "error": exc.diagnostics})

@@ -22,7 +22,6 @@ wrote. Without that, two decisions sent at once on one pair could both fail (two
 from __future__ import annotations
 
 import asyncio
-import copy
 import functools
 import inspect
 import json
@@ -100,7 +99,7 @@ def link_state(resource: Resource | None) -> dict[str, Any]:
 
 def with_state(resource: Resource, state: dict[str, Any]) -> Resource:
     """``resource`` with the link state ``state`` (the inverse of :func:`link_state`)."""
-    out = copy.deepcopy(resource)
+    out = records.clone(resource)
     kind = state["kind"]
     if kind == "absent":  # a golden record created by the undone decision: emptied, never deleted
         kind, state = "golden", {"active": False, "sources": [], "replaced_by": None, "distinct_from": []}
@@ -182,7 +181,7 @@ class _Change:
             raise NotFound(f"Golden record Patient/{walk.missing} does not exist.")
         if walk.end == records.NOT_GOLDEN and walk.last is not None:
             raise InvalidInput(f"Patient/{walk.last['id']} is not a golden record.")
-        raise Conflict("Too many replaced-by links.", retryable=False)  # a cycle, or over MAX_RECORDS
+        raise Conflict("Too many replaced-by links.")  # a cycle, or over MAX_RECORDS
 
     def put(self, resource: Resource) -> None:
         self.uow.put(resource)
@@ -288,7 +287,7 @@ def _task_candidate(task: Resource) -> str | None:
 
 
 def close_task(task: Resource, decision: str, admin: Admin, status: str = "completed") -> Resource:
-    closed = copy.deepcopy(task)
+    closed = records.clone(task)
     closed["status"] = status
     closed["lastModified"] = _now()
     closed["businessStatus"] = {"text": decision}
@@ -354,7 +353,7 @@ class Curation:
             raise NotFound(f"Task/{task_id} does not exist.")
         if task.get("status") != OPEN:
             decided = task.get("businessStatus", {}).get("text", task.get("status"))
-            raise Conflict(f"This pair was already decided ({decided}).", retryable=False)
+            raise Conflict(f"This pair was already decided ({decided}).")
         return task
 
     @_one_at_a_time("task_id")
@@ -383,8 +382,7 @@ class Curation:
         else:
             if a["id"] == b["id"]:
                 raise Conflict(
-                    "These records already belong to the same person; use break or move to split them.",
-                    retryable=False,
+                    "These records already belong to the same person; use break or move to split them."
                 )
             change.put(_distinct(a, b["id"]))
             change.put(_distinct(b, a["id"]))
@@ -398,7 +396,7 @@ class Curation:
     async def _merge(self, change: _Change, keep: Resource, lose: Resource) -> None:
         moved = records.source_ids_of(lose)
         sources = await asyncio.gather(*(change.patient(s) for s in moved))
-        survivor = copy.deepcopy(keep)
+        survivor = records.clone(keep)
         for sid, source in zip(moved, sources, strict=True):
             if source is not None:
                 change.put(manually_linked(source, keep["id"]))
@@ -526,7 +524,7 @@ class Curation:
         if records.is_golden(source) or not golden_id:
             raise InvalidInput(f"Patient/{source_id} is not a linked source record.")
         if records.is_manually_linked(source):
-            raise Conflict("This link was already decided by a person.", retryable=False)
+            raise Conflict("This link was already decided by a person.")
         change.put(manually_linked(source, golden_id))
         audit_id = await change.commit(admin, CONFIRM, note=note)
         return Outcome(CONFIRM, audit_id, (golden_id,))
@@ -549,8 +547,7 @@ class Curation:
                 current = await change.patient(rid)
                 if current is None or link_state(current) != after:
                     raise Conflict(
-                        f"Patient/{rid} changed after that decision; undo the later decisions first.",
-                        retryable=False,
+                        f"Patient/{rid} changed after that decision; undo the later decisions first."
                     )
                 change.put(with_state(current, before))
                 if after["kind"] == "golden" or before["kind"] == "golden":
@@ -578,8 +575,7 @@ class Curation:
         now = _review_state(stored) or {}
         if stored is None or any(now.get(k) != v for k, v in expected.items()):
             raise Conflict(
-                f"Task/{task_id} changed after that decision; it was decided or raised again since.",
-                retryable=False,
+                f"Task/{task_id} changed after that decision; it was decided or raised again since."
             )
         if "task-before" in details:
             before = json.loads(details["task-before"])
@@ -628,7 +624,7 @@ def _task_snapshot(task: Resource | None) -> Resource | None:
     """The Task as a decision found it, without HAPI's version bookkeeping (undo puts it back as is)."""
     if task is None:
         return None
-    out = copy.deepcopy(task)
+    out = records.clone(task)
     meta = out.get("meta", {})
     for key in ("versionId", "lastUpdated", "source"):
         meta.pop(key, None)
@@ -649,7 +645,7 @@ def _review_state(task: Resource | None) -> dict[str, Any] | None:
 
 def _with_review(task: Resource, review: dict[str, Any], status: str | None) -> Resource:
     """``task`` open again (or in ``status``) with the subject and candidate of ``review`` (if known)."""
-    out = copy.deepcopy(task)
+    out = records.clone(task)
     if review.get("for") and review.get("candidate"):
         out = _retargeted(out, review["for"], review["candidate"])
     out["status"] = review.get("status") or status or OPEN
@@ -660,7 +656,7 @@ def _with_review(task: Resource, review: dict[str, Any], status: str | None) -> 
 
 
 def _retargeted(task: Resource, subject: str, other: str) -> Resource:
-    out = copy.deepcopy(task)
+    out = records.clone(task)
     out["for"] = {"reference": records.ref(subject)}
     for item in out.get("input", []):
         if item.get("type", {}).get("text") == "candidate":

@@ -61,7 +61,7 @@ import matching
 
 from .. import applied_rules, bulk, rematch
 from ..context import CONFIG, HAPI, METRICS, REGISTRY, SETTINGS
-from ..errors import Conflict, InvalidInput, NotFound, UpstreamTimeout, UpstreamUnavailable
+from ..errors import Conflict, InvalidInput, NotFound, UpstreamError
 from ..locks import Lease
 from ..openhim import OPENHIM
 from ..settings import REPO_ROOT
@@ -70,7 +70,7 @@ from .pages import csrf_field, e, layout
 
 log = logging.getLogger(__name__)
 
-UPSTREAM = (UpstreamUnavailable, UpstreamTimeout)  # the FHIR store or the lock database is down or slow
+UPSTREAM = UpstreamError  # the FHIR store or the lock database is down or slow
 
 MAX_UPLOAD_BYTES = 512 * 1024 * 1024
 APPLY_LEASE = "rematch-apply"  # one re-match apply (or rules reset) at a time in the whole deployment
@@ -302,8 +302,7 @@ class Jobs:
                 "A re-match apply cannot be stopped halfway: its rules are live already. Apply the previous "
                 "rules to go back."
                 if info.kind == "rematch-apply"
-                else f"The job is {info.status} already.",
-                retryable=False,
+                else f"The job is {info.status} already."
             )
         info.status, info.error = "cancelled", f"Cancelled by {admin}."
         self.save(info)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 
 from mediator import records
+from mediator.app import create_app
 from tests.conftest import patient, unique_surname
 
 FHIR = {"Content-Type": "application/fhir+json"}
@@ -200,3 +202,13 @@ async def test_an_oversized_block_does_not_hide_the_true_match(aiohttp_client, s
     logged = "\n".join(JsonFormatter().format(r) for r in caplog.records)
     assert "blocks over the candidate limit skipped" in logged and '"dob"' in logged
     assert "19690227" not in logged and "1969" not in logged
+
+
+async def test_the_capability_statement_is_dated_when_the_instance_started(aiohttp_client, settings):
+    """Its date was a fixed string written into the code (FHIR: the date the statement last changed)."""
+    before = datetime.now(UTC).replace(microsecond=0)
+    client = await aiohttp_client(create_app(settings))
+    resp = await client.get("/fhir/metadata")
+    assert resp.status == 200
+    dated = datetime.fromisoformat((await resp.json(content_type=None))["date"])
+    assert before <= dated <= datetime.now(UTC)
