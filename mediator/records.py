@@ -291,3 +291,59 @@ def build_source_record(
 def client_of(source: Mapping[str, Any]) -> str | None:
     clients = tags(source, CLIENT_SYSTEM)
     return clients[0] if clients else None
+
+
+# -- link state: what a curation decision changes, and what undo restores --------------------------------
+
+
+def link_state(resource: Resource | None) -> dict[str, Any]:
+    """A record's links and link decisions only (JSON, no demographics): for AuditEvents and undo."""
+    if resource is None:
+        return {"kind": "absent"}
+    if is_golden(resource):
+        return {
+            "kind": "golden",
+            "active": resource.get("active", True),
+            "sources": sorted(source_ids_of(resource)),
+            "replaced_by": replaced_by(resource),
+            "distinct_from": sorted(distinct_from(resource)),
+        }
+    return {
+        "kind": "source",
+        "golden": golden_id_of(resource),
+        "manual": is_manually_linked(resource),
+    }
+
+
+def with_link_state(resource: Resource, state: dict[str, Any]) -> Resource:
+    """``resource`` with the link state ``state`` (the inverse of :func:`link_state`)."""
+    out: Resource = clone(resource)
+    kind = state["kind"]
+    if kind == "absent":  # a golden record created by the undone decision: emptied, never deleted
+        kind, state = "golden", {"active": False, "sources": [], "replaced_by": None, "distinct_from": []}
+    if kind == "golden":
+        links: list[dict[str, Any]] = [
+            {"other": {"reference": ref(s)}, "type": "seealso"} for s in state["sources"]
+        ]
+        if state["replaced_by"]:
+            links.append({"other": {"reference": ref(state["replaced_by"])}, "type": "replaced-by"})
+        out["link"] = links
+        out["active"] = state["active"]
+        _set_extensions(
+            out,
+            DISTINCT_FROM_URL,
+            [{"valueReference": {"reference": ref(g)}} for g in state["distinct_from"]],
+        )
+    else:
+        out["link"] = [{"other": {"reference": ref(state["golden"])}, "type": "refer"}]
+        _set_extensions(out, LINK_SOURCE_URL, [{"valueCode": MANUAL}] if state["manual"] else [])
+    return out
+
+
+def _set_extensions(resource: Resource, url: str, values: list[dict[str, Any]]) -> None:
+    kept = [e for e in resource.get("extension", []) if e.get("url") != url]
+    kept.extend({"url": url, **v} for v in values)
+    if kept:
+        resource["extension"] = kept
+    else:
+        resource.pop("extension", None)

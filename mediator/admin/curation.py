@@ -76,72 +76,15 @@ class Outcome:
         }
 
 
-# -- link state: what a decision changes, and what undo restores -----------------------------------------
-
-
-def link_state(resource: Resource | None) -> dict[str, Any]:
-    if resource is None:
-        return {"kind": "absent"}
-    if records.is_golden(resource):
-        return {
-            "kind": "golden",
-            "active": resource.get("active", True),
-            "sources": sorted(records.source_ids_of(resource)),
-            "replaced_by": records.replaced_by(resource),
-            "distinct_from": sorted(records.distinct_from(resource)),
-        }
-    return {
-        "kind": "source",
-        "golden": records.golden_id_of(resource),
-        "manual": records.is_manually_linked(resource),
-    }
-
-
-def with_state(resource: Resource, state: dict[str, Any]) -> Resource:
-    """``resource`` with the link state ``state`` (the inverse of :func:`link_state`)."""
-    out = records.clone(resource)
-    kind = state["kind"]
-    if kind == "absent":  # a golden record created by the undone decision: emptied, never deleted
-        kind, state = "golden", {"active": False, "sources": [], "replaced_by": None, "distinct_from": []}
-    if kind == "golden":
-        links: list[dict[str, Any]] = [
-            {"other": {"reference": records.ref(s)}, "type": "seealso"} for s in state["sources"]
-        ]
-        if state["replaced_by"]:
-            links.append({"other": {"reference": records.ref(state["replaced_by"])}, "type": "replaced-by"})
-        out["link"] = links
-        out["active"] = state["active"]
-        _set_extensions(
-            out,
-            records.DISTINCT_FROM_URL,
-            [{"valueReference": {"reference": records.ref(g)}} for g in state["distinct_from"]],
-        )
-    else:
-        out["link"] = [{"other": {"reference": records.ref(state["golden"])}, "type": "refer"}]
-        _set_extensions(
-            out, records.LINK_SOURCE_URL, [{"valueCode": records.MANUAL}] if state["manual"] else []
-        )
-    return out
-
-
-def _set_extensions(resource: Resource, url: str, values: list[dict[str, Any]]) -> None:
-    kept = [e for e in resource.get("extension", []) if e.get("url") != url]
-    kept.extend({"url": url, **v} for v in values)
-    if kept:
-        resource["extension"] = kept
-    else:
-        resource.pop("extension", None)
-
-
 def manually_linked(source: Resource, golden_id: str) -> Resource:
     state = {"kind": "source", "golden": golden_id, "manual": True}
-    return with_state(source, state)
+    return records.with_link_state(source, state)
 
 
 def golden_with(golden: Resource, **changes: Any) -> Resource:
-    state = link_state(golden)
+    state = records.link_state(golden)
     state.update(changes)
-    return with_state(golden, state)
+    return records.with_link_state(golden, state)
 
 
 # -- the decisions ---------------------------------------------------------------------------------------
@@ -158,7 +101,7 @@ class _Change:
 
     async def patient(self, resource_id: str) -> Resource | None:
         resource = await self.uow.read("Patient", resource_id)
-        self.before.setdefault(resource_id, link_state(resource))
+        self.before.setdefault(resource_id, records.link_state(resource))
         return resource
 
     async def task(self, task_id: str) -> Resource | None:
@@ -191,7 +134,7 @@ class _Change:
         for key, staged in self.uow.staged.items():
             if key.startswith("Patient/"):
                 rid = key.split("/", 1)[1]
-                out.append((rid, self.before.get(rid, {"kind": "absent"}), link_state(staged)))
+                out.append((rid, self.before.get(rid, {"kind": "absent"}), records.link_state(staged)))
         return out
 
     def _task_details(self, key: str, after: Resource) -> list[dict[str, str]]:
@@ -545,11 +488,11 @@ class Curation:
                 rid = reference.split("/", 1)[1]
                 before, after = json.loads(details["before"]), json.loads(details["after"])
                 current = await change.patient(rid)
-                if current is None or link_state(current) != after:
+                if current is None or records.link_state(current) != after:
                     raise Conflict(
                         f"Patient/{rid} changed after that decision; undo the later decisions first."
                     )
-                change.put(with_state(current, before))
+                change.put(records.with_link_state(current, before))
                 if after["kind"] == "golden" or before["kind"] == "golden":
                     goldens.append(rid)
             elif reference.startswith("Task/"):
