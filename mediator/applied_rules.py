@@ -1,34 +1,7 @@
-"""The matching rules a re-match job applied, stored in HAPI so every replica and every restart uses them.
-
-**Where.** One ``Basic`` resource with the fixed id ``cr-rules-applied`` (:data:`RESOURCE_ID`): the rules as
-YAML text (``rules-yaml`` extension; ``matching.Rules.to_dict()`` of the applied rules, dumped), when
-(``applied-at``), by whom (``applied-by``, the admin user) and the job (``rematch-job``). A re-match apply
-job (:class:`mediator.rematch.RematchJob`) writes it when it makes its rules live; the last job to start wins.
-
-**Precedence.** At start-up (:func:`install`, from the app's HAPI session) a stored document wins over the
-``CR_RULES`` file; without one the file's rules stay. The OpenHIM console's own ``rules`` text, when set,
-still wins over both (an explicit edit); an empty console ``rules`` means "the rules in effect" (applied,
-else the file). :func:`reset` (``POST /admin/jobs/rules/reset`` or ``python -m mediator.admin reset-rules``)
-deletes the document and goes back to the file. A re-match apply is refused (409) while the console sets a
-rules text: that text would stay in force on every replica; only the applying one would use the job's rules.
-
-**While running.** Each app polls the document's version every ``CR_RULES_POLL_S`` seconds (:func:`watch`,
-default 10, 0 = never; one small read on the app's HAPI client). When ``meta.versionId`` (or the document's
-presence) differs from what it last installed, the document goes through the same validation and
-installation as at start-up (:func:`poll`), then the OpenHIM console config, if any, is built again over it
-(same precedence as at start-up). So a re-match applied on one replica, or a reset, reaches every other
-replica within one period; the replica that wrote the document finds its own rules already in effect and
-changes nothing. HAPI unreachable during a poll: the rules stay, a warning is logged, the next period tries
-again.
-
-**Failure mode.** The stored YAML is validated by the same loader as the file (``matching.load_rules``). A
-broken stored document **fails start-up** with a :class:`StoredRulesError` naming the problems and the way
-out (``python -m mediator.admin reset-rules``): replicas must never silently decide with different rules.
-If HAPI is unreachable at start-up the mediator starts anyway and reads the document in the background;
-until it is read, submissions wait for it (:meth:`mediator.config.ConfigHolder.settled`) and fail with 503
-while HAPI stays unreachable (as they would anyway); a broken document found then — or by a poll while
-running — refuses submissions (503, naming the reset command) until it is fixed or reset; the rules in
-memory are not replaced by it.
+"""The matching rules a re-match job applied, stored in HAPI (``Basic/cr-rules-applied``) so every replica
+and every restart uses them: installed at start-up over the ``CR_RULES`` file, polled while running
+(:func:`watch`), forgotten by :func:`reset`. A broken stored document fails start-up rather than let
+replicas decide with different rules. Precedence and failure modes: ``docs/internals.md``.
 """
 
 from __future__ import annotations

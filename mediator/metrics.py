@@ -1,23 +1,6 @@
-"""Prometheus metrics of one mediator app, served at ``GET /metrics``.
-
-Counts and timings only, labelled by route, outcome, kind of FHIR store call or job state — never by an id,
-an identifier or a demographic value. Each app has its own registry (several apps may share a process in
-tests; a replica is one process with one app).
-
-- ``cr_http_requests_total{method,route,status}``, ``cr_http_request_duration_seconds{method,route}``: every
-  answered request (``route`` is the route's pattern, e.g. ``/fhir/Patient/{id}``; ``unmatched`` for
-  unknown paths);
-- ``cr_decisions_total{outcome}``: records decided (``match``, ``potential``, ``no_match``), by single
-  submissions, Bundles, bulk loads and re-matches alike;
-- ``cr_conflict_retries_total``: transactions decided again after a version conflict in the FHIR store;
-- ``cr_fhir_store_call_duration_seconds{call}``: calls the FHIR store answered (any status);
-  ``cr_fhir_store_failures_total{call,reason}``: ``timeout``, ``connection`` (refused, reset) or
-  ``server_error`` (5xx or 429) — what becomes a 503/504 or a job waiting for the store;
-- ``cr_review_tasks_open{kind}``: the review queue (open ``potential-match`` / ``possible-duplicate``
-  Tasks), counted in the FHIR store at most every :data:`REVIEW_COUNT_EVERY_S` (absent while it cannot be);
-- ``cr_jobs{kind,status}`` and ``cr_jobs_waiting_for_fhir_store{kind}``: admin jobs in the jobs directory at
-  the time of the scrape. Replicas sharing that directory all report the same jobs: aggregate with ``max``,
-  not ``sum``.
+"""Prometheus metrics of one mediator app, served at ``GET /metrics``: counts and timings only, labelled
+by route, outcome, kind of FHIR store call or job state — never by an id, identifier or demographic
+value. Each app has its own registry. The list of metrics: ``docs/internals.md``.
 """
 
 from __future__ import annotations

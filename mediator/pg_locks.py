@@ -1,28 +1,9 @@
 """Key locks shared by every mediator replica: PostgreSQL transaction-level advisory locks.
 
-``hold(keys)`` takes one connection from a small pool, opens a transaction and takes
-``pg_advisory_xact_lock(k)`` for each key, each key hashed to a signed 64-bit integer and all taken in
-ascending order of that integer (the same total order in every replica, so two holders never deadlock).
-The transaction stays open for the duration of the ``async with`` body and is rolled back at the end, which
-releases every lock at once — also when the body raises, the task is cancelled, or the connection drops
-(PostgreSQL ends the transaction with the session). A hash collision of two keys only serialises two
-unrelated submissions; it never lets two related ones run together.
-
-Timeouts: waiting for a pool connection and for the locks is bounded by ``acquire_timeout_s``; past it the
-submission fails with 503 (:class:`~mediator.errors.UpstreamUnavailable`) and nothing has been written.
-
-Limitation: if the lock connection is lost while the body runs, PostgreSQL releases the locks before the body
-finishes. :meth:`PgAdvisoryLocks.confirm`, called just before the HAPI transaction of a submission or of an
-admin's curation decision, then fails it with 503 and nothing is written; a loss during the transaction itself
-(≈ 150 ms for a bulk batch) is not caught. The body's HAPI writes keep their ``If-Match`` safety (records read
-as absent included), so nothing is overwritten, but the "one golden record for a new person" guarantee is then
-only as good as one replica's. The loss is logged.
-Leases (:meth:`PgAdvisoryLocks.try_lease`, e.g. "a re-match is being applied") are session-level advisory
-locks in a key space of their own, held on a pooled connection for as long as the work runs; a replica
-that dies releases them with its sessions.
-
-Use with ``CR_LOCKS=postgres CR_LOCKS_DSN=postgresql://user:password@host:port/db`` (any database of the
-cluster; HAPI's own database is fine: advisory locks touch no table).
+``hold(keys)`` takes every key's lock in one transaction, in one total order (no deadlocks), released
+together when the body ends; ``confirm()`` checks the lock session still answers before a HAPI write;
+leases (``try_lease``) are session-level locks for long work. Use with ``CR_LOCKS=postgres``.
+Timeouts, the lost-connection limitation and leases: ``docs/internals.md``.
 """
 
 from __future__ import annotations

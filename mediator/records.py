@@ -1,16 +1,10 @@
 """The shape of the registry's records in HAPI — pure functions, no I/O.
 
-HAPI keeps old tags on update unless told otherwise; the client sends ``X-Meta-Snapshot-Mode: TAG`` with
-every transaction so tags are replaced. Decisions of people live in extensions: ``link-source`` (manual
-link) on source records, ``distinct-from`` on golden records.
-
-* A **source record** is what one point-of-service system sent for one of its identifiers. Its id is
-  derived from that identifier (``src-<hash>``), so resubmitting the identifier always lands on the same
-  record. It carries ``meta.tag`` entries: its record type, the submitting client, its blocking keys (how
-  candidates are found with one ``_tag`` search) and one ``link`` of type ``refer`` to its golden record.
-* A **golden record** (``cr-<uuid>``) holds no demographics: the CRUID identifier, a record-type tag and
-  one ``link`` of type ``seealso`` per source record. When it has no sources left it is made inactive; when
-  it is merged into another it gets a ``replaced-by`` link.
+A **source record** (``src-<hash of its identifier>``) is what one point-of-service system sent for one
+identifier, with tags (record type, client, blocking keys) and one ``refer`` link to its golden record. A
+**golden record** (``cr-<uuid>``) holds no demographics: the CRUID, a record-type tag and one ``seealso``
+link per source record; inactive when it has no sources, ``replaced-by`` when merged. Decisions of people
+live in extensions (``link-source`` manual, ``distinct-from``).
 """
 
 from __future__ import annotations

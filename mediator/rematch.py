@@ -1,46 +1,10 @@
 """Re-matching the stored source records after a rules change: a dry run, then a resumable apply job.
 
-**Dry run** (:func:`dry_run`): pages through the stored source records (``_tag`` record-type ``source``,
-``_sort=_id``, bounded pages), keeps in memory only what the plan needs of each (:class:`SourceFacts`: golden
-id, manual flag, stored and new blocking keys, the normalised comparison values under the new rules, equal
-values stored once) and of their golden records, and re-decides every record
-in ``_id`` order with the new rules through the registry's own steps — ``matching.block_keys`` (the *new*
-keys, looked up in an in-memory index, since the stored ``block`` tags still carry the old ones), the same
-candidate filter (not itself, not a golden record its golden was decided distinct from), the same
-``max_candidates`` rule for oversized blocks, ``matching.decide`` and the same choice of golden record as
-``Registry._process`` (manual link kept; current golden kept while any of its records still auto-matches;
-else the best auto-matched golden; else the current golden if the record is alone in it; else a new one).
-Nothing is written. Memory (``bench/bench_rematch_memory.py``, 3k generated records, tracemalloc): ~2.9 kB
-per source record held, ~4.2 kB at the planning peak (full resources: 7.0 kB and 10.0 kB), so ~85 MB at
-20k. The :class:`Plan` counts the links that would change, with examples of records that
-would join another person (``merge``: with the pair that matched) and records that would leave theirs
-(``split``).
-
-**Order effects.** Re-deciding records one by one changes the candidates of later ones (a record that
-moved is seen in its new golden by the records after it). The dry run *simulates* that sequence: after each
-re-decision it updates its in-memory links, so the plan is what the apply job does in the same ``_id``
-order when no other traffic interleaves. The rules are conservative by construction: a record stays with
-its person while *any* of that person's records still auto-matches it, so splits only detach records that
-match nobody there any more, and chains (A~B, B~C, not A~C) stay together. The result can still depend on
-the order (as the registry's does on arrival order); ``_id`` order makes it deterministic and repeatable.
-
-**Apply** (:class:`RematchJob`): makes the new rules the live rules (new submissions are decided with them
-from then on), then (1) rewrites the ``block`` tags of every record whose keys changed (batches of
-``RETAG_BATCH`` records per transaction, ``If-Match``; links untouched), so the registry's ``_tag``
-candidate search sees everyone under the new keys; (2) re-submits each record of the plan, in order,
-through ``Registry.submit`` — the normal write path: key locks, fresh reads, one transaction with
-``If-Match``, the source record's tags rewritten, review Tasks, and an ``AuditEvent`` (action ``update``,
-``previous-cruid`` when the link changed; network address ``rematch:<job id>``). Manually linked records and
-``distinct-from`` decisions are left alone by the registry itself. The job's state (phase, plan, position,
-counts) is a JSON file in its directory written after every step, so a restarted mediator resumes it. The
-one record a stopped run may have written without saving its position (HAPI gone after the commit, before
-the answer) is looked up by its AuditEvent from this job before it is re-submitted: if there is one, it is
-counted from it and not submitted again, so every change is audited once and the counts equal those of an
-uninterrupted run (``tests/scale/test_rematch_resume.py``).
-
-The applied rules are stored in HAPI (:mod:`mediator.applied_rules`, ``Basic/cr-rules-applied``) when the
-job makes them live, so a restart or another replica uses them too (they win over ``CR_RULES``; running
-replicas notice within ``CR_RULES_POLL_S``).
+The dry run (:func:`dry_run`) re-decides every stored source record in ``_id`` order with the new rules,
+in memory, through the same linking decision as live submissions (:mod:`mediator.linking`), and writes
+nothing. The apply (:class:`RematchJob`) makes the rules live, rewrites changed blocking tags, then
+re-submits each record of the plan through ``Registry.submit``. How it pages, resumes and audits:
+``docs/internals.md``.
 """
 
 from __future__ import annotations

@@ -1,17 +1,9 @@
 """Source records by blocking tag, read through a cache of the records already seen, checked by version.
 
-A candidate search asks HAPI which records carry the tags and in which version
-(``Patient/$tagged-versions``, an operation of the project's HAPI launcher that neither loads nor encodes
-the resources), then reads with one ``_id`` search only the records this process does not hold in that
-version. At 100k records, answering candidate searches with whole resources was half of HAPI's CPU in a
-bulk load, although nearly every candidate had been seen before: each record is a candidate of ≈ 14 others.
-
-Exact under concurrent writers (other replicas, curation): a record is used only in the version HAPI lists
-now, and a record changed since it was cached is read again. Records written by this process are cached
-with the version HAPI gave them (:meth:`TaggedSources.remember`). What is returned is always a fresh copy
-labelled ``SUBSETTED`` — a view for matching that the unit of work refuses to write back.
-
-Against a FHIR server without the operation (a stock HAPI), the same answers come from a ``_tag`` search.
+HAPI lists which records carry the tags and in which version (``Patient/$tagged-versions``, an operation
+of the project's HAPI launcher); only records not held in that version are read. What is returned is a
+copy labelled ``SUBSETTED``, never written back. Without the operation, a ``_tag`` search gives the same
+answers. Why and how: ``docs/internals.md``.
 """
 
 from __future__ import annotations

@@ -1,20 +1,9 @@
 """One all-or-nothing set of writes to HAPI.
 
-Reads go through the unit of work, which remembers the version it saw; writes are staged and sent as
-one FHIR ``transaction`` Bundle in which every update of a record that existed carries ``If-Match`` with
-that version, and every record read as absent carries ``If-Match: W/"0"`` (HAPI creates the record if it
-is still absent and refuses if anyone created it meanwhile: no version of a record is "0"). If anyone
-changed or created such a record meanwhile, HAPI refuses the whole Bundle (409/412) and nothing is written;
-the workflow then starts again from fresh reads. The key locks keep two submissions of one person apart,
-but a replica that dies with a transaction still in HAPI loses its locks at once: a retry on another
-replica could otherwise read the record as absent and overwrite it when that transaction lands, leaving a
-golden record behind. A record deleted in HAPI directly (the registry never deletes) is not absent to HAPI:
-its history ends in the deletion. When HAPI refuses a record read as absent, the unit of work asks whether
-the record's latest version is a deletion, and then writes it again over that version (once).
-
-Staged resources are visible to later reads and candidate searches of the same unit of work, which lets
-one FHIR ``transaction`` request with several Patients be decided entry by entry and still be written
-at once.
+Reads remember the version they saw; writes are staged and sent as one FHIR ``transaction`` Bundle with
+``If-Match`` on every update (``W/"0"`` for a record read as absent), so a concurrent change anywhere makes
+HAPI refuse the whole Bundle and the workflow decides again from fresh reads. Staged records are seen by
+later reads and candidate searches of the same unit of work. Details: ``docs/internals.md``.
 """
 
 from __future__ import annotations

@@ -1,22 +1,8 @@
-"""Curation decisions and repairs: each one is ONE HAPI transaction (``UnitOfWork``, ``If-Match`` on every
-update) holding the changed records, the closed review Task and an ``AuditEvent`` with the link state of
-every touched record before and after (ids and links only, never demographics).
-
-* same-person   merge two golden records: the survivor keeps its CRUID; the other becomes ``active: false``
-                with a ``replaced-by`` link, its sources are relinked to the survivor and marked manual.
-* different-people  ``distinct-from`` on both golden records (the registry never auto-matches them again).
-* break         split one source out into a new golden record (new CRUID); both marked distinct-from.
-* move          relink one source to another golden record (manual).
-* confirm       an automatic link is confirmed by a person (manual from now on).
-* undo          restore the "before" link state of the last decision touching a record and every review Task
-                it closed, retargeted or created (reopened as they were; a created one is withdrawn:
-                ``entered-in-error``), if nothing changed those records and Tasks since (else 409).
-
-A stale version anywhere (another admin or a submission got there first) → HAPI 409 → :class:`Conflict`
-(409 OperationOutcome); nothing is retried, the admin looks again.
-Actions on the same record (the pair's Task, the source or golden records named in the request) take turns
-under the key locks (shared by replicas with ``CR_LOCKS=postgres``): the second one reads what the first
-wrote. Without that, two decisions sent at once on one pair could both fail (two 409s on H2, no winner).
+"""Curation decisions and repairs by HIE admins: same person (merge), different people, break, move,
+confirm and undo. Each is ONE HAPI transaction (``UnitOfWork``, ``If-Match`` on every update) holding the
+changed records, the closed review Task and an ``AuditEvent`` with the link state of every touched record
+before and after (ids and links only). A stale version gives 409 and nothing is retried; actions on the
+same records take turns under the key locks. What each decision does: ``docs/internals.md``.
 """
 
 from __future__ import annotations

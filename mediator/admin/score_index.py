@@ -1,17 +1,9 @@
 """The review score as a HAPI search parameter, so HAPI sorts and pages the review queue.
 
-* ``SearchParameter/cr-review-score`` (code ``review-score``, type number, base Task, expression on the
-  Task's ``input`` typed ``score``) is PUT with a fixed id when the mediator starts (only when absent or
-  different, so replicas and restarts write nothing).
-* HAPI 8.8 JPA indexes resources *written after* the parameter exists. Tasks already stored stay unindexed
-  (measured: HAPI queues a Batch2 REINDEX job on the new parameter, but nothing guarantees when it runs;
-  an identical PUT is a no-op and is not reindexed either). So :func:`install` backfills: every open review
-  Task with a score that ``review-score`` does not find is written again with ``lastModified`` set, in
-  transactions of 200 with ``If-Match`` (a Task a person decided meanwhile is left to the next pass).
-* The expression belongs to the id and code: a different expression needs a new id and code (values indexed
-  under the old expression would look indexed and be stale; a new parameter starts empty and is backfilled).
-* Until the install finished for a HAPI base URL, :meth:`ScoreIndex.is_ready` is false and the queue sorts
-  in memory (the old, slow but always correct path); a failed install is retried on the next queue request.
+``SearchParameter/cr-review-score`` (and ``cr-review-candidate``) are installed when the mediator starts
+and the open review Tasks HAPI has not indexed are written again (:func:`install`); until then the queue
+sorts in memory. :class:`ScoreIndex` (one per app) knows whether the install is done. Details:
+``docs/internals.md``.
 """
 
 from __future__ import annotations
