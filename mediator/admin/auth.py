@@ -7,8 +7,10 @@ aiohttp 3.14 turns into a warning on every request. The cookie here is the same 
   key; when unset one is generated once into ``var/admin-secret.key``, mode 0600), HttpOnly,
   SameSite=Strict, ``Secure`` when ``CR_ADMIN_COOKIE_SECURE`` is true; it expires after
   ``CR_ADMIN_SESSION_HOURS`` (8).
-* Every request re-checks that the session's user still exists in the user file; nothing is remembered
-  in the process about who is logged in.
+* The cookie names a session id that the user file lists while the session is open (``users.py``):
+  every request checks it there, so a logged-out session, a session of a user whose password changed or
+  who was removed, is refused on every replica and after restarts, even when its cookie is replayed.
+  Nothing is remembered in the process about who is logged in.
 * Every state-changing request (POST/PUT/PATCH/DELETE) must carry the session's CSRF token, as header
   ``X-CSRF-Token`` (JSON API) or form field ``csrf_token`` (HTML forms). The login form has one too.
 * A request from a point-of-service system (it carries ``X-OpenHIM-ClientID``) is refused with 403; a
@@ -180,13 +182,12 @@ async def _authorised(request: web.Request, session: Session, handler: Handler) 
         if request.method in UNSAFE and request.path == "/admin/login":
             await _check_csrf(request, session)
         return await handler(request)
-    user = session.get("user")
-    since = session.get("since")
+    user, sid, since = session.get("user"), session.get("sid"), session.get("since")
     fresh = (
         isinstance(since, (int, float))
         and time.time() - since < request.app[ADMIN_SETTINGS].session_max_age_s
     )
-    if not user or not fresh or request.app[USERS].get(str(user)) is None:
+    if not user or not sid or not fresh or not request.app[USERS].session_open(str(user), str(sid)):
         session.invalidate()
         if request.method == "GET" and _wants_html(request):
             raise web.HTTPSeeOther(f"/admin/login?next={request.path_qs}")
@@ -219,15 +220,26 @@ async def log_in(request: web.Request, name: str, password: str) -> str:
         raise Unauthorized("Unknown user or wrong password.")
     await throttle.succeeded(name)
     session = get_session(request)
+    _end(request, session)  # a login over an open session replaces it
     session.invalidate()
     session.invalid = False
     session["user"] = user.name
+    max_age_s = request.app[ADMIN_SETTINGS].session_max_age_s
+    session["sid"] = request.app[USERS].start_session(user.name, max_age_s)
     session["since"] = time.time()
     return csrf_token(session)
 
 
 async def log_out(request: web.Request) -> None:
-    get_session(request).invalidate()
+    session = get_session(request)
+    _end(request, session)
+    session.invalidate()
+
+
+def _end(request: web.Request, session: Session) -> None:
+    user, sid = session.get("user"), session.get("sid")
+    if user and sid:
+        request.app[USERS].end_session(str(user), str(sid))
 
 
 ADMIN_SETTINGS = web.AppKey("admin_settings", AdminSettings)
