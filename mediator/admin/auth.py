@@ -32,6 +32,7 @@ from aiohttp import web
 from cryptography.fernet import Fernet, InvalidToken
 
 from ..errors import Forbidden, RegistryError
+from ..forwarded import client_address
 from ..settings import REPO_ROOT
 from .throttle import Throttle
 from .users import UserStore
@@ -213,10 +214,11 @@ async def _check_csrf(request: web.Request, session: Session) -> None:
 async def log_in(request: web.Request, name: str, password: str) -> str:
     """Check the password; on success start a fresh session and return its CSRF token."""
     throttle = request.app[THROTTLE]
-    await throttle.check(name, request.remote)
+    address = client_address(request)  # the TCP peer, unless that is a trusted proxy
+    await throttle.check(name, address)
     user = request.app[USERS].verify(name, password)
     if user is None:
-        await throttle.failed(name, request.remote)
+        await throttle.failed(name, address)
         raise Unauthorized("Unknown user or wrong password.")
     await throttle.succeeded(name)
     session = get_session(request)
