@@ -18,6 +18,7 @@ from .config import ConfigHolder, RegistryConfig, RulesOrigin
 from .context import CONFIG, HAPI, HTTP_SESSION, METRICS, REGISTRY, SETTINGS
 from .errors import RegistryError, operation_outcome
 from .fhir_client import HapiClient
+from .headers import security_headers
 from .locks import LocalKeyedLocks, LockManager
 from .metrics import Metrics
 from .registry import Registry
@@ -88,6 +89,7 @@ def create_app(
 ) -> web.Application:
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[errors_middleware])
     app[SETTINGS] = settings
+    app.on_response_prepare.append(security_headers)  # nosniff, no referrer, CSP (mediator/headers.py)
     app[METRICS] = metrics = Metrics()
     if settings.gc_threshold:  # a process-wide setting: the process serves this app
         gc.set_threshold(*settings.gc_threshold)
