@@ -19,6 +19,7 @@ from .config import ConfigHolder, RegistryConfig, RulesOrigin
 from .context import CONFIG, HAPI, HTTP_SESSION, METRICS, REGISTRY, SETTINGS, STARTED_AT
 from .errors import RegistryError, operation_outcome
 from .fhir_client import HapiClient
+from .headers import security_headers
 from .locks import LocalKeyedLocks, LockManager
 from .metrics import Metrics
 from .registry import Registry
@@ -90,6 +91,7 @@ def create_app(
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[errors_middleware])
     app[SETTINGS] = settings
     app[STARTED_AT] = datetime.now(UTC).isoformat(timespec="seconds")
+    app.on_response_prepare.append(security_headers)  # nosniff, no referrer, CSP (mediator/headers.py)
     app[METRICS] = metrics = Metrics()
     if settings.gc_threshold:  # a process-wide setting: the process serves this app
         gc.set_threshold(*settings.gc_threshold)

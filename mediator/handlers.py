@@ -33,11 +33,11 @@ def fhir_response(
 
 
 def actor_of(request: web.Request) -> Actor:
-    forwarded = request.headers.get("X-Forwarded-For", "")
-    address = forwarded.split(",")[0].strip() or request.remote
+    from .forwarded import client_address  # X-Forwarded-For only from CR_TRUSTED_PROXIES
+
     return Actor(
         client_id=request.headers.get("X-OpenHIM-ClientID") or None,
-        address=address,
+        address=client_address(request),
         transaction_id=request.headers.get("X-OpenHIM-TransactionID") or None,
     )
 

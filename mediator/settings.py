@@ -6,6 +6,7 @@ Settings that an HIE admin may change at run time from the OpenHIM console live 
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from collections.abc import Mapping
@@ -21,6 +22,19 @@ def _bool(value: str) -> bool:
 
 def _list(value: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
+def proxy_networks(value: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """``CR_TRUSTED_PROXIES``: comma list of addresses or networks (``10.0.0.5``, ``10.1.0.0/16``)."""
+    networks = []
+    for item in _list(value):
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ValueError(
+                f"CR_TRUSTED_PROXIES takes IP addresses or networks separated by commas; {item!r} is neither"
+            ) from None
+    return tuple(networks)
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
@@ -51,6 +65,8 @@ class Settings:
     # client id -> identifier systems it may submit; empty = open development mode (any system, any caller)
     client_systems: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     max_body_bytes: int = 2_000_000
+    # TCP peers whose X-Forwarded-For is believed (OpenHIM core, a load balancer); mediator/forwarded.py
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     max_candidates: int = 500
     # source records kept (parsed, ≈ 5 KB each) to answer candidate searches without reading them again
     source_cache_records: int = 200_000
@@ -121,6 +137,7 @@ class Settings:
             ),
             client_systems=client_systems,
             max_body_bytes=int(num("CR_MAX_BODY_BYTES", defaults.max_body_bytes)),
+            trusted_proxies=proxy_networks(get("CR_TRUSTED_PROXIES", "")),
             max_candidates=int(num("CR_MAX_CANDIDATES", defaults.max_candidates)),
             source_cache_records=int(num("CR_SOURCE_CACHE_RECORDS", defaults.source_cache_records)),
             gc_threshold=_gc_threshold(get("CR_GC_THRESHOLD", ",".join(map(str, defaults.gc_threshold)))),

@@ -11,6 +11,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..context import HAPI
+from ..headers import strict_transport
 from . import api, pages
 from .auth import ADMIN_SETTINGS, THROTTLE, USERS, AdminSettings, auth_middleware
 from .score_index import SCORE_INDEX, ScoreIndex
@@ -29,6 +30,8 @@ def create_admin_app(
     admin[ADMIN_SETTINGS] = settings
     admin[USERS] = UserStore(settings.users_file)
     admin[THROTTLE] = throttle if throttle is not None else LoginThrottle()
+    if settings.cookie_secure:  # served over HTTPS: browsers are told to keep to it
+        admin.on_response_prepare.append(strict_transport)
     admin.middlewares.append(pages.error_pages)  # outermost: sees what auth and the handlers raise
     admin.middlewares.append(auth_middleware)
     api.add_routes(admin)

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from ..context import CONFIG, HAPI, REGISTRY
 from ..errors import InvalidInput
+from ..forwarded import client_address
 from . import queries
 from .auth import ADMIN_CSRF, ADMIN_USER, log_in, log_out
 from .curation import Admin, Curation
@@ -16,8 +17,7 @@ from .score_index import SCORE_INDEX
 
 
 def admin_of(request: web.Request) -> Admin:
-    forwarded = request.headers.get("X-Forwarded-For", "")
-    return Admin(name=request[ADMIN_USER], address=forwarded.split(",")[0].strip() or request.remote)
+    return Admin(name=request[ADMIN_USER], address=client_address(request))
 
 
 def curation(request: web.Request) -> Curation:

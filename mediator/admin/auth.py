@@ -6,9 +6,13 @@ aiohttp 3.14 turns into a warning on every request. The cookie here is the same 
 * The session cookie (``cr_admin``) is encrypted and authenticated with ``CR_ADMIN_SECRET_KEY`` (a Fernet
   key; when unset one is generated once into ``var/admin-secret.key``, mode 0600), HttpOnly,
   SameSite=Strict, ``Secure`` when ``CR_ADMIN_COOKIE_SECURE`` is true; it expires after
-  ``CR_ADMIN_SESSION_HOURS`` (8).
-* Every request re-checks that the session's user still exists in the user file; nothing is remembered
-  in the process about who is logged in.
+  ``CR_ADMIN_SESSION_HOURS`` (8). Only a login sets it and only a request that sent it deletes it, so a
+  link from another site (the browser withholds the cookie) cannot replace a logged-in admin's session;
+  the login form's CSRF token lives in its own cookie, ``cr_admin_login`` (``Path=/admin/login``).
+* The cookie names a session id that the user file lists while the session is open (``users.py``):
+  every request checks it there, so a logged-out session, a session of a user whose password changed or
+  who was removed, is refused on every replica and after restarts, even when its cookie is replayed.
+  Nothing is remembered in the process about who is logged in.
 * Every state-changing request (POST/PUT/PATCH/DELETE) must carry the session's CSRF token, as header
   ``X-CSRF-Token`` (JSON API) or form field ``csrf_token`` (HTML forms). The login form has one too.
 * A request from a point-of-service system (it carries ``X-OpenHIM-ClientID``) is refused with 403; a
@@ -25,11 +29,13 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from cryptography.fernet import Fernet, InvalidToken
 
 from ..errors import Forbidden, RegistryError
+from ..forwarded import client_address
 from ..settings import REPO_ROOT
 from .throttle import Throttle
 from .users import UserStore
@@ -37,6 +43,7 @@ from .users import UserStore
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
 COOKIE = "cr_admin"
+LOGIN_COOKIE, LOGIN_PATH = "cr_admin_login", "/admin/login"  # the login form's CSRF token, before a session
 
 
 class Session(dict[str, object]):
@@ -125,35 +132,52 @@ PUBLIC = {("GET", "/admin/login"), ("POST", "/admin/login"), ("POST", "/admin/ap
 
 
 def _load_session(request: web.Request) -> Session:
+    """The logged-in session (cookie ``cr_admin``), else the login form's state (``cr_admin_login``)."""
+    data = _read_cookie(request, COOKIE)
+    if data.get("user"):
+        return Session(data)
+    return Session(_read_cookie(request, LOGIN_COOKIE))
+
+
+def _read_cookie(request: web.Request, name: str) -> dict[str, object]:
     settings = request.app[ADMIN_SETTINGS]
-    raw = request.cookies.get(COOKIE)
+    raw = request.cookies.get(name)
     if raw:
         try:
             data = json.loads(Fernet(settings.secret_key).decrypt(raw, ttl=settings.session_max_age_s))
             if isinstance(data, dict):
-                return Session(data)
+                return data
         except (InvalidToken, ValueError):
             pass
-    return Session()
+    return {}
 
 
 def _save_session(request: web.Request, session: Session, response: web.StreamResponse) -> None:
+    """Only a login writes ``cr_admin``, and only a request that sent it deletes it (logout, or a session
+    that is over). A browser follows a link from another site without its SameSite=Strict cookie: the answer
+    to such a request must not replace or delete the admin's session, so anything an anonymous request keeps
+    (the login form's CSRF token) goes into ``cr_admin_login``, sent to the login form only."""
     if not session.changed or response.prepared:
         return
-    settings = request.app[ADMIN_SETTINGS]
-    if session.invalid and not session:
-        response.del_cookie(COOKIE, path="/admin")
+    if session.get("user"):
+        _set_cookie(request, response, COOKIE, session, "/admin")
         return
+    if session.invalid and COOKIE in request.cookies:
+        response.del_cookie(COOKIE, path="/admin", **_cookie_flags(request))
+    if session:
+        _set_cookie(request, response, LOGIN_COOKIE, session, LOGIN_PATH)
+
+
+def _cookie_flags(request: web.Request) -> dict[str, Any]:
+    return {"httponly": True, "samesite": "Strict", "secure": request.app[ADMIN_SETTINGS].cookie_secure}
+
+
+def _set_cookie(
+    request: web.Request, response: web.StreamResponse, name: str, session: Session, path: str
+) -> None:
+    settings = request.app[ADMIN_SETTINGS]
     token = Fernet(settings.secret_key).encrypt(json.dumps(dict(session)).encode()).decode()
-    response.set_cookie(
-        COOKIE,
-        token,
-        path="/admin",
-        max_age=settings.session_max_age_s,
-        httponly=True,
-        samesite="Strict",
-        secure=settings.cookie_secure,
-    )
+    response.set_cookie(name, token, path=path, max_age=settings.session_max_age_s, **_cookie_flags(request))
 
 
 def get_session(request: web.Request) -> Session:
@@ -180,13 +204,12 @@ async def _authorised(request: web.Request, session: Session, handler: Handler) 
         if request.method in UNSAFE and request.path == "/admin/login":
             await _check_csrf(request, session)
         return await handler(request)
-    user = session.get("user")
-    since = session.get("since")
+    user, sid, since = session.get("user"), session.get("sid"), session.get("since")
     fresh = (
         isinstance(since, (int, float))
         and time.time() - since < request.app[ADMIN_SETTINGS].session_max_age_s
     )
-    if not user or not fresh or request.app[USERS].get(str(user)) is None:
+    if not user or not sid or not fresh or not request.app[USERS].session_open(str(user), str(sid)):
         session.invalidate()
         if request.method == "GET" and _wants_html(request):
             raise web.HTTPSeeOther(f"/admin/login?next={request.path_qs}")
@@ -212,22 +235,34 @@ async def _check_csrf(request: web.Request, session: Session) -> None:
 async def log_in(request: web.Request, name: str, password: str) -> str:
     """Check the password; on success start a fresh session and return its CSRF token."""
     throttle = request.app[THROTTLE]
-    await throttle.check(name, request.remote)
+    address = client_address(request)  # the TCP peer, unless that is a trusted proxy
+    await throttle.check(name, address)
     user = request.app[USERS].verify(name, password)
     if user is None:
-        await throttle.failed(name, request.remote)
+        await throttle.failed(name, address)
         raise Unauthorized("Unknown user or wrong password.")
     await throttle.succeeded(name)
     session = get_session(request)
+    _end(request, session)  # a login over an open session replaces it
     session.invalidate()
     session.invalid = False
     session["user"] = user.name
+    max_age_s = request.app[ADMIN_SETTINGS].session_max_age_s
+    session["sid"] = request.app[USERS].start_session(user.name, max_age_s)
     session["since"] = time.time()
     return csrf_token(session)
 
 
 async def log_out(request: web.Request) -> None:
-    get_session(request).invalidate()
+    session = get_session(request)
+    _end(request, session)
+    session.invalidate()
+
+
+def _end(request: web.Request, session: Session) -> None:
+    user, sid = session.get("user"), session.get("sid")
+    if user and sid:
+        request.app[USERS].end_session(str(user), str(sid))
 
 
 ADMIN_SETTINGS = web.AppKey("admin_settings", AdminSettings)

@@ -14,6 +14,7 @@ from aiohttp import web
 from ..context import CONFIG, HAPI
 from ..errors import RegistryError
 from ..handlers import fhir_response
+from ..headers import PAGE_CSP
 from ..review import POSSIBLE_DUPLICATE, POTENTIAL_MATCH
 from . import queries
 from .api import admin_of, curation
@@ -72,7 +73,7 @@ def layout(request: web.Request, title: str, body: str, status: int = 200) -> we
 _NO_CACHE = {
     "Cache-Control": "no-store",
     "X-Frame-Options": "DENY",
-    "Content-Security-Policy": "default-src 'self'; style-src 'unsafe-inline'",
+    "Content-Security-Policy": PAGE_CSP,
 }
 
 

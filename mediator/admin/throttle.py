@@ -5,7 +5,8 @@ seconds is refused (429, ``Retry-After``) until its oldest counted failure leave
 password is even checked, so a locked name costs no argon2 work and reveals nothing. A successful login
 clears its name's failures (not its address's). At most ``max_keys`` names and addresses each are tracked
 (the least recently failed are forgotten first), so a flood of random names cannot grow memory.
-The address is the TCP peer (``X-Forwarded-For`` can be forged, so it is not used here).
+The address is the TCP peer, or when that is a proxy in ``CR_TRUSTED_PROXIES`` the client it forwarded for
+(``mediator/forwarded.py``; ``X-Forwarded-For`` from anyone else is ignored, it can be forged).
 
 :class:`LoginThrottle` counts in this process's memory. Replicas sharing PostgreSQL locks
 (``CR_LOCKS=postgres``) count in PostgreSQL instead (:mod:`mediator.admin.pg_throttle`), so five failures

@@ -2,17 +2,30 @@
 
 Why a file and not HAPI: the users must exist before the registry can be reached by anyone, the CLI that
 creates the first admin must work while HAPI is down, and password hashes never belong in the clinical
-store that POS systems read through. The file is re-read whenever it changes on disk, so a user removed
-or re-passworded by the CLI is refused on that user's next request (sessions re-check the user every time).
+store that POS systems read through.
+
+The file also holds each user's open sessions (a SHA-256 of each session id, with its expiry): a session
+cookie is honoured only while its id is listed here. Logging out removes the id; a new password (the CLI's
+``create-user`` for an existing name) or removing the user ends all of that user's sessions. Being in the
+file, this survives restarts and every replica sharing the file (one volume, as for ``CR_JOBS_DIR``) sees it
+on the next request: every read compares the file's bytes with the ones it parsed last, so no change is
+missed however close together two writes are. Every change (CLI or mediator, any replica) is a
+read-modify-write under an exclusive ``flock`` on ``<file>.lock``, so none is lost.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import os
 import re
+import secrets
 import tempfile
-from dataclasses import dataclass
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -21,6 +34,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 
 USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 MIN_PASSWORD = 12
+MAX_SESSIONS = 20  # per user; a new login beyond this ends the session that would expire first
 
 _hasher = PasswordHasher()
 # verify() of an unknown user still costs one hash, so response times do not reveal which names exist
@@ -32,29 +46,54 @@ class AdminUser:
     name: str
     password_hash: str
     created: str
+    # SHA-256 (hex) of each open session's id -> when it expires (seconds since the epoch)
+    sessions: Mapping[str, float] = field(default_factory=dict)
+
+
+def _session_key(session_id: str) -> str:
+    return hashlib.sha256(session_id.encode()).hexdigest()
 
 
 class UserStore:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._stamp: tuple[int, int] | None = None
+        self._raw: bytes | None = None
         self._users: dict[str, AdminUser] = {}
 
     def _load(self) -> dict[str, AdminUser]:
         try:
-            st = self.path.stat()
+            raw = self.path.read_bytes()
         except FileNotFoundError:
-            self._stamp, self._users = None, {}
+            self._raw, self._users = None, {}
             return self._users
-        stamp = (st.st_mtime_ns, st.st_size)
-        if stamp != self._stamp:
-            data = json.loads(self.path.read_text(encoding="utf-8") or "{}")
+        if raw != self._raw:
+            data = json.loads(raw.decode("utf-8") or "{}")
             self._users = {
-                name: AdminUser(name, u["password_hash"], u.get("created", ""))
+                name: AdminUser(
+                    name,
+                    u["password_hash"],
+                    u.get("created", ""),
+                    {k: float(v) for k, v in u.get("sessions", {}).items()},
+                )
                 for name, u in data.get("users", {}).items()
             }
-            self._stamp = stamp
+            self._raw = raw
         return self._users
+
+    @contextmanager
+    def _change(self) -> Iterator[dict[str, AdminUser]]:
+        """The users as they are on disk, under the file's lock; what the block leaves in it is written."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            users = dict(self._load())
+            before = dict(users)
+            yield users
+            if users != before:
+                self._write(users)
+        finally:
+            os.close(fd)  # releases the lock
 
     def get(self, name: str) -> AdminUser | None:
         return self._load().get(name)
@@ -75,24 +114,55 @@ class UserStore:
             raise ValueError("user names are 1-64 characters: letters, digits and . _ @ -")
         if len(password) < MIN_PASSWORD:
             raise ValueError(f"passwords need at least {MIN_PASSWORD} characters")
-        users = dict(self._load())
-        created = users[name].created if name in users else _now()
-        users[name] = AdminUser(name, _hasher.hash(password), created)
-        self._write(users)
-        return users[name]
+        password_hash = _hasher.hash(password)
+        with self._change() as users:
+            created = users[name].created if name in users else _now()
+            users[name] = AdminUser(name, password_hash, created)  # no sessions: a new password ends them
+            return users[name]
 
     def remove(self, name: str) -> bool:
-        users = dict(self._load())
-        if users.pop(name, None) is None:
+        with self._change() as users:
+            return users.pop(name, None) is not None
+
+    # -- sessions --------------------------------------------------------------------------------------
+
+    def start_session(self, name: str, max_age_s: float) -> str:
+        """A new session id for ``name`` (listed until it expires or is ended)."""
+        session_id = secrets.token_urlsafe(32)
+        now = time.time()
+        with self._change() as users:
+            user = users.get(name)
+            if user is None:
+                raise KeyError(name)
+            open_ = {k: exp for k, exp in user.sessions.items() if exp > now}
+            open_[_session_key(session_id)] = now + max_age_s
+            kept = sorted(open_.items(), key=lambda item: item[1])[-MAX_SESSIONS:]
+            users[name] = replace(user, sessions=dict(kept))
+        return session_id
+
+    def end_session(self, name: str, session_id: str) -> None:
+        key = _session_key(session_id)
+        now = time.time()
+        with self._change() as users:
+            user = users.get(name)
+            if user is not None and key in user.sessions:
+                left = {k: exp for k, exp in user.sessions.items() if k != key and exp > now}
+                users[name] = replace(user, sessions=left)
+
+    def session_open(self, name: str, session_id: str) -> bool:
+        """Whether ``name`` exists and this session of theirs has been neither ended nor outlived."""
+        user = self.get(name)
+        if user is None:
             return False
-        self._write(users)
-        return True
+        expires = user.sessions.get(_session_key(session_id))
+        return expires is not None and expires > time.time()
 
     def _write(self, users: dict[str, AdminUser]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         doc = {
             "users": {
-                u.name: {"password_hash": u.password_hash, "created": u.created} for u in users.values()
+                u.name: {"password_hash": u.password_hash, "created": u.created, "sessions": dict(u.sessions)}
+                for u in users.values()
             }
         }
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".admin-users-")
@@ -104,7 +174,6 @@ class UserStore:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        self._stamp = None
 
 
 def _now() -> str:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
-from mediator.admin.users import UserStore
+from mediator.admin.users import MAX_SESSIONS, UserStore
+from mediator.app import create_app
 from tests.admin.conftest import PASSWORD, AdminClient
 
 
@@ -64,6 +66,65 @@ async def test_removed_user_session_stops_working(admin, admin_settings):
 async def test_logout_ends_the_session(admin):
     await admin.post("/admin/api/logout", {})
     await _outcome(await admin.client.get("/admin/api/me"), 401)
+
+
+def _cookie(admin: AdminClient) -> dict[str, str]:
+    """The admin's session cookie as a header, to replay it after the client's jar forgot it."""
+    jar = admin.client.session.cookie_jar.filter_cookies(admin.client.make_url("/admin/api/me"))
+    return {"Cookie": f"cr_admin={jar['cr_admin'].value}"}
+
+
+async def test_logout_ends_the_session_even_when_its_cookie_is_replayed(
+    admin, pair, store, aiohttp_client, settings
+):
+    replay = _cookie(admin)
+    await admin.post("/admin/api/logout", {})
+    await _outcome(await admin.client.get("/admin/api/me", headers=replay), 401)
+    resp = await admin.client.post(
+        f"/admin/api/pairs/{pair.task}/decision",
+        json={"decision": "same-person"},
+        headers={**replay, "X-CSRF-Token": admin.csrf},
+    )
+    await _outcome(resp, 401)
+    assert (await store.read("Task", pair.task))["status"] == "requested"
+    # another replica, or this one restarted: the same user file and key, nothing shared in memory
+    other = await aiohttp_client(create_app(settings))
+    await _outcome(await other.get("/admin/api/me", headers=replay), 401)
+
+
+async def test_logout_ends_only_that_session(app_client, aiohttp_client, settings):
+    first = await AdminClient(app_client).login()
+    second = await AdminClient(await aiohttp_client(create_app(settings))).login()
+    await first.post("/admin/api/logout", {})
+    assert (await second.get("/admin/api/me"))["user"] == "alice"
+
+
+async def test_new_password_ends_the_users_sessions_on_every_replica(
+    admin, admin_settings, aiohttp_client, settings
+):
+    replica = await aiohttp_client(create_app(settings))
+    alice_there = await AdminClient(replica).login()
+    bob = await AdminClient(await aiohttp_client(create_app(settings))).login("bob")
+    # what the CLI's create-user does for an existing name
+    UserStore(admin_settings.users_file).set_password("alice", "a brand new passphrase")
+    await _outcome(await admin.client.get("/admin/api/me"), 401)
+    await _outcome(await alice_there.client.get("/admin/api/me"), 401)
+    assert (await bob.get("/admin/api/me"))["user"] == "bob"
+    again = await AdminClient(replica).login("alice", "a brand new passphrase")
+    assert (await again.get("/admin/api/me"))["user"] == "alice"
+
+
+def test_concurrent_session_writes_are_not_lost(tmp_path):
+    """Logins on several replicas write the one user file at once: each keeps its session."""
+    path = tmp_path / "users.json"
+    UserStore(path).set_password("alice", PASSWORD)
+    with ThreadPoolExecutor(8) as pool:  # a store per thread, as a store per replica
+        ids = list(pool.map(lambda _: UserStore(path).start_session("alice", 3600), range(MAX_SESSIONS)))
+    store = UserStore(path)
+    assert all(store.session_open("alice", i) for i in ids)
+    newest = store.start_session("alice", 3600)  # one more: the oldest session ends
+    assert store.session_open("alice", newest) and not store.session_open("alice", ids[0])
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
 
 
 async def test_second_login_gets_its_own_session(app_client, second_admin):

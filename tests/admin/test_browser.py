@@ -83,3 +83,45 @@ async def test_admin_decides_a_pair_in_the_browser(
     task = await store.read("Task", pair.task)
     assert task["status"] == "completed"
     print(f"browser test: {time.perf_counter() - started:.1f} s")
+
+
+async def test_a_link_from_another_site_does_not_log_the_admin_out(aiohttp_server, settings, admin_settings):
+    """The session cookie is SameSite=Strict, so Chromium does not send it when a page on another site links
+    into /admin; the answers to that cookie-less request must leave the session as it is."""
+    from aiohttp import web
+    from playwright.async_api import async_playwright
+
+    server = await aiohttp_server(create_app(settings))
+    base = str(server.make_url("")).rstrip("/")  # http://127.0.0.1:port
+
+    async def other_site(request: web.Request) -> web.Response:
+        link = f'<a id="go" href="{base}/admin/search">registry</a>'
+        return web.Response(text=f"<!doctype html><title>elsewhere</title>{link}", content_type="text/html")
+
+    elsewhere_app = web.Application()
+    elsewhere_app.router.add_get("/", other_site)
+    elsewhere = await aiohttp_server(elsewhere_app)
+    elsewhere_url = f"http://localhost:{elsewhere.port}/"  # another site than 127.0.0.1
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        try:
+            page = await browser.new_page()
+            page.set_default_timeout(90_000)
+            await page.goto(f"{base}/admin/login")
+            await page.fill("#username", "alice")
+            await page.fill("#password", PASSWORD)
+            async with page.expect_navigation():
+                await page.click("button:has-text('Log in')")
+            assert await page.locator("h1").inner_text() == "Potential matches"
+
+            await page.goto(elsewhere_url)
+            async with page.expect_navigation():
+                await page.click("#go")
+            await page.wait_for_load_state()
+            assert page.url.startswith(f"{base}/admin/")  # where the link led (login form, no cookie sent)
+
+            await page.goto(f"{base}/admin/")  # typed or bookmarked: the cookie is sent again
+            assert await page.locator("h1").inner_text() == "Potential matches", page.url
+        finally:
+            await browser.close()
