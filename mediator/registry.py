@@ -136,7 +136,9 @@ class Registry:
                 else:  # one grouped search for all its keys: each candidate comes back once, not per key
                     foreseen = None
                     await uow.prefetch_blocks([prepared[0].search_keys], cfg.max_candidates)
-                processed = [await self._process(p, uow, cfg, foreseen) for p in prepared]
+                # alone, first try: its own record is taken from the candidate listing (absent if not listed)
+                optimistic = attempt == 1 and len(prepared) == 1
+                processed = [await self._process(p, uow, cfg, foreseen, optimistic) for p in prepared]
                 results = [result for result, _ in processed]
                 # one AuditEvent for the whole transaction (a bulk batch writes one, not one per record)
                 actor = prepared[0].submission.actor  # one request: one actor
@@ -234,11 +236,12 @@ class Registry:
         uow: UnitOfWork,
         cfg: RegistryConfig,
         foreseen: dict[str, _Foreseen] | None = None,
+        optimistic: bool = False,
     ) -> tuple[SubmissionResult, RecordDecision]:
         submission = prepared.submission
         patient = submission.patient
         keys = prepared.block_keys
-        existing, current, candidates = await self._candidates(prepared, uow, cfg)
+        existing, current, candidates = await self._candidates(prepared, uow, cfg, optimistic)
         if submission.target_id is not None and existing is None:
             raise NotFound(f"Patient/{submission.target_id} does not exist.")
         seen = (foreseen or {}).get(prepared.source_id)
@@ -294,14 +297,26 @@ class Registry:
         return result, audit
 
     async def _candidates(
-        self, prepared: Prepared, uow: UnitOfWork, cfg: RegistryConfig
+        self, prepared: Prepared, uow: UnitOfWork, cfg: RegistryConfig, optimistic: bool = False
     ) -> tuple[Resource | None, str | None, list[matching.Candidate]]:
         """The entry's own stored record, its current golden id and the candidates to score: source records
-        sharing a blocking key, except itself and the people its person was decided to be different from."""
-        existing, found = await asyncio.gather(
-            uow.peek("Patient", prepared.source_id),
-            uow.find_sources(prepared.search_keys, cfg.max_candidates),
-        )
+        sharing a blocking key, except itself and the people its person was decided to be different from.
+
+        ``optimistic``: the own record is not read. A stored record carries the keys it is searched by
+        unless its demographics changed entirely, so it comes with the candidates, in its current version;
+        not among them, it is taken as never stored (a new identifier: the read would be a 404). Written
+        with ``If-Match`` on that belief, a wrong one is refused by HAPI and decided again with a read.
+        Not for an update by id (a record not listed must be a 404 only once it was read)."""
+        if optimistic and prepared.submission.target_id is None:
+            found = await uow.find_sources(prepared.search_keys, cfg.max_candidates)
+            listed = next((r for r in found if r["id"] == prepared.source_id), None)
+            uow.assume("Patient", prepared.source_id, listed)
+            existing = await uow.peek("Patient", prepared.source_id)
+        else:
+            existing, found = await asyncio.gather(
+                uow.peek("Patient", prepared.source_id),
+                uow.find_sources(prepared.search_keys, cfg.max_candidates),
+            )
         current = records.golden_id_of(existing) if existing else None
         current_golden = await uow.peek("Patient", current) if current else None
         never = records.distinct_from(current_golden) if current_golden else set()

@@ -61,6 +61,15 @@ class UnitOfWork:
             self._remember(key, resource)
         return self._read_cache[key]
 
+    def assume(self, resource_type: str, resource_id: str, resource: Resource | None) -> None:
+        """Take ``resource`` as read without reading it: the view a candidate listing gave in the version HAPI
+        holds now, or None for a record believed never stored. A write of it then carries ``If-Match`` with
+        that version (``W/"0"``: created only if still absent), so HAPI refuses the transaction if the belief
+        was wrong, and the workflow decides again from fresh reads."""
+        key = f"{resource_type}/{resource_id}"
+        if key not in self._read_cache and key not in self._staged:
+            self._remember(key, resource)
+
     def _remember(self, key: str, resource: Resource | None) -> None:
         self._read_cache[key] = resource
         self._seen_versions.setdefault(key, version_of(resource) if resource else None)

@@ -5,9 +5,12 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
+from prometheus_client import generate_latest
+
 from mediator import records
 from mediator.app import create_app
-from tests.conftest import patient, unique_surname
+from mediator.context import METRICS
+from tests.conftest import metric_samples, patient, unique_surname
 
 FHIR = {"Content-Type": "application/fhir+json"}
 
@@ -212,3 +215,37 @@ async def test_the_capability_statement_is_dated_when_the_instance_started(aioht
     assert resp.status == 200
     dated = datetime.fromisoformat((await resp.json(content_type=None))["date"])
     assert before <= dated <= datetime.now(UTC)
+
+
+def _calls(app, call: str) -> float:
+    samples = metric_samples(generate_latest(app[METRICS].registry).decode())
+    return samples.get(("cr_fhir_store_call_duration_seconds_count", (("call", call),)), 0.0)
+
+
+async def test_a_new_identifier_is_not_read_before_it_is_written(client, facility):
+    """A new identifier costs the candidate listing and the transaction: its own record is not read (the read
+    was a 404 every time); the create's If-Match W/"0" still refuses a record created meanwhile."""
+    app = client.server.app
+    reads = _calls(app, "read Patient")
+    resp = await client.post("/fhir/Patient", json=patient(facility, "NEW1", family=unique_surname()))
+    assert resp.status == 201
+    assert _calls(app, "read Patient") == reads
+
+
+async def test_a_record_whose_demographics_all_changed_is_still_updated(client, store, facility):
+    """Its own record is not among its candidates any more (no blocking key in common): taken as new at
+    first, refused by HAPI (If-Match W/"0"), then decided again from a read — the same record, updated."""
+    first = await client.post("/fhir/Patient", json=patient(facility, "MOVED", family=unique_surname()))
+    changed = patient(
+        facility, "MOVED", family=unique_surname(), given="Zebedee", birth_date="1931-02-03", gender="male"
+    )
+    second = await client.post("/fhir/Patient", json=changed)
+    assert (first.status, second.status) == (201, 200)
+    assert second.headers["Location"].startswith(
+        first.headers["Location"].split("/_history")[0] + "/_history/2"
+    )
+    assert second.headers["X-CRUID"] == first.headers["X-CRUID"]  # alone on its golden record: it stays
+    await store.assert_consistent(first.headers["Location"].split("/")[1])
+    by_id = changed | {"id": first.headers["Location"].split("/")[1]}
+    again = await client.put(f"/fhir/Patient/{by_id['id']}", json=by_id | {"birthDate": "1931-02-04"})
+    assert again.status == 200
