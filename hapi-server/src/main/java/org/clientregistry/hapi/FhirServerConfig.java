@@ -55,6 +55,7 @@ public class FhirServerConfig {
 		server.registerProviders(resourceProviderFactory.createProviders());
 		server.registerProvider(jpaSystemProvider);
 		server.registerProvider(new TaggedVersionsProvider(daoRegistry, transactions, dataSource));
+		server.registerProvider(new IdLookupsProvider());
 
 		JpaCapabilityStatementProvider capabilities = new JpaCapabilityStatementProvider(
 				server, systemDao, storageSettings, searchParamRegistry, validationSupport);
