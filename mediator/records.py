@@ -13,7 +13,7 @@ import hashlib
 import uuid
 from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 NS = "urn:client-registry"
 RECORD_TYPE_SYSTEM = f"{NS}:record-type"
@@ -30,6 +30,7 @@ SOURCE = "source"
 MANUAL = "manual"
 
 Resource = dict[str, Any]
+J = TypeVar("J")  # JSON data: a dict, a list or a scalar
 
 
 def source_record_id(system: str, value: str) -> str:
@@ -102,7 +103,8 @@ def distinct_from(golden: Mapping[str, Any]) -> set[str]:
 
 
 def version_of(resource: Mapping[str, Any]) -> str | None:
-    return resource.get("meta", {}).get("versionId")
+    version = resource.get("meta", {}).get("versionId")
+    return str(version) if version is not None else None
 
 
 def golden_id_of(source: Mapping[str, Any]) -> str | None:
@@ -207,18 +209,18 @@ async def follow_replaced_by_async(
 
 def cruid_of(golden: Mapping[str, Any], cruid_system: str) -> str | None:
     for ident in golden.get("identifier", []):
-        if ident.get("system") == cruid_system:
-            return ident.get("value")
+        if ident.get("system") == cruid_system and isinstance(ident.get("value"), str):
+            return str(ident["value"])
     return None
 
 
-def clone(value: Any) -> Any:
+def clone(value: J) -> J:
     """A deep copy of JSON data (dicts, lists, scalars): what ``copy.deepcopy`` gives for FHIR resources
     parsed from JSON, several times faster (no memo, no dispatch) — the registry copies on every read."""
     if isinstance(value, dict):
-        return {k: clone(v) for k, v in value.items()}
+        return {k: clone(v) for k, v in value.items()}  # type: ignore[return-value]
     if isinstance(value, list):
-        return [clone(v) for v in value]
+        return [clone(v) for v in value]  # type: ignore[return-value]
     return value
 
 

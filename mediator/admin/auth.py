@@ -65,7 +65,7 @@ SESSION = web.RequestKey("admin_session", Session)
 ADMIN_USER = web.RequestKey("admin_user", str)
 ADMIN_CSRF = web.RequestKey("admin_csrf", str)
 USERS = web.AppKey("admin_users", UserStore)
-THROTTLE = web.AppKey("admin_login_throttle", Throttle)  # type: ignore[type-abstract]
+THROTTLE = web.AppKey("admin_login_throttle", Throttle)
 
 
 class Unauthorized(RegistryError):

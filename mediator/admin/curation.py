@@ -544,8 +544,8 @@ class Curation:
 
 def _action_of(ev: Resource) -> str | None:
     for coding in ev.get("subtype", []):
-        if coding.get("system") == ADMIN_ACTION_SYSTEM:
-            return coding.get("code")
+        if coding.get("system") == ADMIN_ACTION_SYSTEM and isinstance(coding.get("code"), str):
+            return str(coding["code"])
     return None
 
 

@@ -20,7 +20,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 from aiohttp import web
 
 from ..errors import UpstreamUnavailable

@@ -28,8 +28,8 @@ RESTFUL = "http://hl7.org/fhir/restful-interaction"
 
 def task_kind(task: Mapping[str, Any]) -> str | None:
     for coding in task.get("code", {}).get("coding", []):
-        if coding.get("system") == records.REVIEW_TYPE_SYSTEM:
-            return coding.get("code")
+        if coding.get("system") == records.REVIEW_TYPE_SYSTEM and isinstance(coding.get("code"), str):
+            return str(coding["code"])
     return None
 
 
