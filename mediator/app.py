@@ -23,6 +23,7 @@ from .headers import security_headers
 from .locks import LocalKeyedLocks, LockManager
 from .metrics import Metrics
 from .registry import Registry
+from .request_body import CLIENT_CLOSED, BodyDeadline, client_gone
 from .settings import Settings
 from .tagged_sources import TaggedSources
 
@@ -39,6 +40,9 @@ _HTTP_CODES = {404: "not-found", 405: "not-supported", 413: "too-costly", 415: "
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.perf_counter()
+    settings = request.config_dict[SETTINGS]
+    deadline = BodyDeadline(request, settings.body_timeout_s, settings.upload_timeout_s)
+    message = "request"
     try:
         response = await handler(request)
     except RegistryError as error:
@@ -48,19 +52,30 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
             raise
         code = _HTTP_CODES.get(exc.status, "invalid" if exc.status < 500 else "exception")
         response = handlers.fhir_response(operation_outcome("error", code, exc.reason), status=exc.status)
-    except Exception:
-        log.exception("unhandled error", extra={"path": request.path, "method": request.method})
-        response = handlers.fhir_response(
-            operation_outcome(
-                "error", "exception", "Internal error; nothing was written. See the mediator log."
-            ),
-            status=500,
-        )
+    except Exception as exc:
+        if client_gone(request, exc):  # the client closed the connection mid-body: nobody to answer
+            message = "client disconnected"
+            response = handlers.fhir_response(
+                operation_outcome("error", "incomplete", "The client closed the connection."),
+                status=CLIENT_CLOSED,
+            )
+        else:
+            log.exception("unhandled error", extra={"path": request.path, "method": request.method})
+            response = handlers.fhir_response(
+                operation_outcome(
+                    "error", "exception", "Internal error; nothing was written. See the mediator log."
+                ),
+                status=500,
+            )
+    finally:
+        deadline.stop()
+    if deadline.expired:
+        await deadline.close_after(response)
     metrics = request.app.get(METRICS)
     if metrics is not None:
         metrics.request_answered(request, response.status, time.perf_counter() - started)
     log.info(
-        "request",
+        message,
         extra={
             "method": request.method,
             "path": request.path,

@@ -65,6 +65,9 @@ class Settings:
     # client id -> identifier systems it may submit; empty = open development mode (any system, any caller)
     client_systems: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     max_body_bytes: int = 2_000_000
+    # seconds a request body may take to arrive (then 408); the admin bulk upload's; mediator/request_body.py
+    body_timeout_s: float = 60.0
+    upload_timeout_s: float = 3600.0
     # TCP peers whose X-Forwarded-For is believed (OpenHIM core, a load balancer); mediator/forwarded.py
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     max_candidates: int = 500
@@ -137,6 +140,8 @@ class Settings:
             ),
             client_systems=client_systems,
             max_body_bytes=int(num("CR_MAX_BODY_BYTES", defaults.max_body_bytes)),
+            body_timeout_s=num("CR_BODY_TIMEOUT_S", defaults.body_timeout_s),
+            upload_timeout_s=num("CR_UPLOAD_TIMEOUT_S", defaults.upload_timeout_s),
             trusted_proxies=proxy_networks(get("CR_TRUSTED_PROXIES", "")),
             max_candidates=int(num("CR_MAX_CANDIDATES", defaults.max_candidates)),
             source_cache_records=int(num("CR_SOURCE_CACHE_RECORDS", defaults.source_cache_records)),
