@@ -1,12 +1,5 @@
-"""Who is on the other end of a request: :func:`client_address`, the one place that reads ``X-Forwarded-For``.
-
-Anyone can send ``X-Forwarded-For``, so it is believed only from proxies named in ``CR_TRUSTED_PROXIES``
-(addresses or networks: OpenHIM core, a load balancer). From any other TCP peer the header is ignored and the
-peer's own address is the answer. From a trusted peer the header's hops are read from the right (the hop
-nearest to us first), skipping further trusted proxies: the first address that is not a trusted proxy is the
-client — the left-most hops were written by the client itself and prove nothing. A hop that is not an IP
-address stops the walk at the last trusted proxy. Used for AuditEvent ``agent.network.address`` (submissions,
-lookups, admin actions) and for the admin login's per-address rate limit.
+"""Who is on the other end of a request: :func:`client_address`, the one reader of ``X-Forwarded-For``,
+believed only from ``CR_TRUSTED_PROXIES``. The rules: ``docs/internals.md`` (Client addresses).
 """
 
 from __future__ import annotations

@@ -1,13 +1,5 @@
-"""Security headers on every answer of the mediator (FHIR, admin JSON and pages), set in one place.
-
-* ``X-Content-Type-Options: nosniff`` — a browser never reads a JSON answer (which may echo input) as HTML.
-* ``Referrer-Policy: no-referrer`` — admin page URLs hold record ids and search terms: no other site
-  sees them.
-* ``Content-Security-Policy``: pages get :data:`PAGE_CSP` (own resources, inline styles only, forms post to
-  this origin only, no ``<base>``, never framed); every other answer :data:`API_CSP` (nothing at all).
-  A handler that sets its own policy keeps it.
-* ``Strict-Transport-Security`` on the admin answers when the admin cookie is ``Secure``
-  (``CR_ADMIN_COOKIE_SECURE=true``: the admin pages are served over HTTPS), added by ``mediator/admin``.
+"""Security headers on every answer (FHIR, admin JSON, pages), set in one place; HSTS on admin answers
+when the admin cookie is ``Secure``. What each is for: ``docs/internals.md`` (Security headers).
 """
 
 from __future__ import annotations

@@ -1,15 +1,6 @@
-"""The request body from the client's side: a deadline for receiving it, and telling a client that went away
-from a server error.
-
-* :class:`BodyDeadline`: the whole body must have arrived within ``CR_BODY_TIMEOUT_S`` (60 s) of the handler
-  starting — ``CR_UPLOAD_TIMEOUT_S`` (3600 s) for the admin bulk upload (up to 512 MB, behind a login). When
-  it has not, the body stream is failed with :class:`BodyTimeout`, so whatever reads it (FHIR JSON, an admin
-  form, a multipart upload) stops; the answer is a 408 ``OperationOutcome`` and the connection is closed
-  (the rest of the body is never read). A body that arrived in time is never touched, however long the
-  handler then works.
-* :func:`client_gone`: reading the body raised ``ConnectionResetError`` because the client closed the
-  connection (aiohttp fails the body stream with it). That is the client's doing, not a server error: the
-  error middleware logs it once at INFO and counts it as 499 (nginx's "client closed request").
+"""The request body from the client's side: a deadline for receiving it (:class:`BodyDeadline`, 408) and
+telling a client that went away from a server error (:func:`client_gone`, 499). How and why:
+``docs/internals.md`` (Request bodies).
 """
 
 from __future__ import annotations

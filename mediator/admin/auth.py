@@ -1,22 +1,6 @@
-"""Admin authentication: encrypted session cookie (Fernet), CSRF token, checks per request.
-
-(aiohttp-session was tried and dropped: it stores request items under plain string keys, which
-aiohttp 3.14 turns into a warning on every request. The cookie here is the same idea in 40 lines.)
-
-* The session cookie (``cr_admin``) is encrypted and authenticated with ``CR_ADMIN_SECRET_KEY`` (a Fernet
-  key; when unset one is generated once into ``var/admin-secret.key``, mode 0600), HttpOnly,
-  SameSite=Strict, ``Secure`` when ``CR_ADMIN_COOKIE_SECURE`` is true; it expires after
-  ``CR_ADMIN_SESSION_HOURS`` (8). Only a login sets it and only a request that sent it deletes it, so a
-  link from another site (the browser withholds the cookie) cannot replace a logged-in admin's session;
-  the login form's CSRF token lives in its own cookie, ``cr_admin_login`` (``Path=/admin/login``).
-* The cookie names a session id that the user file lists while the session is open (``users.py``):
-  every request checks it there, so a logged-out session, a session of a user whose password changed or
-  who was removed, is refused on every replica and after restarts, even when its cookie is replayed.
-  Nothing is remembered in the process about who is logged in.
-* Every state-changing request (POST/PUT/PATCH/DELETE) must carry the session's CSRF token, as header
-  ``X-CSRF-Token`` (JSON API) or form field ``csrf_token`` (HTML forms). The login form has one too.
-* A request from a point-of-service system (it carries ``X-OpenHIM-ClientID``) is refused with 403; a
-  request without an admin session gets 401 (JSON) or is sent to the login page (HTML GET).
+"""Admin authentication: the session cookie (Fernet), CSRF tokens, and the checks every admin request
+passes (a POS client is refused, the session must be open in the user file, a POST must carry the CSRF
+token). How the cookies behave and why: ``docs/internals.md`` (Admin sessions).
 """
 
 from __future__ import annotations

@@ -1,16 +1,6 @@
-"""Admin users: a local JSON file of argon2id password hashes (``CR_ADMIN_USERS_FILE``, mode 0600).
-
-Why a file and not HAPI: the users must exist before the registry can be reached by anyone, the CLI that
-creates the first admin must work while HAPI is down, and password hashes never belong in the clinical
-store that POS systems read through.
-
-The file also holds each user's open sessions (a SHA-256 of each session id, with its expiry): a session
-cookie is honoured only while its id is listed here. Logging out removes the id; a new password (the CLI's
-``create-user`` for an existing name) or removing the user ends all of that user's sessions. Being in the
-file, this survives restarts and every replica sharing the file (one volume, as for ``CR_JOBS_DIR``) sees it
-on the next request: every read compares the file's bytes with the ones it parsed last, so no change is
-missed however close together two writes are. Every change (CLI or mediator, any replica) is a
-read-modify-write under an exclusive ``flock`` on ``<file>.lock``, so none is lost.
+"""Admin users and their open sessions: a local JSON file of argon2id password hashes
+(``CR_ADMIN_USERS_FILE``, mode 0600), shared by replicas, changed only under a file lock. Why a file, and
+how sessions end on every replica: ``docs/internals.md`` (Admin sessions).
 """
 
 from __future__ import annotations
