@@ -6,6 +6,7 @@ token). How the cookies behave and why: ``docs/internals.md`` (Admin sessions).
 from __future__ import annotations
 
 import hmac
+import html
 import json
 import os
 import secrets
@@ -196,6 +197,8 @@ async def _authorised(request: web.Request, session: Session, handler: Handler) 
     if not user or not sid or not fresh or not request.app[USERS].session_open(str(user), str(sid)):
         session.invalidate()
         if request.method == "GET" and _wants_html(request):
+            if COOKIE not in request.cookies and request.headers.get("Sec-Fetch-Site") == "cross-site":
+                return _same_site_again(request)
             raise web.HTTPSeeOther(f"/admin/login?next={request.path_qs}")
         raise Unauthorized("Log in as an HIE admin first.")
     if request.method in UNSAFE:
@@ -203,6 +206,19 @@ async def _authorised(request: web.Request, session: Session, handler: Handler) 
     request[ADMIN_USER] = str(user)
     request[ADMIN_CSRF] = csrf_token(session)
     return await handler(request)
+
+
+def _same_site_again(request: web.Request) -> web.Response:
+    """A link on another site led here, so the browser withheld the SameSite=Strict cookie: load the same
+    address again from this page (a same-site navigation, which carries the cookie) rather than showing a
+    logged-in admin the login form. Without a session the second load goes to the login form as usual."""
+    target = html.escape(request.path_qs)
+    page = (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" '
+        f'content="0;url={target}"><title>Client registry admin</title></head>'
+        f'<body><p><a href="{target}">Continue to the client registry admin</a></p></body></html>'
+    )
+    return web.Response(text=page, content_type="text/html", headers={"Cache-Control": "no-store"})
 
 
 async def _check_csrf(request: web.Request, session: Session) -> None:

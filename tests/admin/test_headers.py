@@ -59,3 +59,16 @@ async def test_a_request_without_the_session_cookie_leaves_the_session_alone(adm
         async with other_browser.post(admin.client.make_url("/admin/login"), data=form) as resp:
             assert resp.status == 200 and resp.url.path == "/admin/search", resp.url
     assert (await admin.get("/admin/api/me"))["user"] == "alice"
+
+
+async def test_a_cross_site_navigation_loads_the_page_again_same_site(app_client):
+    """What Chromium sends for a link on another site: no cookie, ``Sec-Fetch-Site: cross-site``. The answer
+    asks the browser to load the address again from this site (then with its cookie), and sets nothing."""
+    headers = {"Accept": "text/html", "Sec-Fetch-Site": "cross-site"}
+    resp = await app_client.get("/admin/person/cr-x?tab=1", headers=headers, allow_redirects=False)
+    assert resp.status == 200 and "Set-Cookie" not in resp.headers
+    assert '<meta http-equiv="refresh" content="0;url=/admin/person/cr-x?tab=1">' in await resp.text()
+    # the same-site load that follows, still without a session, goes to the login form as before
+    headers["Sec-Fetch-Site"] = "same-origin"
+    resp = await app_client.get("/admin/person/cr-x?tab=1", headers=headers, allow_redirects=False)
+    assert resp.status == 303 and resp.headers["Location"].startswith("/admin/login?next=")
