@@ -454,26 +454,31 @@ async def upload_bulk(request: web.Request) -> web.Response:
     fields: dict[str, str] = {}
     saved: Path | None = None
     filename = ""
-    reader = await request.multipart()
-    while (part := await reader.next()) is not None:
-        if not isinstance(part, BodyPartReader) or part.name is None:
-            continue
-        if part.name == "file":
-            filename = part.filename or "upload.ndjson"
-            suffix = ".csv" if filename.lower().endswith(".csv") else ".ndjson"
-            (jobs.dir / "uploads").mkdir(exist_ok=True)
-            saved = jobs.dir / "uploads" / f"{job_id}{suffix}"
-            size = 0
-            with saved.open("wb") as out:
-                while chunk := await part.read_chunk():
-                    size += len(chunk)
-                    if size > MAX_UPLOAD_BYTES:
-                        out.close()
-                        saved.unlink()
-                        raise InvalidInput(f"The file is larger than {MAX_UPLOAD_BYTES} bytes.")
-                    out.write(chunk)
-        else:
-            fields[part.name] = (await part.text()).strip()
+    try:  # a client that leaves mid-upload (or a body past its deadline) leaves no partial file
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader) or part.name is None:
+                continue
+            if part.name == "file":
+                filename = part.filename or "upload.ndjson"
+                suffix = ".csv" if filename.lower().endswith(".csv") else ".ndjson"
+                (jobs.dir / "uploads").mkdir(exist_ok=True)
+                saved = jobs.dir / "uploads" / f"{job_id}{suffix}"
+                size = 0
+                with saved.open("wb") as out:
+                    while chunk := await part.read_chunk():
+                        size += len(chunk)
+                        if size > MAX_UPLOAD_BYTES:
+                            out.close()
+                            saved.unlink()
+                            raise InvalidInput(f"The file is larger than {MAX_UPLOAD_BYTES} bytes.")
+                        out.write(chunk)
+            else:
+                fields[part.name] = (await part.text()).strip()
+    except BaseException:
+        if saved is not None:
+            saved.unlink(missing_ok=True)
+        raise
     if saved is None:
         raise InvalidInput("No 'file' part.")
     system = fields.get("system", "")

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import aiohttp
 import pytest
 from aiohttp import web
+from yarl import URL
 
 from mediator.app import create_app
 from mediator.settings import Settings
@@ -137,3 +138,43 @@ def test_body_deadlines_are_settings():
     s = Settings.from_env({"CR_BODY_TIMEOUT_S": "5", "CR_UPLOAD_TIMEOUT_S": "600"})
     assert (s.body_timeout_s, s.upload_timeout_s) == (5.0, 600.0)
     assert (Settings().body_timeout_s, Settings().upload_timeout_s) == (60.0, 3600.0)
+
+
+async def test_an_upload_past_its_deadline_gets_408_and_leaves_no_partial_file(
+    serve, settings, records, tmp_path, monkeypatch
+):
+    from cryptography.fernet import Fernet
+
+    from mediator.admin.users import UserStore
+
+    users, jobs = tmp_path / "users.json", tmp_path / "jobs"
+    UserStore(users).set_password("alice", "correct horse battery staple")
+    monkeypatch.setenv("CR_ADMIN_USERS_FILE", str(users))
+    monkeypatch.setenv("CR_ADMIN_SECRET_KEY", Fernet.generate_key().decode())
+    monkeypatch.setenv("CR_JOBS_DIR", str(jobs))
+    port = await serve(dataclasses.replace(settings, upload_timeout_s=2.0))
+    base = f"http://127.0.0.1:{port}"
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        login = {"username": "alice", "password": "correct horse battery staple"}
+        async with http.post(f"{base}/admin/api/login", json=login) as resp:
+            csrf = (await resp.json())["csrf"]
+        cookie = http.cookie_jar.filter_cookies(URL(base + "/admin/"))["cr_admin"].value
+    part = (
+        b'--XYZ\r\nContent-Disposition: form-data; name="file"; filename="people.ndjson"\r\n'
+        b"Content-Type: application/x-ndjson\r\n\r\n" + b'{"resourceType": "Patient"}\n' * 40
+    )
+    head = (
+        "POST /admin/jobs/bulk HTTP/1.1\r\nHost: test\r\nContent-Type: multipart/form-data; boundary=XYZ\r\n"
+        f"Content-Length: 10000000\r\nCookie: cr_admin={cookie}\r\nX-CSRF-Token: {csrf}\r\n\r\n"
+    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(head.encode() + part)  # a tenth of a megabyte of the ten announced, then nothing
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 60)
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert (await records.answered("/admin/jobs/bulk")).status == 408  # type: ignore[attr-defined]
+    assert not list((jobs / "uploads").glob("*")), "the partial upload is removed"
+    assert not [r for r in records.records if r.levelno >= logging.WARNING], records.records
