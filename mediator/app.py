@@ -23,7 +23,7 @@ from .headers import security_headers
 from .locks import LocalKeyedLocks, LockManager
 from .metrics import Metrics
 from .registry import Registry
-from .request_body import CLIENT_CLOSED, BodyDeadline, client_gone
+from .request_body import CLIENT_CLOSED, body_deadline, client_gone
 from .settings import Settings
 from .tagged_sources import TaggedSources
 
@@ -40,8 +40,6 @@ _HTTP_CODES = {404: "not-found", 405: "not-supported", 413: "too-costly", 415: "
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.perf_counter()
-    settings = request.config_dict[SETTINGS]
-    deadline = BodyDeadline(request, settings.body_timeout_s, settings.upload_timeout_s)
     message = "request"
     try:
         response = await handler(request)
@@ -67,10 +65,6 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
                 ),
                 status=500,
             )
-    finally:
-        deadline.stop()
-    if deadline.expired:
-        await deadline.close_after(response)
     metrics = request.app.get(METRICS)
     if metrics is not None:
         metrics.request_answered(request, response.status, time.perf_counter() - started)
@@ -160,6 +154,7 @@ def create_app(
         from . import openhim
 
         openhim.setup(app, settings)
+    app.middlewares.insert(0, body_deadline)  # outermost: the answer it sends early is the final one
     handlers.add_routes(app)
     from .admin import setup as setup_admin  # curation API and page at /admin (mediator/admin/)
 

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from .context import SETTINGS
 from .errors import RegistryError
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 UPLOAD_ROUTES = frozenset({"/admin/jobs/bulk"})
 CLIENT_CLOSED = 499
 
@@ -50,6 +53,21 @@ class BodyDeadline:
             await response.prepare(self.request)
             await response.write_eof()
         self.request.protocol.force_close()
+
+
+@web.middleware
+async def body_deadline(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The outermost middleware (outside the OpenHIM envelope and the error middleware, which turns
+    :class:`BodyTimeout` into the 408 answer)."""
+    settings = request.config_dict[SETTINGS]
+    deadline = BodyDeadline(request, settings.body_timeout_s, settings.upload_timeout_s)
+    try:
+        response = await handler(request)
+    finally:
+        deadline.stop()
+    if deadline.expired:
+        await deadline.close_after(response)
+    return response
 
 
 def client_gone(request: web.Request, error: BaseException) -> bool:
