@@ -2,11 +2,18 @@
 
 Lifecycle (one background task, started and cancelled by the app's ``cleanup_ctx``):
 
-    POST /mediators (retry with backoff while the core is down or answers 5xx)
-    → POST /mediators/:urn/channels (only with CR_OPENHIM_INSTALL_CHANNELS, skipped if the channel exists)
+    POST /mediators (retry with backoff while the core is down or answers 5xx), its ``config`` being the
+        console config last applied (this process's, else the one kept in HAPI, :mod:`.openhim_state`),
+        the start-up settings only when there is none
     → POST /mediators/:urn/heartbeat {"uptime", "config": true}   (the console's config, applied live)
-    → a heartbeat every CR_OPENHIM_HEARTBEAT_S; a non-empty answer is a config edited in the console
+    → a heartbeat every CR_OPENHIM_HEARTBEAT_S; a non-empty answer is a config edited in the console,
+        applied and kept in HAPI
+    → between heartbeats, with CR_OPENHIM_INSTALL_CHANNELS: POST /mediators/:urn/channels (skipped if the
+        channel exists), retried with the registration's backoff until done or refused for good
     → 404 on a heartbeat, or the core back after being unreachable → register again
+
+Fail-closed (issue 19): routed requests are refused with 503 while the config in force has no client map
+(open mode), unless CR_OPENHIM_ALLOW_OPEN_MODE says open mode is wanted (:func:`client_map_guard`).
 
 Evidence (jembi/openhim-core-js @ fdfa87b): routes in src/koaApi.js; ``addMediator``, ``heartbeat``,
 ``setConfig``, ``loadDefaultChannels`` in src/api/mediators.js. The heartbeat answers the stored config iff
@@ -28,11 +35,15 @@ from urllib.parse import quote
 
 import aiohttp
 from aiohttp import web
+from prometheus_client import Counter, Gauge
 
+from . import openhim_state
 from .config import ConfigHolder
-from .context import CONFIG, HAPI
-from .envelope import envelope_middleware
+from .context import CONFIG, HAPI, METRICS
+from .envelope import TX_HEADER, envelope_middleware
+from .errors import RegistryError, operation_outcome
 from .fhir_client import HapiClient
+from .handlers import fhir_response
 from .openhim_auth import AuthError, CoreAuth
 from .openhim_config import ConsoleConfigError, HapiTarget, live_config, load_registration
 from .settings import Settings
@@ -46,6 +57,10 @@ class CoreUnavailable(Exception):
 
 class NotRegistered(Exception):
     """The core does not know our URN (404 on heartbeat): register again."""
+
+
+class ChannelsRefused(Exception):
+    """The core refused to install the default channel for a reason retrying cannot fix (400, 403)."""
 
 
 def ssl_context(settings: Settings) -> ssl.SSLContext | bool:
@@ -84,10 +99,12 @@ class CoreAPI:
             raise CoreUnavailable(f"HTTP {status}: {text[:200]}")
         if status == 401:
             self.auth.forget()
-            raise AuthError("the core refused the API credentials (401): check CR_OPENHIM_USERNAME/PASSWORD")
+            raise AuthError(
+                "the core refused the API credentials (401): check CR_OPENHIM_USERNAME/PASSWORD", 401
+            )
         if status == 403:
             raise AuthError(
-                f"the API user lacks the rights for {method} {path.split('/')[1]} (403): {text[:200]}"
+                f"the API user lacks the rights for {method} {path.split('/')[1]} (403): {text[:200]}", 403
             )
         return status, text
 
@@ -97,18 +114,47 @@ class CoreAPI:
             raise RegistrationRefused(f"HTTP {status}: {text[:300]}")
 
     async def install_channels(self, names: list[str]) -> list[str]:
-        """Create the default channels not there yet (channel names are unique: a duplicate is a 500)."""
+        """Create the default channels not there yet; the names created (``[]``: all were there).
+
+        Raises :class:`CoreUnavailable` or ``AuthError`` (401) — try again —, :class:`NotRegistered` (404) and
+        :class:`ChannelsRefused` (400, 403: retrying cannot fix it). Channel names are unique: a channel that
+        exists but that the user cannot see (no channel view rights) makes the core answer 500 with Mongo's
+        E11000 duplicate key error; that counts as installed.
+        """
         try:
             status, text = await self.call("GET", "/channels")
             existing = {c.get("name") for c in json.loads(text)} if status == 200 and text else set()
-        except AuthError:  # a user with mediator rights only (no channel-view-all): just try
+        except AuthError as exc:  # a user with mediator rights only (no channel-view-all): just try
+            if exc.status == 401:
+                raise
             existing = set()
         missing = [n for n in names if n not in existing]
-        if missing:
-            status, text = await self.call("POST", f"/mediators/{self.urn_path}/channels", missing)
-            if status != 201:
-                raise RegistrationRefused(f"channel install: HTTP {status}: {text[:300]}")
+        if not missing:
+            return []
+        path = f"/mediators/{self.urn_path}/channels"
+        try:
+            status, text = await self.call("POST", path, missing)
+        except CoreUnavailable as exc:
+            if "E11000" in str(exc) or "duplicate key" in str(exc):
+                return []
+            raise
+        except AuthError as exc:
+            if exc.status == 403:
+                raise ChannelsRefused(str(exc)) from exc
+            raise
+        if status == 404:
+            raise NotRegistered("the core does not know this mediator (404 on the channel install)")
+        if status != 201:
+            raise ChannelsRefused(f"HTTP {status}: {text[:300]}")
         return missing
+
+    async def set_config(self, config: Any) -> None:
+        """``PUT /mediators/:urn/config``, as the console's *Save* does (delivered on the next heartbeat)."""
+        status, text = await self.call("PUT", f"/mediators/{self.urn_path}/config", config)
+        if status == 404:
+            raise NotRegistered("the core does not know this mediator (404 on the config)")
+        if status != 200:
+            raise RegistrationRefused(f"config: HTTP {status}: {text[:300]}")
 
     async def heartbeat(self, uptime: float, want_config: bool) -> Any:
         body: dict[str, Any] = {"uptime": uptime}
@@ -131,21 +177,32 @@ class RegistrationRefused(Exception):
     """The core answered 4xx to our registration document (a bug or a core we do not support)."""
 
 
+_UNREAD: Any = object()  # the stored config has not been read yet
+
+
 class OpenHIMLink:
     """The mediator's side of the relation with the core; observable state for logs and tests."""
 
     def __init__(self, settings: Settings, registration: dict[str, Any]) -> None:
         self.settings = settings
-        self.registration = registration
+        self.registration = registration  # built from the start-up settings (mediator-config.json + CR_*)
         self.urn: str = registration["urn"]
+        self.params = {d["param"] for d in registration.get("configDefs", [])}
         self.registrations = 0  # successful POST /mediators
+        self.registered_config: Any = None  # the ``config`` of the last successful registration
         self.heartbeats = 0  # successful heartbeats
         self.failures = 0  # failed calls to the core (registration or heartbeat)
         self.configs_applied = 0
         self.config_errors: list[list[str]] = []  # problems of each refused console config
         self.last_error: str | None = None
         self.channels_installed: list[str] = []
+        self.channels_done = not settings.openhim_install_channels
+        self.channel_error: str | None = None  # why the core refused the default channel for good
+        self.channel_attempts = 0
+        self.configs_restored = 0  # configs given back to a core that took the start-up settings
         self._applied_source: Any = None
+        self._stored: Any = _UNREAD  # the config kept in HAPI (None: none), as last read or written
+        self._seeded = False  # the last registration sent the start-up settings (the stored ones unknown)
         self._changed = asyncio.Condition()
         self._started = time.monotonic()
 
@@ -163,9 +220,7 @@ class OpenHIMLink:
     async def run(self, api: CoreAPI, holder: ConfigHolder, hapi: HapiClient) -> None:
         while True:
             try:
-                await self._register(api)
-                if self.settings.openhim_install_channels:
-                    await self._install_channels(api)
+                await self._register(api, hapi)
                 await self._heartbeats(api, holder, hapi)
             except Exception as exc:  # never let the link die: log, wait, start over
                 self.last_error = f"{type(exc).__name__}"
@@ -173,11 +228,51 @@ class OpenHIMLink:
                 await self._notify()
                 await asyncio.sleep(self.settings.openhim_heartbeat_s)
 
-    async def _register(self, api: CoreAPI) -> None:
-        delay = min(1.0, self.settings.openhim_heartbeat_s)
+    def _backoff(self, delay: float | None) -> float:
+        """The next pause between attempts: from 1 s (or the heartbeat, if shorter), doubling up to
+        CR_OPENHIM_RETRY_MAX_S."""
+        if delay is None:
+            return min(1.0, self.settings.openhim_heartbeat_s)
+        return min(delay * 2, self.settings.openhim_retry_max_s)
+
+    def _registrable(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        """A stored config fitted to this version's ``configDefs`` (the core refuses unknown parameters);
+        parameters it lacks (new in this version) take the start-up settings."""
+        seeds = self.registration.get("config") or {}
+        return {**seeds, **{k: v for k, v in config.items() if k in self.params}}
+
+    async def _registration_config(self, hapi: HapiClient) -> Any:
+        """What the core should hold if it does not know us: the config last applied — kept in HAPI (by any
+        replica), else this process's — never the start-up settings while one exists (a core that forgot
+        the mediator hands the registration's config back: open mode, the start-up thresholds)."""
+        self._seeded = False
+        try:
+            self._stored = await openhim_state.read(hapi)
+        except RegistryError as exc:  # the FHIR store does not answer (or refuses): this process's copy
+            if isinstance(self._applied_source, Mapping):
+                return self._registrable(self._applied_source)
+            log.warning(
+                "OpenHIM: the FHIR store cannot say which config was applied last; registering with the "
+                "start-up settings, and giving the core the stored config back once the store answers",
+                extra={"error": str(exc)},
+            )
+            self._seeded = True
+            self._stored = _UNREAD
+            return self.registration.get("config")
+        except openhim_state.StoredConfigError as exc:
+            log.error("OpenHIM: stored config ignored", extra={"error": str(exc)})
+            self._stored = None
+        for config in (self._stored, self._applied_source):
+            if isinstance(config, Mapping):
+                return self._registrable(config)
+        return self.registration.get("config")
+
+    async def _register(self, api: CoreAPI, hapi: HapiClient) -> None:
+        delay = self._backoff(None)
         while True:
+            config = await self._registration_config(hapi)
             try:
-                await api.register(self.registration)
+                await api.register({**self.registration, "config": config})
             except (CoreUnavailable, AuthError, RegistrationRefused) as exc:
                 self.last_error = str(exc)
                 self.failures += 1
@@ -187,31 +282,49 @@ class OpenHIMLink:
                 )
                 await self._notify()
                 await asyncio.sleep(delay)  # backoff between attempts, not synchronisation
-                delay = min(delay * 2, self.settings.openhim_retry_max_s)
+                delay = self._backoff(delay)
                 continue
             self.registrations += 1
+            self.registered_config = config
             self.last_error = None
             log.info(
-                "registered with OpenHIM", extra={"urn": self.urn, "version": self.registration["version"]}
+                "registered with OpenHIM",
+                extra={
+                    "urn": self.urn,
+                    "version": self.registration["version"],
+                    "config": "last applied" if config != self.registration.get("config") else "start-up",
+                },
             )
             await self._notify()
             return
 
     async def _install_channels(self, api: CoreAPI) -> None:
+        """One attempt; :class:`NotRegistered` goes up (register again), other failures wait for the next."""
         names = [c["name"] for c in self.registration.get("defaultChannelConfig", [])]
+        self.channel_attempts += 1
         try:
             created = await api.install_channels(names)
-        except (CoreUnavailable, AuthError, RegistrationRefused) as exc:
-            log.warning("OpenHIM default channel not installed", extra={"error": str(exc)})
-            return
-        self.channels_installed.extend(created)
-        if created:
-            log.info("installed OpenHIM default channel(s)", extra={"channels": created})
-        await self._notify()
+        except ChannelsRefused as exc:
+            self.channels_done = True
+            self.channel_error = str(exc)
+            log.error(
+                "OpenHIM refused the default channel; install it by hand (docs/openhim.md, 4) or fix the "
+                "API user's rights and restart the mediator",
+                extra={"error": str(exc)},
+            )
+        else:
+            self.channels_done = True
+            self.channels_installed.extend(created)
+            if created:
+                log.info("installed OpenHIM default channel(s)", extra={"channels": created})
+        finally:
+            await self._notify()
 
     async def _heartbeats(self, api: CoreAPI, holder: ConfigHolder, hapi: HapiClient) -> None:
         want_config = True
         unreachable = False
+        channel_delay = self._backoff(None)
+        channel_due = time.monotonic()
         while True:
             try:
                 config = await api.heartbeat(round(time.monotonic() - self._started, 3), want_config)
@@ -233,8 +346,62 @@ class OpenHIMLink:
                 want_config = False
                 if config is not None:
                     self.apply(config, holder, hapi)
+                await self._keep(api, hapi)
+                if not self.channels_done and time.monotonic() >= channel_due:
+                    try:
+                        await self._install_channels(api)
+                    except NotRegistered:
+                        log.warning("OpenHIM core forgot this mediator (404 on channel install)")
+                        return
+                    except (CoreUnavailable, AuthError) as exc:
+                        self.last_error = str(exc)
+                        log.warning(
+                            "OpenHIM default channel not installed yet, retrying",
+                            extra={"error": str(exc), "retry_in_s": round(channel_delay, 2)},
+                        )
+                        channel_due = time.monotonic() + channel_delay
+                        channel_delay = self._backoff(channel_delay)
                 await self._notify()
             await asyncio.sleep(self.settings.openhim_heartbeat_s)  # the heartbeat interval
+
+    async def _keep(self, api: CoreAPI, hapi: HapiClient) -> None:
+        """Keep the config in force in HAPI; after a registration with the start-up settings (the store
+        could not be read), give the core the stored config back if it took ours instead."""
+        applied = self._applied_source
+        if applied is None:
+            return
+        try:
+            if self._stored is _UNREAD:
+                try:
+                    self._stored = await openhim_state.read(hapi)
+                except openhim_state.StoredConfigError as exc:
+                    log.error("OpenHIM: stored config ignored", extra={"error": str(exc)})
+                    self._stored = None
+            stored = self._stored
+            # the core holds what we sent (the start-up settings): it had forgotten us
+            if (
+                self._seeded
+                and isinstance(stored, Mapping)
+                and stored != applied
+                and applied == self.registered_config
+            ):
+                restore = self._registrable(stored)
+                await api.set_config(restore)
+                self._seeded = False
+                self.configs_restored += 1
+                log.warning(
+                    "OpenHIM core held the start-up settings after a registration; the config last "
+                    "applied (kept in the FHIR store) was given back to it"
+                )
+                return  # delivered, applied and kept on the next heartbeat
+            self._seeded = False
+            if applied != stored:
+                await openhim_state.write(hapi, applied)
+                self._stored = applied
+        except RegistryError as exc:  # the FHIR store does not answer: again at the next heartbeat
+            log.debug("OpenHIM: config not kept in the FHIR store yet", extra={"error": str(exc)})
+        except (CoreUnavailable, AuthError, RegistrationRefused, NotRegistered) as exc:
+            log.warning("OpenHIM: could not give the core its config back", extra={"error": str(exc)})
 
     @property
     def console_sets_rules(self) -> bool:
@@ -271,6 +438,8 @@ class OpenHIMLink:
         holder.replace(live.registry)
         self._applied_source = config
         self.configs_applied += 1
+        if live.registry.open_mode and not self.settings.openhim_allow_open_mode:
+            log.warning(NO_CLIENT_MAP_LOG)
         log.info(
             "OpenHIM console config applied",
             extra={
@@ -291,6 +460,49 @@ def _retarget(hapi: HapiClient, target: HapiTarget) -> None:
 
 OPENHIM = web.AppKey("openhim", OpenHIMLink)
 
+NO_CLIENT_MAP_LOG = (
+    "OpenHIM: no client map is in force (the console's 'Identifier systems allowed per client' is empty); "
+    "requests routed by the core are refused with 503 until one is set (or CR_OPENHIM_ALLOW_OPEN_MODE=true)"
+)
+NO_CLIENT_MAP = (
+    "The client registry has no identifier-system map for its clients in force, so it cannot tell which "
+    "identifiers a client may submit; it refuses requests until an HIE admin sets 'Identifier systems "
+    "allowed per client' in the OpenHIM console (Mediators > Client Registry > Configuration)."
+)
+
+
+def client_map_guard(settings: Settings, metrics_registry: Any) -> Callable[..., Any]:
+    """Refuse requests routed by the core (``X-OpenHIM-TransactionID``) with 503 while the config in force
+    has no client map — open mode — unless CR_OPENHIM_ALLOW_OPEN_MODE wants it. Installed inside the envelope
+    middleware, so the refusal is enveloped (status Failed, with an error: a channel with auto-retry retries
+    it). Counted in ``cr_openhim_requests_refused_total{reason="no_client_map"}``; a warning is logged at the
+    first refusal and again whenever refusals start after requests were served."""
+    refused = Counter(
+        "cr_openhim_requests_refused",
+        "Requests routed by the OpenHIM core that the mediator refused without handling them, by reason",
+        ["reason"],
+        registry=metrics_registry,
+    )
+    warned = False
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
+        nonlocal warned
+        if (
+            TX_HEADER not in request.headers
+            or settings.openhim_allow_open_mode
+            or not request.app[CONFIG].current.open_mode
+        ):
+            warned = False
+            return await handler(request)
+        refused.labels("no_client_map").inc()
+        if not warned:
+            log.warning(NO_CLIENT_MAP_LOG)
+            warned = True
+        return fhir_response(operation_outcome("error", "transient", NO_CLIENT_MAP), status=503)
+
+    return guard
+
 
 def setup(app: web.Application, settings: Settings) -> None:
     """Install the envelope middleware and the registration/heartbeat task (only behind OpenHIM).
@@ -301,6 +513,7 @@ def setup(app: web.Application, settings: Settings) -> None:
     registration = load_registration(settings)
     link = OpenHIMLink(settings, registration)
     app[OPENHIM] = link
+    app.middlewares.insert(0, client_map_guard(settings, app[METRICS].registry))
     app.middlewares.insert(
         0,
         envelope_middleware(
@@ -309,6 +522,13 @@ def setup(app: web.Application, settings: Settings) -> None:
             bodies=settings.openhim_orchestration_bodies,
         ),
     )
+    in_force = Gauge(
+        "cr_openhim_client_map_in_force",
+        "1 while the config in force maps OpenHIM clients to identifier systems, 0 while it has no map "
+        "(routed requests are then refused unless CR_OPENHIM_ALLOW_OPEN_MODE)",
+        registry=app[METRICS].registry,
+    )
+    in_force.set_function(lambda: 0.0 if app[CONFIG].current.open_mode else 1.0)
 
     async def openhim_task(app: web.Application) -> AsyncIterator[None]:
         connector = aiohttp.TCPConnector(ssl=ssl_context(settings), limit=4)

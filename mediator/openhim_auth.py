@@ -31,6 +31,10 @@ SCHEMES = ("basic", "token")
 class AuthError(Exception):
     """The core refused our credentials (401/403/404 on the salt look-up); an admin must fix the setting."""
 
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status  # the core's answer: 401 (credentials) or 403 (rights), None for the look-up
+
 
 def basic_header(username: str, password: str) -> dict[str, str]:
     raw = f"{username}:{password}".encode()

@@ -93,6 +93,8 @@ class Settings:
     openhim_heartbeat_s: float = 10.0
     openhim_install_channels: bool = False
     openhim_allow_anonymous: bool = False
+    # behind OpenHIM, routed requests are refused (503) while no client map is in force, unless this is set
+    openhim_allow_open_mode: bool = False
     # what the orchestrations sent to OpenHIM show of each HAPI call's bodies: "ids" (ids, versions,
     # request lines and statuses: no demographics of anyone) or "full" (the bodies, for debugging)
     openhim_orchestration_bodies: str = "ids"
@@ -159,6 +161,7 @@ class Settings:
             openhim_heartbeat_s=num("CR_OPENHIM_HEARTBEAT_S", defaults.openhim_heartbeat_s),
             openhim_install_channels=_bool(get("CR_OPENHIM_INSTALL_CHANNELS", "false")),
             openhim_allow_anonymous=_bool(get("CR_OPENHIM_ALLOW_ANONYMOUS", "false")),
+            openhim_allow_open_mode=_bool(get("CR_OPENHIM_ALLOW_OPEN_MODE", "false")),
             openhim_orchestration_bodies=_choice(
                 "CR_OPENHIM_ORCHESTRATION_BODIES",
                 get("CR_OPENHIM_ORCHESTRATION_BODIES", defaults.openhim_orchestration_bodies),

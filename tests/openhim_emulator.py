@@ -237,6 +237,7 @@ class CoreEmulator:
         self.api_log: list[tuple[str, str, int, Any]] = []  # method, path, status, request body
         self.transactions: list[Transaction] = []
         self.fail_next_registrations = 0  # answer that many POST /mediators with 500 (a core in trouble)
+        self.fail_next_channel_installs = 0  # answer that many POST /mediators/:urn/channels with 500
         self._runner: web.AppRunner | None = None
         self._changed = asyncio.Condition()
         self.reset_users()
@@ -472,14 +473,29 @@ class CoreEmulator:
         mediator = self.mediators.get(request.match_info["urn"])
         if mediator is None:
             return web.Response(status=404, text="No mediator found for this urn.")
+        urn = request.match_info["urn"]
+        if self.fail_next_channel_installs > 0:
+            self.fail_next_channel_installs -= 1
+            return web.Response(
+                status=500,
+                text=f"Could not load mediator default channel config (urn: {urn}): MongoNetworkError",
+            )
         names = request[JSON_BODY]
         defaults = mediator.get("defaultChannelConfig", [])
         chosen = defaults if not names else [c for c in defaults if c["name"] in names]
         if names and len(chosen) < len(names):
-            return web.Response(status=400, text="one or more channels in the request body not found")
+            return web.Response(
+                status=400,
+                text="Could not load mediator default channel config, one or more channels in the request "
+                f"body not found in the mediator config (urn: {urn})",
+            )
         for channel in chosen:
             if channel["name"] in self.channels:  # unique index on name → Mongo E11000 → 500
-                return web.Response(status=500, text="E11000 duplicate key error collection: channels")
+                return web.Response(
+                    status=500,
+                    text=f"Could not load mediator default channel config (urn: {urn}): MongoServerError: "
+                    "E11000 duplicate key error collection: openhim.channels index: name_1 dup key",
+                )
         for channel in chosen:
             self.channels[channel["name"]] = json.loads(json.dumps(channel))
         return web.Response(status=201)

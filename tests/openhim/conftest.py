@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -24,6 +25,31 @@ async def core() -> AsyncIterator[CoreEmulator]:
     await emulator.start()
     yield emulator
     await emulator.stop()
+
+
+def forget_stored_config(hapi_url: str) -> None:
+    """Delete the console config a mediator kept in the test HAPI (mediator/openhim_state.py)."""
+    from urllib.error import HTTPError, URLError
+    from urllib.request import Request, urlopen
+
+    try:
+        with urlopen(Request(f"{hapi_url}/Basic/cr-openhim-config", method="DELETE"), timeout=30):
+            pass
+    except (HTTPError, URLError):
+        pass
+
+
+@pytest.fixture(autouse=True)
+def _no_stored_openhim_config(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A mediator behind the emulator keeps its console config in the shared test HAPI: every test starts
+    and ends without one, or the next test's mediator would register with it."""
+    if "hapi_url" not in request.fixturenames:
+        yield
+        return
+    url = request.getfixturevalue("hapi_url")
+    forget_stored_config(url)
+    yield
+    forget_stored_config(url)
 
 
 @pytest.fixture
@@ -58,6 +84,17 @@ def start_mediator(aiohttp_client: Callable[..., Any]) -> Start:
         return client, app[OPENHIM]
 
     return start
+
+
+async def poll_until(check: Callable[[], Awaitable[bool]], within_s: float = WAIT_S) -> None:
+    """Ask ``check()`` again every 50 ms until it holds (for state outside this process: HAPI, a real
+    core); TimeoutError after ``within_s``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within_s
+    while not await check():
+        if loop.time() > deadline:
+            raise TimeoutError(f"not within {within_s} s")
+        await asyncio.sleep(0.05)  # polling a condition, not synchronising on time
 
 
 def mediator_url(client: TestClient) -> str:

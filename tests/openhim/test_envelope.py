@@ -17,7 +17,7 @@ URN = "urn:mediator:client-registry"
 
 
 async def test_routed_request_gets_the_envelope(core, offline_settings, start_mediator):
-    client, _ = await start_mediator(behind(core, offline_settings))
+    client, _ = await start_mediator(behind(core, offline_settings, openhim_allow_open_mode=True))
     tx = await core.route(mediator_url(client), "GET", "/fhir/metadata")
     assert tx.enveloped and tx.problems == []
     assert tx.mediator_urn == URN and tx.status == "Successful"
@@ -37,7 +37,7 @@ async def test_without_the_core_the_answer_is_plain_fhir(core, offline_settings,
 async def test_upstream_failure_is_enveloped_as_failed_with_the_call(
     core, offline_settings, start_mediator, facility
 ):
-    client, _ = await start_mediator(behind(core, offline_settings))
+    client, _ = await start_mediator(behind(core, offline_settings, openhim_allow_open_mode=True))
     body = patient(facility, "E1", family=unique_surname())
     tx = await core.route(mediator_url(client), "POST", "/fhir/Patient", body=body)
     assert tx.problems == []
@@ -66,7 +66,9 @@ async def test_request_without_client_id_is_refused_behind_openhim(
 
 
 async def test_anonymous_allowed_by_setting(core, offline_settings, start_mediator, facility):
-    client, _ = await start_mediator(behind(core, offline_settings, openhim_allow_anonymous=True))
+    client, _ = await start_mediator(
+        behind(core, offline_settings, openhim_allow_anonymous=True, openhim_allow_open_mode=True)
+    )
     body = patient(facility, "E3", family=unique_surname())
     tx = await core.route(mediator_url(client), "POST", "/fhir/Patient", body=body, client_id=None)
     assert tx.response["status"] == 503, "went on to the (unreachable) FHIR store"
@@ -74,7 +76,7 @@ async def test_anonymous_allowed_by_setting(core, offline_settings, start_mediat
 
 
 async def test_bad_input_is_enveloped_as_completed(core, offline_settings, start_mediator):
-    client, _ = await start_mediator(behind(core, offline_settings))
+    client, _ = await start_mediator(behind(core, offline_settings, openhim_allow_open_mode=True))
     tx = await core.route(mediator_url(client), "POST", "/fhir/Patient", body={"resourceType": "Observation"})
     assert tx.response["status"] == 400 and tx.status == "Completed" and tx.error is None
     assert json.loads(tx.response["body"])["resourceType"] == "OperationOutcome"

@@ -121,10 +121,10 @@ def test_token_headers_are_what_the_core_checks():
 async def test_default_channel_installed_once_when_asked(core, offline_settings, start_mediator):
     settings = behind(core, offline_settings, openhim_install_channels=True)
     _, first = await start_mediator(settings)
-    await first.wait_for(lambda: first.heartbeats >= 1, WAIT_S)
+    await first.wait_for(lambda: first.channels_done, WAIT_S)
     assert list(core.channels) == ["Client Registry - FHIR Patient"]
     _, second = await start_mediator(settings)  # a second instance (or a restart) finds it there
-    await second.wait_for(lambda: second.heartbeats >= 1, WAIT_S)
+    await second.wait_for(lambda: second.channels_done, WAIT_S)
     assert core.calls("POST", f"/mediators/{URN}/channels") == core.calls(
         "POST", f"/mediators/{URN}/channels", status=201
     )
@@ -213,10 +213,40 @@ async def test_channel_install_with_a_user_that_cannot_see_channels(core, offlin
         openhim_password="pw",
     )
     _, first = await start_mediator(settings)
-    await first.wait_for(lambda: first.heartbeats >= 1, WAIT_S)
+    await first.wait_for(lambda: first.channels_done, WAIT_S)
     assert list(core.channels) == ["Client Registry - FHIR Patient"]
-    # the next start cannot see it, tries, gets the core's duplicate-name 500, and carries on
+    # the next start cannot see it, tries, gets the core's duplicate-name 500: it is there, done
     _, second = await start_mediator(settings)
-    await second.wait_for(lambda: second.heartbeats >= 1, WAIT_S)
-    assert core.calls("POST", f"/mediators/{URN}/channels", status=500)
+    await second.wait_for(lambda: second.channels_done, WAIT_S)
+    assert len(core.calls("POST", f"/mediators/{URN}/channels", status=500)) == 1
+    assert second.channel_error is None and second.channels_installed == []
     assert list(core.channels) == ["Client Registry - FHIR Patient"] and second.registrations == 1
+
+
+async def test_a_failed_channel_install_is_retried_with_backoff(core, offline_settings, start_mediator):
+    core.fail_next_channel_installs = 2  # the core's database in trouble
+    _, link = await start_mediator(behind(core, offline_settings, openhim_install_channels=True))
+    await core.wait_for(lambda: bool(core.channels), WAIT_S)
+    await link.wait_for(lambda: link.channels_done, WAIT_S)
+    assert [c[2] for c in core.calls("POST", f"/mediators/{URN}/channels")] == [500, 500, 201]
+    assert list(core.channels) == ["Client Registry - FHIR Patient"]
+    assert link.channels_installed == ["Client Registry - FHIR Patient"] and link.channel_error is None
+    assert link.heartbeats >= 1 and link.registrations == 1, "heartbeats went on meanwhile"
+
+
+async def test_a_channel_install_refused_for_good_is_an_error_and_not_retried(
+    core, offline_settings, start_mediator, caplog
+):
+    """The core holds this version's document with other channel names (changed without a version bump: the
+    core keeps the old document): 400, which retrying cannot fix."""
+    settings = behind(core, offline_settings, openhim_install_channels=True)
+    old = load_registration(settings)
+    old["defaultChannelConfig"] = [{**old["defaultChannelConfig"][0], "name": "Old name"}]
+    core.mediators[URN] = old
+    _, link = await start_mediator(settings)
+    await link.wait_for(lambda: link.channels_done, WAIT_S)
+    assert "400" in (link.channel_error or "") and "not found in the mediator config" in link.channel_error
+    assert "refused the default channel" in caplog.text
+    beats = link.heartbeats
+    await link.wait_for(lambda: link.heartbeats >= beats + 5, WAIT_S)
+    assert len(core.calls("POST", f"/mediators/{URN}/channels")) == 1 and not core.channels

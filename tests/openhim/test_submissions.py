@@ -16,7 +16,8 @@ URN = "urn:mediator:client-registry"
 
 
 async def _mediator(core, settings, start_mediator):
-    client, link = await start_mediator(behind(core, settings))
+    # open mode wanted: most tests here submit without a client map (test_fail_closed.py: without it)
+    client, link = await start_mediator(behind(core, settings, openhim_allow_open_mode=True))
     await link.wait_for(lambda: link.configs_applied == 1, WAIT_S)
     return mediator_url(client), link, client.server.app
 
