@@ -1,12 +1,18 @@
 """An in-process emulator of the OpenHIM core, for tests: its mediator API and its router's side of a request.
 
-Modelled on jembi/openhim-core-js @ fdfa87b (v8.5.0); each behaviour cites the file it copies:
+Modelled on jembi/openhim-core-js @ fdfa87b (master, after v8.5.0); each behaviour cites the file it copies.
+``CoreEmulator(core_version="8.5.0")`` checks permissions as the released v8.5.0 does (tag v8.5.0, f451ea27):
+every mediator endpoint wants the user in group ``admin`` (src/api/authorisation.js ``inGroup``), and
+``GET /channels`` shows a non-admin only the channels whose ``txViewAcl`` holds one of its groups. The role
+permissions (``mediator-manage-all``, ...; src/utils.js ``checkUserPermission``) exist on master only.
 
 - routes: src/koaApi.js (``GET /authenticate/:username`` is public; everything else needs authentication);
 - authentication: src/api/authentication.js (``requestType``: any ``auth-*`` header → token, else
   ``Authorization: Basic`` → basic, else 401), src/protocols/token.js (token check and time window),
   src/api/users.js ``authenticateToken`` (salt look-up, 404 for an unknown user);
 - permissions: src/utils.js ``checkUserPermission`` (403 for a user without an access role / the permission);
+  v8.5.0: src/api/mediators.js ``authorisation.inGroup('admin', ...)`` (403 "User ... is not an admin, API
+  access to <function> denied."; heartbeat, setConfig and loadDefaultChannels say ``removeMediator``);
 - mediators: src/api/mediators.js ``addMediator`` (semver checks, ``validateConfigDefs``/``validateConfig``,
   ``semver.gt`` replacement that keeps stored config values, "At least 1 endpoint is required"),
   ``heartbeat`` (config iff ``_configModifiedTS > _lastHeartbeat`` or ``config: true``; else ''),
@@ -18,7 +24,7 @@ Modelled on jembi/openhim-core-js @ fdfa87b (v8.5.0); each behaviour cites the f
   src/model/transactions.js (orchestrations: ``name`` and ``request.timestamp`` required, string bodies).
 
 Controllable: ``start()`` (also late), ``stop()``, ``restart(wipe=True)`` (an empty database),
-``forget(urn)``.
+``forget(urn)`` (or ``DELETE /mediators/:urn`` as on the real core).
 """
 
 from __future__ import annotations
@@ -52,6 +58,16 @@ TX_STATUSES = (  # src/model/transactions.js transactionStatus
     "Failed",
 )
 AUTH_WINDOW_S = 10  # config/default.json api.authWindowSeconds
+CORE_VERSIONS = ("master", "8.5.0")  # how permissions are checked (module docstring)
+# v8.5.0: the function name each mediator endpoint's 403 names (copy-pasted 'removeMediator' included)
+V850_DENIED_AS = {
+    ("POST", "/mediators"): "addMediator",
+    ("GET", "/mediators/{urn}"): "getMediator",
+    ("DELETE", "/mediators/{urn}"): "removeMediator",
+    ("POST", "/mediators/{urn}/heartbeat"): "removeMediator",
+    ("PUT", "/mediators/{urn}/config"): "removeMediator",
+    ("POST", "/mediators/{urn}/channels"): "removeMediator",
+}
 
 
 JSON_BODY = web.RequestKey("json_body", object)
@@ -188,8 +204,9 @@ def validate_registration(doc: Any) -> None:
 class User:
     email: str
     password: str
-    roles: tuple[str, ...] = ("admin",)  # v8 role with every permission; () = no access role → 403
-    may_view_channels: bool = True  # False: a role with mediator permissions only (sees no channel)
+    roles: tuple[str, ...] = ("admin",)  # master: role with every permission; () = no access role → 403
+    may_view_channels: bool = True  # master: False = a role with mediator permissions only (sees no channel)
+    groups: tuple[str, ...] = ("admin",)  # v8.5.0: 'admin' or not is all the mediator endpoints look at
     salt: str = field(default_factory=lambda: secrets.token_hex(16))
     token_passport: bool = True  # users created in a v7.2+ console have none (404 on the salt look-up)
 
@@ -228,7 +245,16 @@ def _now_ms() -> float:
 
 
 class CoreEmulator:
-    def __init__(self, *, port: int | None = None, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        core_version: str = "master",
+    ) -> None:
+        if core_version not in CORE_VERSIONS:
+            raise ValueError(f"core_version must be one of {CORE_VERSIONS}")
+        self.core_version = core_version
         self.port = port or free_port()
         self.ssl_context = ssl_context
         self.users: dict[str, User] = {}
@@ -265,6 +291,7 @@ class CoreEmulator:
         app.router.add_get("/authenticate/{email}", self._authenticate_token)
         app.router.add_post("/mediators", self._add_mediator)
         app.router.add_get("/mediators/{urn}", self._get_mediator)
+        app.router.add_delete("/mediators/{urn}", self._remove_mediator)
         app.router.add_post("/mediators/{urn}/heartbeat", self._heartbeat)
         app.router.add_put("/mediators/{urn}/config", self._set_config)
         app.router.add_post("/mediators/{urn}/channels", self._load_default_channels)
@@ -344,12 +371,11 @@ class CoreEmulator:
                 response = await handler(request)  # public route (src/koaApi.js, before the auth middleware)
             else:
                 user = self._authenticate(request)
+                denied = self._denied(request, user) if user is not None else None
                 if user is None:
                     response = web.Response(status=401, text="Unauthorized")
-                elif not user.roles:
-                    response = web.Response(
-                        status=403, text=f"User {user.email} does not have an access role specified."
-                    )
+                elif denied is not None:
+                    response = web.Response(status=403, text=denied)
                 else:
                     request[JSON_BODY] = body
                     request[USER] = user
@@ -359,6 +385,19 @@ class CoreEmulator:
         self.api_log.append((request.method, request.path, response.status, body))
         await self._notify()
         return response
+
+    def _denied(self, request: web.Request, user: User) -> str | None:
+        """Why the core answers 403 (its body), or None."""
+        if self.core_version == "8.5.0":
+            info = request.match_info.route.resource
+            pattern = info.canonical if info is not None else ""
+            function = V850_DENIED_AS.get((request.method, pattern))
+            if function is not None and "admin" not in user.groups:
+                return f"User {user.email} is not an admin, API access to {function} denied."
+            return None
+        if not user.roles:
+            return f"User {user.email} does not have an access role specified."
+        return None
 
     def _authenticate(self, request: web.Request) -> User | None:
         h = request.headers
@@ -435,6 +474,15 @@ class CoreEmulator:
             return web.Response(status=404)
         return web.json_response(mediator)
 
+    async def _remove_mediator(self, request: web.Request) -> web.Response:
+        """src/api/mediators.js ``removeMediator``: 200 (also for an unknown urn: findOneAndRemove finds
+        nothing); its next heartbeat gets 404."""
+        urn = request.match_info["urn"]
+        self.mediators.pop(urn, None)
+        return web.Response(
+            status=200, text=f"Mediator with urn {urn} has been successfully removed by {request[USER].email}"
+        )
+
     async def _heartbeat(self, request: web.Request) -> web.Response:
         mediator = self.mediators.get(request.match_info["urn"])
         if mediator is None:
@@ -501,7 +549,15 @@ class CoreEmulator:
         return web.Response(status=201)
 
     async def _get_channels(self, request: web.Request) -> web.Response:
-        if not request[USER].may_view_channels:  # src/api/channels.js getChannels →
+        user = request[USER]
+        if self.core_version == "8.5.0":  # src/api/authorisation.js getUserViewableChannels
+            if "admin" in user.groups:
+                return web.json_response(list(self.channels.values()))
+            groups = set(user.groups)
+            return web.json_response(
+                [c for c in self.channels.values() if groups & set(c.get("txViewAcl") or [])]
+            )
+        if not user.may_view_channels:  # src/api/channels.js getChannels →
             return web.json_response([])  # authorisation.getUserViewableChannels: only viewable ones
         return web.json_response(list(self.channels.values()))
 

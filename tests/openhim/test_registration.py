@@ -7,14 +7,16 @@ import logging
 import shutil
 import ssl
 import subprocess
+from urllib.parse import quote
 
+import aiohttp
 import pytest
 
 from mediator.context import CONFIG
-from mediator.openhim_auth import token_headers
+from mediator.openhim_auth import basic_header, token_headers
 from mediator.openhim_config import load_registration
 from tests.openhim.conftest import WAIT_S, behind
-from tests.openhim_emulator import ROOT_EMAIL, CoreEmulator
+from tests.openhim_emulator import ROOT_EMAIL, ROOT_PASSWORD, CoreEmulator
 
 URN = "urn:mediator:client-registry"
 
@@ -250,3 +252,69 @@ async def test_a_channel_install_refused_for_good_is_an_error_and_not_retried(
     beats = link.heartbeats
     await link.wait_for(lambda: link.heartbeats >= beats + 5, WAIT_S)
     assert len(core.calls("POST", f"/mediators/{URN}/channels")) == 1 and not core.channels
+
+
+# -- released core v8.5.0: the 'admin' group, not the role permissions of master -------------------------
+@pytest.fixture
+async def core_850():
+    core = CoreEmulator(core_version="8.5.0")
+    await core.start()
+    yield core
+    await core.stop()
+
+
+async def test_core_850_refuses_an_api_user_outside_the_admin_group(
+    core_850, offline_settings, start_mediator
+):
+    """On v8.5.0 a role with mediator-manage-all does not help (the permissions exist on master only)."""
+    core_850.add_user("cr@example.org", "pw", groups=("client-registry",), roles=("mediator-manager",))
+    settings = behind(core_850, offline_settings, openhim_username="cr@example.org", openhim_password="pw")
+    _, link = await start_mediator(settings)
+    await core_850.wait_for(lambda: len(core_850.calls("POST", "/mediators", status=403)) >= 2, WAIT_S)
+    await link.wait_for(lambda: "is not an admin" in (link.last_error or ""), WAIT_S)
+    assert "API access to addMediator denied" in (link.last_error or "")
+    assert URN not in core_850.mediators and link.registrations == 0
+
+
+async def test_core_850_serves_an_api_user_of_the_admin_group(core_850, offline_settings, start_mediator):
+    core_850.add_user("cr@example.org", "pw", groups=("admin",), roles=())  # no role: master would say 403
+    settings = behind(
+        core_850,
+        offline_settings,
+        openhim_username="cr@example.org",
+        openhim_password="pw",
+        openhim_install_channels=True,
+    )
+    _, link = await start_mediator(settings)
+    await link.wait_for(lambda: link.channels_done and link.heartbeats >= 2, WAIT_S)
+    assert link.registrations == 1 and link.configs_applied == 1 and link.channel_error is None
+    assert list(core_850.channels) == ["Client Registry - FHIR Patient"]
+
+
+async def test_core_850_heartbeat_denied_names_remove_mediator(core_850):
+    """The v8.5.0 source's copy-pasted function name in the heartbeat's 403, as a real core answers."""
+    core_850.add_user("viewer@example.org", "pw", groups=("users",))
+    auth = basic_header("viewer@example.org", "pw")
+    async with aiohttp.ClientSession() as session:
+        url = f"{core_850.url}/mediators/{quote(URN, safe='')}/heartbeat"
+        async with session.post(url, json={"uptime": 1}, headers=auth) as resp:
+            assert (resp.status, await resp.text()) == (
+                403,
+                "User viewer@example.org is not an admin, API access to removeMediator denied.",
+            )
+        async with session.get(f"{core_850.url}/channels", headers=auth) as resp:
+            assert resp.status == 200 and await resp.json() == []
+
+
+async def test_delete_mediator_makes_the_next_heartbeat_404(core, offline_settings, start_mediator):
+    """As on the real core: DELETE /mediators/:urn, then a 404 heartbeat and a new registration."""
+    _, link = await start_mediator(behind(core, offline_settings))
+    await link.wait_for(lambda: link.heartbeats >= 1, WAIT_S)
+    auth = basic_header(ROOT_EMAIL, ROOT_PASSWORD)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.delete(f"{core.url}/mediators/{quote(URN, safe='')}", headers=auth) as resp,
+    ):
+        assert resp.status == 200 and "successfully removed" in await resp.text()
+    await link.wait_for(lambda: link.registrations == 2, WAIT_S)
+    assert core.heartbeats(URN, status=404)
