@@ -1,0 +1,246 @@
+"""The mediator against a real OpenHIM core v8.5.0, end to end (issue 19): registration, heartbeats, the
+default channel, POS submissions routed through the core's router on :5001 and their transactions, console
+config changes, the core forgetting the mediator (the fail-open case), a core restart; and where the core
+emulator (tests/openhim_emulator.py) models what these touch, that it answers the same.
+
+Run: README, 'Tests against a real OpenHIM core'. Skipped (reason shown with ``-rs``) without one.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import aiohttp
+import pytest
+
+from mediator.context import CONFIG
+from mediator.openhim_auth import basic_header
+from tests.conftest import patient, unique_surname
+from tests.openhim.conftest import poll_until
+from tests.openhim_emulator import CoreEmulator, User, ValidationError, validate_config
+from tests.openhim_real.conftest import CORE_ENV, FOLDER
+from tests.openhim_real.core import CHANNEL, URN, URN_PATH, VIEWER
+
+pytestmark = [
+    pytest.mark.skipif(
+        not FOLDER,
+        reason=f"no real OpenHIM core: set {CORE_ENV} to the folder of a core built by "
+        "tests/openhim_real/build.sh (README, 'Tests against a real OpenHIM core')",
+    ),
+    pytest.mark.hapi,
+]
+CORE_WAIT_S = 30.0  # the real core, on FerretDB, on a shared machine
+
+
+async def _registered(start_mediator, settings):
+    client, link = await start_mediator(settings)
+    await link.wait_for(lambda: link.configs_applied >= 1 and link.channels_done, CORE_WAIT_S)
+    return client, link
+
+
+async def _console(core, link, **changes) -> dict[str, Any]:
+    """A console edit: the whole config, changed, saved with PUT /mediators/:urn/config (as root)."""
+    applied = link.configs_applied
+    stored = (await core.mediator())["config"]
+    config = {**stored, **changes}
+    status, text = await core.api("PUT", f"/mediators/{URN_PATH}/config", config)
+    assert status == 200, (status, text)
+    await link.wait_for(lambda: link.configs_applied > applied or link.config_errors, CORE_WAIT_S)
+    assert not link.config_errors, link.config_errors
+    return config
+
+
+def _systems(facility: str) -> tuple[str, str]:
+    return facility, facility.replace("facility-", "clinic-")
+
+
+async def _finished(core, tx_id: str) -> dict[str, Any]:
+    """The stored transaction once the core set its final status (it does so after answering)."""
+    found: dict[str, Any] = {}
+
+    async def done() -> bool:
+        found.update(await core.transaction(tx_id))
+        return found.get("status") not in (None, "Processing")
+
+    await poll_until(done, CORE_WAIT_S)
+    return found
+
+
+async def test_registration_heartbeat_and_default_channel(core, real_settings, start_mediator):
+    _, link = await _registered(start_mediator, real_settings)
+    await link.wait_for(lambda: link.heartbeats >= 3, CORE_WAIT_S)
+    assert link.registrations == 1 and link.channel_error is None
+    assert link.channels_installed == [CHANNEL]
+    stored = await core.mediator()
+    assert stored is not None and stored["version"] == link.registration["version"]
+    assert stored["_lastHeartbeat"] and stored["config"]["hapiBaseUrl"] == real_settings.hapi_base_url
+    channel = await core.channel()
+    assert channel is not None and channel["allow"] == ["client-registry-pos"]
+    assert [(r["host"], r["port"]) for r in channel["routes"]] == [
+        ("127.0.0.1", real_settings.openhim_mediator_port)
+    ]
+
+
+async def test_a_submission_through_the_router_and_its_transaction(
+    core, real_settings, start_mediator, facility
+):
+    _, link = await _registered(start_mediator, real_settings)
+    sys_k, sys_m = _systems(facility)
+    await _console(core, link, clientSystems={"emr-kisenyi": sys_k, "emr-mulago": sys_m})
+    family = unique_surname()
+    status, headers, body = await core.route("POST", "/fhir/Patient", patient(sys_k, "K1", family=family))
+    assert status == 201, body
+    assert body["resourceType"] == "Patient" and headers["Location"].startswith("Patient/")
+    tx = await _finished(core, headers["X-OpenHIM-TransactionID"])
+    assert tx["status"] == "Successful" and tx["response"]["status"] == 201
+    assert tx["properties"]["sourceRecord"] == f"Patient/{body['id']}"
+    assert tx["properties"]["decision"] in ("match", "potential", "no_match")
+    names = [o["name"] for o in tx["orchestrations"]]
+    assert "HAPI FHIR: transaction" in names, names
+    ours = [o for o in tx["orchestrations"] if o["name"].startswith("HAPI FHIR: ")]
+    assert family not in json.dumps(ours), "the mediator's orchestrations hold ids, not demographics"
+    # the core's own orchestration of its call to the mediator holds the whole submission (docs, Privacy)
+    (own,) = [o for o in tx["orchestrations"] if o["name"] == "Client Registry mediator"]
+    assert family in own["request"]["body"]
+
+    # another facility's system: refused by the mediator, the transaction 'Completed'
+    status, headers, outcome = await core.route(
+        "POST", "/fhir/Patient", patient(sys_k, "K2", family=unique_surname()), client="emr-mulago"
+    )
+    assert status == 403 and outcome["resourceType"] == "OperationOutcome"
+    assert (await _finished(core, headers["X-OpenHIM-TransactionID"]))["status"] == "Completed"
+
+
+async def test_the_core_keeps_the_submission_even_with_channel_bodies_off(
+    core, real_settings, start_mediator, facility
+):
+    """Measured for docs/openhim.md (Privacy): with the channel's request and response bodies switched off,
+    the core's own orchestration still holds the submission."""
+    _, link = await _registered(start_mediator, real_settings)
+    await _console(core, link, clientSystems={"emr-kisenyi": facility})
+    channel = await core.channel()
+    status, text = await core.api(
+        "PUT", f"/channels/{channel['_id']}", {"requestBody": False, "responseBody": False}
+    )
+    assert status == 200, (status, text)
+    family = unique_surname()
+    status, headers, _ = await core.route("POST", "/fhir/Patient", patient(facility, "B1", family=family))
+    assert status == 201
+    tx = await _finished(core, headers["X-OpenHIM-TransactionID"])
+    assert family not in json.dumps(tx.get("request", {})), "the channel's own body setting holds"
+    (own,) = [o for o in tx["orchestrations"] if o["name"] == "Client Registry mediator"]
+    assert family in own["request"]["body"], "the core's orchestration keeps it all the same"
+
+
+async def test_a_console_config_change_reaches_the_mediator(core, real_settings, start_mediator):
+    client, link = await _registered(start_mediator, real_settings)
+    await _console(
+        core,
+        link,
+        maxCandidates=77,
+        overrideThresholds=True,
+        autoMatchThreshold=21,
+        potentialMatchThreshold=6,
+    )
+    current = client.server.app[CONFIG].current
+    assert current.max_candidates == 77 and current.rules.auto_threshold == 21
+
+    # an ill-typed value: the core itself refuses it, with the words the emulator uses
+    stored = (await core.mediator())["config"]
+    bad = {**stored, "hapiTimeoutSeconds": "ten"}
+    status, text = await core.api("PUT", f"/mediators/{URN_PATH}/config", bad)
+    with pytest.raises(ValidationError) as emulated:
+        validate_config(link.registration["configDefs"], bad)
+    assert (status, text) == (400, str(emulated.value))
+    # a well-typed but invalid one: the core accepts it, the mediator refuses it and keeps the old config
+    status, _ = await core.api(
+        "PUT",
+        f"/mediators/{URN_PATH}/config",
+        {**stored, "autoMatchThreshold": 1, "potentialMatchThreshold": 9},
+    )
+    assert status == 200
+    await link.wait_for(lambda: len(link.config_errors) == 1, CORE_WAIT_S)
+    assert client.server.app[CONFIG].current is current
+
+
+async def test_a_core_that_forgot_the_mediator_keeps_the_client_map(
+    core, real_settings, start_mediator, facility
+):
+    """The fail-open case: DELETE /mediators/:urn, the heartbeat's 404, the re-registration."""
+    client, link = await _registered(start_mediator, real_settings)
+    sys_k, sys_m = _systems(facility)
+    edited = await _console(
+        core, link, clientSystems={"emr-kisenyi": sys_k, "emr-mulago": sys_m}, maxCandidates=55
+    )
+    foreign = patient(sys_k, "F1", family=unique_surname())
+    assert (await core.route("POST", "/fhir/Patient", foreign, client="emr-mulago"))[0] == 403
+
+    status, text = await core.api("DELETE", f"/mediators/{URN_PATH}")
+    assert status == 200 and "successfully removed" in text
+    await link.wait_for(lambda: link.registrations == 2 and link.configs_applied >= 2, CORE_WAIT_S)
+    stored = await core.mediator()
+    assert stored is not None and stored["config"] == edited, "registered again with the console's config"
+    assert client.server.app[CONFIG].current.max_candidates == 55
+    assert (await core.route("POST", "/fhir/Patient", foreign, client="emr-mulago"))[0] == 403
+    assert (await core.route("POST", "/fhir/Patient", foreign, client="emr-kisenyi"))[0] == 201
+
+    # no client map at all: the mediator refuses what the core routes (503, Failed), it does not serve
+    await _console(core, link, clientSystems={})
+    status, headers, outcome = await core.route(
+        "POST", "/fhir/Patient", patient(sys_m, "M1", family=unique_surname())
+    )
+    assert status == 503 and "Identifier systems allowed per client" in outcome["issue"][0]["diagnostics"]
+    assert (await _finished(core, headers["X-OpenHIM-TransactionID"]))["status"] == "Failed"
+
+
+async def test_a_core_restart(core, real_settings, start_mediator, facility):
+    _, link = await _registered(start_mediator, real_settings)
+    await _console(core, link, clientSystems={"emr-kisenyi": facility})
+    await core.restart()
+    await link.wait_for(lambda: link.registrations == 2, CORE_WAIT_S)
+    beats = link.heartbeats
+    await link.wait_for(lambda: link.heartbeats >= beats + 2, CORE_WAIT_S)
+    assert (await core.mediator())["config"]["clientSystems"] == {"emr-kisenyi": facility}
+    status, _, body = await core.route(
+        "POST", "/fhir/Patient", patient(facility, "R1", family=unique_surname())
+    )
+    assert status == 201, body
+
+
+async def test_the_emulator_denies_what_the_real_core_denies(core):
+    """v8.5.0's admin-group check, its 403 texts, and the channel install's duplicate-name 500."""
+    emulator = CoreEmulator(core_version="8.5.0")
+    emulator.users[VIEWER[0]] = User(VIEWER[0], VIEWER[1], groups=("users",))
+    await emulator.start()
+    try:
+        for method, path, body in (
+            ("POST", "/mediators", {"urn": URN}),
+            ("POST", f"/mediators/{URN_PATH}/heartbeat", {"uptime": 1}),
+            ("PUT", f"/mediators/{URN_PATH}/config", {}),
+            ("POST", f"/mediators/{URN_PATH}/channels", [CHANNEL]),
+        ):
+            real = await core.api(method, path, body, user=VIEWER)
+            emulated = await emulator_call(emulator, method, path, body, VIEWER)
+            assert real == emulated, (method, path)
+            assert real[0] == 403
+    finally:
+        await emulator.stop()
+
+
+async def emulator_call(
+    emulator: CoreEmulator, method: str, path: str, body: Any, user: tuple[str, str]
+) -> tuple[int, str]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(method, emulator.url + path, json=body, headers=basic_header(*user)) as resp,
+    ):
+        return resp.status, await resp.text()
+
+
+async def test_a_duplicate_channel_is_a_500_naming_e11000(core, real_settings, start_mediator):
+    """What the mediator counts as 'installed already' (mediator/openhim.py ``install_channels``)."""
+    _, link = await _registered(start_mediator, real_settings)
+    assert link.channels_installed == [CHANNEL]
+    status, text = await core.api("POST", f"/mediators/{URN_PATH}/channels", [CHANNEL])
+    assert status == 500 and "E11000" in text, text
