@@ -5,9 +5,8 @@ Lifecycle (one background task, started and cancelled by the app's ``cleanup_ctx
     POST /mediators (retry with backoff while the core is down or answers 5xx), its ``config`` being the
         console config last applied (this process's, else the one kept in HAPI, :mod:`.openhim_state`),
         the start-up settings only when there is none
-    → POST /mediators/:urn/heartbeat {"uptime", "config": true}   (the console's config, applied live)
-    → a heartbeat every CR_OPENHIM_HEARTBEAT_S; a non-empty answer is a config edited in the console,
-        applied and kept in HAPI
+    → POST /mediators/:urn/heartbeat {"uptime", "config": true} every CR_OPENHIM_HEARTBEAT_S: the answer is
+        the console's config, applied live when it changed (every replica gets an edit) and kept in HAPI
     → between heartbeats, with CR_OPENHIM_INSTALL_CHANNELS: POST /mediators/:urn/channels (skipped if the
         channel exists), retried with the registration's backoff until done or refused for good
     → 404 on a heartbeat, or the core back after being unreachable → register again
@@ -156,10 +155,11 @@ class CoreAPI:
         if status != 200:
             raise RegistrationRefused(f"config: HTTP {status}: {text[:300]}")
 
-    async def heartbeat(self, uptime: float, want_config: bool) -> Any:
-        body: dict[str, Any] = {"uptime": uptime}
-        if want_config:
-            body["config"] = True
+    async def heartbeat(self, uptime: float) -> Any:
+        """Always with ``config: true``: the core hands an edit only to the first heartbeat after it
+        (``_configModifiedTS > _lastHeartbeat``), and replicas share one urn — asking each time is how every
+        replica gets it (the answer is the small config JSON; applied only when it changed)."""
+        body: dict[str, Any] = {"uptime": uptime, "config": True}
         status, text = await self.call("POST", f"/mediators/{self.urn_path}/heartbeat", body)
         if status == 404:
             raise NotRegistered("the core does not know this mediator (404)")
@@ -201,6 +201,7 @@ class OpenHIMLink:
         self.channel_attempts = 0
         self.configs_restored = 0  # configs given back to a core that took the start-up settings
         self._applied_source: Any = None
+        self._refused: Any = None  # the last console config refused (not checked again while it stays)
         self._stored: Any = _UNREAD  # the config kept in HAPI (None: none), as last read or written
         self._seeded = False  # the last registration sent the start-up settings (the stored ones unknown)
         self._changed = asyncio.Condition()
@@ -321,13 +322,12 @@ class OpenHIMLink:
             await self._notify()
 
     async def _heartbeats(self, api: CoreAPI, holder: ConfigHolder, hapi: HapiClient) -> None:
-        want_config = True
         unreachable = False
         channel_delay = self._backoff(None)
         channel_due = time.monotonic()
         while True:
             try:
-                config = await api.heartbeat(round(time.monotonic() - self._started, 3), want_config)
+                config = await api.heartbeat(round(time.monotonic() - self._started, 3))
             except NotRegistered:
                 log.warning("OpenHIM core forgot this mediator (404 on heartbeat); registering again")
                 return
@@ -343,7 +343,6 @@ class OpenHIMLink:
                     log.info("OpenHIM core reachable again; registering again")
                     return
                 self.heartbeats += 1
-                want_config = False
                 if config is not None:
                     self.apply(config, holder, hapi)
                 await self._keep(api, hapi)
@@ -423,11 +422,12 @@ class OpenHIMLink:
 
     def apply(self, config: Any, holder: ConfigHolder, hapi: HapiClient) -> bool:
         """Validate a console config and swap it in; an invalid one is logged and the old one kept."""
-        if config == self._applied_source:
+        if config == self._applied_source or config == self._refused:
             return False
         try:
             live = live_config(config, self.settings, holder.origin.doc)
         except ConsoleConfigError as exc:
+            self._refused = config  # each heartbeat brings it again: reported once
             self.config_errors.append(exc.problems)
             log.error(
                 "OpenHIM console config refused; the previous config stays in force",

@@ -118,3 +118,28 @@ async def test_heartbeat_answer_ok_means_no_config(core, offline_settings, start
     assert link.configs_applied == 1 and link.config_errors == []
     assert link.last_error is None and link.registrations == 1, "no error, no start-over"
     assert app[CONFIG].current is before
+
+
+async def test_every_replica_gets_a_console_edit(core, offline_settings, start_mediator):
+    """The core hands an edit only to the first heartbeat after it (``_configModifiedTS > _lastHeartbeat``);
+    replicas share one urn, so each heartbeat asks for the config and a replica applies it when it changed."""
+    one, first = await _registered(core, offline_settings, start_mediator)
+    two, second = await _registered(core, offline_settings, start_mediator)
+    config = {**core.mediators[URN]["config"], "maxCandidates": 66}
+    assert (await core.console_set_config(URN, config))[0] == 200
+    await first.wait_for(lambda: first.configs_applied == 2, WAIT_S)
+    await second.wait_for(lambda: second.configs_applied == 2, WAIT_S)
+    assert one[CONFIG].current.max_candidates == two[CONFIG].current.max_candidates == 66
+    beats = len(core.heartbeats(URN))
+    await core.wait_for(lambda: len(core.heartbeats(URN)) >= beats + 6, WAIT_S)
+    assert first.configs_applied == second.configs_applied == 2, "applied once each"
+
+
+async def test_a_refused_config_is_reported_once_while_it_stays(core, offline_settings, start_mediator):
+    _, link = await _registered(core, offline_settings, start_mediator)
+    config = {**core.mediators[URN]["config"], "maxCandidates": 0}
+    assert (await core.console_set_config(URN, config))[0] == 200
+    await link.wait_for(lambda: len(link.config_errors) == 1, WAIT_S)
+    beats = len(core.heartbeats(URN))
+    await core.wait_for(lambda: len(core.heartbeats(URN)) >= beats + 4, WAIT_S)
+    assert len(link.config_errors) == 1

@@ -8,13 +8,16 @@ Run: README, 'Tests against a real OpenHIM core'. Skipped (reason shown with ``-
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
 import aiohttp
 import pytest
 
+from mediator.app import create_app
 from mediator.context import CONFIG
+from mediator.openhim import OPENHIM
 from mediator.openhim_auth import basic_header
 from tests.conftest import patient, unique_surname
 from tests.openhim.conftest import poll_until
@@ -244,3 +247,19 @@ async def test_a_duplicate_channel_is_a_500_naming_e11000(core, real_settings, s
     assert link.channels_installed == [CHANNEL]
     status, text = await core.api("POST", f"/mediators/{URN_PATH}/channels", [CHANNEL])
     assert status == 500 and "E11000" in text, text
+
+
+async def test_every_replica_gets_a_console_edit(core, real_settings, start_mediator, aiohttp_client):
+    """Two mediators on one urn (replicas): the real core hands an edit to the first heartbeat after it only;
+    both apply it because each heartbeat asks for the config."""
+    client, link = await _registered(start_mediator, real_settings)
+    # its heartbeats further apart, so they seldom overlap the first one's (the core reads, then updates)
+    replica = create_app(
+        dataclasses.replace(real_settings, openhim_install_channels=False, openhim_heartbeat_s=2.0)
+    )
+    other = replica[OPENHIM]
+    await aiohttp_client(replica)  # on a port of its own (the channel routes to the first)
+    await other.wait_for(lambda: other.configs_applied >= 1, CORE_WAIT_S)
+    await _console(core, link, maxCandidates=44)
+    await other.wait_for(lambda: replica[CONFIG].current.max_candidates == 44, CORE_WAIT_S)
+    assert client.server.app[CONFIG].current.max_candidates == 44
