@@ -180,6 +180,15 @@ class RegistrationRefused(Exception):
 _UNREAD: Any = object()  # the stored config has not been read yet
 
 
+def as_stored(config: Any) -> Any:
+    """``config`` as the core hands it back: MongoDB (mongoose's ``minimize``) drops empty objects, so a
+    registration's ``"clientSystems": {}`` returns as no ``clientSystems`` (seen on a real core v8.5.0)."""
+    if isinstance(config, Mapping):
+        kept = {k: as_stored(v) for k, v in config.items()}
+        return {k: v for k, v in kept.items() if v != {}}
+    return config
+
+
 class OpenHIMLink:
     """The mediator's side of the relation with the core; observable state for logs and tests."""
 
@@ -382,7 +391,7 @@ class OpenHIMLink:
                 self._seeded
                 and isinstance(stored, Mapping)
                 and stored != applied
-                and applied == self.registered_config
+                and applied == as_stored(self.registered_config)
             ):
                 restore = self._registrable(stored)
                 await api.set_config(restore)
@@ -488,12 +497,10 @@ def client_map_guard(settings: Settings, metrics_registry: Any) -> Callable[...,
     @web.middleware
     async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
         nonlocal warned
-        if (
-            TX_HEADER not in request.headers
-            or settings.openhim_allow_open_mode
-            or not request.app[CONFIG].current.open_mode
-        ):
-            warned = False
+        if TX_HEADER not in request.headers or settings.openhim_allow_open_mode:
+            return await handler(request)
+        if not request.app[CONFIG].current.open_mode:
+            warned = False  # served: refusals that start again are logged again
             return await handler(request)
         refused.labels("no_client_map").inc()
         if not warned:

@@ -199,6 +199,16 @@ def validate_registration(doc: Any) -> None:
                 raise ValidationError("Channel validation failed: routes.name is required.")
 
 
+def minimized(value: Any) -> Any:
+    """What MongoDB keeps of a config: mongoose's ``minimize`` (on by default) drops empty objects when it
+    saves, so ``"clientSystems": {}`` comes back from the real core as no ``clientSystems`` at all (seen on a
+    real core v8.5.0, tests/openhim_real)."""
+    if isinstance(value, dict):
+        kept = {k: minimized(v) for k, v in value.items()}
+        return {k: v for k, v in kept.items() if v != {}}
+    return value
+
+
 # -- state ---------------------------------------------------------------------------------------------------
 @dataclass
 class User:
@@ -457,11 +467,15 @@ class CoreEmulator:
                     for internal in ("_configModifiedTS", "_lastHeartbeat", "_uptime"):
                         if internal in existing:
                             new[internal] = existing[internal]
+                    if isinstance(new.get("config"), dict):
+                        new["config"] = minimized(new["config"])
                     self.mediators[doc["urn"]] = new
             else:
                 if not doc.get("endpoints"):
                     raise ValidationError("At least 1 endpoint is required")
-                self.mediators[doc["urn"]] = json.loads(json.dumps(doc))
+                self.mediators[doc["urn"]] = new = json.loads(json.dumps(doc))
+                if isinstance(new.get("config"), dict):
+                    new["config"] = minimized(new["config"])
         except ValidationError as exc:
             return web.Response(
                 status=400, text=f"Could not add Mediator via the API: ValidationError: {exc}"
@@ -513,7 +527,7 @@ class CoreEmulator:
             validate_config(mediator.get("configDefs", []), config)
         except ValidationError as exc:
             return web.Response(status=400, text=str(exc))
-        mediator["config"] = config
+        mediator["config"] = minimized(config)
         mediator["_configModifiedTS"] = _now_ms()
         return web.Response(status=200)
 

@@ -14,12 +14,14 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from mediator.app import create_app
 from mediator.context import CONFIG
 from mediator.openhim import OPENHIM
 from mediator.openhim_auth import basic_header
 from tests.conftest import patient, unique_surname
+from tests.hapi_helpers import forward_to_hapi, serve_proxy
 from tests.openhim.conftest import poll_until
 from tests.openhim_emulator import CoreEmulator, User, ValidationError, validate_config
 from tests.openhim_real.conftest import CORE_ENV, FOLDER
@@ -263,3 +265,38 @@ async def test_every_replica_gets_a_console_edit(core, real_settings, start_medi
     await _console(core, link, maxCandidates=44)
     await other.wait_for(lambda: replica[CONFIG].current.max_candidates == 44, CORE_WAIT_S)
     assert client.server.app[CONFIG].current.max_candidates == 44
+
+
+async def test_a_store_that_cannot_answer_at_registration_gets_the_config_back_later(
+    core, real_settings, start_mediator, facility, aiohttp_server
+):
+    """The stack restarts with the core's mediator gone and HAPI still starting (a proxy answering 503): the
+    mediator registers with its start-up settings — no client map, so the core's requests get 503 — and
+    gives the core the config kept in HAPI once HAPI answers (PUT /mediators/:urn/config)."""
+    first, link = await _registered(start_mediator, real_settings)
+    sys_k, sys_m = _systems(facility)
+    edited = await _console(core, link, clientSystems={"emr-kisenyi": sys_k, "emr-mulago": sys_m})
+    await link.wait_for(lambda: link._stored == edited, CORE_WAIT_S)  # kept in HAPI
+    await first.close()
+    status, _ = await core.api("DELETE", f"/mediators/{URN_PATH}")
+    assert status == 200
+
+    starting = True
+
+    async def hapi(request: web.Request) -> web.Response:
+        if starting:
+            return web.Response(status=503, text="HAPI is starting")
+        return await forward_to_hapi(real_settings.hapi_base_url, request)
+
+    proxy = await serve_proxy(aiohttp_server, hapi)
+    client, again = await start_mediator(dataclasses.replace(real_settings, hapi_base_url=proxy))
+    await again.wait_for(lambda: again.configs_applied >= 1, CORE_WAIT_S)
+    assert client.server.app[CONFIG].current.open_mode
+    status, _, _ = await core.route("POST", "/fhir/Patient", patient(sys_k, "S1", family=unique_surname()))
+    assert status == 503
+
+    starting = False
+    await again.wait_for(lambda: again.configs_restored == 1 and again.configs_applied >= 2, CORE_WAIT_S)
+    assert (await core.mediator())["config"] == edited
+    status, _, body = await core.route("POST", "/fhir/Patient", patient(sys_k, "S2", family=unique_surname()))
+    assert status == 201, body
