@@ -14,6 +14,9 @@ replicas share it, so whichever replica registers first after the core forgot gi
 and a new replica (no local state) does too. Written by each replica that applies a config differing from
 the one it last read or wrote there.
 
+It is read from the HAPI of ``CR_HAPI_URL``: a console config that moves the registry to another HAPI
+(``hapiBaseUrl``) is kept there, so a restarted mediator should be started with that URL too.
+
 Passwords: the config has no ``password`` parameters (``mediator-config.json``); nothing secret is stored.
 """
 
