@@ -9,8 +9,10 @@ Run: README, 'Tests against a real OpenHIM core'. Skipped (reason shown with ``-
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import pytest
@@ -20,12 +22,14 @@ from mediator.app import create_app
 from mediator.context import CONFIG
 from mediator.openhim import OPENHIM
 from mediator.openhim_auth import basic_header
+from mediator.openhim_config import load_registration
+from mediator.settings import Settings
 from tests.conftest import patient, unique_surname
 from tests.hapi_helpers import forward_to_hapi, serve_proxy
 from tests.openhim.conftest import poll_until
 from tests.openhim_emulator import CoreEmulator, User, ValidationError, validate_config
 from tests.openhim_real.conftest import CORE_ENV, FOLDER
-from tests.openhim_real.core import CHANNEL, URN, URN_PATH, VIEWER
+from tests.openhim_real.core import CHANNEL, ROOT, URN, URN_PATH, VIEWER
 
 pytestmark = [
     pytest.mark.skipif(
@@ -214,7 +218,8 @@ async def test_a_core_restart(core, real_settings, start_mediator, facility):
 
 
 async def test_the_emulator_denies_what_the_real_core_denies(core):
-    """v8.5.0's admin-group check, its 403 texts, and the channel install's duplicate-name 500."""
+    """v8.5.0's admin-group check and its 403 texts; what a registration's and a console's config keep of
+    an empty object (nothing); DELETE's answer."""
     emulator = CoreEmulator(core_version="8.5.0")
     emulator.users[VIEWER[0]] = User(VIEWER[0], VIEWER[1], groups=("users",))
     await emulator.start()
@@ -226,15 +231,41 @@ async def test_the_emulator_denies_what_the_real_core_denies(core):
             ("POST", f"/mediators/{URN_PATH}/channels", [CHANNEL]),
         ):
             real = await core.api(method, path, body, user=VIEWER)
-            emulated = await emulator_call(emulator, method, path, body, VIEWER)
+            emulated = await emulator_call(emulator, method, path, body, user=VIEWER)
             assert real == emulated, (method, path)
             assert real[0] == 403
+
+        # what each keeps of a registration's and a console's config: no empty object (mongoose minimize)
+        doc = load_registration(Settings())
+        doc["urn"] = "urn:mediator:cr-agreement-test"
+        doc["config"] = {**doc["config"], "clientSystems": {}}
+        path = f"/mediators/{quote(doc['urn'], safe='')}"
+        kept = []
+        for call in (
+            functools.partial(core.api, user=ROOT),
+            functools.partial(emulator_call, emulator, user=ROOT),
+        ):
+            assert (await call("POST", "/mediators", doc))[0] == 201
+            status, stored = await call("GET", path, None)
+            kept.append(json.loads(stored) if isinstance(stored, str) else stored)
+            edited = {**kept[-1]["config"], "clientSystems": {}, "maxCandidates": 9}
+            assert (await call("PUT", f"{path}/config", edited))[0] == 200
+            status, stored = await call("GET", path, None)
+            kept.append(json.loads(stored) if isinstance(stored, str) else stored)
+            status, text = await call("DELETE", path, None)
+            assert status == 200 and "successfully removed by root@openhim.org" in str(text)
+        real_kept, emulated_kept = (
+            [kept[0]["config"], kept[1]["config"]],
+            [kept[2]["config"], kept[3]["config"]],
+        )
+        assert real_kept == emulated_kept
+        assert "clientSystems" not in real_kept[0] and real_kept[1]["maxCandidates"] == 9
     finally:
         await emulator.stop()
 
 
 async def emulator_call(
-    emulator: CoreEmulator, method: str, path: str, body: Any, user: tuple[str, str]
+    emulator: CoreEmulator, method: str, path: str, body: Any, *, user: tuple[str, str] = VIEWER
 ) -> tuple[int, str]:
     async with (
         aiohttp.ClientSession() as session,
