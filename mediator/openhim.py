@@ -259,6 +259,7 @@ class OpenHIMLink:
         try:
             self._stored = await openhim_state.read(hapi)
         except RegistryError as exc:  # the FHIR store does not answer (or refuses): this process's copy
+            self._stored = _UNREAD  # read again once it answers (_keep)
             if isinstance(self._applied_source, Mapping):
                 return self._registrable(self._applied_source)
             log.warning(
@@ -267,7 +268,6 @@ class OpenHIMLink:
                 extra={"error": str(exc)},
             )
             self._seeded = True
-            self._stored = _UNREAD
             return self.registration.get("config")
         except openhim_state.StoredConfigError as exc:
             log.error("OpenHIM: stored config ignored", extra={"error": str(exc)})

@@ -63,13 +63,18 @@ async def test_core_restarted_with_an_empty_database_gets_the_mediator_back(
 
 
 async def test_404_on_heartbeat_leads_to_registration(core, offline_settings, start_mediator):
+    """With the FHIR store unreachable (offline_settings), the config kept in this process is what the
+    core gets back (test_fail_closed.py: with the store)."""
     _, link = await start_mediator(behind(core, offline_settings))
     await core.wait_for(lambda: len(core.heartbeats(URN)) >= 1, WAIT_S)
+    edited = {**core.mediators[URN]["config"], "clientSystems": {"pos-a": "urn:a"}, "maxCandidates": 9}
+    assert (await core.console_set_config(URN, edited))[0] == 200
+    await link.wait_for(lambda: link.configs_applied == 2, WAIT_S)
     core.forget(URN)
     await core.wait_for(lambda: len(core.heartbeats(URN, status=404)) >= 1, WAIT_S)
     await link.wait_for(lambda: link.registrations == 2, WAIT_S)
-    assert URN in core.mediators
-    await core.wait_for(lambda: core.heartbeats(URN)[-1].get("config") is True, WAIT_S)
+    assert URN in core.mediators and core.mediators[URN]["config"] == edited
+    assert core.calls("POST", "/mediators")[-1][3]["config"] == edited
 
 
 async def test_core_5xx_on_registration_is_retried(core, offline_settings, start_mediator):
