@@ -1,23 +1,6 @@
-"""The OpenHIM console config last applied, kept in HAPI so a core that forgot the mediator gets it back.
-
-**Why.** The core keeps the mediator's console config (client map, thresholds, rules) in its own database.
-When it forgets the mediator (``DELETE /mediators/:urn``, a reset database), the next heartbeat answers 404
-and the mediator registers again; the registration document's ``config`` becomes the core's config, and the
-core hands it back on the next heartbeat. Built from the environment, that document would silently replace
-the admin's config — with ``"clientSystems": {}``, open mode (issue 19). So the registration carries the
-config last applied instead, and that config must survive a restart of the mediator too.
-
-**Where.** One ``Basic`` resource with the fixed id ``cr-openhim-config`` (:data:`RESOURCE_ID`) in the HAPI
-the mediator starts with (``CR_HAPI_URL``), beside the registry's other state (``Basic/cr-rules-applied``):
-the config as JSON text (``openhim-config-json`` extension) and when it was applied. HAPI, not a file:
-replicas share it, so whichever replica registers first after the core forgot gives back the same config,
-and a new replica (no local state) does too. Written by each replica that applies a config differing from
-the one it last read or wrote there.
-
-It is read from the HAPI of ``CR_HAPI_URL``: a console config that moves the registry to another HAPI
-(``hapiBaseUrl``) is kept there, so a restarted mediator should be started with that URL too.
-
-Passwords: the config has no ``password`` parameters (``mediator-config.json``); nothing secret is stored.
+"""The OpenHIM console config last applied, kept in HAPI (``Basic/cr-openhim-config``) so that a core that
+forgot the mediator gets it back on the re-registration — never the start-up settings (open mode, issue
+19) — across mediator restarts and replicas. Why HAPI, and when it is read and written: ``docs/internals.md``.
 """
 
 from __future__ import annotations
