@@ -240,11 +240,12 @@ async def test_the_emulator_denies_what_the_real_core_denies(core):
         doc["urn"] = "urn:mediator:cr-agreement-test"
         doc["config"] = {**doc["config"], "clientSystems": {}}
         path = f"/mediators/{quote(doc['urn'], safe='')}"
-        kept = []
+        kept, answers = [], []
         for call in (
             functools.partial(core.api, user=ROOT),
             functools.partial(emulator_call, emulator, user=ROOT),
         ):
+            assert (await call("DELETE", path, None))[0] == 200  # left by an interrupted run
             assert (await call("POST", "/mediators", doc))[0] == 201
             status, stored = await call("GET", path, None)
             kept.append(json.loads(stored) if isinstance(stored, str) else stored)
@@ -252,6 +253,7 @@ async def test_the_emulator_denies_what_the_real_core_denies(core):
             assert (await call("PUT", f"{path}/config", edited))[0] == 200
             status, stored = await call("GET", path, None)
             kept.append(json.loads(stored) if isinstance(stored, str) else stored)
+            answers.append(await call("POST", f"{path}/channels", ["No such channel"]))
             status, text = await call("DELETE", path, None)
             assert status == 200 and "successfully removed by root@openhim.org" in str(text)
         real_kept, emulated_kept = (
@@ -260,6 +262,7 @@ async def test_the_emulator_denies_what_the_real_core_denies(core):
         )
         assert real_kept == emulated_kept
         assert "clientSystems" not in real_kept[0] and real_kept[1]["maxCandidates"] == 9
+        assert answers[0] == answers[1] and answers[0][0] == 400, answers  # an unknown default channel
     finally:
         await emulator.stop()
 
