@@ -7,6 +7,7 @@ config in HAPI) and runs the mediator in-process on one port the core's channel 
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -25,6 +26,17 @@ from tests.openhim_real.core import API, MEDIATOR_USER, RealCore
 
 CORE_ENV = "CR_TEST_OPENHIM_CORE"
 FOLDER = os.environ.get(CORE_ENV, "")
+
+
+@pytest.fixture(autouse=True)
+def _transports_collected_within_the_test() -> Iterator[None]:
+    """Garbage-collect once the test's apps are closed, so that a TLS connection to the core that Python
+    3.11's asyncio leaves unclosed when its handshake is cancelled (a mediator stopped at the end of a test
+    while it was connecting, or a core going away mid-handshake) is reported by its own test — where
+    test_real_core.py's ``pytestmark`` lets exactly that warning pass — and not at the session's end, where
+    it would fail a run whose tests all passed (seen in 2 of 7 runs)."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture(scope="session")

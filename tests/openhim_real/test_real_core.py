@@ -31,6 +31,11 @@ from tests.openhim_emulator import CoreEmulator, User, ValidationError, validate
 from tests.openhim_real.conftest import CORE_ENV, FOLDER
 from tests.openhim_real.core import CHANNEL, ROOT, URN, URN_PATH, VIEWER
 
+_UNRAISABLE = ":pytest.PytestUnraisableExceptionWarning"
+UNCLOSED_CORE_SOCKET = (
+    r"ignore:Exception ignored in. <socket.socket .*raddr=\('127.0.0.1', 8080\)" + _UNRAISABLE
+)
+UNCLOSED_TRANSPORT = "ignore:Exception ignored in. <function _SelectorTransport.__del__" + _UNRAISABLE
 pytestmark = [
     pytest.mark.skipif(
         not FOLDER,
@@ -38,6 +43,11 @@ pytestmark = [
         "tests/openhim_real/build.sh (README, 'Tests against a real OpenHIM core')",
     ),
     pytest.mark.hapi,
+    # a TLS connection to the core's API (:8080) left open by asyncio when its handshake was cancelled
+    # (conftest.py, _transports_collected_within_the_test): its socket, which names :8080, and its transport,
+    # whose message names no address; other unclosed sockets and resources still fail the test
+    pytest.mark.filterwarnings(UNCLOSED_CORE_SOCKET),
+    pytest.mark.filterwarnings(UNCLOSED_TRANSPORT),
 ]
 CORE_WAIT_S = 30.0  # the real core, on FerretDB, on a shared machine
 
