@@ -9,7 +9,10 @@ from tests.openhim.conftest import behind
 
 
 async def test_a_slow_body_is_an_enveloped_408(core, offline_settings, start_mediator):
-    client, _ = await start_mediator(behind(core, offline_settings, body_timeout_s=0.5))
+    # a client map in force, or the request would be refused (503) before its body is read
+    clients = {"clinic-a": ("http://a.example.org/mrn",)}
+    settings = behind(core, offline_settings, body_timeout_s=0.5, client_systems=clients)
+    client, _ = await start_mediator(settings)
     head = (
         "POST /fhir/Patient HTTP/1.1\r\nHost: client-registry\r\nContent-Type: application/fhir+json\r\n"
         f"X-OpenHIM-TransactionID: {'a' * 24}\r\nX-OpenHIM-ClientID: clinic-a\r\nContent-Length: 1000\r\n\r\n"
