@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # (From the shared openhim-real kit of issue 19; used by tests/openhim_real, see its README section.)
-# Start FerretDB (127.0.0.1:27017, SQLite files in DIR/fdb) and the real OpenHIM core v8.5.0 built by build.sh:
+# Start FerretDB (127.0.0.1:27017, SQLite files in DIR/fdb) and the real OpenHIM core v8.5.0 built by ../shared/openhim-real/build.sh:
 # API https://127.0.0.1:8080 (certificate DIR/certs/core.crt, CA DIR/certs/ca.crt), router http :5001, https :5000.
 # Root login: root@openhim.org / openhim-password. PIDs in DIR/*.pid (stop.sh ends them), logs in DIR/logs/.
 set -euo pipefail

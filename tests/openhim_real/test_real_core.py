@@ -40,7 +40,7 @@ pytestmark = [
     pytest.mark.skipif(
         not FOLDER,
         reason=f"no real OpenHIM core: set {CORE_ENV} to the folder of a core built by "
-        "tests/openhim_real/build.sh (README, 'Tests against a real OpenHIM core')",
+        "../shared/openhim-real/build.sh (README, 'Tests against a real OpenHIM core')",
     ),
     pytest.mark.hapi,
     # a TLS connection to the core's API (:8080) left open by asyncio when its handshake was cancelled
