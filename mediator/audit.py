@@ -6,9 +6,9 @@ import base64
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
+from .instants import instant
 from .records import CLIENT_SYSTEM, ref
 
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
@@ -141,7 +141,7 @@ def event(*, actor: Actor, subtype: str, entities: list[dict[str, Any]], action:
         "type": {"system": DCM, "code": "110110", "display": "Patient Record"},
         "subtype": [{"system": RESTFUL, "code": subtype}],
         "action": action,
-        "recorded": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "recorded": instant(timespec="milliseconds"),
         "outcome": "0",
         "agent": [agent],
         "source": {"observer": {"display": "client-registry mediator"}},

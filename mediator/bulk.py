@@ -42,7 +42,6 @@ import codecs
 import csv
 import hashlib
 import json
-import os
 import sys
 import time
 from collections import Counter
@@ -54,6 +53,7 @@ from typing import Any, Protocol
 
 from .audit import Actor
 from .errors import RegistryError, UpstreamError, UpstreamUnavailable
+from .files import write_json
 from .registry import Prepared, Registry, Submission, SubmissionResult
 from .validation import validate_patient
 
@@ -341,9 +341,7 @@ class BulkJob:
         return JobState(file=str(self.path), system=self.system)
 
     def _save(self) -> None:
-        tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self.state)))
-        os.replace(tmp, self.state_path)
+        write_json(self.state_path, asdict(self.state))
 
     def _open_report(self) -> Any:
         """The report keeps the lines of rows known done; lines of rows after them are written again."""

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
@@ -32,6 +31,7 @@ from .context import REGISTRY_RESULT
 from .errors import operation_outcome
 from .fhir_client import CallRecord, CallRecorder, current_recorder
 from .handlers import fhir_response
+from .instants import instant
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +42,6 @@ TX_HEADER = "X-OpenHIM-TransactionID"
 CLIENT_HEADER = "X-OpenHIM-ClientID"
 # the core sets these itself from the envelope (src/middleware/router.js setKoaResponse skips them)
 _SKIP_HEADERS = {"content-length", "content-encoding", "transfer-encoding", "date", "server"}
-
-
-def _iso(moment: datetime | None) -> str:
-    return (moment or datetime.now(UTC)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def transaction_status(http_status: int) -> str:
@@ -139,7 +135,7 @@ def orchestration(call: CallRecord, bodies: str = "ids") -> dict[str, Any]:
             "headers": {"Accept": "application/fhir+json"}
             | ({"Content-Type": "application/fhir+json"} if call.request_body is not None else {}),
             "body": shown(call.request_body or ""),
-            "timestamp": _iso(call.started),
+            "timestamp": instant(call.started, timespec="milliseconds"),
         },
     }
     if call.status is not None:
@@ -147,7 +143,7 @@ def orchestration(call: CallRecord, bodies: str = "ids") -> dict[str, Any]:
             "status": call.status,
             "headers": {"Content-Type": "application/fhir+json"},
             "body": shown(call.response_body or ""),
-            "timestamp": _iso(call.finished),
+            "timestamp": instant(call.finished, timespec="milliseconds"),
         }
     if call.error is not None:
         entry["error"] = {"message": f"HAPI FHIR call failed: {call.error}"}
@@ -182,7 +178,7 @@ def envelope(
             "status": response.status,
             "headers": headers,
             "body": body or "",
-            "timestamp": _iso(None),
+            "timestamp": instant(timespec="milliseconds"),
         },
         "orchestrations": [orchestration(c, bodies) for c in recorder.calls],
         "properties": properties_of(request),

@@ -13,9 +13,9 @@ admin undid the merge that raised it), which is raised again when due.
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, datetime
 from typing import Any
 
+from .instants import instant
 from .records import REVIEW_SYSTEM, REVIEW_TYPE_SYSTEM, ref
 
 POTENTIAL_MATCH = "potential-match"
@@ -49,6 +49,6 @@ def review_task(
         "code": {"coding": [{"system": REVIEW_TYPE_SYSTEM, "code": kind}]},
         "focus": {"reference": ref(source_id)},
         "for": {"reference": ref(golden_id)},
-        "authoredOn": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "authoredOn": instant(),
         "input": inputs,
     }

@@ -13,13 +13,13 @@ import inspect
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from .. import records
 from ..audit import Actor, event
 from ..errors import Conflict, InvalidInput, NotFound, Unprocessable, UpstreamUnavailable
 from ..fhir_client import HapiClient
+from ..instants import instant
 from ..locks import LocalKeyedLocks, LockManager
 from ..records import NS, Resource
 from ..review import OPEN, POTENTIAL_MATCH, WITHDRAWN, review_task_id
@@ -204,10 +204,6 @@ class _Change:
         return str(audit["id"])
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
 def _task_candidate(task: Resource) -> str | None:
     for item in task.get("input", []):
         if item.get("type", {}).get("text") == "candidate":
@@ -218,7 +214,7 @@ def _task_candidate(task: Resource) -> str | None:
 def close_task(task: Resource, decision: str, admin: Admin, status: str = "completed") -> Resource:
     closed = records.clone(task)
     closed["status"] = status
-    closed["lastModified"] = _now()
+    closed["lastModified"] = instant()
     closed["businessStatus"] = {"text": decision}
     closed["output"] = [
         {"type": {"text": "decision"}, "valueString": decision},
@@ -580,7 +576,7 @@ def _with_review(task: Resource, review: dict[str, Any], status: str | None) -> 
     out["status"] = review.get("status") or status or OPEN
     out.pop("output", None)
     out.pop("businessStatus", None)
-    out["lastModified"] = _now()
+    out["lastModified"] = instant()
     return out
 
 
@@ -590,7 +586,7 @@ def _retargeted(task: Resource, subject: str, other: str) -> Resource:
     for item in out.get("input", []):
         if item.get("type", {}).get("text") == "candidate":
             item["valueReference"] = {"reference": records.ref(other)}
-    out["lastModified"] = _now()
+    out["lastModified"] = instant()
     return out
 
 

@@ -62,6 +62,7 @@ import matching
 from .. import applied_rules, bulk, rematch
 from ..context import CONFIG, HAPI, METRICS, REGISTRY, SETTINGS
 from ..errors import Conflict, InvalidInput, NotFound, UpstreamError
+from ..files import write_json
 from ..locks import Lease
 from ..openhim import OPENHIM
 from ..settings import REPO_ROOT
@@ -124,9 +125,7 @@ class Jobs:
         return self.dir / f"{job_id}.job.json"
 
     def save(self, info: JobInfo) -> None:
-        tmp = self._info_path(info.id).with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(info)))
-        os.replace(tmp, self._info_path(info.id))
+        write_json(self._info_path(info.id), asdict(info))
 
     def resume_all(self) -> None:
         """At start-up: run again every job that has not finished (a failed one is tried again)."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -18,6 +17,7 @@ from aiohttp import web
 from .. import records
 from ..errors import Conflict, RegistryError, Unprocessable
 from ..fhir_client import HapiClient
+from ..instants import instant
 from ..review import OPEN, POSSIBLE_DUPLICATE, POTENTIAL_MATCH
 
 log = logging.getLogger(__name__)
@@ -182,7 +182,7 @@ async def _touch(hapi: HapiClient, tasks: list[dict[str, Any]]) -> None:
     full = await hapi.search(
         "Task", {"_id": ",".join(t["id"] for t in tasks), "_count": str(len(tasks))}, max_results=len(tasks)
     )
-    now = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    now = instant()
     entries = []
     for task in full:
         if task.get("status") != OPEN:
