@@ -9,12 +9,12 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
 
-from . import applied_rules, handlers
+from . import admin, applied_rules, handlers, openhim, pg_locks
+from .admin import jobs, pg_throttle
 from .config import ConfigHolder, RegistryConfig, RulesOrigin
 from .context import CONFIG, HAPI, HTTP_SESSION, METRICS, REGISTRY, SETTINGS, STARTED_AT
 from .errors import RegistryError, operation_outcome
@@ -26,9 +26,6 @@ from .registry import Registry
 from .request_body import CLIENT_CLOSED, body_deadline, client_gone
 from .settings import Settings
 from .tagged_sources import TaggedSources
-
-if TYPE_CHECKING:
-    from .pg_locks import PgAdvisoryLocks
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +81,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 def _console_over_stored_rules(app: web.Application) -> None:
     """The stored rules changed: a console config in force is built again over them (its rules text wins)."""
     if app[SETTINGS].openhim_api_url:
-        from .openhim import OPENHIM
-
-        link = app.get(OPENHIM)
+        link = app.get(openhim.OPENHIM)
         if link is not None and HAPI in app:
             link.reapply(app[CONFIG], app[HAPI])
 
@@ -96,7 +91,10 @@ def create_app(
     *,
     config: RegistryConfig | None = None,
     locks: LockManager | None = None,
+    job_retry_wait: jobs.Wait = asyncio.sleep,
 ) -> web.Application:
+    """``config``, ``locks``: instead of those ``settings`` describe; ``job_retry_wait``: how an admin job
+    waits before trying a FHIR store that was down again."""
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[errors_middleware])
     app[SETTINGS] = settings
     app[STARTED_AT] = datetime.now(UTC).isoformat(timespec="seconds")
@@ -110,10 +108,8 @@ def create_app(
     holder.base_shared_systems = frozenset(settings.shared_identifier_systems)
     app[CONFIG] = holder
     holder.rules_swapped = lambda: _console_over_stored_rules(app)
-    shared_locks: PgAdvisoryLocks | None = None
+    shared_locks: pg_locks.PgAdvisoryLocks | None = None
     if locks is None and settings.locks == "postgres":  # shared by replicas
-        from . import pg_locks
-
         locks = shared_locks = pg_locks.setup(app, settings)
     lock_manager = locks or LocalKeyedLocks()
 
@@ -151,20 +147,12 @@ def create_app(
 
     app.cleanup_ctx.append(hapi_session)
     if settings.openhim_api_url:  # behind OpenHIM: envelope, registration, heartbeat, live config
-        from . import openhim
-
         openhim.setup(app, settings)
     app.middlewares.insert(0, body_deadline)  # outermost: the answer it sends early is the final one
     handlers.add_routes(app)
-    from .admin import setup as setup_admin  # curation API and page at /admin (mediator/admin/)
-
     throttle = None
     if shared_locks is not None:  # replicas count failed logins together too
-        from .admin import pg_throttle
-
         throttle = pg_throttle.setup(app, shared_locks)
-    setup_admin(app, throttle=throttle)
-    from .admin.jobs import setup as setup_jobs  # background jobs (bulk, re-matching), resumed at start
-
-    setup_jobs(app)
+    admin.setup(app, throttle=throttle)  # curation API and pages at /admin (mediator/admin/)
+    jobs.setup(app, job_retry_wait)  # background jobs (bulk, re-matching), resumed at start
     return app

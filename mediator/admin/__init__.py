@@ -3,7 +3,9 @@
 Public: :func:`setup` (mounts the sub-application), :class:`AdminSettings`, :class:`UserStore`.
 Modules: ``users`` (argon2 password file), ``auth`` (session cookie, CSRF, per-request checks),
 ``curation`` (decisions as single HAPI transactions with AuditEvents), ``queries`` (read side),
-``api`` (JSON), ``pages`` (server-rendered HTML), ``__main__`` (``python -m mediator.admin create-user``).
+``requests`` (what handlers read from a request), ``api`` (JSON), ``pages`` (server-rendered HTML),
+``jobs`` (background bulk loads and re-matches), ``job_handlers`` (their API and page),
+``__main__`` (``python -m mediator.admin create-user``).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from aiohttp import web
 
 from ..context import HAPI
 from ..headers import strict_transport
-from . import api, pages
+from . import api, job_handlers, pages
 from .auth import ADMIN_SETTINGS, THROTTLE, USERS, AdminSettings, auth_middleware
 from .score_index import SCORE_INDEX, ScoreIndex
 from .throttle import LoginThrottle, Throttle
@@ -35,6 +37,7 @@ def create_admin_app(
     admin.middlewares.append(pages.error_pages)  # outermost: sees what auth and the handlers raise
     admin.middlewares.append(auth_middleware)
     api.add_routes(admin)
+    job_handlers.add_routes(admin)
     pages.add_routes(admin)
     return admin
 

@@ -7,38 +7,12 @@ from typing import Any
 
 from aiohttp import web
 
-from ..context import CONFIG, HAPI, REGISTRY
+from ..context import CONFIG, HAPI
 from ..errors import InvalidInput
-from ..forwarded import client_address
 from . import queries
 from .auth import ADMIN_CSRF, ADMIN_USER, log_in, log_out
-from .curation import Admin, Curation
+from .requests import admin_of, body, curation
 from .score_index import SCORE_INDEX
-
-
-def admin_of(request: web.Request) -> Admin:
-    return Admin(name=request[ADMIN_USER], address=client_address(request))
-
-
-def curation(request: web.Request) -> Curation:
-    return Curation(
-        request.config_dict[HAPI],
-        request.config_dict[CONFIG].current.cruid_system,
-        request.config_dict[REGISTRY].locks,  # the app key locks (shared by replicas: CR_LOCKS=postgres)
-        request.config_dict[SCORE_INDEX],
-    )
-
-
-async def body(request: web.Request) -> dict[str, Any]:
-    if request.content_type != "application/json":
-        raise InvalidInput("Send a JSON body (Content-Type: application/json).")
-    try:
-        data = await request.json()
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested too deeply
-        raise InvalidInput("The body is not valid JSON.") from exc
-    if not isinstance(data, dict):
-        raise InvalidInput("The body must be a JSON object.")
-    return data
 
 
 def _str(data: dict[str, Any], key: str, required: bool = True) -> str | None:
@@ -172,6 +146,3 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/api/search", search)
     r.add_get("/api/golden/{golden}", golden)
     r.add_get("/audit", audit)
-    from . import jobs  # /admin/jobs/… (bulk upload, re-matching); imports pages, which imports this module
-
-    jobs.add_routes(app)

@@ -17,9 +17,9 @@ from ..handlers import fhir_response
 from ..headers import PAGE_CSP
 from ..review import POSSIBLE_DUPLICATE, POTENTIAL_MATCH
 from . import queries
-from .api import admin_of, curation
 from .auth import ADMIN_CSRF, ADMIN_USER, SESSION, Unauthorized, csrf_token, log_in, log_out
 from .curation import DIFFERENT_PEOPLE, SAME_PERSON, Outcome
+from .requests import admin_of, curation
 from .score_index import SCORE_INDEX
 from .throttle import TooManyAttempts
 

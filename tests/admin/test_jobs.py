@@ -16,7 +16,7 @@ import pytest
 import yaml
 from aiohttp import web
 
-from mediator import bulk, records
+from mediator import records
 from mediator.admin.jobs import APPLY_LEASE, JOBS, UPSTREAM_RETRY_S, Jobs
 from mediator.app import create_app
 from mediator.context import REGISTRY
@@ -270,7 +270,7 @@ async def losing_proxy(aiohttp_server, hapi_url):
 
 
 async def _job_waiting_for_the_store(
-    aiohttp_client, settings, jobs_dir: Path, facility: str, losing_proxy, monkeypatch
+    aiohttp_client, settings, jobs_dir: Path, facility: str, losing_proxy
 ) -> tuple[AdminClient, asyncio.Event, list[float]]:
     """A mediator (behind ``losing_proxy``) whose unfinished bulk job lost its first write's answer and now
     waits for the FHIR store: the admin client, the event that ends the wait, the delays it was to wait."""
@@ -278,27 +278,27 @@ async def _job_waiting_for_the_store(
     waiting, resume = asyncio.Event(), asyncio.Event()
     delays: list[float] = []
 
-    async def held_until_the_test_resumes(self, info, delay):
+    async def held_until_the_test_resumes(delay: float) -> None:
         delays.append(delay)
         waiting.set()
         await resume.wait()
 
-    monkeypatch.setattr(Jobs, "_wait_before_retry", held_until_the_test_resumes)
     losing_proxy["lose"] = 1
     on_proxy = dataclasses.replace(settings, hapi_base_url=losing_proxy["url"])
-    admin = await AdminClient(await aiohttp_client(create_app(on_proxy))).login()
+    app = create_app(on_proxy, job_retry_wait=held_until_the_test_resumes)
+    admin = await AdminClient(await aiohttp_client(app)).login()
     await asyncio.wait_for(waiting.wait(), 60)
     return admin, resume, delays
 
 
 async def test_a_job_waits_while_the_fhir_store_is_down_then_finishes(
-    aiohttp_client, settings, admin_settings, jobs_dir: Path, facility: str, store, losing_proxy, monkeypatch
+    aiohttp_client, settings, admin_settings, jobs_dir: Path, facility: str, store, losing_proxy
 ):
     """The FHIR store goes away under a running bulk job (its first write committed, the answer lost): the job
     does not fail; it stays running, says it waits for the FHIR store, and once the store is back it goes on
     from its saved position and finishes, every row's source record stored once and consistent."""
     admin, resume, delays = await _job_waiting_for_the_store(
-        aiohttp_client, settings, jobs_dir, facility, losing_proxy, monkeypatch
+        aiohttp_client, settings, jobs_dir, facility, losing_proxy
     )
     progress = await admin.get("/admin/jobs/bulk-resume")
     assert progress["status"] == "running", progress
@@ -323,12 +323,12 @@ async def test_a_job_waits_while_the_fhir_store_is_down_then_finishes(
 
 
 async def test_an_admin_cancels_a_job_waiting_for_the_fhir_store(
-    aiohttp_client, settings, admin_settings, jobs_dir: Path, facility: str, store, losing_proxy, monkeypatch
+    aiohttp_client, settings, admin_settings, jobs_dir: Path, facility: str, store, losing_proxy
 ):
     """Cancelled (202), the job stops after its wait instead of trying again, and no start resumes it;
     cancelling it again is a 409."""
     admin, resume, _ = await _job_waiting_for_the_store(
-        aiohttp_client, settings, jobs_dir, facility, losing_proxy, monkeypatch
+        aiohttp_client, settings, jobs_dir, facility, losing_proxy
     )
     assert (await admin.client.post("/admin/jobs/bulk-resume/cancel")).status == 403  # no CSRF token
     cancel_form = 'action="/admin/jobs/bulk-resume/cancel"'
@@ -356,7 +356,7 @@ async def test_a_bulk_job_cancelled_on_another_replica_stops_after_its_window(
     """A replica sharing the jobs directory cancels the job (its file says so) while this one runs it: the
     job stops after the window it was deciding, whose rows are written whole and reported, and goes no
     further."""
-    monkeypatch.setattr(bulk, "WINDOW_BATCHES", 1)  # windows of one batch: 50 rows
+    monkeypatch.setattr("mediator.bulk.WINDOW_BATCHES", 1)  # windows of one batch: 50 rows
     rows = [
         {
             "id": f"W{n}",

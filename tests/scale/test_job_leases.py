@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from cryptography.fernet import Fernet
 
 from mediator import records
-from mediator.admin.jobs import JOB_LEASE, JOBS, Jobs
+from mediator.admin.jobs import JOB_LEASE, JOBS, Jobs, Wait
 from mediator.app import create_app
 from mediator.errors import UpstreamUnavailable
 from mediator.pg_locks import lease_id
@@ -44,10 +44,10 @@ def _status(jobs_dir: Path) -> str:
     return str(json.loads((jobs_dir / f"{JOB}.job.json").read_text())["status"])
 
 
-async def _start_and_settle(settings, jobs_dir: Path) -> str:
-    """Start a mediator on the jobs directory, wait for its task of the job (if any) to end, stop it; the
-    job's status as the directory then says."""
-    async with TestClient(TestServer(create_app(settings))) as client:
+async def _start_and_settle(settings, jobs_dir: Path, retry_wait: Wait = asyncio.sleep) -> str:
+    """Start a mediator on the jobs directory (its jobs wait for the FHIR store with ``retry_wait``), wait for
+    its task of the job (if any) to end, stop it; the job's status as the directory then says."""
+    async with TestClient(TestServer(create_app(settings, job_retry_wait=retry_wait))) as client:
         task = client.app[JOBS].tasks.get(JOB)
         if task is not None:
             await task
@@ -144,17 +144,16 @@ async def test_a_job_that_lost_its_lease_while_it_waited_for_the_fhir_store(
             raise UpstreamUnavailable("The FHIR store cannot be reached (test).")
         await run_once(self, info)
 
-    async def lease_lost_while_waiting(self: Jobs, info, delay: float) -> None:
+    async def lease_lost_while_waiting(delay: float) -> None:
         await _end_the_session_holding(pg_dsn, JOB_LEASE + JOB)
         if taken_meanwhile:
             assert await other_replica.fetchval("SELECT pg_try_advisory_lock($1)", lease_id(JOB_LEASE + JOB))
 
     monkeypatch.setattr(Jobs, "_run_once", fhir_store_down_the_first_time)
-    monkeypatch.setattr(Jobs, "_wait_before_retry", lease_lost_while_waiting)
     _unfinished_job(jobs_dir, facility)
     try:
         async with aiohttp.ClientSession() as http:
-            status = await _start_and_settle(shared, jobs_dir)
+            status = await _start_and_settle(shared, jobs_dir, lease_lost_while_waiting)
             stored = await Store(http, pg_hapi_url).sources_with(facility)
     finally:
         await other_replica.close()
