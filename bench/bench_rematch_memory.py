@@ -22,7 +22,7 @@ from pathlib import Path
 
 from bench.bench_scale import bulk_stage, records
 from mediator import rematch
-from mediator.bulk import registry_in_process
+from mediator.app import registry_in_process
 from mediator.settings import Settings
 
 

@@ -92,6 +92,7 @@ import aiohttp
 
 from bench.population import generate_population
 from mediator import bulk
+from mediator.app import registry_in_process
 from mediator.audit import Actor
 from mediator.errors import RegistryError, UpstreamTimeout, UpstreamUnavailable
 from mediator.registry import Submission
@@ -305,7 +306,7 @@ async def main() -> None:
     results: list[tuple[int, float, float, float]] = []  # stored, p50, p95, single rate
     loaded, stored, bulk_seconds = 0, 0, 0.0
     with tempfile.TemporaryDirectory() as tmp:
-        async with bulk.registry_in_process(settings) as registry:
+        async with registry_in_process(settings) as registry:
             for i, size in enumerate(stages):
                 rows = population[loaded:size]
                 if args.load == "singles":

@@ -1,4 +1,5 @@
-"""``create_app(settings)``: the aiohttp application, its resources and its error middleware."""
+"""``create_app(settings)``: the aiohttp application, its resources and its error middleware;
+``registry_in_process(settings)``: the same app's registry without a server (bulk CLI, tests, benchmarks)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import gc
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
 import aiohttp
@@ -156,3 +158,15 @@ def create_app(
     admin.setup(app, throttle=throttle)  # curation API and pages at /admin (mediator/admin/)
     jobs.setup(app, job_retry_wait)  # background jobs (bulk, re-matching), resumed at start
     return app
+
+
+@asynccontextmanager
+async def registry_in_process(settings: Settings) -> AsyncIterator[Registry]:
+    """The registry of ``create_app(settings)`` with its resources (HAPI session, locks) open, no server."""
+    app = create_app(settings)
+    runner = web.AppRunner(app)
+    await runner.setup()  # runs the cleanup_ctx start-up half
+    try:
+        yield app[REGISTRY]
+    finally:
+        await runner.cleanup()

@@ -356,7 +356,7 @@ async def test_a_bulk_job_cancelled_on_another_replica_stops_after_its_window(
     """A replica sharing the jobs directory cancels the job (its file says so) while this one runs it: the
     job stops after the window it was deciding, whose rows are written whole and reported, and goes no
     further."""
-    monkeypatch.setattr("mediator.bulk.WINDOW_BATCHES", 1)  # windows of one batch: 50 rows
+    monkeypatch.setattr("mediator.bulk.job.WINDOW_BATCHES", 1)  # windows of one batch: 50 rows
     rows = [
         {
             "id": f"W{n}",

@@ -13,9 +13,8 @@ from aiohttp import web
 
 from mediator import applied_rules, rematch
 from mediator.admin.__main__ import main as admin_main
-from mediator.app import create_app
+from mediator.app import create_app, registry_in_process
 from mediator.audit import Actor
-from mediator.bulk import registry_in_process
 from mediator.context import CONFIG, REGISTRY
 from mediator.errors import UpstreamUnavailable
 from mediator.registry import Submission

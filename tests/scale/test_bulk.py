@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from mediator import bulk, records
-from mediator.app import create_app
-from mediator.errors import RegistryError
+from mediator.app import create_app, registry_in_process
+from mediator.errors import RegistryError, UpstreamUnavailable
 from tests.conftest import REPO, patient, unique_surname
 
 
@@ -48,7 +48,7 @@ async def test_csv_rows_are_decided_and_a_bad_row_is_reported_with_its_line(
             {"id": "A6", **person, "city": "Gulu\x01"},  # line 7: a control character
         ],
     )
-    async with bulk.registry_in_process(settings) as registry:
+    async with registry_in_process(settings) as registry:
         job = bulk.BulkJob(
             path, bulk.InProcess(registry, facility), system=facility, job_dir=tmp_path / "jobs", batch_size=2
         )
@@ -99,7 +99,7 @@ async def test_an_interrupted_ndjson_job_resumes_without_duplicates(settings, st
     path = tmp_path / "clinic.ndjson"
     path.write_text("\n".join(lines) + "\n")
     jobs = tmp_path / "jobs"
-    async with bulk.registry_in_process(settings) as registry:
+    async with registry_in_process(settings) as registry:
         first = bulk.BulkJob(
             path,
             CrashAfter(bulk.InProcess(registry, facility), 2),
@@ -184,7 +184,7 @@ def test_unknown_csv_columns_are_refused_together(tmp_path):
 
 
 def test_registry_error_is_the_row_error_type():
-    assert issubclass(bulk.UpstreamUnavailable, RegistryError)
+    assert issubclass(UpstreamUnavailable, RegistryError)
 
 
 def test_ndjson_lines_too_deep_or_with_control_characters_are_row_errors(tmp_path):

@@ -20,6 +20,7 @@ from bench import hapi_instance
 from bench.population import generate_population
 from mediator import bulk
 from mediator import registry as registry_module
+from mediator.app import registry_in_process
 from mediator.audit import Actor
 from mediator.registry import Submission
 from mediator.settings import Settings
@@ -77,7 +78,7 @@ async def test_bulk_and_single_submissions_decide_alike(
         return known
 
     monkeypatch.setattr(registry_module._Foreseen, "known_scores", spy)
-    async with bulk.registry_in_process(Settings(hapi_base_url=bulk_url, hapi_timeout_s=60)) as registry:
+    async with registry_in_process(Settings(hapi_base_url=bulk_url, hapi_timeout_s=60)) as registry:
         job = bulk.BulkJob(
             path,
             bulk.InProcess(registry, None),
@@ -100,7 +101,7 @@ async def test_bulk_and_single_submissions_decide_alike(
 
     single_by_row: dict[int, tuple[str, str]] = {}
     actor = Actor(client_id=None, address="test")
-    async with bulk.registry_in_process(Settings(hapi_base_url=single_url, hapi_timeout_s=60)) as registry:
+    async with registry_in_process(Settings(hapi_base_url=single_url, hapi_timeout_s=60)) as registry:
         for n in order:
             result = await registry.submit(Submission(patient=population[n], actor=actor))
             single_by_row[n] = (result.outcome, result.golden_id)

@@ -16,7 +16,7 @@ import yaml
 
 from bench.population import generate_population
 from mediator import records, rematch
-from mediator.bulk import registry_in_process
+from mediator.app import registry_in_process
 from mediator.settings import REPO_ROOT
 from tests.conftest import unique_surname
 from tests.hapi_helpers import rematch_job

@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 
 from mediator import records, rematch
-from mediator.bulk import registry_in_process
+from mediator.app import registry_in_process
 from mediator.settings import REPO_ROOT
 from tests.conftest import patient, unique_phone, unique_surname
 from tests.hapi_helpers import mark_manually_linked, rematch_job

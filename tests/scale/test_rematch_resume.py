@@ -18,8 +18,8 @@ import yaml
 from aiohttp import web
 
 from mediator import records, rematch
+from mediator.app import registry_in_process
 from mediator.audit import Actor
-from mediator.bulk import registry_in_process
 from mediator.registry import Registry, Submission
 from mediator.settings import REPO_ROOT
 from tests.conftest import patient, unique_phone, unique_surname
