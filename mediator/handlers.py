@@ -14,6 +14,7 @@ from . import pix, records
 from .audit import Actor
 from .context import CONFIG, HAPI, METRICS, REGISTRY, REGISTRY_RESULT, SETTINGS, STARTED_AT
 from .errors import InvalidInput, RegistryError
+from .forwarded import client_address  # X-Forwarded-For only from CR_TRUSTED_PROXIES
 from .registry import Submission, SubmissionResult
 from .review import OPEN, POSSIBLE_DUPLICATE, POTENTIAL_MATCH
 from .validation import check_id, parse_identifier_param, read_json, validate_bundle, validate_patient
@@ -33,8 +34,6 @@ def fhir_response(
 
 
 def actor_of(request: web.Request) -> Actor:
-    from .forwarded import client_address  # X-Forwarded-For only from CR_TRUSTED_PROXIES
-
     return Actor(
         client_id=request.headers.get("X-OpenHIM-ClientID") or None,
         address=client_address(request),
