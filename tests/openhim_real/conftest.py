@@ -1,5 +1,6 @@
 """The integration suite against a real OpenHIM core; skipped (with the reason shown) unless
-``CR_TEST_OPENHIM_CORE`` names the folder of a core built by ``../shared/openhim-real/build.sh`` (README, Tests).
+``CR_TEST_OPENHIM_CORE`` names the folder of a core built by ``../shared/openhim-real/build.sh``
+(README, Tests).
 
 Each test starts on a core that does not know the mediator (no mediator, no default channel, no stored
 config in HAPI) and runs the mediator in-process on one port the core's channel routes to.

@@ -1,4 +1,5 @@
-"""A real OpenHIM core (v8.5.0 built by ../shared/openhim-real/build.sh, run by start.sh) as the suite sees it: its API as root, the
+"""A real OpenHIM core (v8.5.0 built by ../shared/openhim-real/build.sh, run by start.sh) as the suite
+sees it: its API as root, the
 router on :5001, an idempotent bootstrap (what bootstrap.sh does once), and a restart of the core process.
 
 The core's folder is ``CR_TEST_OPENHIM_CORE`` (``build.sh CORE_GIT DIR``'s DIR): ``certs/ca.crt`` verifies the
