@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from datetime import UTC, datetime
+from datetime import datetime
 from urllib.parse import quote
 
 import aiohttp
+
+from .instants import instant
 
 SCHEMES = ("basic", "token")
 
@@ -48,7 +50,7 @@ def password_hash(user_salt: str, password: str) -> str:
 def token_headers(
     username: str, password: str, user_salt: str, *, now: datetime | None = None
 ) -> dict[str, str]:
-    ts = (now or datetime.now(UTC)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    ts = instant(now, timespec="milliseconds")
     token = hashlib.sha512((password_hash(user_salt, password) + user_salt + ts).encode()).hexdigest()
     return {"auth-username": username, "auth-ts": ts, "auth-salt": user_salt, "auth-token": token}
 

@@ -13,7 +13,6 @@ import asyncio
 import dataclasses
 import json
 import logging
-import os
 import sys
 import time
 from collections import defaultdict
@@ -29,6 +28,7 @@ from .audit import Actor
 from .config import ConfigHolder, RegistryConfig
 from .errors import Conflict, RegistryError, UpstreamError
 from .fhir_client import HapiClient
+from .files import write_json
 from .registry import Registry, Submission
 from .unit_of_work import UnitOfWork
 
@@ -319,9 +319,7 @@ class RematchJob:
         return cls(RematchState(**json.loads(path.read_text())), job_dir=path.parent, **kwargs)
 
     def save(self) -> None:
-        tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self.state)))
-        os.replace(tmp, self.state_path)
+        write_json(self.state_path, asdict(self.state))
 
     async def run(self) -> RematchState:
         s = self.state

@@ -11,16 +11,17 @@ import json
 import os
 import re
 import secrets
-import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from pathlib import Path
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+from ..files import write_json
+from ..instants import instant
 
 USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 MIN_PASSWORD = 12
@@ -106,7 +107,7 @@ class UserStore:
             raise ValueError(f"passwords need at least {MIN_PASSWORD} characters")
         password_hash = _hasher.hash(password)
         with self._change() as users:
-            created = users[name].created if name in users else _now()
+            created = users[name].created if name in users else instant()
             users[name] = AdminUser(name, password_hash, created)  # no sessions: a new password ends them
             return users[name]
 
@@ -155,16 +156,4 @@ class UserStore:
                 for u in users.values()
             }
         }
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".admin-users-")
-        try:
-            os.fchmod(fd, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(doc, fh, indent=2)
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        write_json(self.path, doc, mode=0o600, indent=2)
