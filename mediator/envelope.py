@@ -1,20 +1,10 @@
-"""The OpenHIM mediator response envelope, for requests the core routed to us.
+"""The OpenHIM mediator response envelope, for requests the core routed to us (``X-OpenHIM-TransactionID``).
 
-The core routes a request with ``X-OpenHIM-TransactionID`` (src/middleware/messageStore.js
-``storeTransaction``) and, for an authenticated client, ``X-OpenHIM-ClientID`` (src/middleware/
-basicAuthentication.js, tlsAuthentication.js, ...). An answer whose ``Content-Type`` contains
-``application/json+openhim`` is parsed as the envelope (src/middleware/router.js): the client gets
-``response.status/headers/body``; the transaction stores ``orchestrations`` (src/model/transactions.js
-``OrchestrationMetadataDef``: ``name`` required, ``request.timestamp`` required, bodies are strings),
-``properties`` and ``status`` (one of ``transactionStatus``). Without the header we answer plain FHIR.
-
-The core stores the orchestrations with the transaction. A submission's HAPI calls carry other people's
-demographics (the candidates it was compared with) and blocking keys made of them, so by default
-(``CR_OPENHIM_ORCHESTRATION_BODIES=ids``) an orchestration shows what finds the records again and no
-more: resource types, ids and versions, request lines, statuses, error outcomes, and the query parameters
-in :data:`KEPT_QUERY` (others are shown as ``redacted``). ``full`` keeps the bodies, for debugging.
-
-This middleware sits outside ``errors_middleware`` so OperationOutcome error answers are enveloped too.
+The client gets ``response.status/headers/body``; the core stores the ``orchestrations`` (one per HAPI
+call), ``properties`` and ``status``. Orchestrations show ids, versions, request lines and statuses only
+unless ``CR_OPENHIM_ORCHESTRATION_BODIES=full``: a submission's HAPI calls carry other people's
+demographics. Outside ``errors_middleware``, so error answers are enveloped too. Evidence from the core's
+sources and the privacy reasoning: ``docs/internals.md``.
 """
 
 from __future__ import annotations

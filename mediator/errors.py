@@ -1,16 +1,13 @@
-"""The registry's error tree. Raised in the domain, turned into HTTP + OperationOutcome at the edge.
+"""The registry's error tree, raised in the domain, turned into HTTP + OperationOutcome at the edge.
 
-RegistryError                     base; ``status`` and FHIR ``issue.code``
-├── InvalidInput          400     the request cannot be read (not JSON, wrong resourceType, bad parameter)
-├── Forbidden             403     the caller may not do this (identifier system of another client)
-├── NotFound              404     unknown record or identifier
-├── Conflict              409     the record changed under us (the workflow decides again from fresh reads)
-├── Ambiguous             409     an identifier names records of more than one person (never answer with one)
-├── PayloadTooLarge       413     body over the configured limit
-├── Unprocessable         422     well-formed FHIR that the registry cannot accept (no usable identifier)
-└── UpstreamError                 HAPI (or another upstream) could not be used: nothing was written
-    ├── UpstreamUnavailable   503 refused, is down or answered 5xx
-    └── UpstreamTimeout       504 did not answer in time
+RegistryError            base: ``status`` and FHIR ``issue.code``
+├── InvalidInput     400 the request or a parameter cannot be read
+├── Forbidden        403 not this caller's to do;  NotFound 404 unknown record or identifier
+├── Conflict         409 changed under us: decided again;  Ambiguous 409 an identifier of two people
+├── PayloadTooLarge  413 body over the limit;  Unprocessable 422 valid FHIR the registry cannot take
+└── UpstreamError        HAPI or another upstream unusable, nothing written
+    ├── UpstreamUnavailable  503 refused, down or 5xx
+    └── UpstreamTimeout      504 no answer in time
 """
 
 from __future__ import annotations

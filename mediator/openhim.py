@@ -1,23 +1,10 @@
 """OpenHIM integration: registration, heartbeat, live config from the console, transaction envelope.
 
-Lifecycle (one background task, started and cancelled by the app's ``cleanup_ctx``):
-
-    POST /mediators (retry with backoff while the core is down or answers 5xx), its ``config`` being the
-        console config last applied (this process's, else the one kept in HAPI, :mod:`.openhim_state`),
-        the start-up settings only when there is none
-    → POST /mediators/:urn/heartbeat {"uptime", "config": true} every CR_OPENHIM_HEARTBEAT_S: the answer is
-        the console's config, applied live when it changed (every replica gets an edit) and kept in HAPI
-    → between heartbeats, with CR_OPENHIM_INSTALL_CHANNELS: POST /mediators/:urn/channels (skipped if the
-        channel exists), retried with the registration's backoff until done or refused for good
-    → 404 on a heartbeat, or the core back after being unreachable → register again
-
-Fail-closed (issue 19): routed requests are refused with 503 while the config in force has no client map
-(open mode), unless CR_OPENHIM_ALLOW_OPEN_MODE says open mode is wanted (:func:`client_map_guard`).
-
-Evidence (jembi/openhim-core-js @ fdfa87b): routes in src/koaApi.js; ``addMediator``, ``heartbeat``,
-``setConfig``, ``loadDefaultChannels`` in src/api/mediators.js. The heartbeat answers the stored config iff
-``_configModifiedTS > _lastHeartbeat`` or the request said ``config: true``, else an empty body ('' — or
-"OK" from Koa when no config was ever stored; jembi/openhim-mediator-utils heartbeat.js treats both as none).
+One background task registers the mediator (with the console config last applied, kept in HAPI by
+:mod:`.openhim_state`), sends heartbeats that bring console edits, installs the default channel between
+heartbeats, and registers again when the core forgot it. Routed requests are refused (503) while no client
+map is in force unless open mode is asked for (:func:`client_map_guard`). The lifecycle and the core's
+evidence: ``docs/internals.md``; operating: ``docs/openhim.md``.
 """
 
 from __future__ import annotations

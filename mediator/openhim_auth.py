@@ -1,19 +1,8 @@
 """Authentication of the mediator to the OpenHIM core's API (an API *user*, not a channel client).
 
-Two schemes, chosen by ``CR_OPENHIM_AUTH`` (evidence: jembi/openhim-core-js src/api/authentication.js
-``requestType``/``authenticateRequest`` — any ``auth-*`` header selects token, ``Authorization: Basic``
-selects basic; failure is 401):
-
-- ``basic`` (cores >= 7.1, where ``api.authenticationTypes`` includes "basic"): ``Authorization: Basic
-  base64(email:password)`` on every request.
-- ``token`` (cores <= 7.0; deprecated but still enabled in v8): ``GET /authenticate/:email`` (public) answers
-  ``{"salt", "ts"}`` (src/api/users.js ``authenticateToken``); every request then carries
-  ``auth-username``, ``auth-ts`` (ISO-8601 now), ``auth-salt`` and
-  ``auth-token = hex(sha512(passwordhash + auth-salt + auth-ts))`` with
-  ``passwordhash = hex(sha512(userSalt + password))`` (src/protocols/token.js hashes
-  ``passport.passwordHash``, ``authSalt``, ``authTS`` in that order; jembi/openhim-mediator-utils@v0.3.0
-  auth.js ``genAuthHeaders`` sends the user's salt as ``auth-salt``; so do we). The core accepts
-  ``auth-ts`` within +-``api.authWindowSeconds`` (default 10 s) of its clock.
+``CR_OPENHIM_AUTH``: ``basic`` (cores >= 7.1: ``Authorization: Basic`` on every request) or ``token`` (the
+older salted-hash headers ``auth-username``, ``auth-ts``, ``auth-salt``, ``auth-token``). How each is
+computed, with the core's sources as evidence: ``docs/internals.md``.
 """
 
 from __future__ import annotations

@@ -1,14 +1,9 @@
 """The mediator's registration document and its console-editable config.
 
-``mediator-config.json`` is what ``POST /mediators`` sends. Its ``config`` holds the defaults shown in the
-OpenHIM console; at registration we seed it with this process's start-up settings (``CR_*``), so the first
-registration shows what the mediator actually runs with. The core keeps console-edited values over ours when
-a newer version registers (jembi/openhim-core-js src/api/mediators.js ``addMediator``).
-
-A config delivered on a heartbeat (:func:`live_config`) is checked here in full — the core's own checks
-(``validateConfig``) only look at JSON types — and turned into a new :class:`RegistryConfig` plus HAPI
-settings.
-Every problem is reported at once in :class:`ConsoleConfigError`; the caller keeps the old config.
+``mediator-config.json`` is what ``POST /mediators`` sends, its ``config`` seeded with this process's
+start-up settings; a config delivered on a heartbeat (:func:`live_config`) is checked here in full and
+turned into a new :class:`RegistryConfig` plus HAPI settings, every problem reported at once in
+:class:`ConsoleConfigError` (the caller keeps the old config). Details: ``docs/internals.md``.
 """
 
 from __future__ import annotations

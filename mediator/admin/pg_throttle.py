@@ -1,17 +1,9 @@
 """Login rate limiting shared by replicas: the failed logins are rows in PostgreSQL.
 
-The same rules as :class:`~mediator.admin.throttle.LoginThrottle` (a name with ``max_per_user`` failures, or
-an address with ``max_per_address``, within ``window_s`` seconds is refused until its oldest counted failure
-leaves the window; a successful login clears its name's failures), but every replica reads and writes one
-table, ``client_registry.login_failures`` in the database of ``CR_LOCKS_DSN``, so a name is locked on all of
-them at once. Time is PostgreSQL's clock, the same for every replica. Rows older than the window are deleted
-at the next failure, so the table holds one window of failures at most (two rows per failure: the name's and
-the address's). If PostgreSQL cannot be reached, a login is refused with 503: it is never let through
-unthrottled.
-
-Used when ``CR_LOCKS=postgres``, on the connection pool of the key locks (:mod:`mediator.pg_locks`); the
-schema and table are created at start-up if missing, which needs the ``CREATE`` privilege on that database
-(HAPI's own database owner has it).
+The same rules as :class:`~mediator.admin.throttle.LoginThrottle`, counted in one table
+(``client_registry.login_failures``, database of ``CR_LOCKS_DSN``) so a name is locked on every replica at
+once; PostgreSQL unreachable: the login is refused (503), never let through unthrottled. Used with
+``CR_LOCKS=postgres``. Details: ``docs/internals.md``.
 """
 
 from __future__ import annotations

@@ -1,17 +1,8 @@
 """Login rate limiting: failed logins counted per user name and per client address, in bounded memory.
 
-A name with ``max_per_user`` failures, or an address with ``max_per_address`` failures, within ``window_s``
-seconds is refused (429, ``Retry-After``) until its oldest counted failure leaves the window — before the
-password is even checked, so a locked name costs no argon2 work and reveals nothing. A successful login
-clears its name's failures (not its address's). At most ``max_keys`` names and addresses each are tracked
-(the least recently failed are forgotten first), so a flood of random names cannot grow memory.
-The address is the TCP peer, or when that is a proxy in ``CR_TRUSTED_PROXIES`` the client it forwarded for
-(``mediator/forwarded.py``; ``X-Forwarded-For`` from anyone else is ignored, it can be forged).
-
-:class:`LoginThrottle` counts in this process's memory. Replicas sharing PostgreSQL locks
-(``CR_LOCKS=postgres``) count in PostgreSQL instead (:mod:`mediator.admin.pg_throttle`), so five failures
-spread over two replicas lock a name on both. Either way, attempts already being checked when the limit is
-reached still finish (the password check is not serialised).
+Too many failures within the window: refused (429, ``Retry-After``) before the password is checked; a
+success clears its name's failures. :class:`LoginThrottle` counts in this process; replicas sharing
+PostgreSQL count there (:mod:`mediator.admin.pg_throttle`). Details: ``docs/internals.md``.
 """
 
 from __future__ import annotations
