@@ -99,6 +99,7 @@ class Snapshot:
     sources: dict[str, SourceFacts]
     goldens: dict[str, dict[str, Any]]
     rules: matching.Rules
+    scope: frozenset[str] | None = None  # the records to re-decide (None: all); the others are candidates
 
 
 def source_facts(
@@ -158,13 +159,18 @@ async def source_pages(
 async def load_snapshot(
     hapi: HapiClient, rules: matching.Rules, systems: Sequence[str] = (), page_size: int = PAGE_SIZE
 ) -> Snapshot:
-    """Pages through the stored source records, keeping only their :class:`SourceFacts` under ``rules``."""
+    """Pages through the stored source records, keeping only their :class:`SourceFacts` under ``rules``.
+    All of them: a record of ``systems`` (the ones to re-decide) has candidates of any system, as it has when
+    the apply re-submits it."""
     sources: dict[str, SourceFacts] = {}
+    scope: set[str] = set()
     canon: dict[tuple[str, ...], tuple[str, ...]] = {}
-    async for page in source_pages(hapi, systems, page_size):
+    async for page in source_pages(hapi, (), page_size):
         for r in page:
             if records.SOURCE in records.tags(r, records.RECORD_TYPE_SYSTEM):
                 sources[r["id"]] = source_facts(r, rules, canon)
+                if any(i.get("system") in systems for i in r.get("identifier", [])):
+                    scope.add(r["id"])
     goldens: dict[str, dict[str, Any]] = {}
     wanted = {g for f in sources.values() if (g := f.golden_id)}
     while wanted:  # the goldens, then the successors of merged ones, 100 ids per search
@@ -175,7 +181,7 @@ async def load_snapshot(
             goldens.update((r["id"], golden_facts(r)) for r in found)
         wanted = {s for r in goldens.values() if (s := records.replaced_by(r)) and s not in goldens}
         wanted -= set(ids)
-    return Snapshot(sources, goldens, rules)
+    return Snapshot(sources, goldens, rules, frozenset(scope) if systems else None)
 
 
 # -- the simulation ------------------------------------------------------------------------------------
@@ -209,9 +215,11 @@ def plan(snapshot: Snapshot, cfg: RegistryConfig) -> Plan:
     out = Plan()
     for sid in sorted(sources):
         source = sources[sid]
-        out.records += 1
-        if source.stored_keys != keys[sid]:
+        if source.stored_keys != keys[sid]:  # any record: live candidate searches go by the stored tags
             out.retag.append(sid)
+        if snapshot.scope is not None and sid not in snapshot.scope:
+            continue
+        out.records += 1
         current = golden_of[sid]
         if current and source.manual:
             out.manual_kept += 1
