@@ -182,7 +182,8 @@ def classify(
     levels: np.ndarray, scores: np.ndarray, rules: Rules
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Thresholds first; the first firing ``then`` rule overrides them; every firing ``at_most`` rule then
-    caps the result (caps are safety guards and win over everything)."""
+    caps the result (caps are safety guards and win over everything). A rule fires when its ``when``
+    holds and none of its ``unless`` alternatives does."""
     n = levels.shape[0]
     outcome = np.where(
         scores >= rules.auto_threshold,
@@ -192,9 +193,9 @@ def classify(
     decided = np.full(n, -1, dtype=np.int16)
     capped = np.full(n, -1, dtype=np.int16)
     undecided = np.ones(n, dtype=bool)
-    compiled = rules.compiled_rules
+    fires_by_rule = [_rule_fires(levels, rules, i) for i in range(len(rules.deterministic))]
     for i, r in enumerate(rules.deterministic):
-        fires = _fires(levels, compiled[i])
+        fires = fires_by_rule[i]
         if r.then is not None:
             hit = fires & undecided
             outcome[hit] = OUTCOMES.index(r.then)
@@ -203,10 +204,19 @@ def classify(
     for i, r in enumerate(rules.deterministic):
         if r.at_most is not None:
             cap = OUTCOMES.index(r.at_most)
-            hit = _fires(levels, compiled[i]) & (outcome > cap)
+            hit = fires_by_rule[i] & (outcome > cap)
             outcome[hit] = cap
             capped[hit & (capped < 0)] = i
     return outcome, decided, capped
+
+
+def _rule_fires(levels: np.ndarray, rules: Rules, i: int) -> np.ndarray:
+    """Rule ``i``'s ``when`` holds and none of its ``unless`` alternatives does."""
+    fires = _fires(levels, rules.compiled_rules[i])
+    for alt in rules.compiled_unless[i]:
+        if fires.any():
+            fires &= ~_fires(levels, alt)
+    return fires
 
 
 def _fires(levels: np.ndarray, conds: tuple[tuple[int, np.ndarray], ...]) -> np.ndarray:

@@ -260,3 +260,40 @@ def test_deciding_again_with_known_scores_gives_the_decision_of_deciding_afresh(
     decision = matching.decide_reusing(p, cands, {cands[0].id: fake}, rules)
     assert decision.scores[0] is fake
     assert matching.decide_reusing(p, [], {}, rules) == matching.decide(p, [], rules)
+
+
+def test_guards_step_aside_for_a_shared_national_id(rules: matching.Rules) -> None:
+    """OpenCR's test set: the same national id, birth date, family name and phone, and a given name only
+    `similar` — twin-guard capped a score of +30 at potential. Twins never share a national id."""
+    a = patient("a", "Hassan", "Juma", gender="male", ids={NID: "123456789"})
+    b = patient("b", "Hussein", "Juma", gender="male", ids={NID: "123456789"})
+    d = decide_one(a, b, rules)
+    assert d.outcome == "match"
+    twins = decide_one(patient("c", "Hassan", "Juma", gender="male"), dict(b, identifier=[]), rules)
+    assert twins.outcome == "potential"  # the same pair without the id: the guard holds
+
+
+def test_guards_step_aside_for_the_same_facility_record_number(rules: matching.Rules) -> None:
+    fac = "http://facility-01.example.org/mrn"
+    a = patient("a", "Neema", "Mollel", ids={fac: "004512"})
+    b = patient("b", "Nelly", "Mollel", ids={fac: "004512"})
+    assert decide_one(a, b, rules).outcome == "match"
+    other_number = patient("c", "Nelly", "Mollel", ids={fac: "009931"})
+    assert decide_one(a, other_number, rules).outcome != "match"
+
+
+def test_a_differing_national_id_keeps_the_guards(rules: matching.Rules) -> None:
+    fac = "http://facility-01.example.org/mrn"
+    a = patient("a", "Neema", "Mollel", ids={fac: "004512", NID: "123456789"})
+    b = patient("b", "Nelly", "Mollel", ids={fac: "004512", NID: "987654321"})
+    d = decide_one(a, b, rules)
+    assert d.outcome == "potential"
+
+
+def test_a_parents_national_id_on_a_childs_record_does_not_merge_them(rules: matching.Rules) -> None:
+    """A child's record may carry a parent's national id: the birth dates differ, so no guard steps aside."""
+    father = patient("a", ["Kwame"], "Mensah", birth="1962-08-09", gender="male", ids={NID: "123456789"})
+    son = patient("b", ["Kwame"], "Mensah", birth="1991-02-14", gender="male", ids={NID: "123456789"})
+    assert decide_one(son, father, rules).outcome == "potential"
+    daughter = patient("c", ["Ama"], "Mensah", birth="1994-05-01", gender="female", ids={NID: "123456789"})
+    assert decide_one(daughter, father, rules).outcome != "match"
