@@ -4,6 +4,7 @@ commented ``rules/default.yaml``)."""
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -134,6 +135,12 @@ class Rules:
             names = self.fields[k].level_names
             conds.append((k, np.array([nm in allowed for nm in names], dtype=bool)))
         return tuple(conds)
+
+    @cached_property
+    def extracted(self) -> OrderedDict[tuple[str, str, str], dict[str, tuple[str, ...]]]:
+        """Normalised values of stored records under these rules, by (id, versionId, lastUpdated): kept on
+        the object so that they go with it (see :func:`matching.scoring.extract`)."""
+        return OrderedDict()
 
     @property
     def prior_weight(self) -> float:

@@ -111,3 +111,28 @@ def test_unless_round_trips_and_a_rule_without_it_fires_as_before(rules: matchin
     plain = matching.load_rules(doc)
     assert all(r.unless == () for r in plain.deterministic)
     assert matching.load_rules(plain.to_dict()) == plain
+
+
+def test_values_cached_under_freed_rules_do_not_reach_new_rules(rules: matching.Rules) -> None:
+    """Issue 20: the cache of normalised values was keyed by id(rules); a new Rules object that got the id
+    of a freed one inherited its values, here `city` read from address.city instead of address.district."""
+    import dataclasses
+
+    from matching.scoring import extract
+
+    stored = {
+        "resourceType": "Patient",
+        "id": "p1",
+        "meta": {"versionId": "1", "lastUpdated": "2026-01-01T00:00:00Z"},
+        "address": [{"city": "Arusha", "district": "Sokon"}],
+    }
+    by_district = tuple(
+        dataclasses.replace(f, path="address.district") if f.name == "city" else f for f in rules.fields
+    )
+    for _ in range(100):  # CPython often hands a freed object's id to the next object of its size
+        old = dataclasses.replace(rules)
+        assert extract(stored, old)["city"] == ("arusha",)
+        del old  # freed here (reference counting)
+        new = dataclasses.replace(rules, fields=by_district)
+        assert extract(stored, new)["city"] == ("sokon",)
+        del new
