@@ -297,3 +297,19 @@ def test_a_parents_national_id_on_a_childs_record_does_not_merge_them(rules: mat
     assert decide_one(son, father, rules).outcome == "potential"
     daughter = patient("c", ["Ama"], "Mensah", birth="1994-05-01", gender="female", ids={NID: "123456789"})
     assert decide_one(daughter, father, rules).outcome != "match"
+
+
+def test_no_birth_date_yields_to_national_id_with_the_facility_number_one_keystroke_apart(
+    rules: matching.Rules,
+) -> None:
+    """OpenCR's test set: no birth date on one record, the same NIN, the ART number one keystroke apart."""
+    art = "http://example.org/uganda/art-number"
+    a = patient("a", "Gertrude", "Ayolo", birth=None, ids={NID: "46195665", art: "KMC-267660"})
+    b = patient("b", "Gertrude", "Ayolo", ids={NID: "46195665", art: "KMC-266760"})
+    assert decide_one(a, b, rules).outcome == "match"
+    far = patient("c", "Gertrude", "Ayolo", ids={NID: "46195665", art: "KMC-913402"})
+    assert decide_one(a, far, rules).outcome == "potential"  # a national id alone does not tell a namesake
+    no_nid = patient("d", "Gertrude", "Ayolo", ids={art: "KMC-266760"})
+    assert decide_one(
+        dict(a, identifier=[{"system": art, "value": "KMC-267660"}]), no_nid, rules
+    ).outcome == ("potential")
