@@ -8,13 +8,15 @@ it leaves to people, side by side with Splink 5 (unsupervised) in the same run, 
 
     python -m bench.quality [--rules rules/default.yaml] [--people 3000] [--seed 7] [--no-splink]
                             [--no-population] [--no-opencr] [--no-febrl] [--thresholds] [--large 30000]
+                            [--decisions 300]
 
 Precision and recall are over record pairs placed in the same cluster (auto-matches only). "house FM"
 counts false-merge pairs between different people of the same household (twins, parent/child, siblings,
 spouses) — the costly kind. "review/1k" is the number of pairs the batch run leaves to a person (potential
 matches across clusters and auto-matches refused by clustering, as ``dedupe --review`` writes them) per
 1,000 records; "same" is the share of them that are the same person; "rev.recall" is the recall of auto
-and potential pairs together (what a reviewer can reach).
+and potential pairs together (what a reviewer can reach). ``--decisions N`` simulates N reviewers'
+decisions on the shipped rules' review queue (random pairs, decided by the truth) and trains with them.
 """
 
 from __future__ import annotations
@@ -135,6 +137,23 @@ def ours_and_trained(
     show(f"{label}: shipped + `train --keep-weights`", res, f"(prior {kept.prior:.3g})")
 
 
+def simulated_decisions(
+    patients: Sequence[Mapping[str, Any]],
+    truth: Mapping[str, str],
+    rules: matching.Rules,
+    n: int,
+    seed: int = 1,
+) -> list[tuple[int, int, bool]]:
+    """``n`` pairs of the review queue of ``rules``, drawn at random and decided as a reviewer who knows
+    the truth would: (record index, record index, same person?)."""
+    import random
+
+    r = dedupe(patients, rules)
+    queue = r.review_pairs()
+    picked = random.Random(seed).sample(queue, min(n, len(queue)))
+    return [(i, j, truth[r.ids[i]] == truth[r.ids[j]]) for i, j, _, _ in picked]
+
+
 SPLINK_THRESHOLDS = [0.5, 0.9, 0.99, 0.999, 0.9999]
 
 
@@ -168,6 +187,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--no-population", action="store_true")
     ap.add_argument("--no-opencr", action="store_true")
     ap.add_argument("--no-febrl", action="store_true")
+    ap.add_argument(
+        "--decisions",
+        type=int,
+        default=300,
+        help="reviewers' decisions simulated for `train --labels` (0: none)",
+    )
     ap.add_argument("--thresholds", action="store_true", help="also vary auto_match on the population")
     ap.add_argument("--large", type=int, default=0, help="also run on a population of this many people")
     args = ap.parse_args(argv)
@@ -179,6 +204,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\nhousehold population: {args.people} people, {len(patients)} records, seed {args.seed}")
         print(HEADER)
         ours_and_trained("population", patients, truth, rules, household)
+        if args.decisions:
+            labels = simulated_decisions(patients, truth, rules, args.decisions)
+            for keep in (True, False):
+                tr_l, sec = trained(patients, rules, keep_weights=keep, labels=labels)
+                res = run(patients, truth, tr_l, household)
+                res.seconds += sec
+                what = "train --keep-weights" if keep else "train"
+                show(f"population: + `{what} --labels` ({len(labels)})", res)
         if args.thresholds:
             print("threshold trade-off (auto_match varied):")
             for auto in (2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 16.0):
