@@ -326,3 +326,14 @@ def test_siblings_with_nothing_personal_in_common_are_not_sent_to_review(rules: 
     fac = "http://facility-01.example.org/mrn"
     same_record = dict(b, gender="female", identifier=[{"system": fac, "value": "004512"}])
     assert decide_one(dict(a, identifier=same_record["identifier"]), same_record, rules).outcome != "no_match"
+
+
+def test_siblings_sharing_a_middle_name_with_an_estimated_birth_date_do_not_auto_match(
+    rules: matching.Rules,
+) -> None:
+    """A household false merge of the generated population (3,000 people, seed 11): a brother recorded
+    with a birth year only, his given names close to his brother's through a middle name."""
+    a = patient("a", ["Hamidou"], "Sylla", birth="2016-08-23", gender="male", phone="+226772671103")
+    b = patient("b", ["Moussa", "Amadou"], "Syllah", birth="2017", gender="male", phone="0772671103")
+    d = decide_one(b, a, rules)
+    assert d.outcome == "potential" and d.scores[0].score >= rules.auto_threshold
