@@ -137,10 +137,18 @@ class Name(Comparator):
         if not self.params["typing_errors"]:
             return out
         lv, rv = left.values, right.values
-        for p in np.nonzero(out > 1)[0].tolist():
-            better = typed_level(lv[li[p]], rv[ri[p]])
-            if better and better < out[p]:
-                out[p] = better
+        todo = np.nonzero(out > 1)[0]
+        if len(todo):
+            typed = np.fromiter(
+                (
+                    typed_level(lv[a], rv[b])
+                    for a, b in zip(li[todo].tolist(), ri[todo].tolist(), strict=True)
+                ),
+                dtype=np.int8,
+                count=len(todo),
+            )
+            better = (typed > 0) & (typed < out[todo])
+            out[todo[better]] = typed[better]
         return out
 
     def token_levels(self, a: list[str], b: list[str]) -> np.ndarray:
@@ -186,7 +194,10 @@ def typed_level(a: tuple[str, ...], b: tuple[str, ...]) -> int:
     for k, x in enumerate(ja):
         for j, y in enumerate(jb):
             if k == 0 and j == 0:
-                if _doubled(x) == _doubled(y) or (min(len(x), len(y)) >= 4 and _transposed(x, y)):
+                # both need the same letters: a cheap test first, most pairs differ
+                if set(x) == set(y) and (
+                    _doubled(x) == _doubled(y) or (min(len(x), len(y)) >= 4 and _transposed(x, y))
+                ):
                     best = _CLOSE
                 continue
             if x == y:
