@@ -13,7 +13,7 @@ from matching import normalise as nz
 NID = "http://example.org/national-id"
 
 
-def flatten(p: Mapping[str, Any]) -> dict[str, Any]:
+def flatten(p: Mapping[str, Any], nid_system: str = NID) -> dict[str, Any]:
     given, family = nz.given(p), nz.family(p)
     bd = nz.birth_date(p)
     dob = None
@@ -22,7 +22,7 @@ def flatten(p: Mapping[str, Any]) -> dict[str, Any]:
         year = bd[0][:4]
         if bd[0][5:7] != "00" and bd[0][8:10] != "00":
             dob = bd[0]
-    nid = [x.rpartition("|")[2] for x in nz.identifiers(p) if x.rpartition("|")[0] == NID]
+    nid = [x.rpartition("|")[2] for x in nz.identifiers(p) if x.rpartition("|")[0] == nid_system]
     phones, emails = nz.phones(p), nz.emails(p)
     city, line = nz.EXTRACTORS["address.city"][0](p), nz.EXTRACTORS["address.line"][0](p)
     return {
@@ -42,7 +42,7 @@ def flatten(p: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def splink_dedupe(
-    patients: Sequence[Mapping[str, Any]], thresholds: Sequence[float], seed: int = 1
+    patients: Sequence[Mapping[str, Any]], thresholds: Sequence[float], seed: int = 1, nid: str = NID
 ) -> tuple[dict[float, dict[str, str]], list[tuple[str, str, float]]]:
     """Clusters (record id -> cluster id) at each match-probability threshold, and the scored pairs."""
     import pandas as pd
@@ -52,7 +52,7 @@ def splink_dedupe(
 
     for name in ("splink", "duckdb"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    df = pd.DataFrame([flatten(p) for p in patients])
+    df = pd.DataFrame([flatten(p, nid) for p in patients])
     db_api = DuckDBAPI()
     sdf = db_api.register(df)
     settings = SettingsCreator(

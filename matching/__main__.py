@@ -1,7 +1,7 @@
 """Command line: ``python -m matching {dedupe,train,explain} ...`` (the only I/O in this package).
 
     python -m matching dedupe --rules rules/default.yaml IN.ndjson -o OUT.csv [--review OUT2.csv]
-    python -m matching train --rules rules/default.yaml IN.ndjson -o rules/trained.yaml
+    python -m matching train --rules rules/default.yaml IN.ndjson -o rules/trained.yaml [--labels DECIDED.csv]
     python -m matching explain --rules rules/default.yaml A.json B.json [--json]
 
 IN is FHIR Patient NDJSON (one resource a line, as ``$export`` writes it). A bad line (not JSON, not a
@@ -20,12 +20,16 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from .decision import score_pair
 from .dedupe import dedupe, stderr_progress
 from .em import dump, train
 from .errors import RulesError
+from .labels import LabelsError, read_labels
 from .loading import load_rules
 from .rules import Rules
+from .scoring import MATCH, Table, compare
 
 
 class BadInput(Exception):
@@ -88,13 +92,42 @@ def _cmd_dedupe(args: argparse.Namespace, rules: Rules) -> int:
 
 def _cmd_train(args: argparse.Namespace, rules: Rules) -> int:
     patients = read_ndjson(args.input, args.on_bad_line)
-    doc = train(
-        patients, rules, keep_weights=args.keep_weights, progress=None if args.quiet else stderr_progress()
-    )
+    index = {p["id"]: i for i, p in enumerate(patients)}
+    labels: list[tuple[int, int, bool]] = []
+    if args.labels is not None:
+        try:
+            decided = read_labels(args.labels, index)
+        except LabelsError as exc:
+            print(f"{args.labels}: labels refused, nothing trained", file=sys.stderr)
+            for problem in exc.problems:
+                print(f"  {problem}", file=sys.stderr)
+            return 2
+        labels = [(index[lb.id_a], index[lb.id_b], lb.same) for lb in decided]
+    progress = None if args.quiet else stderr_progress()
+    doc = train(patients, rules, keep_weights=args.keep_weights, progress=progress, labels=labels)
     what = "prior and name frequencies" if args.keep_weights else "m/u, prior and name frequencies"
+    how = "estimated without labels (EM)"
+    if labels:
+        same = sum(1 for _, _, s in labels if s)
+        trained = load_rules(doc)
+        different = [(a, b) for a, b, s in labels if not s]
+        linked = 0
+        if different:
+            table = Table.from_patients(patients, trained)
+            c = compare(
+                table, np.array([a for a, _ in different]), np.array([b for _, b in different]), trained
+            )
+            linked = int((c.outcome == MATCH).sum())
+        how = (
+            f"estimated without labels, m blended with {same} same-person decisions\n# of "
+            f"{args.labels.name}; {len(different)} different-people decisions, of which these rules "
+            f"auto-match {linked}"
+        )
+        if linked:
+            print(f"warning: {linked} pair(s) decided different people are auto-matched", file=sys.stderr)
     header = (
         f"# Trained by `python -m matching train` from {args.input.name} ({len(patients)} records),\n"
-        f"# starting from rules '{rules.name}': {what} estimated without labels (EM);\n"
+        f"# starting from rules '{rules.name}': {what} {how};\n"
         "# thresholds and deterministic rules copied unchanged. Weights (log2 m/u) shown as comments.\n"
     )
     text = dump(doc, header)
@@ -130,6 +163,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 action="store_true",
                 help="keep the rules' m/u; estimate only the prior and name frequencies (recommended for "
                 "the shipped rules on a new population)",
+            )
+            s.add_argument(
+                "--labels",
+                type=pathlib.Path,
+                help="CSV of reviewers' decisions (id_a,id_b,decision: same|different) whose same-person "
+                "pairs inform m; unknown ids or contradictions are reported with their line and refused",
             )
     s = sub.add_parser("explain")
     s.add_argument("--rules", type=pathlib.Path, required=True)

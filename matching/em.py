@@ -29,6 +29,7 @@ from .scoring import Table
 
 FLOOR = 1e-5
 STRICT_RECALL = 0.6  # share of true matches that agree exactly on given, family and birth date (assumed)
+LABEL_WEIGHT = 200.0  # reviewers' same-person decisions: pseudo-pairs the prior estimate of m counts for
 
 
 def level_frequencies(levels: np.ndarray, weights: np.ndarray | None, rules: Rules) -> list[np.ndarray]:
@@ -52,12 +53,63 @@ def train(
     seed: int = 0,
     keep_weights: bool = False,
     progress: Progress | None = None,
+    labels: Sequence[tuple[int, int, bool]] = (),
+    label_weight: float = LABEL_WEIGHT,
 ) -> dict[str, Any]:
     """Return a rules dict (same shape as the input rules) with estimated m, u, prior and term frequencies.
 
     ``keep_weights``: keep the rules' m and u (hand-set and reviewed) and estimate only the prior and the
     term frequencies, the two things that depend on the size and the names of the registry's population.
+    ``labels``: reviewers' decisions, (record index, record index, same person?) — see :func:`with_labels`.
     """
+    doc = _train(patients, rules, random_pairs, iterations, seed, keep_weights, progress)
+    if labels:
+        doc = with_labels(doc, Table.from_patients(patients, rules), rules, labels, label_weight, progress)
+    return doc
+
+
+def with_labels(
+    doc: dict[str, Any],
+    table: Table,
+    rules: Rules,
+    labels: Sequence[tuple[int, int, bool]],
+    label_weight: float = LABEL_WEIGHT,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Blend the m of every level with the levels of the pairs reviewers decided are the same person:
+    m = (w · m_estimated + count) / (w + n) per field, ``w`` = ``label_weight`` pseudo-pairs standing for
+    the estimate (EM or hand-set), n the decided pairs with a value on both sides. Pairs decided different
+    people are not a sample of random pairs, so they say nothing about u; they are compared and counted
+    (the CLI reports how many the trained rules would still link). Thresholds and guards are kept."""
+    same = [(a, b) for a, b, s in labels if s]
+    if not same:
+        return doc
+    c = compare_all(table, np.array([a for a, _ in same]), np.array([b for _, b in same]), rules, None)
+    for k, f in enumerate(rules.fields):
+        names = f.level_names[1:]
+        counts = np.bincount(c.levels[:, k].astype(np.int64), minlength=len(names) + 1)[1:].astype(float)
+        n = counts.sum()
+        if n == 0:
+            continue
+        spec = doc["fields"][f.name]["levels"]
+        m0 = np.array([float(spec[lv]["m"]) for lv in names])
+        m = (label_weight * m0 / max(m0.sum(), 1e-12) + counts) / (label_weight + n)
+        for lv, mi in zip(names, m.tolist(), strict=True):
+            spec[lv]["m"] = _round(max(mi, FLOOR))
+    if progress:
+        progress(f"m blended with {len(same):,} same-person decisions (weight {label_weight:g} pseudo-pairs)")
+    return doc
+
+
+def _train(
+    patients: Sequence[Mapping[str, Any]],
+    rules: Rules,
+    random_pairs: int,
+    iterations: int,
+    seed: int,
+    keep_weights: bool,
+    progress: Progress | None,
+) -> dict[str, Any]:
     n = len(patients)
     if n < 3:
         raise ValueError("need at least 3 records to train")

@@ -277,8 +277,8 @@ def _deterministic(
             P.add(at, "must be a mapping {name, when, then | at_most}")
             continue
         for k in r:
-            if k not in ("name", "when", "then", "at_most", "description"):
-                P.add((*at, k), "unknown key (known: name, when, then, at_most, description)")
+            if k not in ("name", "when", "unless", "then", "at_most", "description"):
+                P.add((*at, k), "unknown key (known: name, when, unless, then, at_most, description)")
         name = r.get("name")
         if not isinstance(name, str) or not name:
             P.add((*at, "name"), "required, a non-empty string")
@@ -298,24 +298,44 @@ def _deterministic(
         if not isinstance(when, Mapping) or not when:
             P.add((*at, "when"), "required: a mapping field -> level or list of levels")
         else:
-            for f, lv in when.items():
-                if f in broken:
-                    continue  # the field's own problem is reported already
-                if f not in levels:
-                    P.add((*at, "when", f), f"unknown field {f!r}")
+            conds = _conditions(when, (*at, "when"), P, levels, broken)
+        unless: list[dict[str, frozenset[str]]] = []
+        raw_unless = r.get("unless")
+        if raw_unless is not None:
+            alternatives = [raw_unless] if isinstance(raw_unless, Mapping) else raw_unless
+            if not isinstance(alternatives, list) or not alternatives:
+                P.add((*at, "unless"), "must be a mapping field -> level(s), or a list of such mappings")
+                alternatives = []
+            for j, alt in enumerate(alternatives):
+                where = (*at, "unless") if isinstance(raw_unless, Mapping) else (*at, "unless", j)
+                if not isinstance(alt, Mapping) or not alt:
+                    P.add(where, "must be a non-empty mapping field -> level or list of levels")
                     continue
-                lvs = [lv] if isinstance(lv, str) else lv
-                if not isinstance(lvs, list) or not lvs:
-                    P.add((*at, "when", f), "must be a level name or a list of level names")
-                    continue
-                for x in lvs:
-                    if x not in levels[f]:
-                        P.add(
-                            (*at, "when", f), f"unknown level {x!r} (levels: {', '.join(sorted(levels[f]))})"
-                        )
-                conds[str(f)] = frozenset(str(x) for x in lvs)
-        out.append(DeterministicRule(name, conds, then, at_most))
+                unless.append(_conditions(alt, where, P, levels, broken))
+        out.append(DeterministicRule(name, conds, then, at_most, tuple(unless)))
     return out
+
+
+def _conditions(
+    raw: Mapping[Any, Any], at: tuple[Any, ...], P: _Problems, levels: dict[str, set[str]], broken: set[str]
+) -> dict[str, frozenset[str]]:
+    """A ``when:`` / ``unless:`` mapping field -> level or list of levels, every name checked."""
+    conds: dict[str, frozenset[str]] = {}
+    for f, lv in raw.items():
+        if f in broken:
+            continue  # the field's own problem is reported already
+        if f not in levels:
+            P.add((*at, f), f"unknown field {f!r}")
+            continue
+        lvs = [lv] if isinstance(lv, str) else lv
+        if not isinstance(lvs, list) or not lvs:
+            P.add((*at, f), "must be a level name or a list of level names")
+            continue
+        for x in lvs:
+            if x not in levels[f]:
+                P.add((*at, f), f"unknown level {x!r} (levels: {', '.join(sorted(levels[f]))})")
+        conds[str(f)] = frozenset(str(x) for x in lvs)
+    return conds
 
 
 def _blocking(raw: Any, P: _Problems) -> list[Block]:

@@ -4,6 +4,7 @@ commented ``rules/default.yaml``)."""
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -78,6 +79,8 @@ class DeterministicRule:
     when: Mapping[str, frozenset[str]]
     then: str | None  # decides the outcome (first firing rule wins) ...
     at_most: str | None  # ... or caps it (every firing cap applies, after everything else)
+    # the rule does not fire when any of these holds (each: field -> allowed levels, all of them met)
+    unless: tuple[Mapping[str, frozenset[str]], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -116,17 +119,28 @@ class Rules:
 
     @cached_property
     def compiled_rules(self) -> tuple[tuple[tuple[int, np.ndarray], ...], ...]:
-        """Per deterministic rule: (field index, allowed-level mask) for each condition."""
+        """Per deterministic rule: (field index, allowed-level mask) for each ``when`` condition."""
+        return tuple(self._compile(r.when) for r in self.deterministic)
+
+    @cached_property
+    def compiled_unless(self) -> tuple[tuple[tuple[tuple[int, np.ndarray], ...], ...], ...]:
+        """Per deterministic rule: its ``unless`` alternatives, each compiled like ``when``."""
+        return tuple(tuple(self._compile(alt) for alt in r.unless) for r in self.deterministic)
+
+    def _compile(self, conditions: Mapping[str, frozenset[str]]) -> tuple[tuple[int, np.ndarray], ...]:
         index = {f.name: k for k, f in enumerate(self.fields)}
-        out = []
-        for r in self.deterministic:
-            conds = []
-            for fname, allowed in r.when.items():
-                k = index[fname]
-                names = self.fields[k].level_names
-                conds.append((k, np.array([nm in allowed for nm in names], dtype=bool)))
-            out.append(tuple(conds))
-        return tuple(out)
+        conds = []
+        for fname, allowed in conditions.items():
+            k = index[fname]
+            names = self.fields[k].level_names
+            conds.append((k, np.array([nm in allowed for nm in names], dtype=bool)))
+        return tuple(conds)
+
+    @cached_property
+    def extracted(self) -> OrderedDict[tuple[str, str, str], dict[str, tuple[str, ...]]]:
+        """Normalised values of stored records under these rules, by (id, versionId, lastUpdated): kept on
+        the object so that they go with it (see :func:`matching.scoring.extract`)."""
+        return OrderedDict()
 
     @property
     def prior_weight(self) -> float:

@@ -8,7 +8,6 @@ fields' weights: the log2 posterior odds that the two records are the same perso
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,8 +37,7 @@ class Table:
         return cls([extract(p, rules) for p in patients], rules)
 
 
-_EXTRACTED: OrderedDict[tuple[int, str, str, str], dict[str, tuple[str, ...]]] = OrderedDict()
-_EXTRACTED_MAX = 200_000
+_EXTRACTED_MAX = 200_000  # records whose values each Rules object keeps (Rules.extracted)
 
 
 class Prepared(dict[str, tuple[str, ...]]):
@@ -62,26 +60,30 @@ def prepare(
 
 def extract(patient: Mapping[str, Any], rules: Rules) -> dict[str, tuple[str, ...]]:
     """The normalised values of every field. Stored records carry ``meta.versionId`` (HAPI bumps it on every
-    change), so their values are cached by (rules, id, versionId, lastUpdated); others are recomputed.
+    change), so their values are cached on ``rules`` (:attr:`Rules.extracted`, which goes with the object;
+    a cache keyed by ``id(rules)`` handed a freed object's values to a new one that got its id) by (id,
+    versionId, lastUpdated); others are recomputed.
     A :class:`Prepared` record already is its values (computed with the same rules)."""
     if isinstance(patient, Prepared):
         return patient
     meta = patient.get("meta")
     key = None
+    cache = None
     if (
         isinstance(meta, Mapping)
         and isinstance(meta.get("versionId"), str)
         and isinstance(patient.get("id"), str)
     ):
-        key = (id(rules), patient["id"], meta["versionId"], str(meta.get("lastUpdated")))
-        hit = _EXTRACTED.get(key)
+        cache = rules.extracted
+        key = (patient["id"], meta["versionId"], str(meta.get("lastUpdated")))
+        hit = cache.get(key)
         if hit is not None:
             return hit
     row = _extract(patient, rules)
-    if key is not None:
-        _EXTRACTED[key] = row
-        if len(_EXTRACTED) > _EXTRACTED_MAX:
-            _EXTRACTED.popitem(last=False)
+    if cache is not None and key is not None:
+        cache[key] = row
+        if len(cache) > _EXTRACTED_MAX:
+            cache.popitem(last=False)
     return row
 
 
@@ -182,7 +184,8 @@ def classify(
     levels: np.ndarray, scores: np.ndarray, rules: Rules
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Thresholds first; the first firing ``then`` rule overrides them; every firing ``at_most`` rule then
-    caps the result (caps are safety guards and win over everything)."""
+    caps the result (caps are safety guards and win over everything). A rule fires when its ``when``
+    holds and none of its ``unless`` alternatives does."""
     n = levels.shape[0]
     outcome = np.where(
         scores >= rules.auto_threshold,
@@ -192,9 +195,9 @@ def classify(
     decided = np.full(n, -1, dtype=np.int16)
     capped = np.full(n, -1, dtype=np.int16)
     undecided = np.ones(n, dtype=bool)
-    compiled = rules.compiled_rules
+    fires_by_rule = [_rule_fires(levels, rules, i) for i in range(len(rules.deterministic))]
     for i, r in enumerate(rules.deterministic):
-        fires = _fires(levels, compiled[i])
+        fires = fires_by_rule[i]
         if r.then is not None:
             hit = fires & undecided
             outcome[hit] = OUTCOMES.index(r.then)
@@ -203,10 +206,19 @@ def classify(
     for i, r in enumerate(rules.deterministic):
         if r.at_most is not None:
             cap = OUTCOMES.index(r.at_most)
-            hit = _fires(levels, compiled[i]) & (outcome > cap)
+            hit = fires_by_rule[i] & (outcome > cap)
             outcome[hit] = cap
             capped[hit & (capped < 0)] = i
     return outcome, decided, capped
+
+
+def _rule_fires(levels: np.ndarray, rules: Rules, i: int) -> np.ndarray:
+    """Rule ``i``'s ``when`` holds and none of its ``unless`` alternatives does."""
+    fires = _fires(levels, rules.compiled_rules[i])
+    for alt in rules.compiled_unless[i]:
+        if fires.any():
+            fires &= ~_fires(levels, alt)
+    return fires
 
 
 def _fires(levels: np.ndarray, conds: tuple[tuple[int, np.ndarray], ...]) -> np.ndarray:

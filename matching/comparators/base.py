@@ -89,6 +89,10 @@ class Comparator:
         ]
         for k, v in params.items():
             d = cls.defaults.get(k)
+            if isinstance(d, bool):
+                if not isinstance(v, bool):
+                    problems.append(f"{k}: must be true or false, got {v!r}")
+                continue
             if isinstance(d, float) and not (isinstance(v, int | float) and 0.0 <= v <= 1.0):
                 problems.append(f"{k}: must be a number between 0 and 1, got {v!r}")
             if isinstance(d, int) and not isinstance(d, bool) and not (isinstance(v, int) and 0 <= v <= 10):

@@ -128,3 +128,59 @@ def test_train_keep_weights_estimates_only_prior_and_frequencies(tmp_path: pathl
     assert [(f.m, f.u) for f in kept.fields] == [(f.m, f.u) for f in default.fields]
     assert kept.prior != default.prior
     assert kept.field("given").frequencies
+
+
+def test_train_labels_inform_m_and_are_reported(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bench.population import generate_population
+
+    patients, truth = generate_population(300, seed=6)
+    src = write_ndjson(tmp_path / "p.ndjson", [json.dumps(p) for p in patients])
+    by_person: dict[str, list[str]] = {}
+    for p in patients:
+        by_person.setdefault(truth[p["id"]], []).append(p["id"])
+    same = [ids[:2] for ids in by_person.values() if len(ids) > 1][:40]
+    people = list(by_person.values())
+    different = [(people[k][0], people[k + 1][0]) for k in range(0, 20, 2)]
+    labels = tmp_path / "decided.csv"
+    labels.write_text(
+        "id_a,id_b,decision\n"
+        + "".join(f"{a},{b},same\n" for a, b in same)
+        + "".join(f"{a},{b},different\n" for a, b in different)
+    )
+    out = tmp_path / "kept.yaml"
+    args = ["train", "--rules", RULES, str(src), "-o", str(out), "--quiet", "--keep-weights"]
+    assert main([*args, "--labels", str(labels)]) == 0
+    kept, default = matching.load_rules(out), matching.load_rules(RULES)
+    assert [f.u for f in kept.fields] == [f.u for f in default.fields]  # u is not what reviewers decide
+    assert [f.m for f in kept.fields] != [f.m for f in default.fields]
+    assert kept.deterministic == default.deterministic
+    text = out.read_text()
+    assert f"m blended with {len(same)} same-person decisions" in text
+    assert f"{len(different)} different-people decisions, of which these rules auto-match 0" in text
+
+
+def test_train_refuses_labels_with_unknown_ids_or_contradictions(
+    tmp_path: pathlib.Path, population: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    labels = tmp_path / "decided.csv"
+    labels.write_text(
+        "id_a,id_b,decision\n"
+        "a,b,same\n"  # 2
+        "b,t,same\n"  # 3
+        "a,t,different\n"  # 4: a and t are joined through b
+        "a,zz,same\n"  # 5: unknown id
+        "o,a,maybe\n"  # 6
+        "b,a,different\n"  # 7: decided both ways
+    )
+    out = tmp_path / "t.yaml"
+    args = ["train", "--rules", RULES, str(population), "-o", str(out), "--quiet", "--keep-weights"]
+    assert main([*args, "--labels", str(labels)]) == 2
+    err = capsys.readouterr().err
+    assert "labels refused, nothing trained" in err
+    assert "line 5: unknown id 'zz'" in err
+    assert "line 6: decision must be same or different, got 'maybe'" in err
+    assert "line 7: b / a decided different, but same on line 2" in err
+    assert "line 4: a / t decided different, but same-person decisions join them" in err
+    assert not out.exists()

@@ -120,3 +120,57 @@ def test_term_frequency_makes_common_names_weaker(rules: matching.Rules) -> None
     w = {e: {f.field: f.weight for f in e.fields}["given"] for e in (common, rare)}
     assert w[common] < w[rare]
     assert w[rare] == pytest.approx(rules.field("given").weights[1], abs=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("field", "a", "b", "level"),
+    [
+        # separators typed inside a name: exact once removed
+        ("given", "elea nor", "Eleanor", "exact"),
+        ("given", "El eanor", "Eleanor", "exact"),
+        ("family", "Black well", "Blackwell", "exact"),
+        ("given", "Mary-Jane", "Mary Jane", "exact"),
+        ("given", "Mary-Jane", "Maryjane", "exact"),
+        ("family", "O'Brien", "OBrien", "exact"),
+        ("family", "O'Brien", "O Brien", "exact"),
+        ("family", "O.Brien", "OBrien", "exact"),
+        # a given name split over several tokens, with or without a middle name after it
+        ("given", ["Jean", "Pierre"], "Jeanpierre", "exact"),
+        ("given", ["Abdu", "lrahman"], "Abdulrahman", "exact"),
+        ("given", ["Elea", "nor", "Grace"], ["Eleanor", "Grace"], "exact"),
+        # split and one edit: close
+        ("given", "annest nsia", "Annestansia", "close"),
+        # adjacent transpositions and doubled letters: close
+        ("given", "Samatnha", "Samantha", "close"),
+        ("given", "Jonh", "John", "close"),
+        ("given", "Sammuel", "Samuel", "close"),
+        ("given", "Hawwa", "Hawa", "close"),
+        ("given", "Phillip", "Philip", "close"),
+        # what must not move: different names, twins' names, a name only through a middle name
+        ("given", "Hassan", "Hussein", "else"),
+        ("given", "Eva", "Ava", "else"),
+        ("given", "Mary", ["Jane", "Mary"], "middle"),
+        ("given", "Wasswa", "Kato", "else"),
+    ],
+)
+def test_names_compared_the_way_clerks_mistype_them(
+    rules: matching.Rules, field: str, a: str | list[str], b: str | list[str], level: str
+) -> None:
+    if field == "given":
+        pa, pb = patient("a", a, "Nakato"), patient("b", b, "Nakato")
+    else:
+        pa, pb = patient("a", "Ruth", str(a)), patient("b", "Ruth", str(b))
+    assert levels(rules, pa, pb)[field] == level
+
+
+def test_typing_errors_can_be_switched_off_and_is_validated(rules: matching.Rules) -> None:
+    doc = rules.to_dict()
+    doc["fields"]["given"]["params"]["typing_errors"] = False
+    plain = matching.load_rules(doc)
+    assert levels(plain, patient("a", "elea nor", "Nakato"), patient("b", "Eleanor", "Nakato"))["given"] == (
+        "similar"
+    )
+    doc["fields"]["given"]["params"]["typing_errors"] = "yes"
+    with pytest.raises(matching.RulesError) as err:
+        matching.load_rules(doc)
+    assert "fields.given.params.typing_errors: must be true or false, got 'yes'" in err.value.problems[0]

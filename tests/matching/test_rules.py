@@ -77,3 +77,62 @@ def test_unreadable_and_malformed_files(tmp_path: pathlib.Path) -> None:
     bad.write_text("name: x\nfields: [\n")
     with pytest.raises(matching.RulesError, match="YAML syntax error"):
         matching.load_rules(bad)
+
+
+def test_unless_is_validated_with_lines(tmp_path: pathlib.Path) -> None:
+    doc = yaml.safe_load((ROOT / "rules" / "default.yaml").read_text())
+    guard = next(r for r in doc["deterministic"] if r["name"] == "twin-guard")
+    guard["unless"] = [{"national_idd": "exact"}, {"facility_id": "same"}]
+    gender = next(r for r in doc["deterministic"] if r["name"] == "gender-conflict")
+    gender["unless"] = "national_id"
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    lines = path.read_text().splitlines()
+    with pytest.raises(matching.RulesError) as err:
+        matching.load_rules(path)
+    problems = err.value.problems
+    assert len(problems) == 3, problems
+    i = doc["deterministic"].index(guard)
+    field = next(p for p in problems if f"deterministic.{i}.unless.0.national_idd:" in p)
+    assert field.startswith(f"line {next(n + 1 for n, t in enumerate(lines) if 'national_idd' in t)}:")
+    assert "unknown field 'national_idd'" in field
+    level = next(p for p in problems if f"deterministic.{i}.unless.1.facility_id:" in p)
+    assert "unknown level 'same'" in level
+    assert level.startswith(f"line {next(n + 1 for n, t in enumerate(lines) if 'facility_id: same' in t)}:")
+    assert any("unless: must be a mapping" in p for p in problems)
+
+
+def test_unless_round_trips_and_a_rule_without_it_fires_as_before(rules: matching.Rules) -> None:
+    twin = next(r for r in rules.deterministic if r.name == "twin-guard")
+    assert {"national_id": frozenset({"exact"})}.items() <= dict(twin.unless[0]).items()
+    doc = rules.to_dict()
+    for r in doc["deterministic"]:
+        r.pop("unless", None)
+    plain = matching.load_rules(doc)
+    assert all(r.unless == () for r in plain.deterministic)
+    assert matching.load_rules(plain.to_dict()) == plain
+
+
+def test_values_cached_under_freed_rules_do_not_reach_new_rules(rules: matching.Rules) -> None:
+    """Issue 20: the cache of normalised values was keyed by id(rules); a new Rules object that got the id
+    of a freed one inherited its values, here `city` read from address.city instead of address.district."""
+    import dataclasses
+
+    from matching.scoring import extract
+
+    stored = {
+        "resourceType": "Patient",
+        "id": "p1",
+        "meta": {"versionId": "1", "lastUpdated": "2026-01-01T00:00:00Z"},
+        "address": [{"city": "Arusha", "district": "Sokon"}],
+    }
+    by_district = tuple(
+        dataclasses.replace(f, path="address.district") if f.name == "city" else f for f in rules.fields
+    )
+    for _ in range(100):  # CPython often hands a freed object's id to the next object of its size
+        old = dataclasses.replace(rules)
+        assert extract(stored, old)["city"] == ("arusha",)
+        del old  # freed here (reference counting)
+        new = dataclasses.replace(rules, fields=by_district)
+        assert extract(stored, new)["city"] == ("sokon",)
+        del new
