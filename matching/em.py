@@ -248,7 +248,7 @@ def _em(
 def is_identity(path: str, params: Mapping[str, Any]) -> bool:
     """Fields that identify a person rather than a household."""
     if path == "identifier":
-        return params.get("systems", "shared") != "local"
+        return bool(params.get("systems", "shared") != "local")
     return path.startswith("name.") or path in ("gender", "birthDate")
 
 

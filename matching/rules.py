@@ -171,7 +171,8 @@ class Rules:
             }
             for f in self.fields
         }
-        return _plain(d)
+        plain: dict[str, Any] = _plain(d)
+        return plain
 
 
 def _plain(x: Any) -> Any:

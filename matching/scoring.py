@@ -164,7 +164,8 @@ def _tf_weights(f: Field, left: Column, right: Column, li: np.ndarray, ri: np.nd
     shared = np.where(eq, tf[lt.clip(min=0)], np.inf).min(axis=1)
     shared[~np.isfinite(shared)] = 0.0
     m, u = max(f.m[0], 1e-6), max(f.u[0], 1e-6)
-    return np.log2(m / np.maximum(u, shared))
+    weights: np.ndarray = np.log2(m / np.maximum(u, shared))
+    return weights
 
 
 def _token_frequencies(col: Column, f: Field) -> np.ndarray:

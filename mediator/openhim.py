@@ -15,7 +15,7 @@ import json
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -35,6 +35,8 @@ from .openhim_config import ConsoleConfigError, HapiTarget, live_config, load_re
 from .settings import Settings
 
 log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class CoreUnavailable(Exception):
@@ -482,7 +484,7 @@ def client_map_guard(settings: Settings, metrics_registry: Any) -> Callable[...,
     warned = False
 
     @web.middleware
-    async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         nonlocal warned
         if TX_HEADER not in request.headers or settings.openhim_allow_open_mode:
             return await handler(request)

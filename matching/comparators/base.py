@@ -137,7 +137,8 @@ class Comparator:
 
     def combine(self, out: np.ndarray) -> np.ndarray:
         """Token-pair levels (pairs, left tokens, right tokens) -> pair level: the best one."""
-        return out.reshape(out.shape[0], out.shape[1] * out.shape[2]).min(axis=1)
+        best: np.ndarray = out.reshape(out.shape[0], out.shape[1] * out.shape[2]).min(axis=1)
+        return best
 
 
 REGISTRY: dict[str, type[Comparator]] = {}

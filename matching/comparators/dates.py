@@ -47,7 +47,8 @@ class BirthDate(Comparator):
 def _digit_typo(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Two-digit numbers one keystroke apart: one digit differs, digits transposed, or +-1."""
     ta, oa, tb, ob = a // 10, a % 10, b // 10, b % 10
-    return (ta == tb) | (oa == ob) | ((ta == ob) & (oa == tb)) | (np.abs(a - b) <= 1)
+    typo: np.ndarray = (ta == tb) | (oa == ob) | ((ta == ob) & (oa == tb)) | (np.abs(a - b) <= 1)
+    return typo
 
 
 def _is_default(m: np.ndarray, d: np.ndarray) -> np.ndarray:
