@@ -19,10 +19,11 @@ half a second, and runs of this test lost confirmed submissions.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import select
 import signal
 import subprocess
-import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -67,15 +68,6 @@ def crash_hapi(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
         hapi_instance.stop(env)
 
 
-def _alive(pid: int) -> bool:
-    """The process exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def _kill_hapi(env: dict[str, str]) -> None:
     pid = int(Path(env["HAPI_PID_FILE"]).read_text())
     assert Path(f"/proc/{pid}/comm").read_text().strip() == "java"  # the server itself, not a wrapper
@@ -83,16 +75,20 @@ def _kill_hapi(env: dict[str, str]) -> None:
 
 
 def _wait_until_dead(env: dict[str, str], timeout_s: float = 30.0) -> None:
+    """Until the killed process has ended: its pidfd becomes readable when it exits (no polling)."""
     pid = int(Path(env["HAPI_PID_FILE"]).read_text())
-    deadline = time.monotonic() + timeout_s
-    while _alive(pid):  # polling a condition with a deadline, not synchronising on time
-        assert time.monotonic() < deadline, f"HAPI pid {pid} still alive {timeout_s}s after SIGKILL"
-        time.sleep(0.05)
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return  # already gone
+    try:
+        ended, _, _ = select.select([fd], [], [], timeout_s)
+        assert ended, f"HAPI pid {pid} still alive {timeout_s}s after SIGKILL"
+    finally:
+        os.close(fd)
 
 
 def _all_patients(base_url: str) -> list[dict[str, Any]]:
-    import json
-
     found: list[dict[str, Any]] = []
     url: str | None = f"{base_url}/Patient?_count=1000"
     while url:
