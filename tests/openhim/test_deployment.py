@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 
@@ -56,3 +57,16 @@ def test_core_and_console_images_and_core_certificate():
     core_env = services["openhim-core"]["environment"]
     assert json.loads(core_env["api_authenticationTypes"])[0] == "basic"
     assert core_env["mongo_url"].startswith("mongodb://mongo/")
+
+
+def test_the_mediator_believes_x_forwarded_for_from_the_core_only():
+    """Requests reach the mediator through the core, so without the core's address in
+    ``CR_TRUSTED_PROXIES`` every AuditEvent would record the core instead of the point of service. The
+    core has a fixed address on its network for that, and no other peer is trusted."""
+    core = COMPOSE["services"]["openhim-core"]["networks"]["openhim"]["ipv4_address"]
+    subnets = [c["subnet"] for c in COMPOSE["networks"]["openhim"]["ipam"]["config"]]
+    assert any(ipaddress.ip_address(core) in ipaddress.ip_network(net) for net in subnets), (core, subnets)
+    env = {k: str(v) for k, v in COMPOSE["services"]["client-registry"]["environment"].items()}
+    env["CR_OPENHIM_PASSWORD"] = "secret"
+    trusted = Settings.from_env(env).trusted_proxies
+    assert trusted == (ipaddress.ip_network(core),), trusted
