@@ -155,8 +155,9 @@ def create_app(
     throttle = None
     if shared_locks is not None:  # replicas count failed logins together too
         throttle = pg_throttle.setup(app, shared_locks)
-    admin.setup(app, throttle=throttle)  # curation API and pages at /admin (mediator/admin/)
-    jobs.setup(app, job_retry_wait)  # background jobs (bulk, re-matching), resumed at start
+    admin.setup(app, settings.admin, throttle=throttle)  # curation API and pages at /admin (mediator/admin/)
+    # background jobs (bulk, re-matching) kept in CR_JOBS_DIR, resumed at start
+    jobs.setup(app, settings.jobs_dir, job_retry_wait)
     return app
 
 

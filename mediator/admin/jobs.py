@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,7 +25,6 @@ from ..context import CONFIG, HAPI, METRICS, REGISTRY, SETTINGS
 from ..errors import Conflict, UpstreamError
 from ..files import write_json
 from ..locks import Lease
-from ..settings import REPO_ROOT
 
 log = logging.getLogger(__name__)
 
@@ -382,12 +380,13 @@ class Jobs:
 JOBS = web.AppKey("jobs", Jobs)
 
 
-def setup(app: web.Application, retry_wait: Wait = asyncio.sleep) -> None:
-    """Own the jobs in the mediator app's ``cleanup_ctx`` (after the HAPI session: jobs need the registry).
-    ``retry_wait``: how a job waits before trying a FHIR store that was down again."""
+def setup(app: web.Application, jobs_dir: Path, retry_wait: Wait = asyncio.sleep) -> None:
+    """Own the jobs kept in ``jobs_dir`` (``CR_JOBS_DIR``) in the mediator app's ``cleanup_ctx`` (after the
+    HAPI session: jobs need the registry). ``retry_wait``: how a job waits before trying a FHIR store that
+    was down again."""
 
     async def jobs_ctx(app: web.Application) -> AsyncIterator[None]:
-        jobs = Jobs(app, Path(os.environ.get("CR_JOBS_DIR") or REPO_ROOT / "var" / "jobs"), retry_wait)
+        jobs = Jobs(app, jobs_dir, retry_wait)
         app[JOBS] = jobs
         app[METRICS].watch_jobs(jobs.states)
         jobs.resume_all()

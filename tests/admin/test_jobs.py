@@ -20,17 +20,21 @@ from mediator import records
 from mediator.admin.jobs import APPLY_LEASE, JOBS, UPSTREAM_RETRY_S, Jobs
 from mediator.app import create_app
 from mediator.context import REGISTRY
-from mediator.settings import REPO_ROOT
+from mediator.settings import REPO_ROOT, Settings
 from tests.admin.conftest import AdminClient
 from tests.conftest import metric_samples, unique_phone, unique_surname
 from tests.hapi_helpers import forward_to_hapi, is_transaction, serve_proxy
 
 
-@pytest.fixture(autouse=True)
-def jobs_dir(tmp_path: Path, monkeypatch) -> Path:
-    path = tmp_path / "jobs"
-    monkeypatch.setenv("CR_JOBS_DIR", str(path))
-    return path
+@pytest.fixture
+def jobs_dir(tmp_path: Path) -> Path:
+    return tmp_path / "jobs"
+
+
+@pytest.fixture
+def settings(settings: Settings, jobs_dir: Path) -> Settings:
+    """Every app of these tests keeps its jobs in ``jobs_dir``."""
+    return dataclasses.replace(settings, jobs_dir=jobs_dir)
 
 
 async def _finished(admin: AdminClient, job_id: str) -> dict[str, Any]:

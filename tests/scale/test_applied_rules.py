@@ -19,7 +19,7 @@ from mediator.context import CONFIG, REGISTRY
 from mediator.errors import UpstreamUnavailable
 from mediator.registry import Submission
 from mediator.settings import REPO_ROOT, Settings
-from tests.conftest import patient, unique_surname
+from tests.conftest import app_settings, patient, unique_surname
 from tests.hapi_helpers import rematch_job
 
 
@@ -96,8 +96,9 @@ def _closed_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def test_hapi_down_at_start_up_submissions_wait_for_the_applied_rules():
-    settings = Settings(
+async def test_hapi_down_at_start_up_submissions_wait_for_the_applied_rules(tmp_path):
+    settings = app_settings(
+        tmp_path,
         hapi_base_url=f"http://127.0.0.1:{_closed_port()}/fhir",
         hapi_timeout_s=2.0,
         hapi_connect_timeout_s=1.0,
