@@ -13,7 +13,7 @@ from __future__ import annotations
 from aiohttp import web
 from cryptography.fernet import Fernet
 
-from ..context import HAPI
+from ..context import STORE
 from ..headers import strict_transport
 from ..settings import AdminSettings
 from . import api, job_handlers, pages
@@ -51,7 +51,14 @@ def setup(app: web.Application, admin_settings: AdminSettings, throttle: Throttl
     app.add_subapp("/admin", admin)
 
     async def install_score_index(app: web.Application) -> None:
-        app[SCORE_INDEX].start(app[HAPI])  # in the background: HAPI may still be starting
+        store, index = app[STORE], app[SCORE_INDEX]
+
+        def store_changed() -> None:  # what was known of the old store is no longer true
+            index.reset()
+            index.start(store.hapi)
+
+        store.on_change.append(store_changed)
+        index.start(store.hapi)  # in the background: HAPI may still be starting
 
     async def stop_score_index(app: web.Application) -> None:
         await app[SCORE_INDEX].stop()

@@ -15,7 +15,7 @@ from mediator import applied_rules, rematch
 from mediator.admin.__main__ import main as admin_main
 from mediator.app import create_app, registry_in_process
 from mediator.audit import Actor
-from mediator.context import CONFIG, REGISTRY
+from mediator.context import CONFIG, STORE
 from mediator.errors import UpstreamUnavailable
 from mediator.registry import Submission
 from mediator.settings import REPO_ROOT, Settings
@@ -109,7 +109,7 @@ async def test_hapi_down_at_start_up_submissions_wait_for_the_applied_rules(tmp_
     try:
         assert app[CONFIG].pending is not None  # the stored rules are still to be read
         with pytest.raises(UpstreamUnavailable):
-            await app[REGISTRY].submit(
+            await app[STORE].registry.submit(
                 Submission(
                     patient("http://x.example.org/mrn", "1", family="Okello"),
                     Actor(client_id=None, address="test"),
