@@ -7,12 +7,14 @@ import logging
 from aiohttp import web
 
 from . import logs
+from .admin.auth import with_secret_key
 from .app import create_app
 from .settings import Settings
 
 
 def main() -> None:
-    settings = Settings.from_env()
+    # the admin session key: CR_ADMIN_SECRET_KEY, else read from (or generated into) CR_ADMIN_SECRET_FILE
+    settings = with_secret_key(Settings.from_env())
     logs.configure(settings.log_level)
     logging.getLogger(__name__).info(
         "starting mediator",

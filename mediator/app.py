@@ -18,7 +18,7 @@ from aiohttp import web
 from . import admin, applied_rules, handlers, openhim, pg_locks
 from .admin import jobs, pg_throttle
 from .config import ConfigHolder, RegistryConfig, RulesOrigin
-from .context import CONFIG, HAPI, HTTP_SESSION, METRICS, REGISTRY, SETTINGS, STARTED_AT
+from .context import CONFIG, HTTP_SESSION, METRICS, SETTINGS, STARTED_AT, STORE
 from .errors import RegistryError, operation_outcome
 from .fhir_client import HapiClient
 from .headers import security_headers
@@ -27,7 +27,7 @@ from .metrics import Metrics
 from .registry import Registry
 from .request_body import CLIENT_CLOSED, body_deadline, client_gone
 from .settings import Settings
-from .tagged_sources import TaggedSources
+from .store import FhirStore, HapiTarget
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +84,8 @@ def _console_over_stored_rules(app: web.Application) -> None:
     """The stored rules changed: a console config in force is built again over them (its rules text wins)."""
     if app[SETTINGS].openhim_api_url:
         link = app.get(openhim.OPENHIM)
-        if link is not None and HAPI in app:
-            link.reapply(app[CONFIG], app[HAPI])
+        if link is not None:
+            link.reapply(app[CONFIG], app[STORE])
 
 
 def create_app(
@@ -113,26 +113,30 @@ def create_app(
     shared_locks: pg_locks.PgAdvisoryLocks | None = None
     if locks is None and settings.locks == "postgres":  # shared by replicas
         locks = shared_locks = pg_locks.setup(app, settings)
-    lock_manager = locks or LocalKeyedLocks()
+    # the FHIR store in force and what is tied to it; the OpenHIM console may change it (mediator/store.py)
+    app[STORE] = store = FhirStore(
+        HapiTarget.of(settings),
+        holder,
+        locks or LocalKeyedLocks(),
+        conflict_retries=settings.conflict_retries,
+        cache_records=settings.source_cache_records,
+        metrics=metrics,
+    )
+
+    def current_hapi() -> HapiClient:
+        return store.hapi
 
     async def hapi_session(app: web.Application) -> AsyncIterator[None]:
         connector = aiohttp.TCPConnector(limit=settings.hapi_max_connections)
         async with aiohttp.ClientSession(connector=connector) as session:
             app[HTTP_SESSION] = session
-            hapi = HapiClient(
-                session, settings.hapi_base_url, settings.hapi_timeout_s, settings.hapi_connect_timeout_s
-            )
-            hapi.metrics = metrics
-            app[HAPI] = hapi
-            sources = TaggedSources(hapi, settings.source_cache_records)
-            app[REGISTRY] = Registry(hapi, app[CONFIG], lock_manager, settings.conflict_retries, sources)
-            app[REGISTRY].metrics = metrics
+            store.open(session)
             # the rules a re-match applied (stored in HAPI) win over CR_RULES; broken ones fail start-up
-            loading = await applied_rules.install(app[CONFIG], hapi)
+            loading = await applied_rules.install(app[CONFIG], current_hapi)
             # and every replica notices when a re-match on another one (or a reset) changes them
             watching = (
                 asyncio.create_task(
-                    applied_rules.watch(app[CONFIG], hapi, settings.rules_poll_s),
+                    applied_rules.watch(app[CONFIG], current_hapi, settings.rules_poll_s),
                     name="applied-rules-watch",
                 )
                 if settings.rules_poll_s > 0
@@ -155,8 +159,9 @@ def create_app(
     throttle = None
     if shared_locks is not None:  # replicas count failed logins together too
         throttle = pg_throttle.setup(app, shared_locks)
-    admin.setup(app, throttle=throttle)  # curation API and pages at /admin (mediator/admin/)
-    jobs.setup(app, job_retry_wait)  # background jobs (bulk, re-matching), resumed at start
+    admin.setup(app, settings.admin, throttle=throttle)  # curation API and pages at /admin (mediator/admin/)
+    # background jobs (bulk, re-matching) kept in CR_JOBS_DIR, resumed at start
+    jobs.setup(app, settings.jobs_dir, job_retry_wait)
     return app
 
 
@@ -167,6 +172,6 @@ async def registry_in_process(settings: Settings) -> AsyncIterator[Registry]:
     runner = web.AppRunner(app)
     await runner.setup()  # runs the cleanup_ctx start-up half
     try:
-        yield app[REGISTRY]
+        yield app[STORE].registry
     finally:
         await runner.cleanup()

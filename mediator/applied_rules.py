@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -22,6 +22,10 @@ from .config import ConfigHolder, RegistryConfig, RulesOrigin
 from .errors import UpstreamError, UpstreamUnavailable
 from .fhir_client import HapiClient
 from .records import NS
+
+# the client of the FHIR store in force, asked at each use (``app[STORE].hapi``: the OpenHIM console may
+# change the store while the app runs; mediator/store.py)
+Client = Callable[[], HapiClient]
 
 log = logging.getLogger(__name__)
 
@@ -241,12 +245,12 @@ async def load(holder: ConfigHolder, hapi: HapiClient) -> None:
     _install(holder, resource)
 
 
-def _refuse_until_fixed(holder: ConfigHolder, hapi: HapiClient) -> None:
+def _refuse_until_fixed(holder: ConfigHolder, current: Client) -> None:
     """Submissions wait for / are refused (503 naming the reset command) until the stored rules are usable."""
 
     async def pending() -> None:
         try:
-            await load(holder, hapi)
+            await load(holder, current())
         except StoredRulesError as exc:
             log.error("stored matching rules are invalid", extra={"problems": exc.problems})
             raise UpstreamUnavailable(str(exc)) from exc
@@ -254,7 +258,7 @@ def _refuse_until_fixed(holder: ConfigHolder, hapi: HapiClient) -> None:
     holder.pending = pending
 
 
-async def poll(holder: ConfigHolder, hapi: HapiClient) -> bool:
+async def poll(holder: ConfigHolder, current: Client) -> bool:
     """One look at the stored document's version; on a change, the start-up path (:func:`_install`).
 
     Returns True if the live rules changed (then ``holder.rules_swapped()`` runs: the OpenHIM console config
@@ -264,7 +268,7 @@ async def poll(holder: ConfigHolder, hapi: HapiClient) -> bool:
     different rules.
     """
     try:
-        stable, resource = await _read_stable(holder, hapi)
+        stable, resource = await _read_stable(holder, current())
     except UpstreamError as exc:
         log.warning(
             "FHIR store unreachable while checking the stored matching rules; the current ones stay",
@@ -280,7 +284,7 @@ async def poll(holder: ConfigHolder, hapi: HapiClient) -> bool:
         return _install(holder, resource)
     except StoredRulesError as exc:
         holder.stored_version = version
-        _refuse_until_fixed(holder, hapi)
+        _refuse_until_fixed(holder, current)
         log.error(
             "stored matching rules changed and are invalid; submissions are refused until they are reset",
             extra={"rules_version": version, "problems": exc.problems},
@@ -288,12 +292,12 @@ async def poll(holder: ConfigHolder, hapi: HapiClient) -> bool:
         return False
 
 
-async def watch(holder: ConfigHolder, hapi: HapiClient, period_s: float) -> None:
+async def watch(holder: ConfigHolder, current: Client, period_s: float) -> None:
     """Every ``period_s``: :func:`poll` (the app's background task; cancelled at shutdown)."""
     while True:
         await asyncio.sleep(period_s)  # the poll period
         try:
-            await poll(holder, hapi)
+            await poll(holder, current)
         except Exception:  # never let the watch die: log, try again next period
             log.exception("checking the stored matching rules failed")
 
@@ -312,15 +316,15 @@ async def reset(holder: ConfigHolder, hapi: HapiClient) -> bool:
     return removed
 
 
-async def install(holder: ConfigHolder, hapi: HapiClient) -> asyncio.Task[None] | None:
+async def install(holder: ConfigHolder, current: Client) -> asyncio.Task[None] | None:
     """At start-up: read the stored rules; broken ones raise :class:`StoredRulesError` (start-up fails).
 
     If HAPI is unreachable, returns a background task that keeps trying; submissions wait for it meanwhile.
     """
 
-    _refuse_until_fixed(holder, hapi)
+    _refuse_until_fixed(holder, current)
     try:
-        await load(holder, hapi)
+        await load(holder, current())
         return None
     except UpstreamError:
         log.warning("FHIR store unreachable at start-up: the applied matching rules are read once it answers")

@@ -6,16 +6,16 @@ import aiohttp
 from aiohttp import web
 
 from .config import ConfigHolder
-from .fhir_client import HapiClient
 from .metrics import Metrics
-from .registry import Registry, SubmissionResult
+from .registry import SubmissionResult
 from .settings import Settings
+from .store import FhirStore
 
 SETTINGS = web.AppKey("settings", Settings)
 CONFIG = web.AppKey("config", ConfigHolder)
 HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)
-HAPI = web.AppKey("hapi", HapiClient)
-REGISTRY = web.AppKey("registry", Registry)
+# the FHIR store in force: ``app[STORE].hapi`` (its client), ``app[STORE].registry``, read at each use
+STORE = web.AppKey("store", FhirStore)
 METRICS = web.AppKey("metrics", Metrics)
 STARTED_AT = web.AppKey(
     "started_at", str

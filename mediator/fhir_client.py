@@ -68,10 +68,7 @@ class HapiClient:
     ) -> None:
         self._session = session
         self.metrics: Metrics | None = None  # set by the app: timings and failures of the calls
-        self.reconfigure(base_url, timeout_s, connect_s)
-
-    def reconfigure(self, base_url: str, timeout_s: float, connect_s: float) -> None:
-        """Point at another store or change timeouts in place (live config from the OpenHIM console)."""
+        # fixed: another store or other timeouts (OpenHIM console) get a new client (mediator/store.py)
         self.base_url = base_url.rstrip("/")
         self._timeout = aiohttp.ClientTimeout(total=timeout_s, connect=connect_s)
 

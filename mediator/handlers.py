@@ -12,7 +12,7 @@ from aiohttp import web
 
 from . import pix, records
 from .audit import Actor
-from .context import CONFIG, HAPI, METRICS, REGISTRY, REGISTRY_RESULT, SETTINGS, STARTED_AT
+from .context import CONFIG, METRICS, REGISTRY_RESULT, SETTINGS, STARTED_AT, STORE
 from .errors import InvalidInput, RegistryError
 from .forwarded import client_address  # X-Forwarded-For only from CR_TRUSTED_PROXIES
 from .registry import Submission, SubmissionResult
@@ -66,7 +66,7 @@ def _answer(request: web.Request, result: SubmissionResult) -> web.Response:
 
 async def create_patient(request: web.Request) -> web.Response:
     patient = validate_patient(await read_json(request))
-    result = await request.app[REGISTRY].submit(Submission(patient=patient, actor=actor_of(request)))
+    result = await request.app[STORE].registry.submit(Submission(patient=patient, actor=actor_of(request)))
     return _answer(request, result)
 
 
@@ -76,7 +76,7 @@ async def update_patient(request: web.Request) -> web.Response:
     if patient.get("id") not in (None, target_id):
         raise InvalidInput("Patient.id must equal the id in the URL.", expression=["Patient.id"])
     submission = Submission(patient=patient, actor=actor_of(request), target_id=target_id)
-    return _answer(request, await request.app[REGISTRY].submit(submission))
+    return _answer(request, await request.app[STORE].registry.submit(submission))
 
 
 async def conditional_update_patient(request: web.Request) -> web.Response:
@@ -85,7 +85,7 @@ async def conditional_update_patient(request: web.Request) -> web.Response:
     conditional = parse_identifier_param(request.query.get("identifier"), "identifier")
     patient = validate_patient(await read_json(request))
     submission = Submission(patient=patient, actor=actor_of(request), conditional=conditional)
-    return _answer(request, await request.app[REGISTRY].submit(submission))
+    return _answer(request, await request.app[STORE].registry.submit(submission))
 
 
 async def ihe_pix(request: web.Request) -> web.Response:
@@ -94,7 +94,7 @@ async def ihe_pix(request: web.Request) -> web.Response:
     for raw in request.query.getall("targetSystem", []):
         targets.extend(t.strip() for t in raw.split(",") if t.strip())
     parameters = await pix.audited_cross_references(
-        request.app[HAPI],
+        request.app[STORE].hapi,
         request.app[CONFIG].current,
         source,
         targets,
@@ -156,7 +156,7 @@ def _error_entry(error: RegistryError) -> dict[str, Any]:
 
 async def bundle(request: web.Request) -> web.Response:
     data = validate_bundle(await read_json(request))
-    registry = request.app[REGISTRY]
+    registry = request.app[STORE].registry
     cruid_system = request.app[CONFIG].current.cruid_system
     actor = actor_of(request)
     entries = data.get("entry", [])
@@ -226,7 +226,7 @@ async def metrics(request: web.Request) -> web.Response:
             return web.Response(
                 status=401, text="Metrics need the bearer token.", headers={"WWW-Authenticate": "Bearer"}
             )
-    hapi = request.app[HAPI]
+    hapi = request.app[STORE].hapi
 
     async def open_review_tasks(kind: str) -> int:
         code = f"{records.REVIEW_TYPE_SYSTEM}|{kind}"
@@ -241,7 +241,7 @@ async def ready(request: web.Request) -> web.Response:
     and the key locks can be taken (the lock database, with ``CR_LOCKS=postgres``). 200, or 503 naming
     what is unavailable, each within :data:`READY_TIMEOUT_S`; for a load balancer or an operator."""
     fhir_store, locks = await asyncio.gather(
-        _check(request.app[HAPI].metadata()), _check(request.app[REGISTRY].locks.ping())
+        _check(request.app[STORE].hapi.metadata()), _check(request.app[STORE].registry.locks.ping())
     )
     checks = {"fhir_store": fhir_store, "locks": locks}
     ok = set(checks.values()) == {"ok"}

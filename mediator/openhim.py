@@ -25,14 +25,15 @@ from prometheus_client import Counter, Gauge
 
 from . import openhim_state
 from .config import ConfigHolder
-from .context import CONFIG, HAPI, METRICS
+from .context import CONFIG, METRICS, STORE
 from .envelope import TX_HEADER, envelope_middleware
 from .errors import RegistryError, operation_outcome
 from .fhir_client import HapiClient
 from .handlers import fhir_response
 from .openhim_auth import AuthError, CoreAuth
-from .openhim_config import ConsoleConfigError, HapiTarget, live_config, load_registration
+from .openhim_config import ConsoleConfigError, live_config, load_registration
 from .settings import Settings
+from .store import FhirStore
 
 log = logging.getLogger(__name__)
 
@@ -216,11 +217,13 @@ class OpenHIMLink:
 
     # -- the background task ------------------------------------------------------------------------
 
-    async def run(self, api: CoreAPI, holder: ConfigHolder, hapi: HapiClient) -> None:
+    async def run(self, api: CoreAPI, holder: ConfigHolder, store: FhirStore) -> None:
+        """Register, then heartbeat; every call to the FHIR store goes to ``store.hapi`` at that moment."""
+        store.on_change.append(self._store_changed)
         while True:
             try:
-                await self._register(api, hapi)
-                await self._heartbeats(api, holder, hapi)
+                await self._register(api, store)
+                await self._heartbeats(api, holder, store)
             except Exception as exc:  # never let the link die: log, wait, start over
                 self.last_error = f"{type(exc).__name__}"
                 log.exception("OpenHIM link failed; starting over")
@@ -266,10 +269,14 @@ class OpenHIMLink:
                 return self._registrable(config)
         return self.registration.get("config")
 
-    async def _register(self, api: CoreAPI, hapi: HapiClient) -> None:
+    def _store_changed(self) -> None:
+        """The config kept in the old store says nothing of the new one: read it there (:meth:`_keep`)."""
+        self._stored = _UNREAD
+
+    async def _register(self, api: CoreAPI, store: FhirStore) -> None:
         delay = self._backoff(None)
         while True:
-            config = await self._registration_config(hapi)
+            config = await self._registration_config(store.hapi)
             try:
                 await api.register({**self.registration, "config": config})
             except (CoreUnavailable, AuthError, RegistrationRefused) as exc:
@@ -319,7 +326,7 @@ class OpenHIMLink:
         finally:
             await self._notify()
 
-    async def _heartbeats(self, api: CoreAPI, holder: ConfigHolder, hapi: HapiClient) -> None:
+    async def _heartbeats(self, api: CoreAPI, holder: ConfigHolder, store: FhirStore) -> None:
         unreachable = False
         channel_delay = self._backoff(None)
         channel_due = time.monotonic()
@@ -342,8 +349,8 @@ class OpenHIMLink:
                     return
                 self.heartbeats += 1
                 if config is not None:
-                    self.apply(config, holder, hapi)
-                await self._keep(api, hapi)
+                    self.apply(config, holder, store)
+                await self._keep(api, store.hapi)
                 if not self.channels_done and time.monotonic() >= channel_due:
                     try:
                         await self._install_channels(api)
@@ -406,20 +413,21 @@ class OpenHIMLink:
         source = self._applied_source
         return isinstance(source, Mapping) and bool(str(source.get("rules") or "").strip())
 
-    def reapply(self, holder: ConfigHolder, hapi: HapiClient) -> bool:
+    def reapply(self, holder: ConfigHolder, store: FhirStore) -> bool:
         """The rules stored in HAPI changed (:func:`mediator.applied_rules.poll`): build the console config in
         force again over them, so a console ``rules`` text keeps winning and an empty one takes them."""
         source = self._applied_source
         if source is None:
             return False
         self._applied_source = None
-        if not self.apply(source, holder, hapi):
+        if not self.apply(source, holder, store):
             self._applied_source = source  # refused (logged): not tried again on every heartbeat
             return False
         return True
 
-    def apply(self, config: Any, holder: ConfigHolder, hapi: HapiClient) -> bool:
-        """Validate a console config and swap it in; an invalid one is logged and the old one kept."""
+    def apply(self, config: Any, holder: ConfigHolder, store: FhirStore) -> bool:
+        """Validate a console config and swap it in; an invalid one is logged and the old one kept. Another
+        FHIR store address or timeouts: ``store`` swaps in a new client (mediator/store.py)."""
         if config == self._applied_source or config == self._refused:
             return False
         try:
@@ -432,7 +440,7 @@ class OpenHIMLink:
                 extra={"problems": exc.problems},
             )
             return False
-        _retarget(hapi, live.hapi)
+        store.use(live.hapi)
         holder.replace(live.registry)
         self._applied_source = config
         self.configs_applied += 1
@@ -449,11 +457,6 @@ class OpenHIMLink:
             },
         )
         return True
-
-
-def _retarget(hapi: HapiClient, target: HapiTarget) -> None:
-    """Point the one HAPI client at a new URL/timeouts in place (the registry holds this same object)."""
-    hapi.reconfigure(target.base_url, target.timeout_s, target.connect_timeout_s)
 
 
 OPENHIM = web.AppKey("openhim", OpenHIMLink)
@@ -504,7 +507,7 @@ def setup(app: web.Application, settings: Settings) -> None:
     """Install the envelope middleware and the registration/heartbeat task (only behind OpenHIM).
 
     Call from ``create_app`` before the app starts (middlewares and ``cleanup_ctx`` freeze at start), after
-    the HAPI session's ``cleanup_ctx`` so ``app[HAPI]`` exists when ours runs.
+    the HAPI session's ``cleanup_ctx`` so ``app[STORE]`` is open when ours runs.
     """
     registration = load_registration(settings)
     link = OpenHIMLink(settings, registration)
@@ -530,7 +533,7 @@ def setup(app: web.Application, settings: Settings) -> None:
         connector = aiohttp.TCPConnector(ssl=ssl_context(settings), limit=4)
         async with aiohttp.ClientSession(connector=connector) as session:
             api = CoreAPI(session, settings, link.urn)
-            task = asyncio.create_task(link.run(api, app[CONFIG], app[HAPI]), name="openhim-heartbeat")
+            task = asyncio.create_task(link.run(api, app[CONFIG], app[STORE]), name="openhim-heartbeat")
             try:
                 yield
             finally:

@@ -24,19 +24,13 @@ from matching import RulesError, load_rules
 
 from .config import RegistryConfig
 from .settings import Settings
+from .store import HapiTarget
 
 
 class ConsoleConfigError(ValueError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         super().__init__("invalid mediator config: " + "; ".join(problems))
-
-
-@dataclass(frozen=True)
-class HapiTarget:
-    base_url: str
-    timeout_s: float
-    connect_timeout_s: float
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,10 @@
 """Typed settings, read once from the environment (``CR_*`` variables) at start.
 
 Settings that an HIE admin may change at run time from the OpenHIM console live in
-:class:`mediator.config.RegistryConfig`; these here are the process's start-up settings.
+:class:`mediator.config.RegistryConfig`; these here are the process's start-up settings, every one of them
+(the admin's and the jobs' too): an app built from a :class:`Settings` reads no environment variable.
+:meth:`Settings.from_env` only reads; the admin session key generated into a file on first use is made by
+the process's entry point (:func:`mediator.admin.auth.with_secret_key`), not here nor by the app.
 """
 
 from __future__ import annotations
@@ -13,7 +16,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cryptography.fernet import Fernet
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
+VAR = REPO_ROOT / "var"  # where the mediator keeps its files by default
 
 
 def _bool(value: str) -> bool:
@@ -48,6 +54,35 @@ def _gc_threshold(value: str) -> tuple[int, ...]:
     if len(numbers) > 3 or any(n < 0 for n in numbers):
         raise ValueError(f"CR_GC_THRESHOLD takes up to three numbers >= 0 (gc.set_threshold), not {value!r}")
     return numbers
+
+
+@dataclass(frozen=True)
+class AdminSettings:
+    """The admin interface's settings (``CR_ADMIN_*``; mediator/admin/README.md)."""
+
+    users_file: Path = VAR / "admin-users.json"
+    # the session cookies' Fernet key: CR_ADMIN_SECRET_KEY, else the key in ``secret_file``, which the
+    # entry point reads or generates (mediator.admin.auth.with_secret_key). None when an app is built:
+    # a key of that app only (its sessions end with it), nothing written.
+    secret_key: bytes | None = None
+    secret_file: Path = VAR / "admin-secret.key"
+    session_max_age_s: int = 8 * 3600
+    cookie_secure: bool = False
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> AdminSettings:
+        defaults = cls()
+        raw = env.get("CR_ADMIN_SECRET_KEY")
+        key = raw.encode() if raw else None
+        if key is not None:
+            Fernet(key)  # fails early on a malformed key
+        return cls(
+            users_file=Path(env.get("CR_ADMIN_USERS_FILE") or defaults.users_file),
+            secret_key=key,
+            secret_file=Path(env.get("CR_ADMIN_SECRET_FILE") or defaults.secret_file),
+            session_max_age_s=int(float(env.get("CR_ADMIN_SESSION_HOURS") or 8) * 3600),
+            cookie_secure=(env.get("CR_ADMIN_COOKIE_SECURE") or "").lower() in {"1", "true", "yes"},
+        )
 
 
 @dataclass(frozen=True)
@@ -110,6 +145,10 @@ class Settings:
     locks_dsn: str | None = None
     locks_pool_size: int = 20
     locks_timeout_s: float = 30.0
+    # admin interface: users file, session key, cookies (CR_ADMIN_*)
+    admin: AdminSettings = field(default_factory=AdminSettings)
+    # the admin's background jobs (bulk loads, re-matches), resumed at start; replicas may share it
+    jobs_dir: Path = VAR / "jobs"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -177,4 +216,6 @@ class Settings:
             locks_dsn=get("CR_LOCKS_DSN") or None,
             locks_pool_size=int(num("CR_LOCKS_POOL_SIZE", defaults.locks_pool_size)),
             locks_timeout_s=num("CR_LOCKS_TIMEOUT_S", defaults.locks_timeout_s),
+            admin=AdminSettings.from_env(env),
+            jobs_dir=Path(get("CR_JOBS_DIR") or defaults.jobs_dir),
         )

@@ -27,11 +27,12 @@ READ_CHUNK = 80  # ids per ``_id`` search (URL length)
 
 
 class TaggedSources:
+    """The records of one store, the one ``hapi`` calls: a new store gets a new cache (mediator/store.py)."""
+
     def __init__(self, hapi: HapiClient, capacity: int = 200_000) -> None:
         self._hapi = hapi
         self.capacity = max(0, capacity)
         self._cache: OrderedDict[str, tuple[str, Resource]] = OrderedDict()  # id -> (version, view)
-        self._store = hapi.base_url  # the cache holds this store's records (the URL can change live)
         self._operation = True  # False once the server is known not to have it
         self.hits = self.reads = 0
 
@@ -62,7 +63,6 @@ class TaggedSources:
         return None if len(found) > limit else list(found.values())
 
     async def _find(self, tag: str, limit: int) -> list[Resource] | None:
-        self._same_store()
         most = min(limit + 1, OPERATION_MAX)
         listed = await self._hapi.operation(OPERATION, {"tag": tag, "max": most})
         versions: list[tuple[str, str]] = [(str(i), str(v)) for i, v in (listed or {}).get("ids", [])]
@@ -95,17 +95,10 @@ class TaggedSources:
         meta = {**resource.get("meta", {}), "versionId": version}
         if last_updated:
             meta["lastUpdated"] = last_updated
-        self._same_store()
         self._keep(subsetted(_as_stored({**resource, "meta": meta})))
 
-    def _same_store(self) -> None:
-        """Forget every record when the FHIR store's URL changed (OpenHIM console config)."""
-        if self._hapi.base_url != self._store:
-            self._cache.clear()
-            self._store = self._hapi.base_url
-
     def _keep(self, view: Resource) -> None:
-        """Hold ``view`` (of the store checked by :meth:`_same_store` just before)."""
+        """Hold ``view``."""
         if self.capacity == 0:
             return
         version = view.get("meta", {}).get("versionId")

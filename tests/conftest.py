@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestClient
 
 from bench import hapi_instance
 from mediator.app import create_app
-from mediator.settings import Settings
+from mediator.settings import AdminSettings, Settings
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_HAPI_PORT = os.environ.get("CR_TEST_HAPI_PORT", "8091")
@@ -39,13 +39,6 @@ def hapi_url() -> Iterator[str]:
 
 
 @pytest.fixture(autouse=True)
-def _jobs_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every app a test starts keeps its admin jobs in a folder of its own (never resumes var/jobs)."""
-    if not os.environ.get("CR_JOBS_DIR"):
-        monkeypatch.setenv("CR_JOBS_DIR", str(tmp_path_factory.mktemp("jobs")))
-
-
-@pytest.fixture(autouse=True)
 def _no_applied_rules_left(request: pytest.FixtureRequest) -> Iterator[None]:
     """Rules a test's re-match applied are stored in the shared test HAPI: forget them after the test, or
     every later test's app would start with them (mediator/applied_rules.py)."""
@@ -63,9 +56,22 @@ def _no_applied_rules_left(request: pytest.FixtureRequest) -> Iterator[None]:
         pass
 
 
+def app_settings(folder: Path, **changes: Any) -> Settings:
+    """Settings for an app a test starts: its files (admin jobs, admin users and session key) in ``folder``,
+    never under var/ (an app never resumes var/jobs)."""
+    values: dict[str, Any] = {
+        "jobs_dir": folder / "jobs",
+        "admin": AdminSettings(
+            users_file=folder / "admin-users.json", secret_file=folder / "admin-secret.key"
+        ),
+        **changes,
+    }
+    return Settings(**values)
+
+
 @pytest.fixture
-def settings(hapi_url: str) -> Settings:
-    return Settings(hapi_base_url=hapi_url, hapi_timeout_s=30.0)
+def settings(hapi_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return app_settings(tmp_path_factory.mktemp("app"), hapi_base_url=hapi_url, hapi_timeout_s=30.0)
 
 
 @pytest.fixture

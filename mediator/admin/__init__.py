@@ -11,11 +11,13 @@ Modules: ``users`` (argon2 password file), ``auth`` (session cookie, CSRF, per-r
 from __future__ import annotations
 
 from aiohttp import web
+from cryptography.fernet import Fernet
 
-from ..context import HAPI
+from ..context import STORE
 from ..headers import strict_transport
+from ..settings import AdminSettings
 from . import api, job_handlers, pages
-from .auth import ADMIN_SETTINGS, THROTTLE, USERS, AdminSettings, auth_middleware
+from .auth import ADMIN_SETTINGS, SESSION_KEY, THROTTLE, USERS, auth_middleware
 from .score_index import SCORE_INDEX, ScoreIndex
 from .throttle import LoginThrottle, Throttle
 from .users import UserStore
@@ -23,13 +25,12 @@ from .users import UserStore
 ADMIN_APP = web.AppKey("admin_app", web.Application)
 
 
-def create_admin_app(
-    admin_settings: AdminSettings | None = None, throttle: Throttle | None = None
-) -> web.Application:
-    """``throttle``: failed logins counted where all replicas see them (default: in this process)."""
-    settings = admin_settings or AdminSettings.from_env()
+def create_admin_app(settings: AdminSettings, throttle: Throttle | None = None) -> web.Application:
+    """``throttle``: failed logins counted where all replicas see them (default: in this process). Without a
+    session key in ``settings`` the app makes one of its own (sessions end with it; nothing is written)."""
     admin = web.Application()
     admin[ADMIN_SETTINGS] = settings
+    admin[SESSION_KEY] = Fernet(settings.secret_key or Fernet.generate_key())
     admin[USERS] = UserStore(settings.users_file)
     admin[THROTTLE] = throttle if throttle is not None else LoginThrottle()
     if settings.cookie_secure:  # served over HTTPS: browsers are told to keep to it
@@ -42,9 +43,7 @@ def create_admin_app(
     return admin
 
 
-def setup(
-    app: web.Application, admin_settings: AdminSettings | None = None, throttle: Throttle | None = None
-) -> None:
+def setup(app: web.Application, admin_settings: AdminSettings, throttle: Throttle | None = None) -> None:
     """Mount the admin sub-application at ``/admin`` on the mediator's app."""
     admin = create_admin_app(admin_settings, throttle)
     app[ADMIN_APP] = admin
@@ -52,7 +51,14 @@ def setup(
     app.add_subapp("/admin", admin)
 
     async def install_score_index(app: web.Application) -> None:
-        app[SCORE_INDEX].start(app[HAPI])  # in the background: HAPI may still be starting
+        store, index = app[STORE], app[SCORE_INDEX]
+
+        def store_changed() -> None:  # what was known of the old store is no longer true
+            index.reset()
+            index.start(store.hapi)
+
+        store.on_change.append(store_changed)
+        index.start(store.hapi)  # in the background: HAPI may still be starting
 
     async def stop_score_index(app: web.Application) -> None:
         await app[SCORE_INDEX].stop()

@@ -19,7 +19,7 @@ import aiohttp
 from .. import applied_rules
 from ..fhir_client import HapiClient
 from ..settings import Settings
-from .auth import AdminSettings
+from .auth import with_secret_key
 from .users import UserStore
 
 
@@ -43,9 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("show-rules", help="which matching rules are in effect (applied by a job, or the file)")
     sub.add_parser("reset-rules", help="forget the rules a re-match applied; use the CR_RULES file again")
     args = parser.parse_args(argv)
+    settings = Settings.from_env()
     if args.command in ("show-rules", "reset-rules"):
-        return asyncio.run(_rules_command(args.command, Settings.from_env()))
-    store = UserStore(AdminSettings.from_env().users_file)
+        return asyncio.run(_rules_command(args.command, settings))
+    # the session key the mediators will share, made with the users' file if it is not there yet
+    store = UserStore(with_secret_key(settings).admin.users_file)
     if args.command == "create-user":
         try:
             store.set_password(args.name, _password())

@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..context import CONFIG, HAPI
+from ..context import CONFIG, STORE
 from ..errors import InvalidInput
 from . import queries
 from .auth import ADMIN_CSRF, ADMIN_USER, log_in, log_out
@@ -45,12 +45,12 @@ async def me(request: web.Request) -> web.Response:
 
 async def queue(request: web.Request) -> web.Response:
     f = queries.QueueFilter.from_query(request.query)
-    return _json(await queries.queue(request.config_dict[HAPI], f, request.config_dict[SCORE_INDEX]))
+    return _json(await queries.queue(request.config_dict[STORE].hapi, f, request.config_dict[SCORE_INDEX]))
 
 
 async def pair(request: web.Request) -> web.Response:
     cfg = request.config_dict[CONFIG].current
-    return _json(await queries.pair(request.config_dict[HAPI], cfg, request.match_info["task"]))
+    return _json(await queries.pair(request.config_dict[STORE].hapi, cfg, request.match_info["task"]))
 
 
 async def decide(request: web.Request) -> web.Response:
@@ -106,28 +106,32 @@ async def auto_matches(request: web.Request) -> web.Response:
         limit = min(200, max(1, int(request.query.get("limit", "50"))))
     except ValueError as exc:
         raise InvalidInput("limit must be an integer.") from exc
-    items = await queries.auto_matches(request.config_dict[HAPI], request.query.get("since"), limit)
+    items = await queries.auto_matches(request.config_dict[STORE].hapi, request.query.get("since"), limit)
     return _json({"items": items})
 
 
 async def search(request: web.Request) -> web.Response:
     cfg = request.config_dict[CONFIG].current
     found = await queries.search_people(
-        request.config_dict[HAPI], cfg, request.query.get("identifier"), request.query.get("name")
+        request.config_dict[STORE].hapi, cfg, request.query.get("identifier"), request.query.get("name")
     )
     return _json({"items": found})
 
 
 async def golden(request: web.Request) -> web.Response:
     cfg = request.config_dict[CONFIG].current
-    return _json(await queries.golden_view(request.config_dict[HAPI], cfg, request.match_info["golden"]))
+    return _json(
+        await queries.golden_view(request.config_dict[STORE].hapi, cfg, request.match_info["golden"])
+    )
 
 
 async def audit(request: web.Request) -> web.Response:
     patient = request.query.get("patient", "").removeprefix("Patient/")
     if not patient:
         raise InvalidInput("Give the record: /admin/audit?patient=<id>.")
-    return _json({"patient": patient, "events": await queries.history(request.config_dict[HAPI], patient)})
+    return _json(
+        {"patient": patient, "events": await queries.history(request.config_dict[STORE].hapi, patient)}
+    )
 
 
 def add_routes(app: web.Application) -> None:

@@ -12,7 +12,7 @@ import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from cryptography.fernet import Fernet, InvalidToken
 
 from ..errors import Forbidden, RegistryError
 from ..forwarded import client_address
-from ..settings import REPO_ROOT
+from ..settings import AdminSettings, Settings
 from .throttle import Throttle
 from .users import UserStore
 
@@ -58,31 +58,15 @@ class Unauthorized(RegistryError):
     code = "login"
 
 
-@dataclass(frozen=True)
-class AdminSettings:
-    users_file: Path
-    secret_key: bytes
-    session_max_age_s: int = 8 * 3600
-    cookie_secure: bool = False
-
-    @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> AdminSettings:
-        env = dict(os.environ) if env is None else env
-        var = REPO_ROOT / "var"
-        users_file = Path(env.get("CR_ADMIN_USERS_FILE") or var / "admin-users.json")
-        raw = env.get("CR_ADMIN_SECRET_KEY")
-        key = (
-            raw.encode()
-            if raw
-            else _stored_key(Path(env.get("CR_ADMIN_SECRET_FILE") or var / "admin-secret.key"))
-        )
-        Fernet(key)  # fails early on a malformed key
-        return cls(
-            users_file=users_file,
-            secret_key=key,
-            session_max_age_s=int(float(env.get("CR_ADMIN_SESSION_HOURS") or 8) * 3600),
-            cookie_secure=(env.get("CR_ADMIN_COOKIE_SECURE") or "").lower() in {"1", "true", "yes"},
-        )
+def with_secret_key(settings: Settings) -> Settings:
+    """``settings`` with the admin session key: ``CR_ADMIN_SECRET_KEY`` if given, else the key kept in
+    ``CR_ADMIN_SECRET_FILE`` (``var/admin-secret.key``), generated there on first use. For the process's entry
+    points (``python -m mediator``, ``python -m mediator.admin``): an app never writes it."""
+    if settings.admin.secret_key is not None:
+        return settings
+    key = _stored_key(settings.admin.secret_file)
+    Fernet(key)  # fails early on a malformed key
+    return replace(settings, admin=replace(settings.admin, secret_key=key))
 
 
 def _stored_key(path: Path) -> bytes:
@@ -129,7 +113,7 @@ def _read_cookie(request: web.Request, name: str) -> dict[str, object]:
     raw = request.cookies.get(name)
     if raw:
         try:
-            data = json.loads(Fernet(settings.secret_key).decrypt(raw, ttl=settings.session_max_age_s))
+            data = json.loads(request.app[SESSION_KEY].decrypt(raw, ttl=settings.session_max_age_s))
             if isinstance(data, dict):
                 return data
         except (InvalidToken, ValueError):
@@ -161,7 +145,7 @@ def _set_cookie(
     request: web.Request, response: web.StreamResponse, name: str, session: Session, path: str
 ) -> None:
     settings = request.app[ADMIN_SETTINGS]
-    token = Fernet(settings.secret_key).encrypt(json.dumps(dict(session)).encode()).decode()
+    token = request.app[SESSION_KEY].encrypt(json.dumps(dict(session)).encode()).decode()
     response.set_cookie(name, token, path=path, max_age=settings.session_max_age_s, **_cookie_flags(request))
 
 
@@ -266,3 +250,4 @@ def _end(request: web.Request, session: Session) -> None:
 
 
 ADMIN_SETTINGS = web.AppKey("admin_settings", AdminSettings)
+SESSION_KEY = web.AppKey("admin_session_key", Fernet)  # the settings' key, or the app's own without one

@@ -21,7 +21,7 @@ from aiohttp import BodyPartReader, web
 import matching
 
 from .. import applied_rules, bulk
-from ..context import CONFIG, HAPI, REGISTRY
+from ..context import CONFIG, STORE
 from ..errors import Conflict, InvalidInput, NotFound
 from ..locks import Lease
 from ..openhim import OPENHIM
@@ -175,7 +175,7 @@ async def rematch_apply(request: web.Request) -> web.Response:
 
 async def _apply_lease(request: web.Request) -> Lease:
     """The apply lease, or 409 while a re-match is being applied on this or another replica."""
-    lease = await request.config_dict[REGISTRY].locks.try_lease(APPLY_LEASE)
+    lease = await request.config_dict[STORE].registry.locks.try_lease(APPLY_LEASE)
     if lease is None:
         raise Conflict("A re-match is being applied (on this or another replica); wait for it to finish.")
     return lease
@@ -200,7 +200,7 @@ def rules_in_effect(request: web.Request) -> dict[str, Any]:
 async def reset_rules(request: web.Request) -> web.StreamResponse:
     lease = await _apply_lease(request)
     try:
-        removed = await applied_rules.reset(request.config_dict[CONFIG], request.config_dict[HAPI])
+        removed = await applied_rules.reset(request.config_dict[CONFIG], request.config_dict[STORE].hapi)
     finally:
         await lease.release()
     log.info("admin reset the matching rules to the file", extra={"admin": request.get(ADMIN_USER)})

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,11 +21,10 @@ from aiohttp import web
 import matching
 
 from .. import bulk, rematch
-from ..context import CONFIG, HAPI, METRICS, REGISTRY, SETTINGS
+from ..context import CONFIG, METRICS, SETTINGS, STORE
 from ..errors import Conflict, UpstreamError
 from ..files import write_json
 from ..locks import Lease
-from ..settings import REPO_ROOT
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +162,7 @@ class Jobs:
     async def _lease(self, info: JobInfo) -> None:
         """Hold the apply lease before a resumed apply goes on (another replica may be applying)."""
         while info.id not in self.leases:
-            lease = await self.app[REGISTRY].locks.try_lease(APPLY_LEASE)
+            lease = await self.app[STORE].registry.locks.try_lease(APPLY_LEASE)
             if lease is not None:
                 self.leases[info.id] = lease
                 return
@@ -172,7 +170,7 @@ class Jobs:
             await asyncio.sleep(LEASE_RETRY_S)  # polling a lease held elsewhere, not synchronising a test
 
     async def _run(self, job_id: str, retry_failed: bool, adopted: bool) -> None:
-        owned = await self.app[REGISTRY].locks.try_lease(JOB_LEASE + job_id)
+        owned = await self.app[STORE].registry.locks.try_lease(JOB_LEASE + job_id)
         held: list[Lease | None] = [owned]  # the job's lease as it runs (taken again if its connection drops)
         try:
             if owned is None:  # a replica sharing this jobs directory runs it
@@ -287,11 +285,12 @@ class Jobs:
     async def _run_once(self, info: JobInfo) -> None:
         if info.kind == "rematch-apply":
             await self._lease(info)
+        self._on_store_in_force(info)
         if info.kind == "bulk":
             await self._bulk(info)
         elif info.kind == "rematch-dry-run":
             cfg = self.app[CONFIG].current.with_changes(rules=matching.load_rules(info.params["rules"]))
-            the_plan = await rematch.dry_run(self.app[HAPI], cfg, info.params.get("systems", []))
+            the_plan = await rematch.dry_run(self.app[STORE].hapi, cfg, info.params.get("systems", []))
             info.result = the_plan.summary()
         else:
             job = self._rematch(info)
@@ -310,17 +309,28 @@ class Jobs:
             if await owned.held():
                 return owned
             await owned.release()
-        again = await self.app[REGISTRY].locks.try_lease(JOB_LEASE + info.id)
+        again = await self.app[STORE].registry.locks.try_lease(JOB_LEASE + info.id)
         if again is None:
             log.info("job taken over by another replica while it waited", extra={"job": info.id})
         return again
+
+    def _on_store_in_force(self, info: JobInfo) -> None:
+        """Each run of a job works on the FHIR store in force when it starts: a run in flight when the
+        OpenHIM console changes the store ends on its own store (as requests in flight do), the next run
+        (after a wait for the store, or a restart) takes the new one."""
+        store = self.app[STORE]
+        if info.kind == "bulk":
+            self.bulk_job(info).submitter = bulk.InProcess(store.registry, info.params["system"])
+        elif info.kind == "rematch-apply":
+            job = self._rematch(info)
+            job.hapi, job.registry = store.hapi, store.registry
 
     def bulk_job(self, info: JobInfo) -> bulk.BulkJob:
         if info.id not in self.bulk_jobs:
             p = info.params
             self.bulk_jobs[info.id] = bulk.BulkJob(
                 Path(p["file"]),
-                bulk.InProcess(self.app[REGISTRY], p["system"]),
+                bulk.InProcess(self.app[STORE].registry, p["system"]),
                 system=p["system"],
                 job_dir=self.dir / "bulk",
                 national_id_system=p.get("national_id_system"),
@@ -335,7 +345,7 @@ class Jobs:
     def _rematch(self, info: JobInfo) -> rematch.RematchJob:
         if info.id not in self.rematch_jobs:
             path = self.dir / f"{info.id}.rematch.json"
-            hapi, config, registry = self.app[HAPI], self.app[CONFIG], self.app[REGISTRY]
+            hapi, config, registry = self.app[STORE].hapi, self.app[CONFIG], self.app[STORE].registry
             if path.exists():
                 job = rematch.RematchJob.load(path, hapi=hapi, config=config, registry=registry)
             else:
@@ -382,17 +392,18 @@ class Jobs:
 JOBS = web.AppKey("jobs", Jobs)
 
 
-def setup(app: web.Application, retry_wait: Wait = asyncio.sleep) -> None:
-    """Own the jobs in the mediator app's ``cleanup_ctx`` (after the HAPI session: jobs need the registry).
-    ``retry_wait``: how a job waits before trying a FHIR store that was down again."""
+def setup(app: web.Application, jobs_dir: Path, retry_wait: Wait = asyncio.sleep) -> None:
+    """Own the jobs kept in ``jobs_dir`` (``CR_JOBS_DIR``) in the mediator app's ``cleanup_ctx`` (after the
+    HAPI session: jobs need the registry). ``retry_wait``: how a job waits before trying a FHIR store that
+    was down again."""
 
     async def jobs_ctx(app: web.Application) -> AsyncIterator[None]:
-        jobs = Jobs(app, Path(os.environ.get("CR_JOBS_DIR") or REPO_ROOT / "var" / "jobs"), retry_wait)
+        jobs = Jobs(app, jobs_dir, retry_wait)
         app[JOBS] = jobs
         app[METRICS].watch_jobs(jobs.states)
         jobs.resume_all()
         interval = app[SETTINGS].jobs_adopt_s
-        if app[REGISTRY].locks.shared and interval > 0:  # with in-process locks, another process's jobs
+        if app[STORE].registry.locks.shared and interval > 0:  # with in-process locks, another process's jobs
             jobs.adopting = asyncio.create_task(jobs.adopt_every(interval), name="jobs-adopt")  # look unrun
         yield
         await jobs.stop()

@@ -11,7 +11,7 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from ..context import CONFIG, HAPI
+from ..context import CONFIG, STORE
 from ..errors import RegistryError
 from ..handlers import fhir_response
 from ..headers import PAGE_CSP
@@ -152,7 +152,7 @@ async def logout_submit(request: web.Request) -> web.StreamResponse:
 
 async def queue_page(request: web.Request) -> web.Response:
     f = queries.QueueFilter.from_query(request.query)
-    page = await queries.queue(request.config_dict[HAPI], f, request.config_dict[SCORE_INDEX])
+    page = await queries.queue(request.config_dict[STORE].hapi, f, request.config_dict[SCORE_INDEX])
     title = "Potential matches" if f.kind == POTENTIAL_MATCH else "Possible duplicates"
     filters = (
         '<form method="get" action="/admin/" aria-label="filter">'
@@ -189,7 +189,7 @@ async def queue_page(request: web.Request) -> web.Response:
 
 async def pair_page(request: web.Request) -> web.Response:
     cfg = request.config_dict[CONFIG].current
-    view = await queries.pair(request.config_dict[HAPI], cfg, request.match_info["task"])
+    view = await queries.pair(request.config_dict[STORE].hapi, cfg, request.match_info["task"])
     task = view["task"]
     left, right = view["left"], view["right"]
     t = view["thresholds"]
@@ -362,7 +362,7 @@ async def search_page(request: web.Request) -> web.Response:
         cfg = request.config_dict[CONFIG].current
         by_identifier = "|" in q or q.startswith("cr-") or any(ch.isdigit() for ch in q)
         found = await queries.search_people(
-            request.config_dict[HAPI], cfg, q if by_identifier else None, None if by_identifier else q
+            request.config_dict[STORE].hapi, cfg, q if by_identifier else None, None if by_identifier else q
         )
         rows = [
             [
@@ -387,7 +387,7 @@ async def search_page(request: web.Request) -> web.Response:
 async def person_page(request: web.Request) -> web.Response:
     cfg = request.config_dict[CONFIG].current
     golden_id = request.match_info["golden"]
-    view = await queries.golden_view(request.config_dict[HAPI], cfg, golden_id)
+    view = await queries.golden_view(request.config_dict[STORE].hapi, cfg, golden_id)
     token = csrf_field(request)
     done = request.query.get("done")
     parts = [f'<p class="msg" role="status">Done — recorded as AuditEvent {e(done)}.</p>' if done else ""]
@@ -447,7 +447,7 @@ def _state_text(state: dict[str, Any]) -> str:
 
 
 async def auto_matches_page(request: web.Request) -> web.Response:
-    items = await queries.auto_matches(request.config_dict[HAPI], request.query.get("since"), 50)
+    items = await queries.auto_matches(request.config_dict[STORE].hapi, request.query.get("since"), 50)
     token = csrf_field(request)
     rows = [
         [

@@ -127,7 +127,7 @@ async def queue(hapi: HapiClient, f: QueueFilter, index: score_index.ScoreIndex)
     installed and every open Task indexed, the Tasks are read and sorted here (slow with thousands)."""
     params = _queue_params(f)
     index.start(hapi)
-    if index.is_ready(hapi):
+    if index.is_ready():
         try:
             total, page = await asyncio.gather(
                 hapi.count("Task", params),
@@ -144,7 +144,7 @@ async def queue(hapi: HapiClient, f: QueueFilter, index: score_index.ScoreIndex)
                 ),
             )
         except Unprocessable:  # the store no longer knows review-score
-            index.forget(hapi)
+            index.forget()
             total, page = await _queue_in_memory(hapi, f, params)
     else:
         total, page = await _queue_in_memory(hapi, f, params)

@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..context import CONFIG, HAPI, REGISTRY
+from ..context import CONFIG, STORE
 from ..errors import InvalidInput
 from ..forwarded import client_address
 from .auth import ADMIN_USER
@@ -20,10 +20,11 @@ def admin_of(request: web.Request) -> Admin:
 
 
 def curation(request: web.Request) -> Curation:
+    store = request.config_dict[STORE]  # the FHIR store in force for this request
     return Curation(
-        request.config_dict[HAPI],
+        store.hapi,
         request.config_dict[CONFIG].current.cruid_system,
-        request.config_dict[REGISTRY].locks,  # the app key locks (shared by replicas: CR_LOCKS=postgres)
+        store.registry.locks,  # the app key locks (shared by replicas: CR_LOCKS=postgres)
         request.config_dict[SCORE_INDEX],
     )
 

@@ -2,7 +2,8 @@
 
 ``SearchParameter/cr-review-score`` (and ``cr-review-candidate``) are installed when the mediator starts
 and the open review Tasks HAPI has not indexed are written again (:func:`install`); until then the queue
-sorts in memory. :class:`ScoreIndex` (one per app) knows whether the install is done. Details:
+sorts in memory. :class:`ScoreIndex` (one per app) knows whether the install is done in the FHIR store in
+force. Details:
 ``docs/internals.md``.
 """
 
@@ -61,41 +62,58 @@ BATCH = 100  # ids per search URL (200 ids overflow the request line)
 
 
 class ScoreIndex:
-    """Whether the parameters are installed in the store, and the install running in the background: one per
-    app (``SCORE_INDEX``). Keyed by the store's base URL, which the OpenHIM console may change live."""
+    """Whether the parameters are installed in the FHIR store in force, and the install running in the
+    background: one per app (``SCORE_INDEX``), :meth:`reset` when the app changes store (the OpenHIM console
+    may change it live: ``FhirStore.on_change``, mediator/store.py)."""
 
     def __init__(self) -> None:
-        self._ready: set[str] = set()
-        self._running: dict[str, asyncio.Task[None]] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._ready = False
+        self._running: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        self._generation = 0  # one per store: an install for an earlier one does not make this one ready
+        self._cancelled: set[asyncio.Task[None]] = set()  # installs of earlier stores, until they end
 
-    def is_ready(self, hapi: HapiClient) -> bool:
-        return hapi.base_url in self._ready
+    def is_ready(self) -> bool:
+        return self._ready
 
-    def forget(self, hapi: HapiClient) -> None:
+    def forget(self) -> None:
         """The store lost the parameter (e.g. a new database behind the same URL): install again."""
-        self._ready.discard(hapi.base_url)
+        self._ready = False
 
     def start(self, hapi: HapiClient) -> None:
-        """Start :meth:`install` in the background unless it is done or running for this store."""
-        key = hapi.base_url
-        if key in self._ready or (key in self._running and not self._running[key].done()):
+        """Start :meth:`install` in the background unless it is done or running."""
+        if self._ready or (self._running is not None and not self._running.done()):
             return
-        self._running[key] = asyncio.get_running_loop().create_task(self._install_logged(hapi))
+        self._running = asyncio.get_running_loop().create_task(self._install_logged(hapi))
+
+    def reset(self) -> None:
+        """The app works on another store now: what was known of the old one is forgotten, its install
+        cancelled (awaited by :meth:`stop`)."""
+        self._generation += 1
+        self._ready = False
+        self._lock = asyncio.Lock()
+        if self._running is not None and not self._running.done():
+            self._running.cancel()
+            self._cancelled.add(self._running)
+            self._running.add_done_callback(self._cancelled.discard)
+        self._running = None
 
     async def stop(self) -> None:
         """Cancel this app's install, if one runs."""
-        running = [t for t in self._running.values() if not t.done()]
+        running = [t for t in (self._running, *self._cancelled) if t is not None and not t.done()]
         for task in running:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
-        self._running.clear()
+        self._running = None
 
     async def install(self, hapi: HapiClient) -> int:
-        """:func:`install`, one at a time per store (start-up and a caller may both ask); then ready."""
-        async with self._locks.setdefault(hapi.base_url, asyncio.Lock()):
+        """:func:`install`, one at a time (start-up and a caller may both ask); then ready, unless the app
+        changed store meanwhile."""
+        generation = self._generation
+        async with self._lock:
             rewritten = await install(hapi)
-            self._ready.add(hapi.base_url)
+            if generation == self._generation:
+                self._ready = True
             return rewritten
 
     async def _install_logged(self, hapi: HapiClient) -> None:

@@ -66,7 +66,7 @@ async def main(base: str, n: int = 1000) -> None:
                     )
             await hapi.transaction({"resourceType": "Bundle", "type": "transaction", "entry": entries})
         print(f"wrote {n:,} open potential matches: {time.perf_counter() - t0:.1f} s")
-        assert index.is_ready(hapi)
+        assert index.is_ready()
         for label, f in (
             (f"{n:,} open (filtered by facility), first page of 50", queries.QueueFilter(system=system)),
             (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -10,25 +11,29 @@ import pytest
 from aiohttp.test_utils import TestClient
 from cryptography.fernet import Fernet
 
-from mediator.admin.auth import AdminSettings
 from mediator.admin.users import UserStore
 from mediator.app import create_app
 from mediator.review import POTENTIAL_MATCH, review_task_id
-from mediator.settings import Settings
+from mediator.settings import AdminSettings, Settings
 from tests.conftest import patient, unique_surname
 
 PASSWORD = "correct horse battery staple"
 
 
 @pytest.fixture
-def admin_settings(tmp_path, monkeypatch) -> AdminSettings:
+def admin_settings(tmp_path) -> AdminSettings:
     settings = AdminSettings(users_file=tmp_path / "admin-users.json", secret_key=Fernet.generate_key())
     store = UserStore(settings.users_file)
     store.set_password("alice", PASSWORD)
     store.set_password("bob", PASSWORD)
-    monkeypatch.setenv("CR_ADMIN_USERS_FILE", str(settings.users_file))
-    monkeypatch.setenv("CR_ADMIN_SECRET_KEY", settings.secret_key.decode())
     return settings
+
+
+@pytest.fixture
+def settings(settings: Settings, admin_settings: AdminSettings) -> Settings:
+    """The apps of the admin tests: their users (alice, bob) and one session key, shared by every app a
+    test starts (as by replicas)."""
+    return dataclasses.replace(settings, admin=admin_settings)
 
 
 @dataclass

@@ -10,7 +10,7 @@ import matching
 from mediator import records
 from mediator.admin import score_index
 from mediator.admin.score_index import SCORE_INDEX
-from mediator.context import CONFIG, HAPI
+from mediator.context import CONFIG, STORE
 from mediator.review import POSSIBLE_DUPLICATE, POTENTIAL_MATCH, review_task, review_task_id
 from tests.admin.conftest import Pair, make_pair
 from tests.conftest import patient, unique_surname
@@ -43,7 +43,7 @@ async def _two_goldens_of_one_person(
         entries += [_put(source), _put(records.with_source(records.new_golden(gid, cfg.cruid_system), sid))]
         goldens.append(gid)
         sources.append(sid)
-    await app[HAPI].transaction({"resourceType": "Bundle", "type": "transaction", "entry": entries})
+    await app[STORE].hapi.transaction({"resourceType": "Bundle", "type": "transaction", "entry": entries})
     third = patient(facility.replace("facility-", "site3-"), "D3", family=family, given=given)
     return third, goldens, sources
 
@@ -61,7 +61,7 @@ async def _submit_duplicate(app_client, facility: str) -> tuple[dict[str, Any], 
 
 
 async def test_possible_duplicate_then_same_person_merges(admin, app_client, facility, store):
-    await app_client.server.app[SCORE_INDEX].install(app_client.server.app[HAPI])
+    await app_client.server.app[SCORE_INDEX].install(app_client.server.app[STORE].hapi)
     third, linked, other, task_id = await _submit_duplicate(app_client, facility)
     task = await store.read("Task", task_id)
     assert task is not None and task["status"] == "requested"
@@ -123,7 +123,7 @@ class OtherTasks:
 
 
 async def other_tasks(app_client, facility: str, settings) -> OtherTasks:
-    hapi = app_client.server.app[HAPI]
+    hapi = app_client.server.app[STORE].hapi
     await app_client.server.app[SCORE_INDEX].install(hapi)
     pair = await make_pair(app_client, facility)  # Task: source_b (golden_b) vs golden_a
     keep, lose = pair.golden_a, pair.golden_b

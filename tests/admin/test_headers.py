@@ -3,6 +3,8 @@ browser sends when a link on another site leads into /admin) never replacing an 
 
 from __future__ import annotations
 
+import dataclasses
+
 import aiohttp
 
 from mediator.app import create_app
@@ -34,9 +36,9 @@ async def test_html_json_and_fhir_answers_carry_the_security_headers(admin):
     assert answers["fhir"].headers["Content-Security-Policy"].startswith("default-src 'none'")
 
 
-async def test_hsts_when_the_admin_cookie_is_secure(aiohttp_client, settings, admin_settings, monkeypatch):
-    monkeypatch.setenv("CR_ADMIN_COOKIE_SECURE", "true")
-    client = await aiohttp_client(create_app(settings))
+async def test_hsts_when_the_admin_cookie_is_secure(aiohttp_client, settings, admin_settings):
+    secure = dataclasses.replace(admin_settings, cookie_secure=True)
+    client = await aiohttp_client(create_app(dataclasses.replace(settings, admin=secure)))
     resp = await client.post("/admin/api/login", json={"username": "alice", "password": PASSWORD})
     assert resp.status == 200 and "Secure" in resp.headers["Set-Cookie"]
     assert resp.headers["Strict-Transport-Security"].startswith("max-age=")

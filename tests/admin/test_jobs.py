@@ -19,18 +19,22 @@ from aiohttp import web
 from mediator import records
 from mediator.admin.jobs import APPLY_LEASE, JOBS, UPSTREAM_RETRY_S, Jobs
 from mediator.app import create_app
-from mediator.context import REGISTRY
-from mediator.settings import REPO_ROOT
+from mediator.context import STORE
+from mediator.settings import REPO_ROOT, Settings
 from tests.admin.conftest import AdminClient
 from tests.conftest import metric_samples, unique_phone, unique_surname
 from tests.hapi_helpers import forward_to_hapi, is_transaction, serve_proxy
 
 
-@pytest.fixture(autouse=True)
-def jobs_dir(tmp_path: Path, monkeypatch) -> Path:
-    path = tmp_path / "jobs"
-    monkeypatch.setenv("CR_JOBS_DIR", str(path))
-    return path
+@pytest.fixture
+def jobs_dir(tmp_path: Path) -> Path:
+    return tmp_path / "jobs"
+
+
+@pytest.fixture
+def settings(settings: Settings, jobs_dir: Path) -> Settings:
+    """Every app of these tests keeps its jobs in ``jobs_dir``."""
+    return dataclasses.replace(settings, jobs_dir=jobs_dir)
 
 
 async def _finished(admin: AdminClient, job_id: str) -> dict[str, Any]:
@@ -203,7 +207,7 @@ async def test_rematch_dry_run_then_apply(admin: AdminClient, facility: str, sto
 async def test_one_apply_or_reset_at_a_time_under_the_apply_lease(admin: AdminClient, facility: str):
     """An apply runs under the apply lease of the key locks and gives it back when it ends; while the lease
     is held (here by the test, as another replica's apply would hold it) apply and reset are refused."""
-    locks = admin.client.app[REGISTRY].locks
+    locks = admin.client.app[STORE].registry.locks
     doc = yaml.safe_load((REPO_ROOT / "rules" / "default.yaml").read_text())
     held = await locks.try_lease(APPLY_LEASE)
     assert held is not None

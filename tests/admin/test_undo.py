@@ -8,7 +8,7 @@ from typing import Any
 
 from mediator import records
 from mediator.admin import score_index
-from mediator.context import HAPI
+from mediator.context import STORE
 from mediator.review import POSSIBLE_DUPLICATE, POTENTIAL_MATCH, review_task_id
 from tests.admin.test_duplicates import _put, other_tasks
 
@@ -82,7 +82,7 @@ async def test_undo_refuses_when_a_task_changed_since_and_writes_nothing(
     # meanwhile someone closes the Task the merge retargeted (no Patient changes)
     retargeted = await store.read("Task", tasks.subject["id"])
     retargeted["status"] = "cancelled"
-    hapi = app_client.server.app[HAPI]
+    hapi = app_client.server.app[STORE].hapi
     await hapi.transaction({"resourceType": "Bundle", "type": "transaction", "entry": [_put(retargeted)]})
     ids = [pair.task, *(t["id"] for t in (tasks.both, tasks.towards, tasks.subject, tasks.dup))]
     versions = {i: (await store.read("Task", i))["meta"]["versionId"] for i in ids}
@@ -114,7 +114,7 @@ async def test_undo_of_different_people_reopens_the_task_or_refuses_if_it_change
     await admin.post(f"/admin/api/pairs/{pair.task}/decision", {"decision": "different-people"})
     decided = await store.read("Task", pair.task)
     decided["status"] = "requested"  # reopened by hand meanwhile
-    hapi = app_client.server.app[HAPI]
+    hapi = app_client.server.app[STORE].hapi
     await hapi.transaction({"resourceType": "Bundle", "type": "transaction", "entry": [_put(decided)]})
     refused = await admin.post("/admin/api/undo", {"patient": pair.golden_a}, 409)
     assert refused["issue"][0]["code"] == "conflict"

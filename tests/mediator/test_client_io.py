@@ -141,18 +141,17 @@ def test_body_deadlines_are_settings():
 
 
 async def test_an_upload_past_its_deadline_gets_408_and_leaves_no_partial_file(
-    serve, settings, records, tmp_path, monkeypatch
+    serve, settings, records, tmp_path
 ):
     from cryptography.fernet import Fernet
 
     from mediator.admin.users import UserStore
+    from mediator.settings import AdminSettings
 
     users, jobs = tmp_path / "users.json", tmp_path / "jobs"
     UserStore(users).set_password("alice", "correct horse battery staple")
-    monkeypatch.setenv("CR_ADMIN_USERS_FILE", str(users))
-    monkeypatch.setenv("CR_ADMIN_SECRET_KEY", Fernet.generate_key().decode())
-    monkeypatch.setenv("CR_JOBS_DIR", str(jobs))
-    port = await serve(dataclasses.replace(settings, upload_timeout_s=2.0))
+    admin = AdminSettings(users_file=users, secret_key=Fernet.generate_key())
+    port = await serve(dataclasses.replace(settings, upload_timeout_s=2.0, admin=admin, jobs_dir=jobs))
     base = f"http://127.0.0.1:{port}"
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
         login = {"username": "alice", "password": "correct horse battery staple"}

@@ -6,6 +6,7 @@ person, take over another client's record, read an old version, or make one iden
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import unicodedata
 import uuid
@@ -15,7 +16,6 @@ import pytest
 
 from mediator import identifiers, records
 from mediator.app import create_app
-from mediator.settings import Settings
 from tests.conftest import patient, unique_surname
 
 
@@ -247,11 +247,9 @@ async def test_an_identifier_held_by_two_people_is_not_answered_with_one(client,
 
 
 @pytest.fixture
-async def closed(aiohttp_client, hapi_url):
+async def closed(aiohttp_client, settings):
     clinic, lab = _system(), _system()
-    settings = Settings(
-        hapi_base_url=hapi_url, hapi_timeout_s=30.0, client_systems={"clinic": (clinic,), "lab": (lab,)}
-    )
+    settings = dataclasses.replace(settings, client_systems={"clinic": (clinic,), "lab": (lab,)})
     return await aiohttp_client(create_app(settings)), settings, clinic, lab
 
 

@@ -3,12 +3,14 @@ id, an identifier or a demographic value."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from mediator import records
 from mediator.app import create_app
 from mediator.context import METRICS
 from mediator.settings import Settings
 from tests.admin.conftest import make_pair
-from tests.conftest import metric_samples, patient, unique_surname
+from tests.conftest import app_settings, metric_samples, patient, unique_surname
 
 
 async def test_requests_decisions_and_store_calls_are_counted_without_ids_or_demographics(client, facility):
@@ -40,10 +42,12 @@ async def test_requests_decisions_and_store_calls_are_counted_without_ids_or_dem
 
 
 async def test_an_unreachable_fhir_store_is_counted_as_a_failure(
-    aiohttp_client, unused_tcp_port_factory, facility
+    aiohttp_client, unused_tcp_port_factory, facility, tmp_path
 ):
     port = unused_tcp_port_factory()  # nothing listens there
-    client = await aiohttp_client(create_app(Settings(hapi_base_url=f"http://127.0.0.1:{port}/fhir")))
+    client = await aiohttp_client(
+        create_app(app_settings(tmp_path, hapi_base_url=f"http://127.0.0.1:{port}/fhir"))
+    )
     resp = await client.post("/fhir/Patient", json=patient(facility, "DOWN", family=unique_surname()))
     assert resp.status == 503
     samples = metric_samples(await (await client.get("/metrics")).text())
@@ -78,7 +82,10 @@ async def test_the_review_queue_is_counted_in_the_fhir_store(client, store, faci
 async def test_with_a_metrics_token_only_its_bearer_reads_the_metrics(aiohttp_client, settings):
     assert Settings.from_env({}).metrics_token is None
     guarded = Settings.from_env({"CR_METRICS_TOKEN": "s3cret", "CR_HAPI_URL": settings.hapi_base_url})
-    client = await aiohttp_client(create_app(guarded))
+    assert guarded.metrics_token == "s3cret"
+    client = await aiohttp_client(
+        create_app(dataclasses.replace(settings, metrics_token=guarded.metrics_token))
+    )
     assert (await client.get("/metrics")).status == 401
     assert (await client.get("/metrics", headers={"Authorization": "Bearer wrong"})).status == 401
     allowed = await client.get("/metrics", headers={"Authorization": "Bearer s3cret"})

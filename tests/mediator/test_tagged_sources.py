@@ -11,9 +11,12 @@ import pytest
 
 from mediator import records, tagged_sources
 from mediator.app import create_app
-from mediator.context import REGISTRY
+from mediator.config import ConfigHolder, RegistryConfig, RulesOrigin
+from mediator.context import STORE
 from mediator.errors import Unprocessable
 from mediator.fhir_client import HapiClient
+from mediator.locks import LocalKeyedLocks
+from mediator.store import FhirStore, HapiTarget
 from mediator.tagged_sources import TaggedSources
 from mediator.unit_of_work import UnitOfWork
 from tests.conftest import patient, unique_surname
@@ -126,20 +129,26 @@ async def test_a_server_without_the_operation_is_searched_by_tag(hapi, monkeypat
     assert await sources.find([key], 1) is None
 
 
-async def test_a_new_store_address_forgets_the_records_held(hapi, hapi_url):
+async def test_a_new_store_address_forgets_the_records_held(hapi_url, settings):
     """The OpenHIM console can point the mediator at another FHIR store while it runs: records held from
     the old one must not answer for records of the new one with the same id and version."""
     family = unique_surname()
     key = f"test:{family}:k"
-    sources = TaggedSources(hapi, capacity=100)
-    writer = UnitOfWork(hapi, sources)
-    writer.put(_source(family, 0, [key]))
-    await writer.commit()
-    assert len(sources) == 1
+    config = ConfigHolder(RegistryConfig.from_settings(settings), RulesOrigin(path=str(settings.rules_path)))
+    async with aiohttp.ClientSession() as session:
+        store = FhirStore(HapiTarget.of(settings), config, LocalKeyedLocks(), cache_records=100)
+        store.open(session)
+        sources = store.registry.sources
+        writer = UnitOfWork(store.hapi, sources)
+        writer.put(_source(family, 0, [key]))
+        await writer.commit()
+        assert len(sources) == 1
 
-    hapi.reconfigure(hapi_url.replace("127.0.0.1", "localhost"), 30, 5)  # "another" store
-    found = await sources.find([key], 10)
-    assert found is not None and len(found) == 1 and (sources.hits, sources.reads) == (0, 1)
+        assert store.use(HapiTarget(hapi_url.replace("127.0.0.1", "localhost"), 30, 5))  # "another" store
+        now = store.registry.sources
+        found = await now.find([key], 10)
+        assert found is not None and len(found) == 1 and (now.hits, now.reads) == (0, 1)
+        assert now is not sources and len(sources) == 1  # the old store's cache is left as it was
 
 
 async def test_other_refusals_of_the_operation_are_errors_not_a_fallback(hapi, monkeypatch):
@@ -164,7 +173,7 @@ async def test_views_shared_by_the_decisions_that_read_them_stay_what_hapi_holds
             "/fhir/Patient", json=patient(f"urn:test:fac{n}", f"v{n}", family=family, given=given)
         )
         assert answer.status in (200, 201), await answer.text()
-    registry = app[REGISTRY]
+    registry = app[STORE].registry
     stored = [
         await hapi.read("Patient", records.source_record_id(f"urn:test:fac{n}", f"v{n}")) for n in range(4)
     ]

@@ -8,33 +8,39 @@ swallows HAPI's answer to a transaction after HAPI has committed it (the worst c
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 from aiohttp import web
 
 from mediator.app import create_app
-from mediator.settings import Settings
-from tests.conftest import patient, unique_surname
+from tests.conftest import app_settings, patient, unique_surname
 from tests.hapi_helpers import forward_to_hapi, is_transaction, serve_proxy
 
 
-async def test_hapi_down_gives_503(aiohttp_client, unused_tcp_port_factory, facility):
+async def test_hapi_down_gives_503(aiohttp_client, unused_tcp_port_factory, facility, tmp_path):
     port = unused_tcp_port_factory()  # nothing listens there
-    client = await aiohttp_client(create_app(Settings(hapi_base_url=f"http://127.0.0.1:{port}/fhir")))
+    client = await aiohttp_client(
+        create_app(app_settings(tmp_path, hapi_base_url=f"http://127.0.0.1:{port}/fhir"))
+    )
     resp = await client.post("/fhir/Patient", json=patient(facility, "DOWN", family=unique_surname()))
     assert resp.status == 503
     body = await resp.json(content_type=None)
     assert body["resourceType"] == "OperationOutcome" and body["issue"][0]["code"] == "transient"
 
 
-async def test_ready_says_whether_the_fhir_store_answers(aiohttp_client, unused_tcp_port_factory, settings):
+async def test_ready_says_whether_the_fhir_store_answers(
+    aiohttp_client, unused_tcp_port_factory, settings, tmp_path
+):
     """``/health`` is liveness (the process answers); ``/ready`` is 503 while HAPI cannot be reached."""
     up = await aiohttp_client(create_app(settings))
     resp = await up.get("/ready")
     assert resp.status == 200
     assert await resp.json() == {"status": "ok", "checks": {"fhir_store": "ok", "locks": "ok"}}
     port = unused_tcp_port_factory()  # nothing listens there
-    down = await aiohttp_client(create_app(Settings(hapi_base_url=f"http://127.0.0.1:{port}/fhir")))
+    down = await aiohttp_client(
+        create_app(app_settings(tmp_path, hapi_base_url=f"http://127.0.0.1:{port}/fhir"))
+    )
     assert (await down.get("/health")).status == 200
     resp = await down.get("/ready")
     assert resp.status == 503
@@ -62,9 +68,11 @@ async def proxy(aiohttp_server, hapi_url):
 
 
 async def test_timeout_mid_transaction_then_retry_gives_the_same_cruid(
-    aiohttp_client, proxy, store, facility
+    aiohttp_client, proxy, store, facility, settings
 ):
-    slow = await aiohttp_client(create_app(Settings(hapi_base_url=proxy["url"], hapi_timeout_s=2.0)))
+    slow = await aiohttp_client(
+        create_app(dataclasses.replace(settings, hapi_base_url=proxy["url"], hapi_timeout_s=2.0))
+    )
     submission = patient(facility, "SLOW", family=unique_surname())
     proxy["swallow_transactions"] = True
     resp = await slow.post("/fhir/Patient", json=submission)

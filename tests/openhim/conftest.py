@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestClient
 from mediator.app import create_app
 from mediator.openhim import OPENHIM, OpenHIMLink
 from mediator.settings import Settings
+from tests.conftest import app_settings
 from tests.openhim_emulator import ROOT_PASSWORD, CoreEmulator, free_port
 
 WAIT_S = 10.0  # upper bound for every wait on a condition; a passing test waits a few heartbeats
@@ -53,10 +54,13 @@ def _no_stored_openhim_config(request: pytest.FixtureRequest) -> Iterator[None]:
 
 
 @pytest.fixture
-def offline_settings() -> Settings:
+def offline_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     """Settings whose HAPI address refuses connections: for tests that never reach the FHIR store."""
-    return Settings(
-        hapi_base_url=f"http://127.0.0.1:{free_port()}/fhir", hapi_timeout_s=2.0, hapi_connect_timeout_s=1.0
+    return app_settings(
+        tmp_path_factory.mktemp("app"),
+        hapi_base_url=f"http://127.0.0.1:{free_port()}/fhir",
+        hapi_timeout_s=2.0,
+        hapi_connect_timeout_s=1.0,
     )
 
 

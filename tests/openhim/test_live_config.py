@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from matching import load_rules
-from mediator.context import CONFIG, HAPI
+from mediator.context import CONFIG, STORE
 from tests.openhim.conftest import WAIT_S, behind
 
 URN = "urn:mediator:client-registry"
@@ -39,8 +39,8 @@ async def test_console_edit_is_applied_live(core, offline_settings, start_mediat
         "pos-a": frozenset({"http://a.example.org/mrn"}),
         "pos-b": frozenset({"http://b.example.org/mrn"}),
     }
-    assert app[HAPI].base_url == "http://hapi.example.org:8080/fhir"
-    assert app[HAPI]._timeout.total == 4
+    assert app[STORE].hapi.base_url == "http://hapi.example.org:8080/fhir"
+    assert app[STORE].hapi._timeout.total == 4
     # delivered once: the heartbeats after it carry nothing new
     beats = len(core.heartbeats(URN))
     await core.wait_for(lambda: len(core.heartbeats(URN)) >= beats + 3, WAIT_S)

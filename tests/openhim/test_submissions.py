@@ -6,10 +6,13 @@ import dataclasses
 import json
 
 import pytest
+from aiohttp import web
 
-from mediator.context import CONFIG
+from mediator.admin.score_index import SCORE_INDEX
+from mediator.context import CONFIG, STORE
 from tests.conftest import patient, unique_surname
-from tests.openhim.conftest import WAIT_S, behind, mediator_url
+from tests.hapi_helpers import forward_to_hapi, serve_proxy
+from tests.openhim.conftest import WAIT_S, behind, mediator_url, poll_until
 
 pytestmark = pytest.mark.hapi
 URN = "urn:mediator:client-registry"
@@ -123,6 +126,50 @@ async def test_console_threshold_change_changes_the_next_decision(core, settings
     assert third.response["status"] == 201
     assert third.properties["decision"] == "no_match"
     assert third.properties["CRUID"] != first.properties["CRUID"], "not linked under the stricter rule"
+
+
+async def test_a_console_store_address_swaps_in_a_new_client_and_nothing_of_the_old_store(
+    core, settings, start_mediator, facility, aiohttp_server, hapi_url
+):
+    """The console points the mediator at another FHIR store (here the same HAPI behind a proxy that sees
+    every call): the app gets a new client, the old one is left as it was (requests in flight finish on
+    it), the next submission goes to the new store, and nothing known of the old store answers for it."""
+    seen: list[str] = []
+
+    async def new_store(request: web.Request) -> web.Response:
+        seen.append(request.path)
+        return await forward_to_hapi(hapi_url, request)
+
+    new_url = await serve_proxy(aiohttp_server, new_store)
+    url, link, app = await _mediator(core, settings, start_mediator)
+    store = app[STORE]
+    old_hapi, old_registry = store.hapi, store.registry
+    family = unique_surname()
+    first = await core.route(url, "POST", "/fhir/Patient", body=patient(facility, "N1", family=family))
+    assert first.response["status"] == 201
+    assert len(old_registry.sources) >= 1  # its record is held, as the old store's
+    assert await app[SCORE_INDEX].install(old_hapi) >= 0 and app[SCORE_INDEX].is_ready()
+
+    await _console(core, link, hapiBaseUrl=new_url + "/", hapiTimeoutSeconds=7)
+    assert store.hapi is not old_hapi and store.hapi.base_url == new_url and store.hapi._timeout.total == 7
+    assert old_hapi.base_url == settings.hapi_base_url  # not changed in place
+    assert old_hapi._timeout.total == settings.hapi_timeout_s
+    assert await old_hapi.metadata() is not None  # still usable by requests in flight
+    assert store.registry is not old_registry and store.registry.hapi is store.hapi
+    assert len(store.registry.sources) == 0  # no record of the old store is held for the new one
+
+    # the review-score index state was the old store's: it is installed again, in the new store
+    async def reinstalled() -> bool:
+        return "/fhir/SearchParameter/cr-review-score" in seen
+
+    await poll_until(reinstalled)
+
+    seen.clear()
+    again = await core.route(url, "POST", "/fhir/Patient", body=patient(facility, "N1", family=family))
+    assert again.response["status"] == 200 and again.properties["CRUID"] == first.properties["CRUID"]
+    assert "/fhir/" in seen, "the submission's transaction went to the new store"
+    sources = store.registry.sources
+    assert sources.hits == 0 and sources.reads >= 1, "its candidate was read from the new store"
 
 
 async def test_console_client_map_enforces_identifier_systems(

@@ -15,11 +15,11 @@ from mediator import applied_rules, rematch
 from mediator.admin.__main__ import main as admin_main
 from mediator.app import create_app, registry_in_process
 from mediator.audit import Actor
-from mediator.context import CONFIG, REGISTRY
+from mediator.context import CONFIG, STORE
 from mediator.errors import UpstreamUnavailable
 from mediator.registry import Submission
 from mediator.settings import REPO_ROOT, Settings
-from tests.conftest import patient, unique_surname
+from tests.conftest import app_settings, patient, unique_surname
 from tests.hapi_helpers import rematch_job
 
 
@@ -96,8 +96,9 @@ def _closed_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def test_hapi_down_at_start_up_submissions_wait_for_the_applied_rules():
-    settings = Settings(
+async def test_hapi_down_at_start_up_submissions_wait_for_the_applied_rules(tmp_path):
+    settings = app_settings(
+        tmp_path,
         hapi_base_url=f"http://127.0.0.1:{_closed_port()}/fhir",
         hapi_timeout_s=2.0,
         hapi_connect_timeout_s=1.0,
@@ -108,7 +109,7 @@ async def test_hapi_down_at_start_up_submissions_wait_for_the_applied_rules():
     try:
         assert app[CONFIG].pending is not None  # the stored rules are still to be read
         with pytest.raises(UpstreamUnavailable):
-            await app[REGISTRY].submit(
+            await app[STORE].registry.submit(
                 Submission(
                     patient("http://x.example.org/mrn", "1", family="Okello"),
                     Actor(client_id=None, address="test"),

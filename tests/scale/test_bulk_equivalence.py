@@ -23,8 +23,7 @@ from mediator import registry as registry_module
 from mediator.app import registry_in_process
 from mediator.audit import Actor
 from mediator.registry import Submission
-from mediator.settings import Settings
-from tests.conftest import REPO
+from tests.conftest import REPO, app_settings
 from tests.scale.conftest import free_port
 
 
@@ -78,7 +77,9 @@ async def test_bulk_and_single_submissions_decide_alike(
         return known
 
     monkeypatch.setattr(registry_module._Foreseen, "known_scores", spy)
-    async with registry_in_process(Settings(hapi_base_url=bulk_url, hapi_timeout_s=60)) as registry:
+    async with registry_in_process(
+        app_settings(tmp_path / "bulk", hapi_base_url=bulk_url, hapi_timeout_s=60)
+    ) as registry:
         job = bulk.BulkJob(
             path,
             bulk.InProcess(registry, None),
@@ -101,7 +102,9 @@ async def test_bulk_and_single_submissions_decide_alike(
 
     single_by_row: dict[int, tuple[str, str]] = {}
     actor = Actor(client_id=None, address="test")
-    async with registry_in_process(Settings(hapi_base_url=single_url, hapi_timeout_s=60)) as registry:
+    async with registry_in_process(
+        app_settings(tmp_path / "single", hapi_base_url=single_url, hapi_timeout_s=60)
+    ) as registry:
         for n in order:
             result = await registry.submit(Submission(patient=population[n], actor=actor))
             single_by_row[n] = (result.outcome, result.golden_id)

@@ -36,8 +36,7 @@ import pytest
 from bench import hapi_instance
 from mediator import records
 from mediator.app import create_app
-from mediator.settings import Settings
-from tests.conftest import patient, unique_surname
+from tests.conftest import app_settings, patient, unique_surname
 
 REPO = Path(__file__).resolve().parents[2]
 CRASH_HAPI_PORT = os.environ.get("CR_TEST_CRASH_HAPI_PORT", "8097")
@@ -127,10 +126,10 @@ def _inconsistencies(patients: list[dict[str, Any]]) -> list[str]:
 @pytest.mark.hapi
 @pytest.mark.timeout(900)
 async def test_confirmed_submissions_survive_hapi_killed_under_load(
-    crash_hapi: dict[str, str], aiohttp_client: Callable[..., Any]
+    crash_hapi: dict[str, str], aiohttp_client: Callable[..., Any], tmp_path: Path
 ) -> None:
     base_url = f"http://127.0.0.1:{crash_hapi['HAPI_PORT']}/fhir"
-    settings = Settings(hapi_base_url=base_url, hapi_timeout_s=60.0, rules_poll_s=0.0)
+    settings = app_settings(tmp_path, hapi_base_url=base_url, hapi_timeout_s=60.0, rules_poll_s=0.0)
     client = await aiohttp_client(create_app(settings))
 
     run = uuid.uuid4().hex[:8]

@@ -22,6 +22,7 @@ from mediator.admin.jobs import JOB_LEASE, JOBS, Jobs, Wait
 from mediator.app import create_app
 from mediator.errors import UpstreamUnavailable
 from mediator.pg_locks import lease_id
+from mediator.settings import AdminSettings, Settings
 from tests.admin.test_jobs import _csv_text, _unfinished_job
 from tests.conftest import unique_surname
 from tests.hapi_helpers import Store
@@ -32,11 +33,15 @@ JOB = "bulk-resume"  # the id _unfinished_job gives
 
 
 @pytest.fixture
-def jobs_dir(tmp_path: Path, monkeypatch) -> Path:
-    monkeypatch.setenv("CR_JOBS_DIR", str(tmp_path / "jobs"))
-    monkeypatch.setenv("CR_ADMIN_USERS_FILE", str(tmp_path / "users.json"))
-    monkeypatch.setenv("CR_ADMIN_SECRET_KEY", Fernet.generate_key().decode())
+def jobs_dir(tmp_path: Path) -> Path:
     return tmp_path / "jobs"
+
+
+@pytest.fixture
+def settings(settings: Settings, jobs_dir: Path, tmp_path: Path) -> Settings:
+    """The apps of these tests keep their jobs in ``jobs_dir``."""
+    admin = AdminSettings(users_file=tmp_path / "users.json", secret_key=Fernet.generate_key())
+    return dataclasses.replace(settings, jobs_dir=jobs_dir, admin=admin)
 
 
 def _status(jobs_dir: Path) -> str:

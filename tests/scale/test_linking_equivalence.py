@@ -17,7 +17,7 @@ import yaml
 from bench.population import generate_population
 from mediator import applied_rules, records, rematch
 from mediator.app import registry_in_process
-from mediator.context import CONFIG, HAPI
+from mediator.context import CONFIG, STORE
 from mediator.settings import REPO_ROOT
 from tests.conftest import unique_phone, unique_surname
 from tests.hapi_helpers import rematch_job
@@ -106,7 +106,7 @@ async def test_dry_run_apply_and_live_submissions_link_alike(client, store, sett
         # records after it moved may move again; the plan simulates that order too.)
         # the client's app is another replica: it takes the applied rules at its next poll; poll now
         app = client.server.app
-        await applied_rules.poll(app[CONFIG], app[HAPI])
+        await applied_rules.poll(app[CONFIG], lambda: app[STORE].hapi)
         assert app[CONFIG].current.rules.auto_threshold == 0.5
         replan = await rematch.dry_run(registry.hapi, registry.config.current, systems)
         latest = {records.source_record_id(*_key(p).split("|", 1)): p for p in population}

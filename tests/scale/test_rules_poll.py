@@ -22,8 +22,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from mediator import applied_rules, rematch
 from mediator.app import create_app
 from mediator.config import ConfigHolder
-from mediator.context import CONFIG, HAPI, REGISTRY
+from mediator.context import CONFIG, HTTP_SESSION, STORE
+from mediator.fhir_client import HapiClient
+from mediator.locks import LocalKeyedLocks
 from mediator.settings import REPO_ROOT, Settings
+from mediator.store import FhirStore, HapiTarget
 from tests.conftest import patient, unique_surname
 from tests.hapi_helpers import rematch_job
 
@@ -83,7 +86,7 @@ async def test_a_rematch_on_one_replica_reaches_the_other_while_it_runs(settings
 
         # the apply of a re-match on A (the same code path as the admin jobs page) stores rules no one meets
         state = rematch.new_state("poll-1", _rules(99.0, 98.0), [facility], applied_by="alice")
-        state = await rematch_job(app_a[REGISTRY], state, tmp_path).run()
+        state = await rematch_job(app_a[STORE].registry, state, tmp_path).run()
         assert state.phase == "finished", state.error
         generation_a = a.generation
         await _until(lambda: b.origin.job_id == "poll-1", "B uses the rules A applied")
@@ -91,14 +94,14 @@ async def test_a_rematch_on_one_replica_reaches_the_other_while_it_runs(settings
         assert await _outcome(client_b, facility, "P3", family) == "no_match"  # decided with the new rules
 
         # A finds its own write already in effect: nothing installed again
-        stored = await app_a[HAPI].read(applied_rules.RESOURCE_TYPE, applied_rules.RESOURCE_ID)
+        stored = await app_a[STORE].hapi.read(applied_rules.RESOURCE_TYPE, applied_rules.RESOURCE_ID)
         version = applied_rules.version_of(stored)
         await _until(lambda: a.stored_version == version, "A has seen its own write")
         assert a.generation == generation_a and a.origin.job_id == "poll-1"
         assert b.stored_version == version
 
         # reset on A: B goes back to the file's rules
-        assert await applied_rules.reset(a, app_a[HAPI]) is True
+        assert await applied_rules.reset(a, app_a[STORE].hapi) is True
         await _until(lambda: not b.origin.applied, "B back to the rules file")
         assert b.current.rules.auto_threshold == file_rules.auto_threshold
         assert b.origin.describe() == f"rules file {settings.rules_path}"
@@ -127,7 +130,7 @@ async def test_a_broken_document_written_while_running_refuses_submissions_until
             diagnostics = (await response.json())["issue"][0]["diagnostics"]
             assert "reset-rules" in diagnostics and "invalid" in diagnostics
 
-        assert await applied_rules.reset(a, app_a[HAPI]) is True
+        assert await applied_rules.reset(a, app_a[STORE].hapi) is True
         await _until(lambda: b.pending is None, "B accepts submissions again")
         assert not b.origin.applied
         assert await _outcome(client_b, facility, "B1", family) == "no_match"
@@ -142,13 +145,9 @@ def _closed_port() -> int:
 async def test_hapi_unreachable_during_a_poll_keeps_the_rules(settings, facility):
     async with _replica(settings) as (app, client):
         holder: ConfigHolder = app[CONFIG]
-        hapi = app[HAPI]
         rules_before, version_before = holder.current, holder.stored_version
-        hapi.reconfigure(f"http://127.0.0.1:{_closed_port()}/fhir", 2.0, 1.0)
-        try:
-            assert await applied_rules.poll(holder, hapi) is False
-        finally:
-            hapi.reconfigure(settings.hapi_base_url, settings.hapi_timeout_s, settings.hapi_connect_timeout_s)
+        unreachable = HapiClient(app[HTTP_SESSION], f"http://127.0.0.1:{_closed_port()}/fhir", 2.0, 1.0)
+        assert await applied_rules.poll(holder, lambda: unreachable) is False
         assert holder.current is rules_before and holder.stored_version == version_before
         assert holder.pending is None  # no 503 because one poll failed
         assert await _outcome(client, facility, "U1", unique_surname()) == "no_match"
@@ -157,20 +156,19 @@ async def test_hapi_unreachable_during_a_poll_keeps_the_rules(settings, facility
 def test_a_console_rules_text_still_wins_over_rules_stored_while_running():
     """After a poll installs stored rules, the console config in force is built again over them."""
     from mediator.config import RegistryConfig, RulesOrigin
-    from mediator.fhir_client import HapiClient
     from mediator.openhim import OpenHIMLink
 
     settings = Settings()
     holder = ConfigHolder(RegistryConfig.from_settings(settings), RulesOrigin(path=str(settings.rules_path)))
-    hapi = HapiClient(None, settings.hapi_base_url, 1.0, 1.0)  # type: ignore[arg-type]  # never called
+    store = FhirStore(HapiTarget.of(settings), holder, LocalKeyedLocks())  # never opened: never called
     stored = applied_rules.AppliedRules.of(_rules(42.0, 21.0).to_dict(), "job-7", "alice").to_resource()
     stored["meta"] = {"versionId": "3"}
 
     for console_rules, expected in ((yaml.safe_dump(_rules(30.0, 10.0).to_dict()), 30.0), ("", 42.0)):
         applied_rules.use_file(holder)
         link = OpenHIMLink(settings, {"urn": "urn:test"})
-        holder.rules_swapped = lambda link=link: link.reapply(holder, hapi)  # as create_app wires it
-        assert link.apply({"rules": console_rules}, holder, hapi)
+        holder.rules_swapped = lambda link=link: link.reapply(holder, store)  # as create_app wires it
+        assert link.apply({"rules": console_rules}, holder, store)
         assert applied_rules._install(holder, stored) is True  # what a poll does on a new version
         assert link.configs_applied == 2  # built again over the stored rules
         # a console rules text wins; an empty one means the rules in effect: the stored ones
