@@ -20,11 +20,13 @@ def admin_of(request: web.Request) -> Admin:
 
 
 def curation(request: web.Request) -> Curation:
+    cfg = request.config_dict[CONFIG].current
     return Curation(
         request.config_dict[HAPI],
-        request.config_dict[CONFIG].current.cruid_system,
+        cfg.cruid_system,
         request.config_dict[REGISTRY].locks,  # the app key locks (shared by replicas: CR_LOCKS=postgres)
         request.config_dict[SCORE_INDEX],
+        cfg.rules,
     )
 
 
