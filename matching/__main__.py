@@ -106,10 +106,10 @@ def _cmd_train(args: argparse.Namespace, rules: Rules) -> int:
         labels = [(index[lb.id_a], index[lb.id_b], lb.same) for lb in decided]
     progress = None if args.quiet else stderr_progress()
     doc = train(patients, rules, keep_weights=args.keep_weights, progress=progress, labels=labels)
-    trained = datetime.now(UTC).isoformat(timespec="seconds")  # decisions after it are new labels
-    doc = {k: v for k, v in doc.items() if k != "trained"}
-    at = list(doc).index("version") + 1 if "version" in doc else 1
-    doc = dict([*list(doc.items())[:at], ("trained", trained), *list(doc.items())[at:]])
+    trained_at = datetime.now(UTC).isoformat(timespec="seconds")  # decisions after it are new labels
+    items = [(k, v) for k, v in doc.items() if k != "trained"]
+    at = next((n + 1 for n, (k, _) in enumerate(items) if k == "version"), 1)
+    doc = dict([*items[:at], ("trained", trained_at), *items[at:]])
     what = "prior and name frequencies" if args.keep_weights else "m/u, prior and name frequencies"
     how = "estimated without labels (EM)"
     if labels:

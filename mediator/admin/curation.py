@@ -561,7 +561,7 @@ class Curation:
             {
                 "entity": records.ref(patient_id),
                 "subtype": f"{ADMIN_ACTION_SYSTEM}|",
-                "_sort": "-date",
+                "_sort": "-_lastUpdated",  # never updated: when written; no join on the date index table
                 "_count": "200",
             },
             max_results=200,

@@ -26,7 +26,9 @@ async def _auto_match(client, facility: str) -> str:
 async def test_auto_matches_page_newest_first_through_last_updated(admin, app_client, facility, monkeypatch):
     since = (datetime.now(UTC) - timedelta(seconds=2)).isoformat(timespec="milliseconds")
     ours = [await _auto_match(app_client, facility) for _ in range(3)]  # oldest first
-    monkeypatch.setattr(queries, "AUTO_MATCH_PAGE", 2, raising=False)  # 6 AuditEvents of ours: several pages
+    # 6 AuditEvents of ours: several pages
+    monkeypatch.setattr(queries, "AUTO_MATCH_PAGE", 2, raising=False)
+    monkeypatch.setattr(queries, "AUTO_MATCH_FIRST_PAGE", 2, raising=False)
 
     recorder = CallRecorder()
     token = current_recorder.set(recorder)
