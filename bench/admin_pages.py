@@ -38,6 +38,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 from aiohttp.test_utils import TestClient, TestServer
@@ -52,6 +53,8 @@ from mediator.records import RECORD_TYPE_SYSTEM, REVIEW_TYPE_SYSTEM, SOURCE
 from mediator.settings import Settings
 
 PASSWORD = "bench admin password 1"
+SPLIT_SYSTEM = "urn:bench:split"
+SPLIT_TAG = f"{SPLIT_SYSTEM}|per-submission"
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -72,10 +75,12 @@ async def split_audit_events(hapi: str) -> int:
     """Write every multi-submission AuditEvent again as one AuditEvent per submission; returns how many."""
     written = 0
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as s:
-        done = await hapi_get(s, f"{hapi}/AuditEvent?_tag=urn:bench:split|per-submission&_summary=count")
-        if done.get("total"):
-            return 0  # split by an earlier run
-        url: str | None = f"{hapi}/AuditEvent?_count=200&_tag:not=urn:bench:split"
+        # events written after the newest split one are not split yet (an earlier run split the others)
+        last = await hapi_get(s, f"{hapi}/AuditEvent?_tag={SPLIT_TAG}&_sort=-_lastUpdated&_count=1")
+        after = ""
+        if last.get("entry"):
+            after = "&_lastUpdated=gt" + quote(last["entry"][0]["resource"]["meta"]["lastUpdated"])
+        url: str | None = f"{hapi}/AuditEvent?_count=200&_tag:not={SPLIT_TAG}{after}"
         batch: list[dict[str, Any]] = []
 
         async def flush() -> None:
@@ -98,7 +103,7 @@ async def split_audit_events(hapi: str) -> int:
                 for group in parts:
                     one = {k: v for k, v in ev.items() if k not in ("id", "meta", "entity")}
                     one["entity"] = group
-                    one["meta"] = {"tag": [{"system": "urn:bench:split", "code": "per-submission"}]}
+                    one["meta"] = {"tag": [{"system": SPLIT_SYSTEM, "code": "per-submission"}]}
                     batch.append({"resource": one, "request": {"method": "POST", "url": "AuditEvent"}})
                 if len(batch) >= 500:
                     await flush()
