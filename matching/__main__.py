@@ -18,6 +18,7 @@ import pathlib
 import sys
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -105,6 +106,10 @@ def _cmd_train(args: argparse.Namespace, rules: Rules) -> int:
         labels = [(index[lb.id_a], index[lb.id_b], lb.same) for lb in decided]
     progress = None if args.quiet else stderr_progress()
     doc = train(patients, rules, keep_weights=args.keep_weights, progress=progress, labels=labels)
+    trained_at = datetime.now(UTC).isoformat(timespec="seconds")  # decisions after it are new labels
+    items = [(k, v) for k, v in doc.items() if k != "trained"]
+    at = next((n + 1 for n, (k, _) in enumerate(items) if k == "version"), 1)
+    doc = dict([*items[:at], ("trained", trained_at), *items[at:]])
     what = "prior and name frequencies" if args.keep_weights else "m/u, prior and name frequencies"
     how = "estimated without labels (EM)"
     if labels:

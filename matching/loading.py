@@ -87,6 +87,8 @@ def _build(doc: Any, lines: dict[tuple[str, ...], int], base: pathlib.Path) -> R
     for k in doc:
         if k not in TOP_KEYS:
             P.add((k,), f"unknown key (known: {', '.join(sorted(TOP_KEYS))})")
+    if "trained" in doc and not isinstance(doc["trained"], str):  # when `train` wrote them (UTC)
+        P.add(("trained",), "must be a quoted ISO 8601 date-time, e.g. '2026-12-07T09:00:00+00:00'")
     name = doc.get("name")
     if not isinstance(name, str) or not name:
         P.add(("name",), "required, a non-empty string")

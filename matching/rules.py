@@ -38,6 +38,7 @@ TOP_KEYS = {
     "name",
     "description",
     "version",
+    "trained",
     "shared_identifier_systems",
     "aliases",
     "english_nicknames",

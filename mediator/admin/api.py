@@ -9,7 +9,7 @@ from aiohttp import web
 
 from ..context import CONFIG, STORE
 from ..errors import InvalidInput
-from . import queries
+from . import labels, queries
 from .auth import ADMIN_CSRF, ADMIN_USER, log_in, log_out
 from .requests import admin_of, body, curation
 from .score_index import SCORE_INDEX
@@ -134,6 +134,24 @@ async def audit(request: web.Request) -> web.Response:
     )
 
 
+async def decisions(request: web.Request) -> web.Response:
+    return _json(await labels.counts(request.config_dict[STORE].hapi, request.config_dict[CONFIG]))
+
+
+async def decided_pairs_csv(request: web.Request) -> web.Response:
+    cfg = request.config_dict[CONFIG].current
+    pairs = await labels.decided_pairs(request.config_dict[STORE].hapi, cfg.rules)
+    return web.Response(
+        text=labels.to_csv(pairs),
+        content_type="text/csv",
+        charset="utf-8",
+        headers={
+            "Content-Disposition": 'attachment; filename="decided-pairs.csv"',
+            "Cache-Control": "no-store",
+        },
+    )
+
+
 def add_routes(app: web.Application) -> None:
     r = app.router
     r.add_post("/api/login", login)
@@ -149,4 +167,6 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/api/auto-matches", auto_matches)
     r.add_get("/api/search", search)
     r.add_get("/api/golden/{golden}", golden)
+    r.add_get("/api/decisions", decisions)
+    r.add_get("/api/decisions/labels.csv", decided_pairs_csv)
     r.add_get("/audit", audit)

@@ -15,6 +15,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import matching
+
 from .. import records
 from ..audit import Actor, event
 from ..errors import Conflict, InvalidInput, NotFound, Unprocessable, UpstreamUnavailable
@@ -37,6 +39,7 @@ UNDO = "undo"
 RESOLVED_BY_MERGE = "resolved-by-merge"
 UNDONE = "undone"
 DECISIONS = (SAME_PERSON, DIFFERENT_PEOPLE)
+COMPARED_RECORD = "compared-record"  # Task output: the other side's record the decision was shown against
 ACTIONS = (SAME_PERSON, DIFFERENT_PEOPLE, BREAK, MOVE, CONFIRM, UNDO)
 
 
@@ -211,7 +214,11 @@ def _task_candidate(task: Resource) -> str | None:
     return None
 
 
-def close_task(task: Resource, decision: str, admin: Admin, status: str = "completed") -> Resource:
+def close_task(
+    task: Resource, decision: str, admin: Admin, status: str = "completed", compared: str | None = None
+) -> Resource:
+    """``compared``: the other person's record the pair was shown with (the best-scoring one), so that the
+    decision is a labelled pair of two records (``mediator.admin.labels``)."""
     closed = records.clone(task)
     closed["status"] = status
     closed["lastModified"] = instant()
@@ -220,7 +227,25 @@ def close_task(task: Resource, decision: str, admin: Admin, status: str = "compl
         {"type": {"text": "decision"}, "valueString": decision},
         {"type": {"text": "decided-by"}, "valueString": admin.name},
     ]
+    if compared:
+        closed["output"].append(
+            {"type": {"text": COMPARED_RECORD}, "valueReference": {"reference": records.ref(compared)}}
+        )
     return closed
+
+
+def closest_record(
+    source: Resource | None, others: list[Resource], golden_id: str, rules: matching.Rules | None
+) -> str | None:
+    """Of ``others`` (the other person's source records), the one that scores best against ``source`` under
+    ``rules`` — the record the pair page shows beside it; without rules or source, the first one."""
+    others = [o for o in others if source is None or o.get("id") != source.get("id")]
+    if not others:
+        return None
+    if source is None or rules is None:
+        return str(others[0]["id"])
+    candidates = [matching.Candidate(id=o["id"], golden_id=golden_id, resource=o) for o in others]
+    return matching.decide(source, candidates, rules).scores[0].candidate_id
 
 
 _Action = TypeVar("_Action", bound=Callable[..., Awaitable[Any]])
@@ -253,11 +278,13 @@ class Curation:
         cruid_system: str,
         locks: LockManager | None = None,
         index: score_index.ScoreIndex | None = None,
+        rules: matching.Rules | None = None,
     ) -> None:
         self.hapi = hapi
         self.cruid_system = cruid_system
         self.locks: LockManager = locks if locks is not None else LocalKeyedLocks()
         self.index = index  # installs the review search parameters a merge needs, when missing
+        self.rules = rules  # the live rules: which of the other person's records a decision was about
 
     async def pair_goldens(self, change: _Change, task: Resource) -> tuple[Resource, Resource, str | None]:
         """(golden of the task's subject now, the other golden now, the focus source id)."""
@@ -295,7 +322,8 @@ class Curation:
             raise InvalidInput(f"decision must be one of {', '.join(DECISIONS)}.")
         change = _Change(self.hapi, self.locks)
         task = await self._open_task(change, task_id)
-        a, b, _ = await self.pair_goldens(change, task)
+        a, b, focus = await self.pair_goldens(change, task)
+        compared = await self._compared_record(focus, b)
         if decision == SAME_PERSON:
             if a["id"] != b["id"]:
                 keep, lose = _survivor(a, b, survivor)
@@ -312,11 +340,24 @@ class Curation:
             change.put(_distinct(a, b["id"]))
             change.put(_distinct(b, a["id"]))
             goldens = (a["id"], b["id"])
-        closed = close_task(task, decision, admin)
+        closed = close_task(task, decision, admin, compared=compared)
         audit_id = await change.commit(
             admin, decision, task=closed, task_before=task.get("status"), note=note
         )
         return Outcome(decision, audit_id, goldens, task_id)
+
+    async def _compared_record(self, focus: str | None, other: Resource) -> str | None:
+        """The other person's record the pair page shows beside the focus record (read outside the unit of
+        work: only ids are kept, nothing of them is written)."""
+        ids = [s for s in records.source_ids_of(other) if s != focus][:100]
+        if not ids:
+            return None
+        found = await self.hapi.search(
+            "Patient", {"_id": ",".join([*ids, *([focus] if focus else [])]), "_count": str(len(ids) + 1)}
+        )
+        by_id = {r["id"]: r for r in found}
+        others = [by_id[s] for s in ids if s in by_id]
+        return closest_record(by_id.get(focus or ""), others, other["id"], self.rules)
 
     async def _merge(self, change: _Change, keep: Resource, lose: Resource) -> None:
         moved = records.source_ids_of(lose)
@@ -520,7 +561,7 @@ class Curation:
             {
                 "entity": records.ref(patient_id),
                 "subtype": f"{ADMIN_ACTION_SYSTEM}|",
-                "_sort": "-date",
+                "_sort": "-_lastUpdated",  # never updated: when written; no join on the date index table
                 "_count": "200",
             },
             max_results=200,

@@ -16,7 +16,7 @@ from ..errors import RegistryError
 from ..handlers import fhir_response
 from ..headers import PAGE_CSP
 from ..review import POSSIBLE_DUPLICATE, POTENTIAL_MATCH
-from . import queries
+from . import labels, queries
 from .auth import ADMIN_CSRF, ADMIN_USER, SESSION, Unauthorized, csrf_token, log_in, log_out
 from .curation import DIFFERENT_PEOPLE, SAME_PERSON, Outcome
 from .requests import admin_of, curation
@@ -55,7 +55,8 @@ def layout(request: web.Request, title: str, body: str, status: int = 200) -> we
         nav = (
             '<nav aria-label="main"><a href="/admin/">Potential matches</a> · '
             f'<a href="/admin/?kind={POSSIBLE_DUPLICATE}">Possible duplicates</a> · '
-            '<a href="/admin/auto-matches">New auto-matches</a> · <a href="/admin/search">Search</a></nav>'
+            '<a href="/admin/auto-matches">New auto-matches</a> · <a href="/admin/search">Search</a> · '
+            '<a href="/admin/decisions">Decisions</a></nav>'
             f'<form method="post" action="/admin/logout">{csrf_field(request)}'
             f"<span>{e(user)}</span> <button>Log out</button></form>"
         )
@@ -466,6 +467,30 @@ async def auto_matches_page(request: web.Request) -> web.Response:
     return layout(request, "New auto-matches", body)
 
 
+async def decisions_page(request: web.Request) -> web.Response:
+    c = await labels.counts(request.config_dict[STORE].hapi, request.config_dict[CONFIG])
+    if c["rules_trained_at"]:
+        when = (
+            "trained" if c["rules_date_is"] == "trained" else "applied (their training date is not recorded)"
+        )
+        since = (
+            f'<p id="decisions-since"><strong>{e(c["since_rules"])}</strong> decisions since the matching '
+            f"rules in force ({e(c['rules'])}) were {when} on {e(c['rules_trained_at'])}.</p>"
+        )
+    else:
+        since = (
+            f'<p id="decisions-since">The matching rules in force ({e(c["rules"])}) do not record when they '
+            f"were trained: all <strong>{e(c['since_rules'])}</strong> decisions may be newer.</p>"
+        )
+    body = (
+        f"{since}<p>{e(c['decided'])} pairs decided in all (same person or different people).</p>"
+        '<p><a href="/admin/api/decisions/labels.csv" download>Download the decided pairs (CSV)</a> — '
+        "<code>id_a,id_b,decision</code>, the file <code>python -m matching train --labels</code> reads, "
+        "with the records exported from this registry as its input.</p>"
+    )
+    return layout(request, "Decisions", body)
+
+
 def is_page(request: web.Request) -> bool:
     """A GET of an HTML page (everything under /admin but the JSON API and /admin/audit)."""
     return request.method in ("GET", "HEAD") and not (
@@ -520,3 +545,4 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/confirm", confirm_submit)
     r.add_post("/undo", undo_submit)
     r.add_get("/auto-matches", auto_matches_page)
+    r.add_get("/decisions", decisions_page)

@@ -22,6 +22,7 @@ from . import score_index
 from .curation import ADMIN_ACTION_SYSTEM, ADMIN_USER_SYSTEM
 
 MAX_QUEUE = 20_000
+HISTORY_MAX = 500  # AuditEvents about 50 records, newest first
 KINDS = (POTENTIAL_MATCH, POSSIBLE_DUPLICATE)
 RESTFUL = "http://hl7.org/fhir/restful-interaction"
 
@@ -268,43 +269,89 @@ async def pair(hapi: HapiClient, cfg: RegistryConfig, task_id: str) -> dict[str,
     return result
 
 
-async def auto_matches(hapi: HapiClient, since: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
-    """Recent submissions linked automatically to an existing person, not yet confirmed by a person."""
-    params = {
-        "subtype": f"{RESTFUL}|create,{RESTFUL}|update",
-        "_sort": "-date",
-        "_count": "500",
-    }
+AUTO_MATCH_PAGE = 200  # AuditEvents a page, at most (one HAPI query, kept by no search cache)
+AUTO_MATCH_FIRST_PAGE = 50  # the first page: the newest events usually hold enough links
+AUTO_MATCH_SCAN = 4000  # AuditEvents looked at, at most, for one answer
+
+
+def _submission_event(ev: Resource) -> bool:
+    return any(
+        c.get("system") == RESTFUL and c.get("code") in ("create", "update") for c in ev.get("subtype", [])
+    )
+
+
+def auto_match_page_params(before: str | None, since: str | None) -> list[tuple[str, str]]:
+    """One page of AuditEvents, newest first, through ``_lastUpdated`` — a column of HAPI's resource table,
+    indexed with the resource type, so the store reads the newest rows of the index and stops at the page
+    size. Sorting by ``date`` (an AuditEvent search parameter: a join on the date index table) or filtering by
+    ``subtype`` (a join on the token index table) made HAPI sort every AuditEvent first: 40-52 s at 23,000.
+    ``before``: the page's end (``le``: the oldest instant seen; the events already seen are skipped)."""
+    params = [("_sort", "-_lastUpdated")]
+    if before:
+        params.append(("_lastUpdated", f"le{before}"))
     if since:
-        params["date"] = f"ge{since}"
-    events = await hapi.search("AuditEvent", params, max_results=2000)
-    picked: list[tuple[Resource, str, dict[str, str]]] = []
-    seen: set[str] = set()
-    for ev in events:
-        for group in audit.groups(ev):  # one group per submission of the event's transaction
-            details = audit.details_of(group[0])
-            source_id = records.ref_id(group[0].get("what", {}).get("reference"))
-            if details.get("decision") == "match" and source_id and source_id not in seen:
-                seen.add(source_id)
-                picked.append((ev, source_id, details))
-    sources = await read_many(hapi, "Patient", [source_id for _, source_id, _ in picked])
-    out = []
-    for ev, source_id, details in picked:
-        source = sources.get(source_id)
-        if source is None or records.is_manually_linked(source):
-            continue
-        out.append(
-            {
-                "auditEvent": ev["id"],
-                "recorded": ev.get("recorded"),
-                "score": float(details["score"]) if details.get("score") else None,
-                "rule": details.get("rule"),
-                "source": person_summary(source),
-                "golden": records.golden_id_of(source),
-            }
-        )
-        if len(out) >= limit:
+        params.append(("_lastUpdated", f"ge{since}"))
+    return params
+
+
+def _matches_in(ev: Resource, seen: set[str]) -> list[tuple[Resource, str, dict[str, str]]]:
+    """(event, source id, details) of each automatic link the submission event records, sources not in
+    ``seen`` (added to it)."""
+    out: list[tuple[Resource, str, dict[str, str]]] = []
+    if not _submission_event(ev):
+        return out
+    for group in audit.groups(ev):  # one group per submission of the event's transaction
+        details = audit.details_of(group[0])
+        source_id = records.ref_id(group[0].get("what", {}).get("reference"))
+        if details.get("decision") == "match" and source_id and source_id not in seen:
+            seen.add(source_id)
+            out.append((ev, source_id, details))
+    return out
+
+
+async def auto_matches(hapi: HapiClient, since: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    """Recent submissions linked automatically to an existing person, not yet confirmed by a person; newest
+    first. AuditEvents are read a page at a time, newest first (:func:`auto_match_page_params`), until
+    ``limit`` are found, ``since`` is reached or :data:`AUTO_MATCH_SCAN` events were looked at; the source
+    records are read as far as needed (a bulk batch's one event can name 50 links). AuditEvents are never
+    updated, so their ``_lastUpdated`` is when they were written."""
+    out: list[dict[str, Any]] = []
+    seen_events: set[str] = set()
+    seen_sources: set[str] = set()
+    before: str | None = None
+    scanned = 0
+    size = min(AUTO_MATCH_FIRST_PAGE, AUTO_MATCH_PAGE)
+    while scanned < AUTO_MATCH_SCAN and len(out) < limit:
+        page = await hapi.search_once("AuditEvent", auto_match_page_params(before, since), max_results=size)
+        fresh = [ev for ev in page if ev.get("id") not in seen_events]
+        if not fresh:
             break
+        seen_events.update(ev["id"] for ev in fresh)
+        scanned += len(fresh)
+        picked = [m for ev in fresh for m in _matches_in(ev, seen_sources)]
+        while picked and len(out) < limit:
+            chunk, picked = picked[: max(limit - len(out), 20)], picked[max(limit - len(out), 20) :]
+            sources = await read_many(hapi, "Patient", [source_id for _, source_id, _ in chunk])
+            for ev, source_id, details in chunk:
+                source = sources.get(source_id)
+                if source is None or records.is_manually_linked(source) or len(out) >= limit:
+                    continue
+                out.append(
+                    {
+                        "auditEvent": ev["id"],
+                        "recorded": ev.get("recorded"),
+                        "score": float(details["score"]) if details.get("score") else None,
+                        "rule": details.get("rule"),
+                        "source": person_summary(source),
+                        "golden": records.golden_id_of(source),
+                    }
+                )
+        if len(page) < size:
+            break
+        before = page[-1].get("meta", {}).get("lastUpdated")
+        if not before:
+            break
+        size = AUTO_MATCH_PAGE
     return out
 
 
@@ -425,12 +472,15 @@ async def history(hapi: HapiClient, patient_id: str) -> list[dict[str, Any]]:
     if records.is_golden(patient):
         ids.extend(records.source_ids_of(patient))
     chunks = [ids[i : i + 50] for i in range(0, len(ids), 50)]
+    # newest first by _lastUpdated (a column of HAPI's resource table; AuditEvents are never updated), in one
+    # answer HAPI does not keep: sorting by ``date`` joined the date index table (1.1 s vs 0.2 s for one
+    # person on H2 with 20,000 AuditEvents, 6 s for the person page)
     found = await asyncio.gather(
         *(
-            hapi.search(
+            hapi.search_once(
                 "AuditEvent",
-                {"entity": ",".join(records.ref(i) for i in c), "_sort": "-date", "_count": "200"},
-                max_results=500,
+                {"entity": ",".join(records.ref(i) for i in c), "_sort": "-_lastUpdated"},
+                max_results=HISTORY_MAX,
             )
             for c in chunks
         )

@@ -21,11 +21,13 @@ def admin_of(request: web.Request) -> Admin:
 
 def curation(request: web.Request) -> Curation:
     store = request.config_dict[STORE]  # the FHIR store in force for this request
+    cfg = request.config_dict[CONFIG].current
     return Curation(
         store.hapi,
-        request.config_dict[CONFIG].current.cruid_system,
+        cfg.cruid_system,
         store.registry.locks,  # the app key locks (shared by replicas: CR_LOCKS=postgres)
         request.config_dict[SCORE_INDEX],
+        cfg.rules,
     )
 
 
