@@ -280,7 +280,8 @@ class Registry:
                 # after a conflict, everything read again: a golden record held may be the stale one
                 uow = UnitOfWork(self.hapi, self.sources, self.goldens, fresh=attempt > 1)
                 if len(prepared) > 1:
-                    foreseen = await self._prefetch(uow, prepared, cfg)
+                    # shared: own records taken from the listing, as alone (a wrong belief splits it)
+                    foreseen = await self._prefetch(uow, prepared, cfg, optimistic=shared)
                 else:  # one grouped search for all its keys: each candidate comes back once, not per key
                     foreseen = None
                     await uow.prefetch_blocks([prepared[0].search_keys], cfg.max_candidates)
@@ -497,7 +498,7 @@ class Registry:
         )
 
     async def _prefetch(
-        self, uow: UnitOfWork, prepared: Sequence[Prepared], cfg: RegistryConfig
+        self, uow: UnitOfWork, prepared: Sequence[Prepared], cfg: RegistryConfig, optimistic: bool = False
     ) -> dict[str, _Foreseen]:
         """Batch the reads that ``_process`` would make one entry at a time: the entries' own records and
         current golden records, their candidate searches (a few grouped ``_tag`` searches), then the golden
@@ -510,11 +511,18 @@ class Registry:
         stage under keys an entry searches by are scored against it here too, in the same comparison, from
         the values they are submitted with, so ``_process`` scores nothing again when they turn up.
         Reading only the golden records the decisions touch, not the golden record of every candidate, is
-        most of what a bulk batch reads at 100k stored (≈ 10 golden records per entry)."""
+        most of what a bulk batch reads at 100k stored (≈ 10 golden records per entry).
+
+        ``optimistic``: the entries' own records are taken from the candidate listing as a lone submission
+        takes its own (:meth:`_candidates`), except updates by id and records without blocking keys."""
+        listed = [p for p in prepared if optimistic and p.submission.target_id is None and p.search_keys]
         await asyncio.gather(
-            uow.prefetch("Patient", [p.source_id for p in prepared]),
+            uow.prefetch("Patient", [p.source_id for p in prepared if p not in listed]),
             uow.prefetch_blocks([p.search_keys for p in prepared if p.search_keys], cfg.max_candidates),
         )
+        for p in listed:
+            met = await uow.find_sources(p.search_keys, cfg.max_candidates)  # cached now
+            uow.assume("Patient", p.source_id, next((r for r in met if r["id"] == p.source_id), None))
         owns = [await uow.peek("Patient", p.source_id) for p in prepared]  # cached now
         await uow.prefetch("Patient", sorted({g for own in owns if own and (g := records.golden_id_of(own))}))
         found = [await self._candidates(p, uow, cfg) for p in prepared]
