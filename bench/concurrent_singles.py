@@ -135,9 +135,6 @@ async def main(args: argparse.Namespace) -> None:
     hapi_pid = int(Path(args.hapi_pid).read_text()) if args.hapi_pid else None
     client_counts = [int(c) for c in args.clients.split(",")]
     modes = args.modes.split(",")
-    if "shared" in modes and not hasattr(Registry, "shared_writes"):
-        print("this registry has no shared transactions: mode 'shared' left out")
-        modes = [m for m in modes if m != "shared"]
     per_round = args.records * len(client_counts)
     population = records(args.stored + args.warmup // 4 + per_round * args.rounds * len(modes), args.seed)
     plain_pool = records(args.warmup + per_round * args.rounds, args.seed + 50)
@@ -156,6 +153,9 @@ async def main(args: argparse.Namespace) -> None:
             return await transaction(bundle)
 
         registry.hapi.transaction = counted  # type: ignore[method-assign]
+        if "shared" in modes and not hasattr(registry, "shared_writes"):
+            print("this registry has no shared transactions: mode 'shared' left out")
+            modes = [m for m in modes if m != "shared"]
         start_sharing = getattr(registry, "shared_writes", 0)
         stored, population = population[: args.stored], population[args.stored :]
         started = time.perf_counter()

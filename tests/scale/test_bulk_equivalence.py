@@ -59,6 +59,7 @@ def _key(p: dict[str, Any]) -> str:
     return f"{own['system']}|{own['value']}"
 
 
+@pytest.mark.timeout(900)  # three HAPIs start first
 async def test_bulk_and_single_submissions_decide_alike(
     fresh_hapis: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
