@@ -117,6 +117,13 @@ async def singles(registry: Registry, patients: list[dict[str, Any]], clients: i
     return await _clients(clients, patients, submit)
 
 
+async def _mode(
+    registry: Registry, mode: str, sharing: int, patients: list[dict[str, Any]], clients: int
+) -> list[float]:
+    registry.shared_writes = sharing if mode == "shared" else 0
+    return await singles(registry, patients, clients)
+
+
 def _start_hapi(args: argparse.Namespace) -> dict[str, str]:
     name = f"bench-singles-{args.db}-{args.port}"
     if args.db == "postgres":
@@ -130,9 +137,8 @@ def _start_hapi(args: argparse.Namespace) -> dict[str, str]:
     return hapi_env
 
 
-async def main(args: argparse.Namespace) -> None:
+async def main(args: argparse.Namespace, hapi_pid: int | None) -> None:
     hapi = args.hapi.rstrip("/")
-    hapi_pid = int(Path(args.hapi_pid).read_text()) if args.hapi_pid else None
     client_counts = [int(c) for c in args.clients.split(",")]
     modes = args.modes.split(",")
     per_round = args.records * len(client_counts)
@@ -181,30 +187,25 @@ async def main(args: argparse.Namespace) -> None:
         )
         for round_ in range(1, args.rounds + 1):
             for clients in client_counts:
-                phases: list[tuple[str, Callable[[], Awaitable[list[float]]]]] = []
-                batch, plain_pool = plain_pool[: args.records], plain_pool[args.records :]
-                phases.append(("plain", lambda b=batch, c=clients: plain_creates(session, hapi, b, c)))  # type: ignore[misc]
+                plain_batch, plain_pool = plain_pool[: args.records], plain_pool[args.records :]
+                phases: list[tuple[str, Awaitable[list[float]]]] = []
+                phases.append(("plain", plain_creates(session, hapi, plain_batch, clients)))
                 for mode in modes:
                     batch, population = population[: args.records], population[args.records :]
-
-                    async def run(b: list[dict[str, Any]] = batch, c: int = clients, m: str = mode) -> list[float]:
-                        registry.shared_writes = start_sharing if m == "shared" else 0  # type: ignore[attr-defined]
-                        return await singles(registry, b, c)
-
-                    phases.append((mode, run))
+                    phases.append((mode, _mode(registry, mode, start_sharing, batch, clients)))
                 for what, phase in phases:
                     before = transactions
                     with Measure(hapi_pid) as m:
-                        latencies = await phase()
+                        latencies = await phase
                     n = len(latencies)
                     rate = n / m.wall
                     rates[(clients, what)].append(rate)
                     p50s[(clients, what)].append(statistics.median(latencies))
                     tx = (transactions - before) / n if what != "plain" else 1.0
                     print(
-                        f"{round_:>5} {clients:>7} {what:<8} {rate:>7.1f} {statistics.median(latencies):>7.1f} "
-                        f"{pct(latencies, 0.95):>7.1f} {m.hapi * 1000 / n:>15.2f} {m.cpu * 1000 / n:>14.2f} "
-                        f"{tx:>6.2f}",
+                        f"{round_:>5} {clients:>7} {what:<8} {rate:>7.1f} "
+                        f"{statistics.median(latencies):>7.1f} {pct(latencies, 0.95):>7.1f} "
+                        f"{m.hapi * 1000 / n:>15.2f} {m.cpu * 1000 / n:>14.2f} {tx:>6.2f}",
                         flush=True,
                     )
         print("summary (mean of the rounds): registry records/s over plain creates/s at the same clients")
@@ -220,7 +221,9 @@ async def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--hapi", help="a running HAPI (else one is started)")
     parser.add_argument("--hapi-pid", help="its pid file (for its CPU)")
     parser.add_argument("--db", choices=("h2", "postgres"), default="h2")
@@ -242,7 +245,7 @@ if __name__ == "__main__":
         args.hapi = f"http://127.0.0.1:{args.port}/fhir"
         args.hapi_pid = env["HAPI_PID_FILE"]
     try:
-        asyncio.run(main(args))
+        asyncio.run(main(args, int(Path(args.hapi_pid).read_text()) if args.hapi_pid else None))
     finally:
         if env is not None:
             hapi_instance.stop(env)
