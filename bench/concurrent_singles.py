@@ -15,7 +15,8 @@ Starts a fresh HAPI (H2, or PostgreSQL with ``--db postgres``: ``scripts/pg-star
    server id, an identifier system of their own) from that many clients, each waiting for its answer; then
    ``--records`` new generated records as single submissions (``Registry.submit``) from as many clients, once
    per ``--modes`` entry: ``alone`` (every submission its own transaction: ``Registry.shared_writes = 0``) and
-   ``shared`` (submissions that arrive while others are being written share a transaction, the default).
+   ``shared`` (submissions that arrive while others are being written share a transaction, the default),
+   ``shared:N`` (N such transactions in flight), taking turns in ``--blocks`` blocks.
 
 Per line: records/s, latency p50/p95, HAPI CPU per record (user + system of the HAPI process, /proc), this
 process's CPU per record (the mediator; for plain creates, the client), HAPI transactions per submission; the
@@ -117,10 +118,34 @@ async def singles(registry: Registry, patients: list[dict[str, Any]], clients: i
     return await _clients(clients, patients, submit)
 
 
+def _line(
+    round_: int,
+    clients: int,
+    what: str,
+    latencies: list[float],
+    m: Measure,
+    tx: float,
+    rates: dict[tuple[int, str], list[float]],
+    p50s: dict[tuple[int, str], list[float]],
+) -> None:
+    n = len(latencies)
+    rates[(clients, what)].append(n / m.wall)
+    p50s[(clients, what)].append(statistics.median(latencies))
+    print(
+        f"{round_:>5} {clients:>7} {what:<9} {n / m.wall:>7.1f} "
+        f"{statistics.median(latencies):>7.1f} {pct(latencies, 0.95):>7.1f} "
+        f"{m.hapi * 1000 / n:>15.2f} {m.cpu * 1000 / n:>14.2f} {tx:>6.2f}",
+        flush=True,
+    )
+
+
 async def _mode(
     registry: Registry, mode: str, sharing: int, patients: list[dict[str, Any]], clients: int
 ) -> list[float]:
-    registry.shared_writes = sharing if mode == "shared" else 0
+    """``alone``: every submission its own transaction; ``shared``: the registry's default; ``shared:N``: N
+    transactions of single submissions in flight."""
+    name, _, count = mode.partition(":")
+    registry.shared_writes = 0 if name == "alone" else int(count) if count else sharing
     return await singles(registry, patients, clients)
 
 
@@ -159,9 +184,9 @@ async def main(args: argparse.Namespace, hapi_pid: int | None) -> None:
             return await transaction(bundle)
 
         registry.hapi.transaction = counted  # type: ignore[method-assign]
-        if "shared" in modes and not hasattr(registry, "shared_writes"):
-            print("this registry has no shared transactions: mode 'shared' left out")
-            modes = [m for m in modes if m != "shared"]
+        if not hasattr(registry, "shared_writes"):
+            print("this registry has no shared transactions: only mode 'alone'")
+            modes = ["alone"]
         start_sharing = getattr(registry, "shared_writes", 0)
         stored, population = population[: args.stored], population[args.stored :]
         started = time.perf_counter()
@@ -181,33 +206,38 @@ async def main(args: argparse.Namespace, hapi_pid: int | None) -> None:
         rates: dict[tuple[int, str], list[float]] = defaultdict(list)
         p50s: dict[tuple[int, str], list[float]] = defaultdict(list)
         print(
-            f"{'round':>5} {'clients':>7} {'what':<8} {'rec/s':>7} {'p50 ms':>7} {'p95 ms':>7} "
+            f"{'round':>5} {'clients':>7} {'what':<9} {'rec/s':>7} {'p50 ms':>7} {'p95 ms':>7} "
             f"{'HAPI CPU ms/rec':>15} {'own CPU ms/rec':>14} {'tx/rec':>6}",
             flush=True,
         )
         for round_ in range(1, args.rounds + 1):
             for clients in client_counts:
                 plain_batch, plain_pool = plain_pool[: args.records], plain_pool[args.records :]
-                phases: list[tuple[str, Awaitable[list[float]]]] = []
-                phases.append(("plain", plain_creates(session, hapi, plain_batch, clients)))
+                with Measure(hapi_pid) as m:
+                    latencies = await plain_creates(session, hapi, plain_batch, clients)
+                _line(round_, clients, "plain", latencies, m, 1.0, rates, p50s)
+                # the modes take turns in blocks, so the store's growth and the JIT's drift fall on each alike
+                block = max(clients, args.records // args.blocks)
+                done: dict[str, tuple[list[float], float, float, float, int]] = {}
+                for _ in range(args.records // block):
+                    for mode in modes:
+                        batch, population = population[:block], population[block:]
+                        before = transactions
+                        with Measure(hapi_pid) as m:
+                            latencies = await _mode(registry, mode, start_sharing, batch, clients)
+                        lat, wall, hapi_s, own_s, tx = done.get(mode, ([], 0.0, 0.0, 0.0, 0))
+                        done[mode] = (
+                            lat + latencies,
+                            wall + m.wall,
+                            hapi_s + m.hapi,
+                            own_s + m.cpu,
+                            tx + transactions - before,
+                        )
                 for mode in modes:
-                    batch, population = population[: args.records], population[args.records :]
-                    phases.append((mode, _mode(registry, mode, start_sharing, batch, clients)))
-                for what, phase in phases:
-                    before = transactions
-                    with Measure(hapi_pid) as m:
-                        latencies = await phase
-                    n = len(latencies)
-                    rate = n / m.wall
-                    rates[(clients, what)].append(rate)
-                    p50s[(clients, what)].append(statistics.median(latencies))
-                    tx = (transactions - before) / n if what != "plain" else 1.0
-                    print(
-                        f"{round_:>5} {clients:>7} {what:<8} {rate:>7.1f} "
-                        f"{statistics.median(latencies):>7.1f} {pct(latencies, 0.95):>7.1f} "
-                        f"{m.hapi * 1000 / n:>15.2f} {m.cpu * 1000 / n:>14.2f} {tx:>6.2f}",
-                        flush=True,
-                    )
+                    lat, wall, hapi_s, own_s, tx = done[mode]
+                    total = Measure(hapi_pid)
+                    total.wall, total.hapi, total.cpu = wall, hapi_s, own_s
+                    _line(round_, clients, mode, lat, total, tx / len(lat), rates, p50s)
         print("summary (mean of the rounds): registry records/s over plain creates/s at the same clients")
         for clients in client_counts:
             plain = statistics.mean(rates[(clients, "plain")])
@@ -236,7 +266,8 @@ if __name__ == "__main__":
     parser.add_argument("--stored", type=int, default=3000)
     parser.add_argument("--warmup", type=int, default=4000)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--modes", default="alone,shared")
+    parser.add_argument("--modes", default="alone,shared", help="alone, shared, shared:N (N in flight)")
+    parser.add_argument("--blocks", type=int, default=4, help="turns the modes take per client count")
     parser.add_argument("--seed", type=int, default=11)
     args = parser.parse_args()
     env = None
