@@ -13,9 +13,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from mediator import records
+from mediator import context, records
 from mediator.audit import Actor, groups
-from mediator.context import REGISTRY
 from mediator.errors import Conflict, NotFound
 from mediator.fhir_client import CallRecorder, current_recorder
 from mediator.registry import SHARED_WRITES, Registry, Submission, SubmissionResult
@@ -23,6 +22,13 @@ from tests.conftest import patient, unique_surname
 
 POS_A = Actor(client_id="pos-a", address="10.0.0.1", transaction_id="tx-a")
 POS_B = Actor(client_id="pos-b", address="10.0.0.2", transaction_id="tx-b")
+
+
+def _registry(client: Any) -> Registry:
+    """The app's registry: ``app[STORE].registry`` where the store can change live, else ``app[REGISTRY]``."""
+    app = client.server.app
+    store = getattr(context, "STORE", None)
+    return app[store].registry if store is not None else app[getattr(context, "REGISTRY")]  # noqa: B009
 
 
 class Transactions:
@@ -113,7 +119,7 @@ async def _events(store: Any, results: list[SubmissionResult]) -> list[Any]:
 async def test_concurrent_submissions_share_transactions_and_answer_as_one_after_the_other(
     client, store, facility, settings
 ):
-    registry = client.server.app[REGISTRY]
+    registry = _registry(client)
     counter = Transactions(registry)
     in_turn = [await registry.submit(s) for s in _scenario(facility, "turn")]
     assert counter.count == 8, [[e["request"]["url"] for e in b["entry"]] for b in counter.bundles]
@@ -134,7 +140,7 @@ async def test_concurrent_submissions_share_transactions_and_answer_as_one_after
 
 
 async def test_a_refused_member_fails_alone_and_the_others_are_written(client, store, facility, caplog):
-    registry = client.server.app[REGISTRY]
+    registry = _registry(client)
     counter = Transactions(registry)
     sys = f"{facility}/refused"
     unknown = records.source_record_id(sys, "NOPE")
@@ -162,7 +168,7 @@ async def test_a_conflict_in_a_shared_transaction_splits_it_and_each_is_written_
 ):
     """A real conflict: someone changes the golden record of a member (after it was decided, before the
     shared transaction reaches HAPI); HAPI refuses the transaction; every member is then written alone."""
-    registry = client.server.app[REGISTRY]
+    registry = _registry(client)
     family = unique_surname()
     sys = f"{facility}/conflict"
     first = await registry.submit(Submission(patient(f"{sys}/1", "P1", family=family), POS_A))
@@ -205,7 +211,7 @@ async def test_a_conflict_in_a_shared_transaction_splits_it_and_each_is_written_
 async def test_a_lone_submission_is_written_at_once_in_its_own_task(client, facility):
     """No timer and no queue: with fewer than SHARED_WRITES transactions in flight a submission's own task
     writes it (a submission that waited would be written by another task)."""
-    registry = client.server.app[REGISTRY]
+    registry = _registry(client)
     counter = Transactions(registry)
     result = await registry.submit(Submission(patient(facility, "LONE", family=unique_surname()), POS_A))
     assert result.created
@@ -232,7 +238,7 @@ async def test_a_lone_submission_is_written_at_once_in_its_own_task(client, faci
 async def test_each_request_sees_only_its_own_part_of_a_shared_transaction(client, facility):
     """OpenHIM orchestrations stay per request: the transaction's entries of the other members (their
     submitted records, their AuditEvents) and the shared reads' bodies and queries are left out."""
-    registry = client.server.app[REGISTRY]
+    registry = _registry(client)
     counter = Transactions(registry)
     sys = f"{facility}/orchestrations"
 
@@ -270,7 +276,7 @@ async def test_each_request_sees_only_its_own_part_of_a_shared_transaction(clien
 async def test_a_known_golden_record_is_not_read_again_and_nothing_twice(client, facility):
     """A golden record this process wrote is taken in the version HAPI gave it (If-Match catches a stale
     one: the conflict test above); nothing is read twice within a submission."""
-    registry = client.server.app[REGISTRY]
+    registry = _registry(client)
     family = unique_surname()
     first = await registry.submit(Submission(patient(f"{facility}/1", "K1", family=family), POS_A))
     recorder = CallRecorder()
