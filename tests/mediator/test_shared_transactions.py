@@ -87,7 +87,9 @@ def _answers(results: list[SubmissionResult], tag: str, cruid_system: str) -> li
             {**i, "system": i["system"].replace(f"/{tag}/", "/")} if i["system"] != cruid_system else g
             for i in patient_["identifier"]
         ]
-        out.append((r.created, r.outcome, r.rule, r.score, r.version, g, shown))
+        # a no_match's rule and score are its best candidate's: records of other tests in the shared store
+        best = (r.rule, r.score) if r.outcome != "no_match" else None
+        out.append((r.created, r.outcome, best, r.version, g, shown))
     return out
 
 
@@ -107,6 +109,10 @@ async def _events(store: Any, results: list[SubmissionResult]) -> list[Any]:
         event = found[seen.get(r.source_id, 0)]
         seen[r.source_id] = seen.get(r.source_id, 0) + 1
         assert len(groups(event)) == 1  # its own event: one submission in it
+        for entity in event["entity"]:  # as in _answers: a no_match's rule and score are not the scenario's
+            details = entity.get("detail", [])
+            if {"type": "decision", "valueString": "no_match"} in details:
+                entity["detail"] = [d for d in details if d["type"] not in ("rule", "score")]
         text = repr({k: v for k, v in event.items() if k not in ("id", "meta", "recorded")})
         for source, n in sources.items():
             text = text.replace(source, f"source-{n}")
