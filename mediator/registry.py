@@ -5,34 +5,49 @@
     → one HAPI transaction (``If-Match`` on every updated record) → answer
 
 A version conflict (someone changed a golden record meanwhile) restarts from fresh reads.
+
+Single submissions that arrive while :data:`SHARED_WRITES` transactions of single submissions are being
+written wait and are decided together, in arrival order, as one transaction (the bulk path,
+:meth:`Registry.submit_all`), each with its own answer and AuditEvent; a lone submission goes straight
+through.
+Golden records are taken from :class:`~mediator.unit_of_work.KnownRecords` in the version last seen.
+Details: ``docs/internals.md``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
+
+import orjson
 
 import matching
 
 from . import linking, records
 from .audit import Actor, RecordDecision, submission_event
 from .config import ConfigHolder, RegistryConfig
-from .errors import Conflict, Forbidden, InvalidInput, NotFound, Unprocessable
-from .fhir_client import HapiClient
+from .errors import Conflict, Forbidden, InvalidInput, NotFound, RegistryError, Unprocessable, UpstreamError
+from .fhir_client import CallRecord, CallRecorder, HapiClient, current_recorder
 from .locks import LockManager
 from .metrics import Metrics
 from .records import Resource
 from .review import OPEN, POSSIBLE_DUPLICATE, POTENTIAL_MATCH, WITHDRAWN, review_task
 from .tagged_sources import TaggedSources
-from .unit_of_work import UnitOfWork
+from .unit_of_work import KnownRecords, UnitOfWork
 
 log = logging.getLogger(__name__)
 
 OFF_LOOP_CANDIDATES = 64  # score this many pairs or more in a worker thread
+# transactions of single submissions written at once; submissions arriving meanwhile share the next one
+SHARED_WRITES = 2
+SHARED_MAX = 50  # submissions in one shared transaction at most (a bulk batch's size)
+GOLDEN_RECORDS_KEPT = 100_000  # golden records held in their last known version (≈ 1 KB each)
 
 
 @dataclass(frozen=True)
@@ -99,21 +114,152 @@ class Registry:
         self.locks = locks
         self.conflict_retries = conflict_retries
         self.metrics: Metrics | None = None  # set by the app: decisions and conflict retries
+        # live golden records in the version last written or read (a stale one: HAPI refuses the write)
+        self.goldens = KnownRecords(_live_golden, GOLDEN_RECORDS_KEPT)
+        self.shared_writes = SHARED_WRITES  # 0: every single submission is its own transaction
+        self._writing = 0  # transactions of single submissions being decided and written now
+        self._waiting: deque[_Waiting] = deque()
+        self._shared_tasks: set[asyncio.Task[None]] = set()
 
     # -- entry points -------------------------------------------------------------------------------
 
     async def submit(self, submission: Submission) -> SubmissionResult:
-        results = await self.submit_all([submission])
-        return results[0]
+        """One submission, with its own answer. With fewer than :attr:`shared_writes` transactions of single
+        submissions in flight it goes straight through, in this task; otherwise it waits, with the others
+        arriving meanwhile, for the next transaction to finish, and they are decided together in arrival order
+        and written as one transaction (:meth:`_write_shared`). Nothing waits for company: the wait is for a
+        transaction in flight, which every submission would otherwise hold up anyway."""
+        if self.shared_writes <= 0:
+            return (await self.submit_all([submission]))[0]
+        await self.config.settled()
+        prepared = self.prepare(submission, self.config.current)  # its own refusal, before anything is shared
+        if self._writing < self.shared_writes and not self._waiting:
+            self._writing += 1
+            try:
+                return (await self.submit_all([prepared]))[0]
+            finally:
+                self._writing -= 1
+                self._start_shared()
+        waiting = _Waiting(prepared, asyncio.get_running_loop().create_future(), current_recorder.get())
+        self._waiting.append(waiting)
+        self._start_shared()
+        return await waiting.future  # cancelled with its request: left out of the transaction if not in yet
 
     async def submit_all(self, submissions: Sequence[Submission | Prepared]) -> list[SubmissionResult]:
         """Decide and write several submissions as one all-or-nothing HAPI transaction. A submission may come
         already :meth:`prepare`-d (a bulk load prepares rows to group them); it is prepared again if the
         configuration (rules, client systems) changed meanwhile."""
+        results, _ = await self._write(submissions, shared=False)
+        return results
+
+    # -- shared transactions --------------------------------------------------------------------------
+
+    def _start_shared(self) -> None:
+        """Start the next shared transaction(s) while there are waiting submissions and room in flight."""
+        while self._waiting and self._writing < max(1, self.shared_writes):
+            members = self._take_waiting()
+            if not members:
+                continue
+            self._writing += 1
+            # a context of its own: not the recorder (OpenHIM orchestrations) of the request that started it
+            task = asyncio.create_task(self._write_shared(members), context=contextvars.Context())
+            self._shared_tasks.add(task)
+            task.add_done_callback(self._shared_tasks.discard)
+
+    def _take_waiting(self) -> list[_Waiting]:
+        """The waiting submissions, oldest first, up to the first one of a record already taken (it goes in
+        the next transaction, in its turn) or :data:`SHARED_MAX`; cancelled ones are dropped."""
+        members: list[_Waiting] = []
+        ids: set[str] = set()
+        while self._waiting and len(members) < SHARED_MAX:
+            first = self._waiting[0]
+            if first.future.done():
+                self._waiting.popleft()
+                continue
+            if first.prepared.source_id in ids:
+                break
+            ids.add(first.prepared.source_id)
+            members.append(self._waiting.popleft())
+        return members
+
+    async def _write_shared(self, members: list[_Waiting]) -> None:
+        try:
+            if len(members) == 1:
+                await self._write_alone(members[0])
+            else:
+                await self._write_together(members)
+        finally:
+            self._writing -= 1
+            self._start_shared()
+
+    async def _write_alone(self, member: _Waiting) -> None:
+        """``member`` as its own transaction, its HAPI calls recorded for its own request."""
+        token = current_recorder.set(member.recorder)
+        try:
+            results, _ = await self._write([member.prepared], shared=False)
+        except asyncio.CancelledError:
+            member.cancel()
+            raise
+        except Exception as error:  # handed to the request that waits for it
+            member.fail(error)
+        else:
+            member.answer(results[0])
+        finally:
+            current_recorder.reset(token)
+
+    async def _write_together(self, members: list[_Waiting]) -> None:
+        """One transaction for ``members``, decided in order as a bulk batch is, each with its own AuditEvent;
+        its HAPI calls are shown to each member's request limited to what is its own. A refusal of any member
+        or a version conflict splits it: each member is then decided again alone, in order, so one member's
+        failure fails no other and each gets what it would have alone. A failure of the FHIR store itself
+        fails them all, as it would each alone (a timed-out transaction may have been written)."""
+        recorder = CallRecorder() if any(m.recorder is not None for m in members) else None
+        token = current_recorder.set(recorder)
+        try:
+            results, owners = await self._write([m.prepared for m in members], shared=True)
+        except asyncio.CancelledError:
+            for m in members:
+                m.cancel()
+            raise
+        except Exception as error:
+            failure: BaseException | None = error
+            split = isinstance(error, RegistryError) and not isinstance(error, UpstreamError)
+            results, owners = [], {}
+        else:
+            failure, split = None, False
+        finally:
+            current_recorder.reset(token)
+        if recorder is not None:
+            for m in members:
+                if m.recorder is not None:
+                    mine = {key for key, who in owners.items() if m.prepared.source_id in who}
+                    m.recorder.calls.extend(_shared_calls(recorder.calls, mine, len(members)))
+        if failure is None:
+            for m, result in zip(members, results, strict=True):
+                m.answer(result)
+            return
+        if not split:
+            for m in members:
+                m.fail(failure)
+            return
+        log.info(
+            "shared transaction split",
+            extra={"members": len(members), "reason": type(failure).__name__},
+        )
+        if self.metrics is not None and isinstance(failure, Conflict):
+            self.metrics.conflict_retries.inc()
+        for m in members:
+            await self._write_alone(m)
+
+    async def _write(
+        self, submissions: Sequence[Submission | Prepared], *, shared: bool
+    ) -> tuple[list[SubmissionResult], dict[str, set[str]]]:
+        """The transaction of ``submissions``; and, ``shared``: what each staged ("Type/id" -> source ids).
+        Shared: one AuditEvent per submission (its own actor) and no retry here (the caller splits)."""
         await self.config.settled()  # the applied rules are read (HAPI was unreachable at start-up)
         cfg = self.config.current
         if not submissions:
-            return []
+            return [], {}
         prepared = [  # raises before anything is written
             s if isinstance(s, Prepared) and s.config is cfg else self.prepare(_submission(s), cfg)
             for s in submissions
@@ -128,26 +274,37 @@ class Registry:
             # (search keys include index keys), so they never decide at the same time
             keys.update(f"blk:{k}" for k in p.search_keys)
         started = time.perf_counter()
+        retries = 1 if shared else self.conflict_retries
         async with self.locks.hold(keys):
-            for attempt in range(1, self.conflict_retries + 1):
-                uow = UnitOfWork(self.hapi, self.sources)
+            for attempt in range(1, retries + 1):
+                # after a conflict, everything read again: a golden record held may be the stale one
+                uow = UnitOfWork(self.hapi, self.sources, self.goldens, fresh=attempt > 1)
                 if len(prepared) > 1:
-                    foreseen = await self._prefetch(uow, prepared, cfg)
+                    # shared: own records taken from the listing, as alone (a wrong belief splits it)
+                    foreseen = await self._prefetch(uow, prepared, cfg, optimistic=shared)
                 else:  # one grouped search for all its keys: each candidate comes back once, not per key
                     foreseen = None
                     await uow.prefetch_blocks([prepared[0].search_keys], cfg.max_candidates)
                 # alone, first try: its own record is taken from the candidate listing (absent if not listed)
                 optimistic = attempt == 1 and len(prepared) == 1
-                processed = [await self._process(p, uow, cfg, foreseen, optimistic) for p in prepared]
+                processed = []
+                for p in prepared:
+                    uow.owner = p.source_id
+                    result, decision = await self._process(p, uow, cfg, foreseen, optimistic)
+                    processed.append((result, decision))
+                    if shared:  # requests of their own, maybe of other clients: each its own AuditEvent
+                        uow.put(submission_event(actor=p.submission.actor, decisions=[decision]))
+                uow.owner = None
                 results = [result for result, _ in processed]
-                # one AuditEvent for the whole transaction (a bulk batch writes one, not one per record)
-                actor = prepared[0].submission.actor  # one request: one actor
-                uow.put(submission_event(actor=actor, decisions=[d for _, d in processed]))
+                if not shared:
+                    # one AuditEvent for the whole transaction (a bulk batch writes one, not one per record)
+                    actor = prepared[0].submission.actor  # one request: one actor
+                    uow.put(submission_event(actor=actor, decisions=[d for _, d in processed]))
                 await self.locks.confirm()  # still alone with these keys (503, nothing written, if not)
                 try:
                     versions = await uow.commit()
                 except Conflict:
-                    if attempt == self.conflict_retries:
+                    if attempt == retries:
                         raise
                     log.info("version conflict, retrying", extra={"attempt": attempt})
                     if self.metrics is not None:
@@ -169,9 +326,10 @@ class Registry:
                             "score": r.score,
                             "new_record": r.created,
                             "ms": round(elapsed_ms, 1),
+                            "shared": len(prepared) if shared else 0,
                         },
                     )
-                return out
+                return out, uow.owners
         raise Conflict("Too many concurrent changes; retry the request.")  # pragma: no cover
 
     # -- steps --------------------------------------------------------------------------------------
@@ -340,7 +498,7 @@ class Registry:
         )
 
     async def _prefetch(
-        self, uow: UnitOfWork, prepared: Sequence[Prepared], cfg: RegistryConfig
+        self, uow: UnitOfWork, prepared: Sequence[Prepared], cfg: RegistryConfig, optimistic: bool = False
     ) -> dict[str, _Foreseen]:
         """Batch the reads that ``_process`` would make one entry at a time: the entries' own records and
         current golden records, their candidate searches (a few grouped ``_tag`` searches), then the golden
@@ -353,11 +511,18 @@ class Registry:
         stage under keys an entry searches by are scored against it here too, in the same comparison, from
         the values they are submitted with, so ``_process`` scores nothing again when they turn up.
         Reading only the golden records the decisions touch, not the golden record of every candidate, is
-        most of what a bulk batch reads at 100k stored (≈ 10 golden records per entry)."""
+        most of what a bulk batch reads at 100k stored (≈ 10 golden records per entry).
+
+        ``optimistic``: the entries' own records are taken from the candidate listing as a lone submission
+        takes its own (:meth:`_candidates`), except updates by id and records without blocking keys."""
+        listed = [p for p in prepared if optimistic and p.submission.target_id is None and p.search_keys]
         await asyncio.gather(
-            uow.prefetch("Patient", [p.source_id for p in prepared]),
+            uow.prefetch("Patient", [p.source_id for p in prepared if p not in listed]),
             uow.prefetch_blocks([p.search_keys for p in prepared if p.search_keys], cfg.max_candidates),
         )
+        for p in listed:
+            met = await uow.find_sources(p.search_keys, cfg.max_candidates)  # cached now
+            uow.assume("Patient", p.source_id, next((r for r in met if r["id"] == p.source_id), None))
         owns = [await uow.peek("Patient", p.source_id) for p in prepared]  # cached now
         await uow.prefetch("Patient", sorted({g for own in owns if own and (g := records.golden_id_of(own))}))
         found = [await self._candidates(p, uow, cfg) for p in prepared]
@@ -411,6 +576,81 @@ class Registry:
                 stored = await uow.peek("Task", task["id"])
             if stored is None or stored.get("status") in (OPEN, WITHDRAWN):
                 uow.put(task)
+
+
+@dataclass
+class _Waiting:
+    """A single submission waiting for a shared transaction: its answer, and its request's recorder of HAPI
+    calls (OpenHIM orchestrations), if any."""
+
+    prepared: Prepared
+    future: asyncio.Future[SubmissionResult]
+    recorder: CallRecorder | None = field(default=None)
+
+    def answer(self, result: SubmissionResult) -> None:
+        if not self.future.done():
+            self.future.set_result(result)
+
+    def fail(self, error: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(error)
+
+    def cancel(self) -> None:
+        self.future.cancel()
+
+
+def _live_golden(resource: Resource) -> bool:
+    """Kept in :attr:`Registry.goldens`: golden records not merged into another (the workflow writes every
+    golden record it decides on, so a stale copy is caught by ``If-Match``; one it only walks through along
+    ``replaced-by`` links would not be)."""
+    return records.is_golden(resource) and records.replaced_by(resource) is None
+
+
+def _shared_calls(calls: list[CallRecord], mine: set[str], members: int) -> list[CallRecord]:
+    """The HAPI calls of a shared transaction as one member's request may see them: the transaction's
+    entries limited to the records it staged (its own AuditEvent included), the other calls without their
+    query strings and bodies (they carry the other members' keys and records)."""
+    shared = f" (shared by {members} submissions)"
+    out = []
+    for call in calls:
+        if call.name == "transaction":
+            request = _own_entries(call.request_body, mine, None)
+            kept = _kept_indexes(call.request_body, mine)
+            response = _own_entries(call.response_body, None, kept) if call.error is None else None
+            out.append(replace(call, name=call.name + shared, request_body=request, response_body=response))
+        else:
+            url = call.url.split("?", 1)[0]
+            out.append(replace(call, name=call.name + shared, url=url, request_body=None, response_body=None))
+    return out
+
+
+def _kept_indexes(bundle: str | None, mine: set[str]) -> list[int]:
+    if not bundle:
+        return []
+    try:
+        entries = orjson.loads(bundle).get("entry", [])
+    except (orjson.JSONDecodeError, AttributeError):
+        return []
+    return [i for i, e in enumerate(entries) if (e.get("request") or {}).get("url") in mine]
+
+
+def _own_entries(bundle: str | None, mine: set[str] | None, indexes: list[int] | None) -> str | None:
+    """``bundle`` (a transaction or its response) with the entries at ``indexes``, or whose request URL is in
+    ``mine``; None when it is not a Bundle (an error answer may name another member's record)."""
+    if not bundle:
+        return None
+    try:
+        doc = orjson.loads(bundle)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(doc, dict) or doc.get("resourceType") != "Bundle":
+        return None
+    entries = doc.get("entry", [])
+    if indexes is None:
+        kept = [e for e in entries if (e.get("request") or {}).get("url") in (mine or set())]
+    else:
+        kept = [entries[i] for i in indexes if i < len(entries)]
+    return orjson.dumps({**doc, "entry": kept}).decode()
 
 
 @dataclass(frozen=True)

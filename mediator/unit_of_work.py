@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from .errors import Conflict
@@ -35,10 +37,61 @@ ABSENT_VERSION = "0"  # If-Match of a record read as absent: HAPI creates it, or
 _NOT_ABSENT = re.compile(r"Trying to update (\w+)/([A-Za-z0-9.-]+)/_history/" + ABSENT_VERSION + r" but")
 
 
+class KnownRecords:
+    """Records as this process last wrote or read them, with their versions, taken by a unit of work as read
+    without asking HAPI. Only for records the workflow always writes when it uses them (live golden
+    records): the write carries ``If-Match`` with the version held, so a copy gone stale (another replica,
+    a curator) makes HAPI refuse the transaction, and the workflow decides again from fresh reads, which
+    replace the copy. Held records are private copies, only looked at (:meth:`UnitOfWork.peek`) or cloned
+    (:meth:`UnitOfWork.read`)."""
+
+    def __init__(self, keep: Callable[[Resource], bool], capacity: int = 100_000) -> None:
+        self._keep = keep
+        self.capacity = max(0, capacity)
+        self._held: OrderedDict[str, Resource] = OrderedDict()  # "Type/id" -> record with meta.versionId
+        self.hits = 0
+
+    def get(self, key: str) -> Resource | None:
+        held = self._held.get(key)
+        if held is not None:
+            self._held.move_to_end(key)
+            self.hits += 1
+        return held
+
+    def offer(self, key: str, resource: Resource | None, version: str | None = None) -> None:
+        """Hold ``resource`` (as read, or as written when ``version`` is the one HAPI gave it) if it is of the
+        kind kept; anything else under that key is forgotten."""
+        self._held.pop(key, None)
+        if resource is None or self.capacity == 0 or not self._keep(resource):
+            return
+        if version is not None:
+            resource = {**resource, "meta": {**resource.get("meta", {}), "versionId": version}}
+        if version_of(resource) is None:
+            return
+        self._held[key] = clone(resource)
+        while len(self._held) > self.capacity:
+            self._held.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+
 class UnitOfWork:
-    def __init__(self, hapi: HapiClient, sources: TaggedSources | None = None) -> None:
+    def __init__(
+        self,
+        hapi: HapiClient,
+        sources: TaggedSources | None = None,
+        known: KnownRecords | None = None,
+        *,
+        fresh: bool = False,
+    ) -> None:
         self._hapi = hapi
         self._sources = sources if sources is not None else TaggedSources(hapi, capacity=0)
+        # records taken as read without asking HAPI (unless ``fresh``: after a conflict), kept up to date
+        self._known = known
+        self._trust_known = known is not None and not fresh
+        self.owner: str | None = None  # whose writes :meth:`put` stages now (a shared transaction's member)
+        self.owners: dict[str, set[str]] = {}  # "Type/id" -> the owners that staged it
         self._seen_versions: dict[str, str | None] = {}  # "Type/id" -> version read from HAPI (None: absent)
         self._read_cache: dict[str, Resource | None] = {}
         self._staged: dict[str, Resource] = {}  # "Type/id" -> resource to PUT, in staging order
@@ -57,8 +110,14 @@ class UnitOfWork:
         if key in self._staged:
             return self._staged[key]
         if key not in self._read_cache:
-            resource = await self._hapi.read(resource_type, resource_id)
-            self._remember(key, resource)
+            held = self._known.get(key) if self._trust_known and self._known is not None else None
+            if held is not None:
+                self._remember(key, held)
+            else:
+                resource = await self._hapi.read(resource_type, resource_id)
+                self._remember(key, resource)
+                if self._known is not None:
+                    self._known.offer(key, resource)
         return self._read_cache[key]
 
     def assume(self, resource_type: str, resource_id: str, resource: Resource | None) -> None:
@@ -161,7 +220,16 @@ class UnitOfWork:
     async def prefetch(self, resource_type: str, ids: list[str], chunk: int = 50) -> None:
         """Read many records with ``_id`` searches (``chunk`` ids each) into the read cache; absent ones as
         absent. Later :meth:`read` calls then cost nothing; versions seen are remembered as by ``read``."""
-        todo = sorted({i for i in ids if f"{resource_type}/{i}" not in self._read_cache})
+        todo = []
+        for i in sorted(set(ids)):
+            key = f"{resource_type}/{i}"
+            if key in self._read_cache:
+                continue
+            held = self._known.get(key) if self._trust_known and self._known is not None else None
+            if held is not None:
+                self._remember(key, held)
+            else:
+                todo.append(i)
         chunks = [todo[k : k + chunk] for k in range(0, len(todo), chunk)]
         answers = await asyncio.gather(  # one response each, not kept by HAPI (no search rows written)
             *(self._hapi.search_once(resource_type, {"_id": ",".join(c)}, max_results=len(c)) for c in chunks)
@@ -172,6 +240,8 @@ class UnitOfWork:
                 key = f"{resource_type}/{i}"
                 if key not in self._read_cache:
                     self._remember(key, by_id.get(i))
+                    if self._known is not None:
+                        self._known.offer(key, by_id.get(i))
 
     def created_here(self, key: str) -> bool:
         """``key`` ("Type/id") is staged and was never seen in HAPI: this unit of work creates it."""
@@ -186,6 +256,8 @@ class UnitOfWork:
             for block in _source_blocks(previous):
                 self._staged_blocks[block].discard(key)
         self._staged[key] = clone(resource)
+        if self.owner is not None:
+            self.owners.setdefault(key, set()).add(self.owner)
         for block in _source_blocks(resource):
             self._staged_blocks.setdefault(block, set()).add(key)
 
@@ -223,6 +295,8 @@ class UnitOfWork:
                 versions[key] = parts[parts.index("_history") + 1]
                 if _source_blocks(resource):  # a candidate of later submissions: known in this version
                     self._sources.remember(resource, versions[key], answer.get("lastModified"))
+                elif self._known is not None:
+                    self._known.offer(key, resource, versions[key])
         return versions
 
     async def _deleted_in_hapi(self, conflict: Conflict) -> bool:

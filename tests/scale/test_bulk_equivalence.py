@@ -1,11 +1,13 @@
-"""Bulk load and single submissions give identical decisions on the same data, submitted in the same order.
+"""Bulk load and single submissions give identical decisions on the same data, submitted in the same order:
+one after the other, and all at once (sharing transactions, mediator/registry.py ``Registry.submit``).
 
 Each path needs a store of its own (the records of one run would be candidates of the other), so this test
-starts two fresh HAPI servers (H2, temporary folders, free ports) side by side — slow, but nothing shared.
+starts three fresh HAPI servers (H2, temporary folders, free ports) side by side — slow, but nothing shared.
 """
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import json
 import subprocess
@@ -32,12 +34,12 @@ def _hapi_env(tmp: Path, port: int) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def two_fresh_hapis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
+def fresh_hapis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
     tmp = tmp_path_factory.mktemp("hapis")
-    envs = [_hapi_env(tmp, free_port()) for _ in range(2)]
+    envs = [_hapi_env(tmp, free_port()) for _ in range(3)]
     start = [str(REPO / "scripts" / "hapi-start")]
     try:
-        with ThreadPoolExecutor(2) as pool:
+        with ThreadPoolExecutor(3) as pool:
             for done in pool.map(lambda env: subprocess.run(start, env=env, check=False), envs):
                 assert done.returncode == 0, "a HAPI did not start; see its log in the tmp folder"
         yield [f"http://127.0.0.1:{env['HAPI_PORT']}/fhir" for env in envs]
@@ -56,17 +58,20 @@ def _key(p: dict[str, Any]) -> str:
     return f"{own['system']}|{own['value']}"
 
 
+@pytest.mark.timeout(900)  # three HAPIs start first
 async def test_bulk_and_single_submissions_decide_alike(
-    two_fresh_hapis: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    fresh_hapis: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
     """And in the bulk load each entry of a batch is scored once, in the batch's one comparison: also
-    against the records earlier entries of its batch stage (they become its candidates)."""
+    against the records earlier entries of its batch stage (they become its candidates). Submitted all at
+    once, single submissions share transactions (one in flight, so they are decided in the order sent)
+    and decide alike too."""
     population = _population(60, 3)
     assert len(population) > 100
     path = tmp_path / "population.ndjson"
     path.write_text("".join(json.dumps(p) + "\n" for p in population))
 
-    bulk_url, single_url = two_fresh_hapis
+    bulk_url, single_url, shared_url = fresh_hapis
     reused: list[tuple[int, int, int]] = []  # per batch entry: candidates, known scores, known as peers
     known_scores = registry_module._Foreseen.known_scores
 
@@ -110,7 +115,31 @@ async def test_bulk_and_single_submissions_decide_alike(
             single_by_row[n] = (result.outcome, result.golden_id)
     single_decisions = [single_by_row[n] for n in range(len(population))]
 
+    shared_by_row: dict[int, tuple[str, str]] = {}
+    async with registry_in_process(
+        app_settings(tmp_path / "shared", hapi_base_url=shared_url, hapi_timeout_s=60)
+    ) as registry:
+        registry.shared_writes = (
+            1  # one transaction in flight: the waiting ones are decided in the order sent
+        )
+        transactions = 0
+        forward = registry.hapi.transaction
+
+        async def counted(bundle: dict[str, Any]) -> dict[str, Any]:
+            nonlocal transactions
+            transactions += 1
+            return await forward(bundle)
+
+        registry.hapi.transaction = counted  # type: ignore[method-assign]
+        results = await asyncio.gather(
+            *(registry.submit(Submission(patient=population[n], actor=actor)) for n in order)
+        )
+        shared_by_row = {n: (r.outcome, r.golden_id) for n, r in zip(order, results, strict=True)}
+    assert transactions < len(population) / 5, transactions
+    shared_decisions = [shared_by_row[n] for n in range(len(population))]
+
     assert [o for o, _ in bulk_decisions] == [o for o, _ in single_decisions]
+    assert [o for o, _ in shared_decisions] == [o for o, _ in single_decisions]
     assert {o for o, _ in bulk_decisions} >= {"match", "no_match"}  # the population exercises both
 
     def partition(decisions: list[tuple[str, str]]) -> set[frozenset[str]]:
@@ -120,4 +149,4 @@ async def test_bulk_and_single_submissions_decide_alike(
         return {frozenset(g) for g in groups.values()}
 
     # golden ids are random uuids: compare who is grouped with whom
-    assert partition(bulk_decisions) == partition(single_decisions)
+    assert partition(bulk_decisions) == partition(single_decisions) == partition(shared_decisions)

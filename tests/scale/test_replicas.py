@@ -75,7 +75,9 @@ async def test_advisory_locks_keep_replicas_apart_even_when_their_writes_are_hel
     proxy.reset()
     answers = await _twenty_new_submissions(http, proxied_replicas.urls, facility)
     await _assert_one_golden(answers, Store(http, pg_hapi_url), facility)
-    assert proxy.stats.transactions == 20
+    # submissions that wait on a replica share a transaction (mediator/registry.py): 20 at most, one a replica
+    # at least
+    assert 2 <= proxy.stats.transactions <= 20, proxy.stats
     assert proxy.stats.pairs == 0, proxy.stats
     assert proxy.stats.max_concurrent == 1, proxy.stats
 
