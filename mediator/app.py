@@ -119,6 +119,7 @@ def create_app(
         holder,
         locks or LocalKeyedLocks(),
         conflict_retries=settings.conflict_retries,
+        shared_writes=settings.shared_writes,
         cache_records=settings.source_cache_records,
         metrics=metrics,
     )

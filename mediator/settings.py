@@ -112,6 +112,9 @@ class Settings:
     # With the registry's caches, full collections at the defaults were a third of the mediator's CPU.
     gc_threshold: tuple[int, ...] = (50_000, 20, 100)
     conflict_retries: int = 5
+    # transactions of single submissions in flight before the next ones wait and share one (docs/internals.md,
+    # shared transactions); 0 = every single submission its own transaction
+    shared_writes: int = 2
     # seconds between checks of the rules stored in HAPI (mediator/applied_rules.py); 0 = only at start
     rules_poll_s: float = 10.0
     # seconds between looks for jobs left running by a replica that is gone (shared key locks only); 0 = never
@@ -188,6 +191,7 @@ class Settings:
             source_cache_records=int(num("CR_SOURCE_CACHE_RECORDS", defaults.source_cache_records)),
             gc_threshold=_gc_threshold(get("CR_GC_THRESHOLD", ",".join(map(str, defaults.gc_threshold)))),
             conflict_retries=int(num("CR_CONFLICT_RETRIES", defaults.conflict_retries)),
+            shared_writes=int(num("CR_SHARED_WRITES", defaults.shared_writes)),
             rules_poll_s=num("CR_RULES_POLL_S", defaults.rules_poll_s),
             jobs_adopt_s=num("CR_JOBS_ADOPT_S", defaults.jobs_adopt_s),
             metrics_token=get("CR_METRICS_TOKEN") or None,

@@ -58,12 +58,14 @@ class FhirStore:
         locks: LockManager,
         *,
         conflict_retries: int = 5,
+        shared_writes: int = 2,
         cache_records: int = 200_000,
         metrics: Metrics | None = None,
     ) -> None:
         self.target = target
         self._config, self._locks, self._metrics = config, locks, metrics
         self._conflict_retries, self._cache_records = conflict_retries, cache_records
+        self._shared_writes = shared_writes
         self._session: aiohttp.ClientSession | None = None
         self._now: _Tied | None = None
         # called after every change of store: reset what the process keeps of the old one
@@ -104,6 +106,7 @@ class FhirStore:
         sources = TaggedSources(hapi, self._cache_records)
         registry = Registry(hapi, self._config, self._locks, self._conflict_retries, sources)
         registry.metrics = self._metrics
+        registry.shared_writes = self._shared_writes
         return _Tied(hapi, registry)
 
     def _opened(self) -> _Tied:

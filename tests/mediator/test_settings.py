@@ -5,6 +5,7 @@ admin session key file is made by the entry points (``with_secret_key``), not by
 from __future__ import annotations
 
 import socket
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from mediator.admin.auth import with_secret_key
 from mediator.admin.jobs import JOBS
 from mediator.admin.users import UserStore
 from mediator.app import create_app
+from mediator.context import STORE
 from mediator.settings import REPO_ROOT, AdminSettings, Settings
 from tests.conftest import app_settings
 
@@ -98,3 +100,20 @@ async def test_an_app_takes_admin_and_jobs_settings_from_settings_not_the_enviro
     assert not (tmp_path / "env-jobs").exists()
     assert not (tmp_path / "env-secret.key").exists() and not settings.admin.secret_file.exists()
     assert (repo_key.stat().st_mtime_ns if repo_key.exists() else None) == repo_key_before
+
+
+async def test_shared_writes_reach_the_registry_of_every_store(tmp_path: Path):
+    """``CR_SHARED_WRITES`` sets how many transactions of single submissions run before others share one;
+    it holds for the registry of the store in force and for one made when the store changes."""
+    assert Settings.from_env({}).shared_writes == 2
+    assert Settings.from_env({"CR_SHARED_WRITES": "0"}).shared_writes == 0
+    settings = app_settings(
+        tmp_path, hapi_base_url=f"http://127.0.0.1:{_closed_port()}/fhir", hapi_connect_timeout_s=1.0
+    )
+    for wanted in (0, 5):
+        app = create_app(replace(settings, shared_writes=wanted))
+        async with TestClient(TestServer(app)):
+            store = app[STORE]
+            assert store.registry.shared_writes == wanted
+            store.use(replace(store.target, base_url=f"http://127.0.0.1:{_closed_port()}/fhir"))
+            assert store.registry.shared_writes == wanted
