@@ -32,7 +32,8 @@ FLOOR = 1e-5
 STRICT_RECALL = 0.6  # share of true matches that agree exactly on given, family and birth date (assumed)
 LABEL_WEIGHT = 200.0  # reviewers' same-person decisions: pseudo-pairs the prior estimate of m counts for
 # Guards, re-checked against the data by `train` (:func:`review_guards`):
-NO_RELATIVES = 0.01  # no families: at most this share of household pairs look like relatives
+NO_RELATIVES = 0.02  # no families: at most this share of household pairs look like relatives (a population
+# with families: a third; FEBRL 0.2-0.4 %, records of one person mistyped field by field up to 1.5 %)
 PERSONAL_ID = (
     0.01  # a shared id is personal: at most this share of the pairs agreeing on it look like relatives
 )
@@ -177,7 +178,10 @@ def _train(
     for f in rules.fields:
         if f.kind == "name" and "exact" in f.level_names:
             doc["fields"][f.name]["frequencies"] = frequencies(table.columns[f.name].values)
-    doc["deterministic"], notes = review_guards(doc.get("deterministic", []), rules, m, u, blocked, progress)
+    cluster = doc.setdefault("clustering", {})
+    doc["deterministic"], notes = review_guards(
+        doc.get("deterministic", []), rules, m, u, blocked, cluster, progress
+    )
     if notes:
         doc["description"] = " ".join(
             [str(doc.get("description", "")).strip(), *(f"[{x}]" for x in notes)]
@@ -191,6 +195,7 @@ def review_guards(
     m: Sequence[np.ndarray],
     u: Sequence[np.ndarray],
     blocked: np.ndarray,
+    cluster: dict[str, Any],
     progress: Progress | None = None,
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """The ``at_most`` guards re-checked against what EM measured on the data. The guards stand on three
@@ -216,8 +221,11 @@ def review_guards(
        When EM estimates that :data:`ID_CONFLICT` or more of the same person's record pairs carry different
        ids (m of ``else``), the guard goes and the level's weight keeps the evidence.
 
-    ``then`` rules are kept. A guard that steps aside for more says so in its ``description``; the removed
-    guards are returned as notes (the caller adds them to the rules' ``description``)."""
+    With no families, ``clustering.min_cross_pair`` becomes ``no_match`` as well: a pair across two
+    clusters that merely scores low (two heavily mistyped records of one person) no longer keeps them
+    apart; a remaining guard still does. ``cluster`` is that mapping of the trained document, changed in
+    place. ``then`` rules are kept. A guard that steps aside for more says so in its ``description``; the
+    removed guards are returned as notes (the caller adds them to the rules' ``description``)."""
     out = [copy.deepcopy(dict(r)) for r in deterministic]
     notes: list[str] = []
     shared = [
@@ -247,6 +255,11 @@ def review_guards(
                 f"at most {relatives:.2%} of the pairs sharing family name and household contact look like "
                 "relatives (no families in this data)",
             )
+            if cluster.get("min_cross_pair", "potential") != "no_match":
+                cluster["min_cross_pair"] = "no_match"
+                notes.append(
+                    "train set clustering.min_cross_pair to no_match: only guards keep clusters apart"
+                )
     for k in shared:
         f = rules.fields[k]
         relatives = relatives_share(rules, m, blocked, blocked[:, k] == 1)
