@@ -138,13 +138,13 @@ def explain_all(
 def _fields(
     rules: Rules, table: Table, c: Compared, i: int, li: int, ri: int
 ) -> tuple[FieldExplanation, ...]:
-    swapped = bool(c.swapped[i])
+    swapped, flipped = bool(c.swapped[i]), bool(c.flipped[i])
     columns = table.columns
     return tuple(
         FieldExplanation(
             name,
-            _shown(f.comparator, columns[name].values[li]),
-            _shown(f.comparator, columns[other if swapped else name].values[ri]),
+            _shown(f.comparator, columns[other if swapped and flipped else name].values[li]),
+            _shown(f.comparator, columns[other if swapped and not flipped else name].values[ri]),
             names[lv],
             w,
             m[lv] if lv else None,
