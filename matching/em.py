@@ -31,6 +31,9 @@ from .scoring import Table
 FLOOR = 1e-5
 STRICT_RECALL = 0.6  # share of true matches that agree exactly on given, family and birth date (assumed)
 LABEL_WEIGHT = 200.0  # reviewers' same-person decisions: pseudo-pairs the prior estimate of m counts for
+# auto_match rises until the trained scores put at most this share of different people among auto-matches:
+# half the 0.1 % a registry can afford, the other half for the dependence between fields the scores ignore
+FALSE_MATCH_RATE = 0.0005
 # Guards, re-checked against the data by `train` (:func:`review_guards`):
 NO_RELATIVES = 0.02  # no families: at most this share of household pairs look like relatives (a population
 # with families: a third; FEBRL 0.2-0.4 %, records of one person mistyped field by field up to 1.5 %)
@@ -182,11 +185,43 @@ def _train(
     doc["deterministic"], notes = review_guards(
         doc.get("deterministic", []), rules, m, u, blocked, cluster, progress
     )
+    auto = calibrated_auto_match(doc, table, left, right)
+    if auto > float(doc["thresholds"]["auto_match"]):
+        notes.append(
+            f"train raised thresholds.auto_match {doc['thresholds']['auto_match']:g} -> {auto:g}: from there "
+            f"the scores estimate at most {FALSE_MATCH_RATE:g} of auto-matches to be different people"
+        )
+        if progress:
+            progress(notes[-1])
+        doc["thresholds"]["auto_match"] = auto
     if notes:
         doc["description"] = " ".join(
             [str(doc.get("description", "")).strip(), *(f"[{x}]" for x in notes)]
         ).strip()
     return doc
+
+
+def calibrated_auto_match(
+    doc: Mapping[str, Any], table: Table, left: np.ndarray, right: np.ndarray, step: float = 0.5
+) -> float:
+    """The lowest ``auto_match`` (not below the document's, in ``step``s, at most 20) at which the blocked
+    pairs the trained rules would auto-match are, by their own scores, at most :data:`FALSE_MATCH_RATE`
+    different people: a score is log2 posterior odds, so a pair scoring s is two people with probability
+    1 / (1 + 2^s). The scores' own estimate: the guards are there for the dependence between fields the
+    model does not see (relatives), and the target leaves room for it."""
+    from .loading import load_rules
+
+    trained = load_rules(doc)
+    c = compare_all(table, left, right, trained, None)
+    ok = c.capped_by < 0
+    s = c.scores[ok]
+    auto = float(doc["thresholds"]["auto_match"])
+    while auto < 20.0:
+        sel = s >= auto
+        if not sel.any() or float(np.mean(1.0 / (1.0 + np.exp2(s[sel])))) <= FALSE_MATCH_RATE:
+            break
+        auto += step
+    return auto
 
 
 def review_guards(

@@ -8,7 +8,10 @@ from typing import Any
 import numpy as np
 
 import matching
+from matching.blocking import keys_of
+from matching.dedupe import candidate_pairs, compare_all
 from matching.em import review_guards, train
+from matching.scoring import Table
 
 from .conftest import NID, ROOT, patient
 
@@ -156,3 +159,28 @@ def test_train_keeps_the_guards_on_a_household_population() -> None:
     trained = matching.load_rules(train(patients, rules, random_pairs=100_000))
     assert [r.name for r in trained.deterministic] == [r.name for r in rules.deterministic]
     assert trained.min_cross_pair == "potential"
+
+
+def test_train_raises_auto_match_until_the_scores_vouch_for_the_auto_matches() -> None:
+    from bench.population import generate_population
+    from matching.em import FALSE_MATCH_RATE, calibrated_auto_match
+
+    rules = _rules()
+    patients, _ = generate_population(1500, seed=5)
+    doc = train(patients, rules, random_pairs=100_000)
+    trained = matching.load_rules(doc)
+    assert trained.auto_threshold > rules.auto_threshold
+    assert f"train raised thresholds.auto_match 4 -> {trained.auto_threshold:g}" in doc["description"]
+    # the lowest such threshold: half a point lower, the scores' own estimate is over the target
+    table = Table.from_patients(patients, trained)
+    keys = [keys_of(p, trained) for p in patients]
+    left, right, _ = candidate_pairs([k.index for k in keys], 400, [k.search for k in keys])
+    c = compare_all(table, left, right, trained, None)
+    s = c.scores[c.capped_by < 0]
+    rate = lambda t: float(np.mean(1 / (1 + np.exp2(s[s >= t]))))  # noqa: E731
+    assert rate(trained.auto_threshold) <= FALSE_MATCH_RATE < rate(trained.auto_threshold - 0.5)
+    lower = {**doc, "thresholds": {**doc["thresholds"], "auto_match": 4.0}}
+    assert calibrated_auto_match(lower, table, left, right) == trained.auto_threshold
+    # never lowered
+    higher = {**doc, "thresholds": {**doc["thresholds"], "auto_match": 15.0}}
+    assert calibrated_auto_match(higher, table, left, right) == 15.0
