@@ -9,7 +9,10 @@
 - Only *identity* fields (names, gender, birth date, shared identifiers) drive the EM's latent class.
   Household fields (address, phone, email, facility ids) are shared by relatives: letting them vote makes EM
   discover "same household" instead of "same person". Their m is estimated afterwards from the posteriors.
-Thresholds and deterministic rules are kept: they are decisions, not estimates.
+- The guards' premises are re-checked on the data (:func:`review_guards`: no families, a personal id, an
+  id that the same person's records do not always agree on) and ``auto_match`` raised until the trained
+  scores vouch for the auto-matches (:func:`calibrated_auto_match`); ``potential_match`` and ``then``
+  rules are kept. ``--keep-weights`` and ``--labels`` change neither.
 """
 
 from __future__ import annotations
