@@ -130,10 +130,24 @@ def _cmd_train(args: argparse.Namespace, rules: Rules) -> int:
         )
         if linked:
             print(f"warning: {linked} pair(s) decided different people are auto-matched", file=sys.stderr)
+    same = doc.get("deterministic") == rules.to_dict().get("deterministic") and doc.get(
+        "clustering"
+    ) == rules.to_dict().get("clustering", {})
+    guards = (
+        "deterministic rules copied unchanged"
+        if same
+        else "guards re-checked against the data:\n# see `description` of the rules and of each guard"
+    )
+    before = rules.to_dict()["thresholds"]
+    thresholds = (
+        "thresholds copied unchanged"
+        if doc["thresholds"] == before
+        else f"auto_match raised {before['auto_match']:g} -> {doc['thresholds']['auto_match']:g}"
+    )
     header = (
         f"# Trained by `python -m matching train` from {args.input.name} ({len(patients)} records),\n"
         f"# starting from rules '{rules.name}': {what} {how};\n"
-        "# thresholds and deterministic rules copied unchanged. Weights (log2 m/u) shown as comments.\n"
+        f"# {thresholds}; {guards}. Weights (log2 m/u) shown as comments.\n"
     )
     text = dump(doc, header)
     load_rules(doc)  # never write a file we cannot read back

@@ -9,14 +9,18 @@
 - Only *identity* fields (names, gender, birth date, shared identifiers) drive the EM's latent class.
   Household fields (address, phone, email, facility ids) are shared by relatives: letting them vote makes EM
   discover "same household" instead of "same person". Their m is estimated afterwards from the posteriors.
-Thresholds and deterministic rules are kept: they are decisions, not estimates.
+- The guards' premises are re-checked on the data (:func:`review_guards`: no families, a personal id, an
+  id that the same person's records do not always agree on) and ``auto_match`` raised until the trained
+  scores vouch for the auto-matches (:func:`calibrated_auto_match`); ``potential_match`` and ``then``
+  rules are kept. ``--keep-weights`` and ``--labels`` change neither.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,6 +34,16 @@ from .scoring import Table
 FLOOR = 1e-5
 STRICT_RECALL = 0.6  # share of true matches that agree exactly on given, family and birth date (assumed)
 LABEL_WEIGHT = 200.0  # reviewers' same-person decisions: pseudo-pairs the prior estimate of m counts for
+# auto_match rises until the trained scores put at most this share of different people among auto-matches:
+# half the 0.1 % a registry can afford, the other half for the dependence between fields the scores ignore
+FALSE_MATCH_RATE = 0.0005
+# Guards, re-checked against the data by `train` (:func:`review_guards`):
+NO_RELATIVES = 0.02  # no families: at most this share of household pairs look like relatives (a population
+# with families: a third; FEBRL 0.2-0.4 %, records of one person mistyped field by field up to 1.5 %)
+PERSONAL_ID = (
+    0.01  # a shared id is personal: at most this share of the pairs agreeing on it look like relatives
+)
+ID_CONFLICT = 0.01  # a different shared id proves two people when fewer same-person pairs than this differ
 
 
 def level_frequencies(levels: np.ndarray, weights: np.ndarray | None, rules: Rules) -> list[np.ndarray]:
@@ -170,7 +184,200 @@ def _train(
     for f in rules.fields:
         if f.kind == "name" and "exact" in f.level_names:
             doc["fields"][f.name]["frequencies"] = frequencies(table.columns[f.name].values)
+    cluster = doc.setdefault("clustering", {})
+    doc["deterministic"], notes = review_guards(
+        doc.get("deterministic", []), rules, m, u, blocked, cluster, progress
+    )
+    auto = calibrated_auto_match(doc, table, left, right)
+    if auto > float(doc["thresholds"]["auto_match"]):
+        notes.append(
+            f"train raised thresholds.auto_match {doc['thresholds']['auto_match']:g} -> {auto:g}: from there "
+            f"the scores estimate at most {FALSE_MATCH_RATE:g} of auto-matches to be different people"
+        )
+        if progress:
+            progress(notes[-1])
+        doc["thresholds"]["auto_match"] = auto
+    if notes:
+        doc["description"] = " ".join(
+            [str(doc.get("description", "")).strip(), *(f"[{x}]" for x in notes)]
+        ).strip()
     return doc
+
+
+def calibrated_auto_match(
+    doc: Mapping[str, Any], table: Table, left: np.ndarray, right: np.ndarray, step: float = 0.5
+) -> float:
+    """The lowest ``auto_match`` (not below the document's, in ``step``s, at most 20) at which the blocked
+    pairs the trained rules would auto-match are, by their own scores, at most :data:`FALSE_MATCH_RATE`
+    different people: a score is log2 posterior odds, so a pair scoring s is two people with probability
+    1 / (1 + 2^s). The scores' own estimate: the guards are there for the dependence between fields the
+    model does not see (relatives), and the target leaves room for it."""
+    from .loading import load_rules
+
+    trained = load_rules(doc)
+    c = compare_all(table, left, right, trained, None)
+    ok = c.capped_by < 0
+    s = c.scores[ok]
+    auto = float(doc["thresholds"]["auto_match"])
+    while auto < 20.0:
+        sel = s >= auto
+        if not sel.any() or float(np.mean(1.0 / (1.0 + np.exp2(s[sel])))) <= FALSE_MATCH_RATE:
+            break
+        auto += step
+    return auto
+
+
+def review_guards(
+    deterministic: Sequence[Mapping[str, Any]],
+    rules: Rules,
+    m: Sequence[np.ndarray],
+    u: Sequence[np.ndarray],
+    blocked: np.ndarray,
+    cluster: dict[str, Any],
+    progress: Progress | None = None,
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """The ``at_most`` guards re-checked against what EM measured on the data. The guards stand on three
+    premises about a population; each is a fact the data can confirm or refute.
+
+    Relatives — parent and child, siblings, spouses — differ in given name *and* birth date at once. One
+    person's records do so only as often as the two disagreements alone predict (m of the given name's
+    ``else`` times m of the birth date's ``else``, EM's conditional independence). So among a set of
+    blocked pairs (names and dates present on both sides, 50 or more), the share differing in both beyond
+    that prediction — an upper bound, observed + 2 standard errors — is the share of relatives in the set
+    (:func:`relatives_share`).
+
+    1. "Families live here": the guards against twins, namesakes and siblings. Pairs that share the family
+       name and a household's contact (a field not about identity, not an identifier, whose agreement is
+       rare among random pairs: street line, phone, e-mail) are where relatives show. When at most
+       :data:`NO_RELATIVES` of them look like relatives, the data hold no families and those guards (every
+       guard whose ``when`` is not about a shared identifier) go.
+    2. "A child's record may carry a parent's id", why the same national id makes guards step aside only
+       with a compatible birth date, and not at all for ``birth-date-conflict`` / ``no-birth-date``. When
+       at most :data:`PERSONAL_ID` of the pairs agreeing exactly on a shared id look like relatives, the id
+       is personal in this data and every guard not about the id steps aside for the same id alone.
+    3. "A different national id is proof of two people" (a guard whose ``when`` is the id at ``else``).
+       When EM estimates that :data:`ID_CONFLICT` or more of the same person's record pairs carry different
+       ids (m of ``else``), the guard goes and the level's weight keeps the evidence.
+
+    With no families, ``clustering.min_cross_pair`` becomes ``no_match`` as well: a pair across two
+    clusters that merely scores low (two heavily mistyped records of one person) no longer keeps them
+    apart; a remaining guard still does. ``cluster`` is that mapping of the trained document, changed in
+    place. ``then`` rules are kept. A guard that steps aside for more says so in its ``description``; the
+    removed guards are returned as notes (the caller adds them to the rules' ``description``)."""
+    out = [copy.deepcopy(dict(r)) for r in deterministic]
+    notes: list[str] = []
+    shared = [
+        k
+        for k, f in enumerate(rules.fields)
+        if f.comparator_name == "identifier"
+        and f.params.get("systems", "shared") != "local"
+        and {"exact", "else"} <= set(f.level_names)
+    ]
+    shared_names = {rules.fields[k].name for k in shared}
+
+    def remove(keep: Callable[[dict[str, Any]], bool], why: str) -> None:
+        nonlocal out
+        gone = [str(r.get("name")) for r in out if not keep(r)]
+        out = [r for r in out if keep(r)]
+        if gone:
+            notes.append(f"train removed {', '.join(gone)}: {why}")
+            if progress:
+                progress(notes[-1])
+
+    household = _household_pairs(rules, u, blocked)
+    if household is not None:
+        relatives = relatives_share(rules, m, blocked, household)
+        if relatives is not None and relatives <= NO_RELATIVES:
+            remove(
+                lambda r: r.get("at_most") is None or bool(shared_names & set(r.get("when", {}))),
+                f"at most {relatives:.2%} of the pairs sharing family name and household contact look like "
+                "relatives (no families in this data)",
+            )
+            if cluster.get("min_cross_pair", "potential") != "no_match":
+                cluster["min_cross_pair"] = "no_match"
+                notes.append(
+                    "train set clustering.min_cross_pair to no_match: only guards keep clusters apart"
+                )
+    for k in shared:
+        f = rules.fields[k]
+        relatives = relatives_share(rules, m, blocked, blocked[:, k] == 1)
+        if relatives is not None and relatives <= PERSONAL_ID:
+            for r in out:
+                if r.get("at_most") is None or f.name in r.get("when", {}):
+                    continue
+                alts = r.get("unless")
+                alts = [] if alts is None else [alts] if isinstance(alts, Mapping) else list(alts)
+                alts = [a for a in alts if not (f.name in a and _levels(a[f.name]) == ["exact"])]
+                r["unless"] = [*alts, {f.name: "exact"}]
+                r["description"] = (
+                    f"{str(r.get('description', '')).strip()} [train: steps aside for the same {f.name} "
+                    f"alone: at most {relatives:.2%} of the pairs agreeing on it look like relatives]"
+                ).strip()
+            if progress:
+                progress(
+                    f"{f.name} is personal (at most {relatives:.2%} of pairs agreeing on it look like "
+                    "relatives): guards step aside for it"
+                )
+        m_else = float(m[k][f.level_names.index("else") - 1])
+        if m_else >= ID_CONFLICT:
+            remove(
+                lambda r, f=f: (
+                    not (  # type: ignore[misc]
+                        r.get("at_most") is not None
+                        and set(r.get("when", {})) == {f.name}
+                        and _levels(r["when"][f.name]) == ["else"]
+                    )
+                ),
+                f"{m_else:.1%} of the same person's record pairs carry different {f.name} values",
+            )
+    return out, notes
+
+
+def relatives_share(
+    rules: Rules, m: Sequence[np.ndarray], blocked: np.ndarray, sel: np.ndarray
+) -> float | None:
+    """Upper bound (+2 standard errors) of the share of the pairs ``sel`` of ``blocked`` that differ in
+    given name and birth date beyond what one person's records do; None without such fields or with
+    fewer than 50 pairs having both."""
+    g, d = _field_index(rules, "name.given"), _field_index(rules, "birthDate")
+    if g is None or d is None:
+        return None
+    else_g, else_d = len(rules.fields[g].level_names) - 1, len(rules.fields[d].level_names) - 1
+    sel = sel & (blocked[:, g] > 0) & (blocked[:, d] > 0)
+    n = int(sel.sum())
+    if n < 50:
+        return None
+    both = int(((blocked[sel, g] == else_g) & (blocked[sel, d] == else_d)).sum())
+    expected = float(m[g][else_g - 1] * m[d][else_d - 1])
+    return max(0.0, (both + 2.0 * math.sqrt(both)) / n - expected)
+
+
+HOUSEHOLD_U = 0.01  # a household contact: a field whose exact agreement is rarer among random pairs
+
+
+def _household_pairs(rules: Rules, u: Sequence[np.ndarray], blocked: np.ndarray) -> np.ndarray | None:
+    """Blocked pairs with the same family name and the same household contact (None: no such fields)."""
+    fam = _field_index(rules, "name.family", "exact")
+    contact = [
+        k
+        for k, f in enumerate(rules.fields)
+        if not is_identity(f.path, f.params)
+        and f.path != "identifier"
+        and "exact" in f.level_names
+        and u[k][f.level_names.index("exact") - 1] < HOUSEHOLD_U
+    ]
+    if fam is None or not contact:
+        return None
+    same: np.ndarray = (blocked[:, fam] == 1) & (blocked[:, contact] == 1).any(axis=1)
+    return same
+
+
+def _field_index(rules: Rules, path: str, level: str = "else") -> int | None:
+    return next((k for k, f in enumerate(rules.fields) if f.path == path and level in f.level_names), None)
+
+
+def _levels(x: Any) -> list[str]:
+    return [str(v) for v in x] if isinstance(x, list | tuple) else [str(x)]
 
 
 def frequencies(

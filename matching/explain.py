@@ -10,7 +10,17 @@ from typing import Any, NamedTuple
 
 from .comparators import Identifier
 from .rules import OUTCOMES, Rules
-from .scoring import Compared, Table
+from .scoring import Compared, Table, _fires
+
+
+class Guards(NamedTuple):
+    """The guards of one pair: ``fired`` held (their ``when`` and none of their ``unless``); ``capped_by``
+    the first of them that lowered the outcome (None: none did); ``stepped_aside`` the guards whose
+    ``when`` held but an ``unless`` alternative too, each with the first alternative that held."""
+
+    fired: tuple[str, ...]
+    stepped_aside: tuple[tuple[str, dict[str, tuple[str, ...]]], ...]
+    capped_by: str | None
 
 
 class FieldExplanation(NamedTuple):
@@ -49,13 +59,29 @@ class Explanation:
     rule: str
     names_swapped: bool
     build_fields: Callable[[], tuple[FieldExplanation, ...]] = field(repr=False, compare=False)
+    build_guards: Callable[[], Guards] = field(
+        repr=False, compare=False, default=lambda: Guards((), (), None)
+    )
 
     @cached_property
     def fields(self) -> tuple[FieldExplanation, ...]:
         return self.build_fields()
 
+    @cached_property
+    def guards(self) -> Guards:
+        """The guards (``at_most`` rules) of this pair: which held, which stepped aside, which capped."""
+        return self.build_guards()
+
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {k: getattr(self, k) for k in _SCALARS}
+        g = self.guards
+        d["guards"] = {
+            "capped_by": g.capped_by,
+            "fired": list(g.fired),
+            "stepped_aside": [
+                {"rule": n, "unless": {k: list(v) for k, v in u.items()}} for n, u in g.stepped_aside
+            ],
+        }
         d["fields"] = [
             {**f._asdict(), "left": list(f.left), "right": list(f.right), "weight": round(f.weight, 4)}
             for f in self.fields
@@ -76,6 +102,15 @@ class Explanation:
             + ("; given/family compared swapped" if self.names_swapped else "")
         )
         out.append(f"classification: {self.classification} (rule: {self.rule})")
+        g = self.guards
+        if g.capped_by:
+            out.append(f"capped by guard: {g.capped_by}")
+        others = [n for n in g.fired if n != g.capped_by]
+        if others:
+            out.append(f"guards that held without lowering it: {', '.join(others)}")
+        for n, u in g.stepped_aside:
+            why = ", ".join(f"{k} {'/'.join(v)}" for k, v in u.items())
+            out.append(f"guard stepped aside: {n} (unless: {why})")
         return "\n".join(out)
 
 
@@ -130,21 +165,42 @@ def explain_all(
                 rule=label,
                 names_swapped=swapped,
                 build_fields=partial(_fields, rules, table, c, i, li, ri),
+                build_guards=partial(_guards, rules, c, i),
             )
         )
     return out
 
 
+def _guards(rules: Rules, c: Compared, i: int) -> Guards:
+    levels = c.levels[i : i + 1]
+    fired, aside = [], []
+    for j, r in enumerate(rules.deterministic):
+        if r.at_most is None or not _fires(levels, rules.compiled_rules[j])[0]:
+            continue
+        held = [k for k, alt in enumerate(rules.compiled_unless[j]) if _fires(levels, alt)[0]]
+        if held:
+            alt = r.unless[held[0]]
+            aside.append((r.name, {f: _ordered(rules, f, v) for f, v in alt.items()}))
+        else:
+            fired.append(r.name)
+    capped = int(c.capped_by[i])
+    return Guards(tuple(fired), tuple(aside), rules.deterministic[capped].name if capped >= 0 else None)
+
+
+def _ordered(rules: Rules, name: str, levels: frozenset[str]) -> tuple[str, ...]:
+    return tuple(lv for lv in rules.field(name).level_names if lv in levels)
+
+
 def _fields(
     rules: Rules, table: Table, c: Compared, i: int, li: int, ri: int
 ) -> tuple[FieldExplanation, ...]:
-    swapped = bool(c.swapped[i])
+    swapped, flipped = bool(c.swapped[i]), bool(c.flipped[i])
     columns = table.columns
     return tuple(
         FieldExplanation(
             name,
-            _shown(f.comparator, columns[name].values[li]),
-            _shown(f.comparator, columns[other if swapped else name].values[ri]),
+            _shown(f.comparator, columns[other if swapped and flipped else name].values[li]),
+            _shown(f.comparator, columns[other if swapped and not flipped else name].values[ri]),
             names[lv],
             w,
             m[lv] if lv else None,

@@ -106,53 +106,98 @@ class Compared:
     outcome: np.ndarray  # (pairs,) int8: 0 no_match, 1 potential, 2 match
     decided_by: np.ndarray  # (pairs,) int16: index of the deciding deterministic rule, -1 = Fellegi–Sunter
     capped_by: np.ndarray  # (pairs,) int16: index of the first cap that lowered the outcome, -1 = none
+    # (pairs,) bool, with ``swapped``: the first swap field (given) compared the left record's second
+    # (family) with the right record's first, the second field the left's first with the right's second
+    flipped: np.ndarray
 
 
 def compare(table: Table, left: np.ndarray, right: np.ndarray, rules: Rules) -> Compared:
     """Compare records ``left[i]`` and ``right[i]`` of ``table`` (one table: token ids share a vocabulary)."""
-    rt = table
     li, ri = np.asarray(left, dtype=np.int64), np.asarray(right, dtype=np.int64)
     levels = np.zeros((len(li), len(rules.fields)), dtype=np.int8)
     for k, f in enumerate(rules.fields):
-        levels[:, k] = f.comparator.compare(table.columns[f.name], rt.columns[f.name], li, ri)
+        levels[:, k] = f.comparator.compare(table.columns[f.name], table.columns[f.name], li, ri)
     swapped = np.zeros(len(li), dtype=bool)
+    flipped = np.zeros(len(li), dtype=bool)
     if rules.swap and len(li):
-        a, b = rules.swap
-        ka, kb = _index(rules, a), _index(rules, b)
-        fa, fb = rules.fields[ka], rules.fields[kb]
-        # only pairs whose names disagree somewhere can gain from comparing them crosswise
-        poor = np.nonzero((fa.weights[levels[:, ka]] <= 0) | (fb.weights[levels[:, kb]] <= 0))[0]
-        if len(poor):
-            pl, pr = li[poor], ri[poor]
-            cross_a = fa.comparator.compare(table.columns[a], rt.columns[b], pl, pr)
-            cross_b = fb.comparator.compare(table.columns[b], rt.columns[a], pl, pr)
-            straight = fa.weights[levels[poor, ka]] + fb.weights[levels[poor, kb]]
-            cross = fa.weights[cross_a] + fb.weights[cross_b]
-            better = (cross_a > 0) & (cross_b > 0) & (cross > straight + 1.0)
-            sel = poor[better]
-            swapped[sel] = True
-            levels[sel, ka] = cross_a[better]
-            levels[sel, kb] = cross_b[better]
+        _swap_names(table, li, ri, rules, levels, swapped, flipped)
     weights = np.zeros(levels.shape, dtype=np.float64)
     for k, f in enumerate(rules.fields):
         weights[:, k] = f.weights[levels[:, k]]
         if f.frequencies and len(li):
             exact = np.nonzero(levels[:, k] == 1)[0]
             if len(exact):
-                other = f.name
-                if rules.swap and f.name in rules.swap:
-                    other_name = rules.swap[1] if f.name == rules.swap[0] else rules.swap[0]
-                else:
-                    other_name = f.name
-                for swap_state, col_b in ((False, other), (True, other_name)):
-                    sel = exact[swapped[exact] == swap_state]
+                for col_l, col_r, sel in _sides(rules, f.name, exact, swapped, flipped):
                     if len(sel):
                         weights[sel, k] = _tf_weights(
-                            f, table.columns[f.name], rt.columns[col_b], li[sel], ri[sel]
+                            f, table.columns[col_l], table.columns[col_r], li[sel], ri[sel]
                         )
     scores = rules.prior_weight + weights.sum(axis=1)
     outcome, decided, capped = classify(levels, scores, rules)
-    return Compared(levels, weights, swapped, scores, outcome, decided, capped)
+    return Compared(levels, weights, swapped, scores, outcome, decided, capped, flipped)
+
+
+def _swap_names(
+    table: Table,
+    li: np.ndarray,
+    ri: np.ndarray,
+    rules: Rules,
+    levels: np.ndarray,
+    swapped: np.ndarray,
+    flipped: np.ndarray,
+) -> None:
+    """Given and family names compared crosswise where that is clearly better (levels, ``swapped`` and
+    ``flipped`` set in place). Crosswise there are two ways to fill the two fields: the first field (given)
+    from left given ~ right family and the second from left family ~ right given, or the other way round
+    (``flipped``): which record holds its names the wrong way round cannot be told, so which of the two
+    crosswise comparisons is the given names cannot either. The one that says less for the pair is kept
+    (ties: the worse first-field level, then the smaller values): the same choice whichever record is on
+    the left, so a pair scores the same both ways round (taking always the first way gave (a, b) and
+    (b, a) each field's weight of the other's level), and the guards reading the given name see the
+    disagreement (siblings "Idrisa Salif Diallo" and "Diallo Abdoulaye": given names differ)."""
+    assert rules.swap is not None
+    a, b = rules.swap
+    ka, kb = _index(rules, a), _index(rules, b)
+    fa, fb = rules.fields[ka], rules.fields[kb]
+    ca, cb = table.columns[a], table.columns[b]
+    # only pairs whose names disagree somewhere can gain from comparing them crosswise
+    poor = np.nonzero((fa.weights[levels[:, ka]] <= 0) | (fb.weights[levels[:, kb]] <= 0))[0]
+    if not len(poor):
+        return
+    pl, pr = li[poor], ri[poor]
+    a1, b1 = fa.comparator.compare(ca, cb, pl, pr), fb.comparator.compare(cb, ca, pl, pr)
+    if fa.comparator_name == fb.comparator_name and fa.params == fb.params:
+        a2, b2 = b1, a1  # one comparator (the shipped rules): the other way round is already compared
+    else:
+        a2, b2 = fa.comparator.compare(cb, ca, pl, pr), fb.comparator.compare(ca, cb, pl, pr)
+    w1, w2 = fa.weights[a1] + fb.weights[b1], fa.weights[a2] + fb.weights[b2]
+    flip = (w2 < w1) | ((w2 == w1) & (a2 > a1))
+    tie = np.nonzero((w2 == w1) & (a2 == a1) & (b2 == b1))[0]
+    for t in tie.tolist():  # same levels both ways: the smaller values decide (term frequencies differ)
+        x, y = int(pl[t]), int(pr[t])
+        flip[t] = (ca.values[y], cb.values[x]) < (ca.values[x], cb.values[y])
+    cross_a, cross_b = np.where(flip, a2, a1), np.where(flip, b2, b1)
+    straight = fa.weights[levels[poor, ka]] + fb.weights[levels[poor, kb]]
+    cross = fa.weights[cross_a] + fb.weights[cross_b]
+    better = (cross_a > 0) & (cross_b > 0) & (cross > straight + 1.0)
+    sel = poor[better]
+    swapped[sel] = True
+    flipped[sel] = flip[better]
+    levels[sel, ka] = cross_a[better]
+    levels[sel, kb] = cross_b[better]
+
+
+def _sides(
+    rules: Rules, name: str, rows: np.ndarray, swapped: np.ndarray, flipped: np.ndarray
+) -> list[tuple[str, str, np.ndarray]]:
+    """(left column, right column, rows) field ``name`` was compared on, for each way of comparing:
+    straight, crosswise, crosswise flipped."""
+    if not rules.swap or name not in rules.swap:
+        return [(name, name, rows)]
+    first, second = rules.swap
+    other = second if name == first else first
+    sw, fl = swapped[rows], flipped[rows]
+    return [(name, name, rows[~sw]), (name, other, rows[sw & ~fl]), (other, name, rows[sw & fl])]
 
 
 def _tf_weights(f: Field, left: Column, right: Column, li: np.ndarray, ri: np.ndarray) -> np.ndarray:

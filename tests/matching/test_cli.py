@@ -9,7 +9,7 @@ import pytest
 import matching
 from matching.__main__ import main
 
-from .conftest import ROOT, patient
+from .conftest import NID, ROOT, patient
 
 RULES = str(ROOT / "rules" / "default.yaml")
 
@@ -95,7 +95,8 @@ def test_train_writes_readable_rules_that_load(tmp_path: pathlib.Path) -> None:
     assert "# weight" in text
     trained = matching.load_rules(out)
     default = matching.load_rules(RULES)
-    assert trained.auto_threshold == default.auto_threshold
+    assert trained.auto_threshold >= default.auto_threshold  # raised where the scores ask for it
+    assert trained.potential_threshold == default.potential_threshold
     assert trained.deterministic == default.deterministic
     assert trained.field("given").frequencies  # term frequencies learnt
     given_exact = trained.field("given").weights[1]
@@ -184,3 +185,40 @@ def test_train_refuses_labels_with_unknown_ids_or_contradictions(
     assert "line 7: b / a decided different, but same on line 2" in err
     assert "line 4: a / t decided different, but same-person decisions join them" in err
     assert not out.exists()
+
+
+def test_explain_names_the_guard_that_stepped_aside_and_the_one_that_capped(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    nid = {NID: "123456789"}
+    a, b, c = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"
+    a.write_text(json.dumps(patient("a", "Hassan", "Juma", gender="male", ids=nid)))
+    b.write_text(json.dumps(patient("b", "Hussein", "Juma", gender="male", ids=nid)))
+    c.write_text(json.dumps(patient("c", "Hussein", "Juma", gender="male")))
+    # the same national id: different-given-name holds its `when`, and steps aside
+    assert main(["explain", "--rules", RULES, str(a), str(b), "--json"]) == 0
+    guards = json.loads(capsys.readouterr().out)["guards"]
+    assert guards["capped_by"] is None
+    assert guards["stepped_aside"] == [
+        {
+            "rule": "different-given-name",
+            "unless": {"national_id": ["exact"], "birth_date": ["exact", "swapped", "estimated", "one_part"]},
+        }
+    ]
+    assert main(["explain", "--rules", RULES, str(a), str(b)]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "guard stepped aside: different-given-name (unless: national_id exact, birth_date exact/swapped/"
+        in out
+    )
+    assert "capped by guard" not in out
+    # without it the guard caps the score
+    assert main(["explain", "--rules", RULES, str(a), str(c), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["guards"] == {
+        "capped_by": "different-given-name",
+        "fired": ["different-given-name"],
+        "stepped_aside": [],
+    }
+    assert main(["explain", "--rules", RULES, str(a), str(c)]) == 0
+    assert "capped by guard: different-given-name" in capsys.readouterr().out
