@@ -186,15 +186,8 @@ async def main(args: argparse.Namespace, hapi_pid: int | None) -> None:
         registry_in_process(settings) as registry,
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session,
     ):
-        transactions = 0
-        transaction = registry.hapi.transaction
-
-        async def counted(bundle: dict[str, Any]) -> dict[str, Any]:
-            nonlocal transactions
-            transactions += 1
-            return await transaction(bundle)
-
-        registry.hapi.transaction = counted  # type: ignore[method-assign]
+        assert registry.metrics is not None
+        metrics = registry.metrics
         if not hasattr(registry, "shared_writes"):
             print("this registry has no shared transactions: only mode 'alone'")
             modes = ["alone"]
@@ -231,7 +224,7 @@ async def main(args: argparse.Namespace, hapi_pid: int | None) -> None:
                 for _ in range(args.records // block):
                     for mode in modes:
                         batch, population = population[:block], population[block:]
-                        before = transactions
+                        before = metrics.store_calls("transaction")
                         with Measure(hapi_pid) as m:
                             latencies = await _mode(registry, mode, start_sharing, batch, clients)
                         lat, wall, hapi_s, own_s, tx = done.get(mode, ([], 0.0, 0.0, 0.0, 0))
@@ -240,7 +233,7 @@ async def main(args: argparse.Namespace, hapi_pid: int | None) -> None:
                             wall + m.wall,
                             hapi_s + m.hapi,
                             own_s + m.cpu,
-                            tx + transactions - before,
+                            tx + metrics.store_calls("transaction") - before,
                         )
                 for mode in modes:
                     lat, wall, hapi_s, own_s, tx = done[mode]

@@ -117,6 +117,12 @@ class Metrics:
         except UpstreamError:
             self.review_open.clear()  # the failure is counted too
 
+    def store_calls(self, call: str) -> int:
+        """Calls of one kind (``transaction``, ``read``, ...) the FHIR store has answered: what benchmarks and
+        tests count."""
+        count = self.registry.get_sample_value("cr_fhir_store_call_duration_seconds_count", {"call": call})
+        return int(count or 0)
+
     def watch_jobs(self, states: JobStates) -> None:
         self.registry.register(_JobsCollector(states))
 
