@@ -28,6 +28,7 @@ import yaml
 
 from .blocking import keys_of
 from .dedupe import Progress, candidate_pairs, compare_all
+from .loading import load_rules
 from .rules import Rules
 from .scoring import Table
 
@@ -212,8 +213,6 @@ def calibrated_auto_match(
     different people: a score is log2 posterior odds, so a pair scoring s is two people with probability
     1 / (1 + 2^s). The scores' own estimate: the guards are there for the dependence between fields the
     model does not see (relatives), and the target leaves room for it."""
-    from .loading import load_rules
-
     trained = load_rules(doc)
     c = compare_all(table, left, right, trained, None)
     ok = c.capped_by < 0
