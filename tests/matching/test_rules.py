@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pathlib
+from typing import Any
 
 import pytest
 import yaml
@@ -18,6 +19,15 @@ def test_default_rules_load_and_round_trip(rules: matching.Rules) -> None:
     assert again.to_dict() == rules.to_dict()
 
 
+def _problems(doc: dict[str, Any], folder: pathlib.Path) -> tuple[list[str], list[str]]:
+    """The problems loading ``doc`` from a YAML file reports, and that file's lines."""
+    path = folder / "bad.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    with pytest.raises(matching.RulesError) as err:
+        matching.load_rules(path)
+    return err.value.problems, path.read_text().splitlines()
+
+
 def test_all_problems_reported_with_lines(tmp_path: pathlib.Path) -> None:
     doc = yaml.safe_load((ROOT / "rules" / "default.yaml").read_text())
     doc["fields"]["given"]["comparator"] = "jarowinkler"
@@ -25,12 +35,7 @@ def test_all_problems_reported_with_lines(tmp_path: pathlib.Path) -> None:
     doc["thresholds"]["auto_match"] = 1000
     doc["deterministic"][1]["when"] = {"nationalid": "else"}
     doc["colour"] = "blue"
-    path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    lines = path.read_text().splitlines()
-    with pytest.raises(matching.RulesError) as err:
-        matching.load_rules(path)
-    problems = err.value.problems
+    problems, lines = _problems(doc, tmp_path)
     assert len(problems) == 5, problems
 
     def line_of(text: str) -> int:
@@ -85,12 +90,7 @@ def test_unless_is_validated_with_lines(tmp_path: pathlib.Path) -> None:
     guard["unless"] = [{"national_idd": "exact"}, {"facility_id": "same"}]
     gender = next(r for r in doc["deterministic"] if r["name"] == "gender-conflict")
     gender["unless"] = "national_id"
-    path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    lines = path.read_text().splitlines()
-    with pytest.raises(matching.RulesError) as err:
-        matching.load_rules(path)
-    problems = err.value.problems
+    problems, lines = _problems(doc, tmp_path)
     assert len(problems) == 3, problems
     i = doc["deterministic"].index(guard)
     field = next(p for p in problems if f"deterministic.{i}.unless.0.national_idd:" in p)

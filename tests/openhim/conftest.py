@@ -18,6 +18,7 @@ from tests.conftest import app_settings
 from tests.openhim_emulator import ROOT_PASSWORD, CoreEmulator, free_port
 
 WAIT_S = 10.0  # upper bound for every wait on a condition; a passing test waits a few heartbeats
+URN = "urn:mediator:client-registry"  # mediator-config.json
 
 
 @pytest.fixture
@@ -103,3 +104,14 @@ async def poll_until(check: Callable[[], Awaitable[bool]], within_s: float = WAI
 
 def mediator_url(client: TestClient) -> str:
     return str(client.make_url("")).rstrip("/")
+
+
+async def console_edit(core: CoreEmulator, link: OpenHIMLink, **changes: Any) -> dict[str, Any]:
+    """Save the mediator's config in the (emulated) console with ``changes``, wait until the mediator has
+    applied it without error, and return the config saved."""
+    applied = link.configs_applied
+    config = {**core.mediators[URN]["config"], **changes}
+    assert await core.console_set_config(URN, config) == (200, "")
+    await link.wait_for(lambda: link.configs_applied == applied + 1 or link.config_errors, WAIT_S)
+    assert not link.config_errors, link.config_errors
+    return config

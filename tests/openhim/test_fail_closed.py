@@ -16,19 +16,9 @@ from mediator import openhim_state
 from mediator.context import CONFIG
 from tests.conftest import metric_samples, patient, unique_surname
 from tests.hapi_helpers import forward_to_hapi, serve_proxy
-from tests.openhim.conftest import WAIT_S, behind, mediator_url, poll_until
+from tests.openhim.conftest import URN, WAIT_S, behind, console_edit, mediator_url, poll_until
 
 pytestmark = pytest.mark.hapi
-URN = "urn:mediator:client-registry"
-
-
-async def _console(core, link, **changes):
-    applied = link.configs_applied
-    config = {**core.mediators[URN]["config"], **changes}
-    assert await core.console_set_config(URN, config) == (200, "")
-    await link.wait_for(lambda: link.configs_applied == applied + 1 or link.config_errors, WAIT_S)
-    assert not link.config_errors, link.config_errors
-    return config
 
 
 async def _stored(store):
@@ -47,7 +37,7 @@ async def test_a_core_that_forgot_the_mediator_gets_the_config_last_applied(
     await link.wait_for(lambda: link.configs_applied == 1, WAIT_S)
     app, url = client.server.app, mediator_url(client)
     sys_a, sys_b = _systems(facility)
-    edited = await _console(
+    edited = await console_edit(
         core,
         link,
         clientSystems={"pos-a": sys_a, "pos-b": sys_b},
@@ -83,7 +73,7 @@ async def test_a_restarted_mediator_gives_a_reset_core_the_config_kept_in_hapi(
     first, link = await start_mediator(behind(core, settings))
     await link.wait_for(lambda: link.configs_applied == 1, WAIT_S)
     sys_a, sys_b = _systems(facility)
-    edited = await _console(core, link, clientSystems={"pos-a": sys_a, "pos-b": sys_b}, maxCandidates=77)
+    edited = await console_edit(core, link, clientSystems={"pos-a": sys_a, "pos-b": sys_b}, maxCandidates=77)
     await poll_until(lambda: _same(store, edited))
     await first.close()  # the mediator stops ...
     await core.restart(wipe=True)  # ... and the core comes back with an empty database
@@ -124,7 +114,7 @@ async def test_no_client_map_in_force_refuses_routed_requests_with_503(
     assert samples[("cr_openhim_requests_refused_total", (("reason", "no_client_map"),))] == 2
     assert samples[("cr_openhim_client_map_in_force", ())] == 0
 
-    await _console(core, link, clientSystems={"pos-a": facility})
+    await console_edit(core, link, clientSystems={"pos-a": facility})
     tx = await core.route(url, "POST", "/fhir/Patient", body=body, client_id="pos-a")
     assert tx.response["status"] == 201
     samples = metric_samples(await (await client.get("/metrics")).text())
@@ -151,7 +141,7 @@ async def test_a_store_that_cannot_answer_at_registration_gets_the_config_back_l
     first, link = await start_mediator(behind(core, settings))
     await link.wait_for(lambda: link.configs_applied == 1, WAIT_S)
     sys_a, sys_b = _systems(facility)
-    edited = await _console(core, link, clientSystems={"pos-a": sys_a, "pos-b": sys_b})
+    edited = await console_edit(core, link, clientSystems={"pos-a": sys_a, "pos-b": sys_b})
     await poll_until(lambda: _same(store, edited))
     await first.close()
     await core.restart(wipe=True)

@@ -12,10 +12,9 @@ from mediator.admin.score_index import SCORE_INDEX
 from mediator.context import CONFIG, STORE
 from tests.conftest import patient, unique_surname
 from tests.hapi_helpers import forward_to_hapi, serve_proxy
-from tests.openhim.conftest import WAIT_S, behind, mediator_url, poll_until
+from tests.openhim.conftest import URN, WAIT_S, behind, console_edit, mediator_url, poll_until
 
 pytestmark = pytest.mark.hapi
-URN = "urn:mediator:client-registry"
 
 
 async def _mediator(core, settings, start_mediator):
@@ -23,14 +22,6 @@ async def _mediator(core, settings, start_mediator):
     client, link = await start_mediator(behind(core, settings, openhim_allow_open_mode=True))
     await link.wait_for(lambda: link.configs_applied == 1, WAIT_S)
     return mediator_url(client), link, client.server.app
-
-
-async def _console(core, link, **changes):
-    applied = link.configs_applied
-    config = {**core.mediators[URN]["config"], **changes}
-    assert await core.console_set_config(URN, config) == (200, "")
-    await link.wait_for(lambda: link.configs_applied == applied + 1 or link.config_errors, WAIT_S)
-    assert not link.config_errors, link.config_errors
 
 
 async def test_submission_envelope_has_orchestrations_and_properties(
@@ -119,7 +110,7 @@ async def test_console_threshold_change_changes_the_next_decision(core, settings
     assert second.properties["decision"] == "match", "same person, default thresholds: linked"
     assert second.properties["CRUID"] == first.properties["CRUID"]
 
-    await _console(core, link, overrideThresholds=True, autoMatchThreshold=99, potentialMatchThreshold=98)
+    await console_edit(core, link, overrideThresholds=True, autoMatchThreshold=99, potentialMatchThreshold=98)
     assert app[CONFIG].current.rules.auto_threshold == 99
 
     third = await core.route(url, "POST", "/fhir/Patient", body=patient(systems[2], "L3", family=family))
@@ -150,7 +141,7 @@ async def test_a_console_store_address_swaps_in_a_new_client_and_nothing_of_the_
     assert len(old_registry.sources) >= 1  # its record is held, as the old store's
     assert await app[SCORE_INDEX].install(old_hapi) >= 0 and app[SCORE_INDEX].is_ready()
 
-    await _console(core, link, hapiBaseUrl=new_url + "/", hapiTimeoutSeconds=7)
+    await console_edit(core, link, hapiBaseUrl=new_url + "/", hapiTimeoutSeconds=7)
     assert store.hapi is not old_hapi and store.hapi.base_url == new_url and store.hapi._timeout.total == 7
     assert old_hapi.base_url == settings.hapi_base_url  # not changed in place
     assert old_hapi._timeout.total == settings.hapi_timeout_s
@@ -185,7 +176,7 @@ async def test_console_client_map_enforces_identifier_systems(
     )
     assert tx.response["status"] == 201
 
-    await _console(core, link, clientSystems={"pos-a": sys_a, "pos-b": f"{sys_b} {sys_open}"})
+    await console_edit(core, link, clientSystems={"pos-a": sys_a, "pos-b": f"{sys_b} {sys_open}"})
 
     refused = await core.route(
         url, "POST", "/fhir/Patient", body=patient(sys_b, "B1", family=unique_surname()), client_id="pos-a"

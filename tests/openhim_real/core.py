@@ -9,13 +9,11 @@ API's certificate, ``openhim.pid`` is the core process that start.sh started (th
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 import signal
 import ssl
 import subprocess
-import uuid
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -23,6 +21,7 @@ from urllib.parse import quote
 import aiohttp
 
 from mediator.openhim_auth import basic_header
+from tests.openhim_real.mkclient import pos_client
 
 HERE = Path(__file__).resolve().parent
 API = "https://127.0.0.1:8080"
@@ -110,16 +109,7 @@ class RealCore:
         for client_id, password in CLIENTS.items():
             if client_id in known:
                 continue
-            salt = str(uuid.uuid4())
-            client = {
-                "clientID": client_id,
-                "name": f"POS {client_id}",
-                "roles": ["client-registry-pos"],
-                "passwordAlgorithm": "sha512",
-                "passwordSalt": salt,
-                "passwordHash": hashlib.sha512((password + salt).encode()).hexdigest(),
-            }
-            status, text = await self.api("POST", "/clients", client)
+            status, text = await self.api("POST", "/clients", pos_client(client_id, password))
             assert status == 201, (status, text)
 
     async def channel(self) -> dict[str, Any] | None:
