@@ -121,7 +121,9 @@ async def _end_the_session_holding(pg_dsn: str, lease: str) -> None:
     killer = await asyncpg.connect(pg_dsn)
     try:
         ended = await killer.fetchval(
-            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+            # With a timeout, pg_terminate_backend waits until the session has ended and its locks are free;
+            # without one it only sends the signal, and a lock taken right after may still be refused.
+            "SELECT pg_terminate_backend(pid, 10000) FROM pg_locks WHERE locktype = 'advisory' AND granted"
             " AND classid::bigint = $1 AND objid::bigint = $2 AND objsubid = 1",
             (key >> 32) & 0xFFFFFFFF,
             key & 0xFFFFFFFF,

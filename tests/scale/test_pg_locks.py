@@ -149,7 +149,8 @@ def cutting_the_lock_connection_once(pg_dsn: str, method: Callable[..., Any], cu
             killer = await asyncpg.connect(pg_dsn)
             try:
                 pid = pg_locks._HELD.get().get_server_pid()
-                cut.append(await killer.fetchval("SELECT pg_terminate_backend($1)", pid))
+                # the timeout makes it wait until the session (and its locks) has ended, not just signal it
+                cut.append(await killer.fetchval("SELECT pg_terminate_backend($1, 10000)", pid))
             finally:
                 await killer.close()
         return await method(self, *args, **kwargs)
