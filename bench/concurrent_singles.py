@@ -12,11 +12,12 @@ Starts a fresh HAPI (H2, or PostgreSQL with ``--db postgres``: ``scripts/pg-star
 2. warm-up (HAPI's JIT changes its rates several-fold): ``--warmup`` plain creates and a quarter as many
    registry submissions, each from 4 clients, untimed;
 3. ``--rounds`` rounds; in each, for every client count: ``--records`` plain creates (``POST Patient``, a
-   server id, an identifier system of their own) from that many clients, each waiting for its answer; then
+   server id, an identifier system of their own) from that many clients, each waiting for its answer, and
    ``--records`` new generated records as single submissions (``Registry.submit``) from as many clients, once
    per ``--modes`` entry: ``alone`` (every submission its own transaction: ``Registry.shared_writes = 0``) and
    ``shared`` (submissions that arrive while others are being written share a transaction, the default),
-   ``shared:N`` (N such transactions in flight), taking turns in ``--blocks`` blocks.
+   ``shared:N`` (N such transactions in flight); the plain creates and the modes take turns in ``--blocks``
+   blocks.
 
 Per line: records/s, latency p50/p95, HAPI CPU per record (user + system of the HAPI process, /proc), this
 process's CPU per record (the mediator; for plain creates, the client), HAPI transactions per submission; the
@@ -214,19 +215,21 @@ async def main(args: argparse.Namespace, hapi_pid: int | None) -> None:
         )
         for round_ in range(1, args.rounds + 1):
             for clients in client_counts:
-                plain_batch, plain_pool = plain_pool[: args.records], plain_pool[args.records :]
-                with Measure(hapi_pid) as m:
-                    latencies = await plain_creates(session, hapi, plain_batch, clients)
-                _line(round_, clients, "plain", latencies, m, 1.0, rates, p50s)
-                # the modes take turns in blocks, so the store's growth and the JIT's drift fall on each alike
+                # plain creates and the modes take turns in blocks, so the store's growth, the JIT's drift and
+                # the machine's other load fall on each alike
                 block = max(clients, args.records // args.blocks)
                 done: dict[str, tuple[list[float], float, float, float, int]] = {}
                 for _ in range(args.records // block):
-                    for mode in modes:
-                        batch, population = population[:block], population[block:]
+                    for mode in ["plain", *modes]:
                         before = metrics.store_calls("transaction")
-                        with Measure(hapi_pid) as m:
-                            latencies = await _mode(registry, mode, start_sharing, batch, clients)
+                        if mode == "plain":
+                            batch, plain_pool = plain_pool[:block], plain_pool[block:]
+                            with Measure(hapi_pid) as m:
+                                latencies = await plain_creates(session, hapi, batch, clients)
+                        else:
+                            batch, population = population[:block], population[block:]
+                            with Measure(hapi_pid) as m:
+                                latencies = await _mode(registry, mode, start_sharing, batch, clients)
                         lat, wall, hapi_s, own_s, tx = done.get(mode, ([], 0.0, 0.0, 0.0, 0))
                         done[mode] = (
                             lat + latencies,
@@ -235,11 +238,12 @@ async def main(args: argparse.Namespace, hapi_pid: int | None) -> None:
                             own_s + m.cpu,
                             tx + metrics.store_calls("transaction") - before,
                         )
-                for mode in modes:
+                for mode in ["plain", *modes]:
                     lat, wall, hapi_s, own_s, tx = done[mode]
                     total = Measure(hapi_pid)
                     total.wall, total.hapi, total.cpu = wall, hapi_s, own_s
-                    _line(round_, clients, mode, lat, total, tx / len(lat), rates, p50s)
+                    per_record = 1.0 if mode == "plain" else tx / len(lat)
+                    _line(round_, clients, mode, lat, total, per_record, rates, p50s)
         print("summary (mean of the rounds): registry records/s over plain creates/s at the same clients")
         for clients in client_counts:
             plain = statistics.mean(rates[(clients, "plain")])
