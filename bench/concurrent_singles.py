@@ -19,7 +19,8 @@ Starts a fresh HAPI (H2, or PostgreSQL with ``--db postgres``: ``scripts/pg-star
    ``shared:N`` (N such transactions in flight); the plain creates and the modes take turns in ``--blocks``
    blocks.
 
-Per line: records/s, latency p50/p95, HAPI CPU per record (user + system of the HAPI process, /proc), this
+Per line: records/s, latency p50/p95, HAPI CPU per record (user + system of the HAPI process, /proc), with
+``--db postgres`` PostgreSQL's CPU per record (the cluster on ``--pg-port``: postmaster and processes), this
 process's CPU per record (the mediator; for plain creates, the client), HAPI transactions per submission; the
 summary gives registry / plain creates per client count and mode (mean of the rounds). Figures only; not a
 test.
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import statistics
 import subprocess
@@ -54,26 +56,66 @@ TICK = os.sysconf("SC_CLK_TCK")
 ACTOR = Actor(client_id=None, address="bench")
 
 
+def _stat(pid: int | str) -> list[str]:
+    """``/proc/<pid>/stat`` from its third field (state) on: the command name may hold spaces."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def proc_cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    fields = _stat(pid)
     return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
+
+
+def postgres_pid(port: int) -> int | None:
+    """The postmaster serving ``port`` (``scripts/pg-start`` runs it with ``-p <port>``), if one runs here."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        options = list(itertools.pairwise(argv))
+        if argv[0].endswith(b"/postgres") and (b"-p", str(port).encode()) in options:
+            return int(proc.name)
+    return None
+
+
+def cluster_cpu_s(postmaster: int) -> float:
+    """CPU seconds of a PostgreSQL cluster: the postmaster, its live processes (HAPI's pooled connections,
+    the writers) and the ones that ended (counted in the postmaster's cutime and cstime)."""
+    fields = _stat(postmaster)
+    total = sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            child = _stat(proc.name)
+        except OSError:
+            continue
+        if int(child[1]) == postmaster:  # ppid
+            total += int(child[11]) + int(child[12])
+    return total / TICK
 
 
 class Measure:
     """Wall time, HAPI CPU and this process's CPU over a phase."""
 
-    def __init__(self, hapi_pid: int | None) -> None:
+    def __init__(self, hapi_pid: int | None, pg_pid: int | None = None) -> None:
         self.hapi_pid = hapi_pid
+        self.pg_pid = pg_pid
 
     def __enter__(self) -> Measure:
         self.t0, self.c0 = time.perf_counter(), time.process_time()
         self.h0 = proc_cpu_s(self.hapi_pid) if self.hapi_pid else 0.0
+        self.p0 = cluster_cpu_s(self.pg_pid) if self.pg_pid else 0.0
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.wall = time.perf_counter() - self.t0
         self.cpu = time.process_time() - self.c0
         self.hapi = (proc_cpu_s(self.hapi_pid) - self.h0) if self.hapi_pid else float("nan")
+        self.pg = (cluster_cpu_s(self.pg_pid) - self.p0) if self.pg_pid else float("nan")
 
 
 async def _clients(n: int, items: list[Any], one: Callable[[Any], Awaitable[None]]) -> list[float]:
@@ -130,12 +172,13 @@ def _line(
     p50s: dict[tuple[int, str], list[float]],
 ) -> None:
     n = len(latencies)
+    pg = f"{m.pg * 1000 / n:>12.2f}" if m.pg_pid else f"{'-':>12}"
     rates[(clients, what)].append(n / m.wall)
     p50s[(clients, what)].append(statistics.median(latencies))
     print(
         f"{round_:>5} {clients:>7} {what:<9} {n / m.wall:>7.1f} "
         f"{statistics.median(latencies):>7.1f} {pct(latencies, 0.95):>7.1f} "
-        f"{m.hapi * 1000 / n:>15.2f} {m.cpu * 1000 / n:>14.2f} {tx:>6.2f}",
+        f"{m.hapi * 1000 / n:>15.2f} {pg} {m.cpu * 1000 / n:>14.2f} {tx:>6.2f}",
         flush=True,
     )
 
@@ -175,6 +218,7 @@ def _start_hapi(args: argparse.Namespace) -> dict[str, str]:
 
 async def main(args: argparse.Namespace, hapi_pid: int | None) -> None:
     hapi = args.hapi.rstrip("/")
+    pg_pid = postgres_pid(args.pg_port) if args.db == "postgres" else None
     client_counts = [int(c) for c in args.clients.split(",")]
     modes = args.modes.split(",")
     per_round = args.records * len(client_counts)
@@ -210,7 +254,7 @@ async def main(args: argparse.Namespace, hapi_pid: int | None) -> None:
         p50s: dict[tuple[int, str], list[float]] = defaultdict(list)
         print(
             f"{'round':>5} {'clients':>7} {'what':<9} {'rec/s':>7} {'p50 ms':>7} {'p95 ms':>7} "
-            f"{'HAPI CPU ms/rec':>15} {'own CPU ms/rec':>14} {'tx/rec':>6}",
+            f"{'HAPI CPU ms/rec':>15} {'PG CPU ms/rec':>12} {'own CPU ms/rec':>14} {'tx/rec':>6}",
             flush=True,
         )
         for round_ in range(1, args.rounds + 1):
@@ -218,30 +262,31 @@ async def main(args: argparse.Namespace, hapi_pid: int | None) -> None:
                 # plain creates and the modes take turns in blocks, so the store's growth, the JIT's drift and
                 # the machine's other load fall on each alike
                 block = max(clients, args.records // args.blocks)
-                done: dict[str, tuple[list[float], float, float, float, int]] = {}
+                done: dict[str, tuple[list[float], float, float, float, float, int]] = {}
                 for _ in range(args.records // block):
                     for mode in ["plain", *modes]:
                         before = metrics.store_calls("transaction")
                         if mode == "plain":
                             batch, plain_pool = plain_pool[:block], plain_pool[block:]
-                            with Measure(hapi_pid) as m:
+                            with Measure(hapi_pid, pg_pid) as m:
                                 latencies = await plain_creates(session, hapi, batch, clients)
                         else:
                             batch, population = population[:block], population[block:]
-                            with Measure(hapi_pid) as m:
+                            with Measure(hapi_pid, pg_pid) as m:
                                 latencies = await _mode(registry, mode, start_sharing, batch, clients)
-                        lat, wall, hapi_s, own_s, tx = done.get(mode, ([], 0.0, 0.0, 0.0, 0))
+                        lat, wall, hapi_s, pg_s, own_s, tx = done.get(mode, ([], 0.0, 0.0, 0.0, 0.0, 0))
                         done[mode] = (
                             lat + latencies,
                             wall + m.wall,
                             hapi_s + m.hapi,
+                            pg_s + m.pg,
                             own_s + m.cpu,
                             tx + metrics.store_calls("transaction") - before,
                         )
                 for mode in ["plain", *modes]:
-                    lat, wall, hapi_s, own_s, tx = done[mode]
-                    total = Measure(hapi_pid)
-                    total.wall, total.hapi, total.cpu = wall, hapi_s, own_s
+                    lat, wall, hapi_s, pg_s, own_s, tx = done[mode]
+                    total = Measure(hapi_pid, pg_pid)
+                    total.wall, total.hapi, total.pg, total.cpu = wall, hapi_s, pg_s, own_s
                     per_record = 1.0 if mode == "plain" else tx / len(lat)
                     _line(round_, clients, mode, lat, total, per_record, rates, p50s)
         print("summary (mean of the rounds): registry records/s over plain creates/s at the same clients")
