@@ -130,15 +130,16 @@ def _cmd_train(args: argparse.Namespace, rules: Rules) -> int:
         )
         if linked:
             print(f"warning: {linked} pair(s) decided different people are auto-matched", file=sys.stderr)
-    same = doc.get("deterministic") == rules.to_dict().get("deterministic") and doc.get(
+    original = rules.to_dict()
+    same = doc.get("deterministic") == original.get("deterministic") and doc.get(
         "clustering"
-    ) == rules.to_dict().get("clustering", {})
+    ) == original.get("clustering", {})
     guards = (
         "deterministic rules copied unchanged"
         if same
         else "guards re-checked against the data:\n# see `description` of the rules and of each guard"
     )
-    before = rules.to_dict()["thresholds"]
+    before = original["thresholds"]
     thresholds = (
         "thresholds copied unchanged"
         if doc["thresholds"] == before

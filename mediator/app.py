@@ -27,7 +27,7 @@ from .metrics import Metrics
 from .registry import Registry
 from .request_body import CLIENT_CLOSED, body_deadline, client_gone
 from .settings import Settings
-from .store import FhirStore, HapiTarget
+from .store import FhirStore
 
 log = logging.getLogger(__name__)
 
@@ -114,15 +114,7 @@ def create_app(
     if locks is None and settings.locks == "postgres":  # shared by replicas
         locks = shared_locks = pg_locks.setup(app, settings)
     # the FHIR store in force and what is tied to it; the OpenHIM console may change it (mediator/store.py)
-    app[STORE] = store = FhirStore(
-        HapiTarget.of(settings),
-        holder,
-        locks or LocalKeyedLocks(),
-        conflict_retries=settings.conflict_retries,
-        shared_writes=settings.shared_writes,
-        cache_records=settings.source_cache_records,
-        metrics=metrics,
-    )
+    app[STORE] = store = FhirStore(settings, holder, locks or LocalKeyedLocks(), metrics)
 
     def current_hapi() -> HapiClient:
         return store.hapi

@@ -38,14 +38,13 @@ from .locks import LockManager
 from .metrics import Metrics
 from .records import Resource
 from .review import OPEN, POSSIBLE_DUPLICATE, POTENTIAL_MATCH, WITHDRAWN, review_task
+from .settings import SHARED_WRITES
 from .tagged_sources import TaggedSources
 from .unit_of_work import KnownRecords, UnitOfWork
 
 log = logging.getLogger(__name__)
 
 OFF_LOOP_CANDIDATES = 64  # score this many pairs or more in a worker thread
-# transactions of single submissions written at once; submissions arriving meanwhile share the next one
-SHARED_WRITES = 2
 SHARED_MAX = 50  # submissions in one shared transaction at most (a bulk batch's size)
 GOLDEN_RECORDS_KEPT = 100_000  # golden records held in their last known version (≈ 1 KB each)
 
@@ -614,43 +613,43 @@ def _shared_calls(calls: list[CallRecord], mine: set[str], members: int) -> list
     out = []
     for call in calls:
         if call.name == "transaction":
-            request = _own_entries(call.request_body, mine, None)
-            kept = _kept_indexes(call.request_body, mine)
-            response = _own_entries(call.response_body, None, kept) if call.error is None else None
-            out.append(replace(call, name=call.name + shared, request_body=request, response_body=response))
+            request = _bundle(call.request_body)
+            entries = request.get("entry", []) if request else []
+            kept = [i for i, e in enumerate(entries) if (e.get("request") or {}).get("url") in mine]
+            response = _bundle(call.response_body) if call.error is None else None
+            out.append(
+                replace(
+                    call,
+                    name=call.name + shared,
+                    request_body=_with_entries(request, kept),
+                    response_body=_with_entries(response, kept),
+                )
+            )
         else:
             url = call.url.split("?", 1)[0]
             out.append(replace(call, name=call.name + shared, url=url, request_body=None, response_body=None))
     return out
 
 
-def _kept_indexes(bundle: str | None, mine: set[str]) -> list[int]:
-    if not bundle:
-        return []
-    try:
-        entries = orjson.loads(bundle).get("entry", [])
-    except (orjson.JSONDecodeError, AttributeError):
-        return []
-    return [i for i, e in enumerate(entries) if (e.get("request") or {}).get("url") in mine]
-
-
-def _own_entries(bundle: str | None, mine: set[str] | None, indexes: list[int] | None) -> str | None:
-    """``bundle`` (a transaction or its response) with the entries at ``indexes``, or whose request URL is in
-    ``mine``; None when it is not a Bundle (an error answer may name another member's record)."""
-    if not bundle:
+def _bundle(text: str | None) -> dict[str, Any] | None:
+    """A recorded body as a Bundle; None when it is not one (an error answer may name another member's
+    record)."""
+    if not text:
         return None
     try:
-        doc = orjson.loads(bundle)
+        doc = orjson.loads(text)
     except orjson.JSONDecodeError:
         return None
-    if not isinstance(doc, dict) or doc.get("resourceType") != "Bundle":
+    return doc if isinstance(doc, dict) and doc.get("resourceType") == "Bundle" else None
+
+
+def _with_entries(bundle: dict[str, Any] | None, indexes: list[int]) -> str | None:
+    """``bundle`` (a transaction or its response: entries in the same order) with the entries at ``indexes``
+    only."""
+    if bundle is None:
         return None
-    entries = doc.get("entry", [])
-    if indexes is None:
-        kept = [e for e in entries if (e.get("request") or {}).get("url") in (mine or set())]
-    else:
-        kept = [entries[i] for i in indexes if i < len(entries)]
-    return orjson.dumps({**doc, "entry": kept}).decode()
+    entries = bundle.get("entry", [])
+    return orjson.dumps({**bundle, "entry": [entries[i] for i in indexes if i < len(entries)]}).decode()
 
 
 @dataclass(frozen=True)

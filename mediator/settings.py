@@ -19,6 +19,9 @@ from pathlib import Path
 from cryptography.fernet import Fernet
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# transactions of single submissions in flight before the next ones wait and share one (docs/internals.md,
+# shared transactions); 0 = every single submission its own transaction
+SHARED_WRITES = 2
 VAR = REPO_ROOT / "var"  # where the mediator keeps its files by default
 
 
@@ -112,9 +115,7 @@ class Settings:
     # With the registry's caches, full collections at the defaults were a third of the mediator's CPU.
     gc_threshold: tuple[int, ...] = (50_000, 20, 100)
     conflict_retries: int = 5
-    # transactions of single submissions in flight before the next ones wait and share one (docs/internals.md,
-    # shared transactions); 0 = every single submission its own transaction
-    shared_writes: int = 2
+    shared_writes: int = SHARED_WRITES
     # seconds between checks of the rules stored in HAPI (mediator/applied_rules.py); 0 = only at start
     rules_poll_s: float = 10.0
     # seconds between looks for jobs left running by a replica that is gone (shared key locks only); 0 = never

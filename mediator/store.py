@@ -52,20 +52,12 @@ class _Tied:
 
 class FhirStore:
     def __init__(
-        self,
-        target: HapiTarget,
-        config: ConfigHolder,
-        locks: LockManager,
-        *,
-        conflict_retries: int = 5,
-        shared_writes: int = 2,
-        cache_records: int = 200_000,
-        metrics: Metrics | None = None,
+        self, settings: Settings, config: ConfigHolder, locks: LockManager, metrics: Metrics | None = None
     ) -> None:
-        self.target = target
-        self._config, self._locks, self._metrics = config, locks, metrics
-        self._conflict_retries, self._cache_records = conflict_retries, cache_records
-        self._shared_writes = shared_writes
+        """Starts on the store ``settings`` name; its registries are built with ``settings``' conflict
+        retries, shared writes and candidate cache size."""
+        self.target = HapiTarget.of(settings)
+        self._settings, self._config, self._locks, self._metrics = settings, config, locks, metrics
         self._session: aiohttp.ClientSession | None = None
         self._now: _Tied | None = None
         # called after every change of store: reset what the process keeps of the old one
@@ -103,10 +95,10 @@ class FhirStore:
         assert self._session is not None
         hapi = HapiClient(self._session, target.base_url, target.timeout_s, target.connect_timeout_s)
         hapi.metrics = self._metrics
-        sources = TaggedSources(hapi, self._cache_records)
-        registry = Registry(hapi, self._config, self._locks, self._conflict_retries, sources)
+        sources = TaggedSources(hapi, self._settings.source_cache_records)
+        registry = Registry(hapi, self._config, self._locks, self._settings.conflict_retries, sources)
         registry.metrics = self._metrics
-        registry.shared_writes = self._shared_writes
+        registry.shared_writes = self._settings.shared_writes
         return _Tied(hapi, registry)
 
     def _opened(self) -> _Tied:

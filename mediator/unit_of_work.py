@@ -89,7 +89,7 @@ class UnitOfWork:
         self._sources = sources if sources is not None else TaggedSources(hapi, capacity=0)
         # records taken as read without asking HAPI (unless ``fresh``: after a conflict), kept up to date
         self._known = known
-        self._trust_known = known is not None and not fresh
+        self._trusted = None if fresh else known
         self.owner: str | None = None  # whose writes :meth:`put` stages now (a shared transaction's member)
         self.owners: dict[str, set[str]] = {}  # "Type/id" -> the owners that staged it
         self._seen_versions: dict[str, str | None] = {}  # "Type/id" -> version read from HAPI (None: absent)
@@ -110,7 +110,7 @@ class UnitOfWork:
         if key in self._staged:
             return self._staged[key]
         if key not in self._read_cache:
-            held = self._known.get(key) if self._trust_known and self._known is not None else None
+            held = self._held(key)
             if held is not None:
                 self._remember(key, held)
             else:
@@ -119,6 +119,10 @@ class UnitOfWork:
                 if self._known is not None:
                     self._known.offer(key, resource)
         return self._read_cache[key]
+
+    def _held(self, key: str) -> Resource | None:
+        """The record as :class:`KnownRecords` holds it, when it may be taken as read (not ``fresh``)."""
+        return self._trusted.get(key) if self._trusted is not None else None
 
     def assume(self, resource_type: str, resource_id: str, resource: Resource | None) -> None:
         """Take ``resource`` as read without reading it: the view a candidate listing gave in the version HAPI
@@ -225,7 +229,7 @@ class UnitOfWork:
             key = f"{resource_type}/{i}"
             if key in self._read_cache:
                 continue
-            held = self._known.get(key) if self._trust_known and self._known is not None else None
+            held = self._held(key)
             if held is not None:
                 self._remember(key, held)
             else:

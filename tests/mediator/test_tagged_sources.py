@@ -3,6 +3,7 @@ read only the records not held in that version; what they return is exactly what
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -136,7 +137,7 @@ async def test_a_new_store_address_forgets_the_records_held(hapi_url, settings):
     key = f"test:{family}:k"
     config = ConfigHolder(RegistryConfig.from_settings(settings), RulesOrigin(path=str(settings.rules_path)))
     async with aiohttp.ClientSession() as session:
-        store = FhirStore(HapiTarget.of(settings), config, LocalKeyedLocks(), cache_records=100)
+        store = FhirStore(dataclasses.replace(settings, source_cache_records=100), config, LocalKeyedLocks())
         store.open(session)
         sources = store.registry.sources
         writer = UnitOfWork(store.hapi, sources)

@@ -26,7 +26,7 @@ from mediator.context import CONFIG, HTTP_SESSION, STORE
 from mediator.fhir_client import HapiClient
 from mediator.locks import LocalKeyedLocks
 from mediator.settings import REPO_ROOT, Settings
-from mediator.store import FhirStore, HapiTarget
+from mediator.store import FhirStore
 from tests.conftest import patient, unique_surname
 from tests.hapi_helpers import rematch_job
 
@@ -160,7 +160,7 @@ def test_a_console_rules_text_still_wins_over_rules_stored_while_running():
 
     settings = Settings()
     holder = ConfigHolder(RegistryConfig.from_settings(settings), RulesOrigin(path=str(settings.rules_path)))
-    store = FhirStore(HapiTarget.of(settings), holder, LocalKeyedLocks())  # never opened: never called
+    store = FhirStore(settings, holder, LocalKeyedLocks())  # never opened: never called
     stored = applied_rules.AppliedRules.of(_rules(42.0, 21.0).to_dict(), "job-7", "alice").to_resource()
     stored["meta"] = {"versionId": "3"}
 
