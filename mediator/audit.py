@@ -18,6 +18,7 @@ IHE_EVENT_TYPE = "urn:ihe:event-type-code"
 ENTITY_TYPE = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
 OBJECT_ROLE = "http://terminology.hl7.org/CodeSystem/object-role"
 PIX_QUERY = "ITI-83"
+DEMOGRAPHICS_MATCH = "ITI-119"
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,38 @@ def pix_query_event(
             "code": PIX_QUERY,
             "display": "Mobile Patient Identifier Cross-reference Query",
         },
+    )
+    if refused:
+        resource["outcome"], resource["outcomeDesc"] = "4", refused
+    return resource
+
+
+def match_query_event(
+    *, actor: Actor, golden_ids: Sequence[str], refused: str | None = None
+) -> dict[str, Any]:
+    """The AuditEvent of one demographics match (``Patient/$match``, IHE PDQm ITI-119): who asked and the
+    golden record of each person answered. The query itself is demographics and is not recorded.
+    ``refused``: why it was answered 4xx (outcome 4)."""
+    entities: list[dict[str, Any]] = [
+        {
+            "type": {"system": ENTITY_TYPE, "code": "2"},  # system object
+            "role": {"system": OBJECT_ROLE, "code": "24"},  # query
+            "description": "demographics match query (not recorded: demographics)",
+        }
+    ]
+    entities.extend(
+        {
+            "what": {"reference": ref(golden_id)},
+            "type": {"system": ENTITY_TYPE, "code": "1"},  # person
+            "role": {"system": OBJECT_ROLE, "code": "1"},  # patient
+            "description": "golden record",
+        }
+        for golden_id in golden_ids
+    )
+    resource = event(actor=actor, subtype="operation", entities=entities, action="E")
+    resource["type"] = {"system": AUDIT_EVENT_TYPE, "code": "rest", "display": "RESTful Operation"}
+    resource["subtype"].insert(
+        0, {"system": IHE_EVENT_TYPE, "code": DEMOGRAPHICS_MATCH, "display": "Patient Demographics Match"}
     )
     if refused:
         resource["outcome"], resource["outcomeDesc"] = "4", refused

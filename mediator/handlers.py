@@ -7,10 +7,11 @@ import hmac
 import json
 from collections.abc import Awaitable
 from typing import Any
+from urllib.parse import parse_qs
 
 from aiohttp import web
 
-from . import pix, records
+from . import pdqm, pix, records
 from .audit import Actor
 from .context import CONFIG, METRICS, REGISTRY_RESULT, SETTINGS, STARTED_AT, STORE
 from .errors import InvalidInput, RegistryError
@@ -104,6 +105,13 @@ async def ihe_pix(request: web.Request) -> web.Response:
     return fhir_response(parameters)
 
 
+async def patient_match(request: web.Request) -> web.Response:
+    query = pdqm.parse_match_parameters(await read_json(request))
+    registry = request.app[STORE].registry
+    bundle = await pdqm.audited_match(registry, request.app[CONFIG].current, query, actor=actor_of(request))
+    return fhir_response(bundle)
+
+
 def _entry_submission(entry: Any, index: int, actor: Actor) -> Submission:
     where = f"Bundle.entry[{index}]"
     if not isinstance(entry, dict):
@@ -120,8 +128,6 @@ def _entry_submission(entry: Any, index: int, actor: Actor) -> Submission:
     if method == "POST" and url.rstrip("/") == "Patient":
         return Submission(patient=patient, actor=actor)
     if method == "PUT" and url.startswith("Patient?"):
-        from urllib.parse import parse_qs
-
         query = parse_qs(url.partition("?")[2])
         if set(query) != {"identifier"} or len(query["identifier"]) != 1:
             raise InvalidInput(
@@ -197,7 +203,11 @@ async def capability_statement(request: web.Request) -> web.Response:
                                 {
                                     "name": "ihe-pix",
                                     "definition": "https://profiles.ihe.net/ITI/PIXm/OperationDefinition/IHE.PIXm.pix",
-                                }
+                                },
+                                {
+                                    "name": "match",
+                                    "definition": "http://hl7.org/fhir/OperationDefinition/Patient-match",
+                                },
                             ],
                         }
                     ],
@@ -261,6 +271,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/fhir/Patient", create_patient)
     app.router.add_put("/fhir/Patient", conditional_update_patient)
     app.router.add_get("/fhir/Patient/$ihe-pix", ihe_pix)
+    app.router.add_post("/fhir/Patient/$match", patient_match)
     app.router.add_put("/fhir/Patient/{id}", update_patient)
     app.router.add_post("/fhir", bundle)
     app.router.add_post("/fhir/", bundle)

@@ -40,7 +40,7 @@ async def _known_system(hapi: HapiClient, cfg: RegistryConfig, system: str) -> b
     return await hapi.count("Patient", {"identifier": token(system)}) > 0
 
 
-async def _live_golden(hapi: HapiClient, golden: dict[str, Any]) -> dict[str, Any]:
+async def live_golden(hapi: HapiClient, golden: dict[str, Any]) -> dict[str, Any]:
     """Follow merges to the surviving golden record (up to 10 links after this one). Whatever the end — a
     live golden record, a link to a record that is gone, a record that is not golden, a cycle, too many
     links — the answer is the last record that exists on the way."""
@@ -55,7 +55,7 @@ async def _golden_of(hapi: HapiClient, cfg: RegistryConfig, system: str, value: 
         golden = await hapi.read("Patient", value) if value.startswith("cr-") and is_fhir_id(value) else None
         if golden is None or not records.is_golden(golden):
             raise NotFound(f"No person with CRUID {value}.")
-        return await _live_golden(hapi, golden)
+        return await live_golden(hapi, golden)
     found = await hapi.search(
         "Patient",
         {
@@ -70,7 +70,7 @@ async def _golden_of(hapi: HapiClient, cfg: RegistryConfig, system: str, value: 
     for golden_id in sorted({g for r in holders if (g := records.golden_id_of(r))}):
         golden = await hapi.read("Patient", golden_id)
         if golden is not None:
-            live = await _live_golden(hapi, golden)
+            live = await live_golden(hapi, golden)
             people[live["id"]] = live
     if not people:
         raise NotFound(f"The identifier {system}|{value} is not known to the registry.")
@@ -97,15 +97,16 @@ async def audited_cross_references(
     try:
         parameters, golden_id = await cross_references(hapi, cfg, source, target_systems, actor.client_id)
     except (NotFound, Forbidden, Ambiguous) as refused:
-        await _record(
+        await record_event(
             hapi, pix_query_event(actor=actor, query=query, golden_id=None, refused=refused.diagnostics)
         )
         raise
-    await _record(hapi, pix_query_event(actor=actor, query=query, golden_id=golden_id, refused=None))
+    await record_event(hapi, pix_query_event(actor=actor, query=query, golden_id=golden_id, refused=None))
     return parameters
 
 
-async def _record(hapi: HapiClient, event: dict[str, Any]) -> None:
+async def record_event(hapi: HapiClient, event: dict[str, Any]) -> None:
+    """Write one AuditEvent (a query's: written before the query is answered)."""
     uow = UnitOfWork(hapi)
     uow.put(event)
     await uow.commit()
@@ -128,6 +129,24 @@ async def cross_references(
         if (visible is not None and target not in visible) or not await _known_system(hapi, cfg, target):
             raise Forbidden(f"targetSystem {target} is not an identifier domain known to the registry.")
     golden = await _golden_of(hapi, cfg, system, value)
+    wanted = set(target_systems) or set(visible or ())
+    identifiers, targets = await person_identifiers(hapi, cfg, golden, wanted, seen={(system, value)})
+    parameters: list[dict[str, Any]] = [
+        {"name": "targetIdentifier", "valueIdentifier": i} for i in identifiers
+    ]
+    parameters.extend({"name": "targetId", "valueReference": {"reference": t}} for t in targets)
+    return {"resourceType": "Parameters", "parameter": parameters}, golden["id"]
+
+
+async def person_identifiers(
+    hapi: HapiClient,
+    cfg: RegistryConfig,
+    golden: dict[str, Any],
+    wanted: set[str],
+    seen: set[tuple[str, str]] | None = None,
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """The identifiers of ``golden``'s person (its CRUID first, then its source records'), each once, and the
+    references of its records, limited to the systems in ``wanted`` (empty: all), leaving out ``seen``."""
     source_ids = records.source_ids_of(golden)
     sources = (
         await hapi.search(
@@ -136,9 +155,9 @@ async def cross_references(
         if source_ids
         else []
     )
-    wanted = set(target_systems) or set(visible or ())
-    parameters: list[dict[str, Any]] = []
-    seen: set[tuple[str, str]] = {(system, value)}
+    sources.sort(key=lambda r: r["id"])
+    seen = set(seen or ())
+    out: list[dict[str, Any]] = []
     identifiers = [
         {
             "use": "official",
@@ -146,25 +165,19 @@ async def cross_references(
             "value": records.cruid_of(golden, cfg.cruid_system) or golden["id"],
         }
     ]
-    for source_record in sorted(sources, key=lambda r: r["id"]):
+    for source_record in sources:
         identifiers.extend(source_record.get("identifier", []))
     for ident in identifiers:
         key = (ident.get("system", ""), ident.get("value", ""))
         if key in seen or (wanted and key[0] not in wanted):
             continue
         seen.add(key)
-        parameters.append(
-            {
-                "name": "targetIdentifier",
-                "valueIdentifier": {k: ident[k] for k in ("use", "system", "value") if k in ident},
-            }
-        )
-    for source_record in sorted(sources, key=lambda r: r["id"]):
-        own = {i.get("system") for i in source_record.get("identifier", [])}
-        if not wanted or own & wanted:
-            parameters.append(
-                {"name": "targetId", "valueReference": {"reference": records.ref(source_record["id"])}}
-            )
+        out.append({k: ident[k] for k in ("use", "system", "value") if k in ident})
+    targets = [
+        records.ref(r["id"])
+        for r in sources
+        if not wanted or {i.get("system") for i in r.get("identifier", [])} & wanted
+    ]
     if not wanted or cfg.cruid_system in wanted:
-        parameters.append({"name": "targetId", "valueReference": {"reference": records.ref(golden["id"])}})
-    return {"resourceType": "Parameters", "parameter": parameters}, golden["id"]
+        targets.append(records.ref(golden["id"]))
+    return out, targets

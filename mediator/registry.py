@@ -331,6 +331,16 @@ class Registry:
                 return out, uow.owners
         raise Conflict("Too many concurrent changes; retry the request.")  # pragma: no cover
 
+    async def decide_query(self, patient: Mapping[str, Any], cfg: RegistryConfig) -> matching.Decision:
+        """How ``patient`` would be decided if it were submitted now, nothing written: the source records
+        sharing a blocking key with it, scored under ``cfg``'s rules (``Patient/$match``)."""
+        keys = matching.keys_of(patient, cfg.rules)
+        uow = UnitOfWork(self.hapi, self.sources, self.goldens)
+        found = await uow.find_sources(keys.search, cfg.max_candidates)
+        stored = (linking.Found(r["id"], records.golden_id_of(r), r) for r in found)
+        candidates = linking.candidates("", stored, set())
+        return await _decide(matching.prepare(patient, cfg.rules), candidates, {}, cfg.rules)
+
     # -- steps --------------------------------------------------------------------------------------
 
     def prepare(self, submission: Submission, cfg: RegistryConfig) -> Prepared:

@@ -105,7 +105,11 @@ def check_strings(data: dict[str, Any], where: str) -> None:
             )
 
 
-def validate_patient(data: dict[str, Any], where: str = "Patient") -> dict[str, Any]:
+def validate_patient(
+    data: dict[str, Any], where: str = "Patient", *, identifier_required: bool = True
+) -> dict[str, Any]:
+    """``data`` as a Patient the registry can take, identifiers in their normal form (400/422 otherwise).
+    ``identifier_required``: a submission must carry one; a demographics query need not."""
     if data.get("resourceType") != "Patient":
         raise InvalidInput(
             f"Expected a Patient resource, got {data.get('resourceType')!r}.", expression=[where]
@@ -121,10 +125,10 @@ def validate_patient(data: dict[str, Any], where: str = "Patient") -> dict[str, 
         raise InvalidInput(
             f"Patient.gender must be one of {sorted(GENDERS)}.", expression=[f"{where}.gender"]
         )
-    if not data.get("identifier"):
+    if identifier_required and not data.get("identifier"):
         raise Unprocessable("The Patient has no identifier.", expression=[f"{where}.identifier"])
     normal = []
-    for index, ident in enumerate(data["identifier"]):
+    for index, ident in enumerate(data.get("identifier") or []):
         if not ident.get("system"):
             raise InvalidInput(
                 "Every identifier needs a system.", expression=[f"{where}.identifier[{index}].system"]
@@ -139,7 +143,7 @@ def validate_patient(data: dict[str, Any], where: str = "Patient") -> dict[str, 
             raise InvalidInput(str(exc), expression=[f"{where}.identifier[{index}]"]) from exc
         normal.append({**ident, "system": system, "value": value})
     # keys, searches and the stored record all take the identifiers in their normal form
-    return {**data, "identifier": normal}
+    return {**data, "identifier": normal} if normal else data
 
 
 def validate_bundle(data: dict[str, Any]) -> dict[str, Any]:

@@ -428,6 +428,8 @@ def _event_summary(ev: Resource, about: set[str] | None = None) -> dict[str, Any
     action = next((c.get("code") for c in ev.get("subtype", [])), None)
     if action == audit.PIX_QUERY:
         action = "identifier lookup (PIXm)"
+    elif action == audit.DEMOGRAPHICS_MATCH:
+        action = "demographics match (PDQm)"
     admin = any(c.get("system") == ADMIN_ACTION_SYSTEM for c in ev.get("subtype", []))
     entities = []
     decision = None
