@@ -6,7 +6,7 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
-from mediator.admin.users import MAX_SESSIONS, UserStore
+from mediator.admin.users import MAX_SESSIONS, UserStore, _session_key
 from mediator.app import create_app
 from tests.admin.conftest import PASSWORD, AdminClient
 
@@ -122,8 +122,13 @@ def test_concurrent_session_writes_are_not_lost(tmp_path):
         ids = list(pool.map(lambda _: UserStore(path).start_session("alice", 3600), range(MAX_SESSIONS)))
     store = UserStore(path)
     assert all(store.session_open("alice", i) for i in ids)
-    newest = store.start_session("alice", 3600)  # one more: the oldest session ends
-    assert store.session_open("alice", newest) and not store.session_open("alice", ids[0])
+    # the session that expires first: threads take their start time before they take the file's lock, so it
+    # need not be the first one the pool started
+    expiry = store.get("alice").sessions
+    first = min(ids, key=lambda i: expiry[_session_key(i)])
+    newest = store.start_session("alice", 3600)  # one more: the one that expires first ends
+    assert store.session_open("alice", newest) and not store.session_open("alice", first)
+    assert sum(store.session_open("alice", i) for i in ids) == MAX_SESSIONS - 1
     assert oct(path.stat().st_mode & 0o777) == "0o600"
 
 
