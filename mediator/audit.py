@@ -39,11 +39,13 @@ class RecordDecision:
     outcome: str
     score: float | None
     rule: str
+    transaction_id: str | None = None  # the OpenHIM transaction of the request that submitted it
 
 
 def submission_event(*, actor: Actor, decisions: Sequence[RecordDecision]) -> dict[str, Any]:
-    """One AuditEvent per registry transaction: for each submission, the source record's entity (with the
-    decision in its details) followed by its golden record's (and the previous one's, when it moved).
+    """One AuditEvent per client and registry transaction: for each submission, the source record's entity
+    (with the decision, and the OpenHIM transaction of its request, in its details) followed by its golden
+    record's (and the previous one's, when it moved).
 
     A bulk batch of 50 submissions thus writes one AuditEvent, not 50 — the event's writes would otherwise
     halve HAPI's throughput. Readers take the entities in these per-submission groups (:func:`groups`)."""
@@ -55,8 +57,8 @@ def submission_event(*, actor: Actor, decisions: Sequence[RecordDecision]) -> di
         moved = d.previous_golden_id and d.previous_golden_id != d.golden_id
         if moved:
             details.append(("previous-cruid", d.previous_golden_id or ""))
-        if actor.transaction_id:
-            details.append(("openhim-transaction", actor.transaction_id))
+        if d.transaction_id:
+            details.append(("openhim-transaction", d.transaction_id))
         entities.append(
             {
                 "what": {"reference": ref(d.source_id)},

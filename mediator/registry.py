@@ -30,7 +30,7 @@ import orjson
 import matching
 
 from . import linking, records
-from .audit import Actor, RecordDecision, submission_event
+from .audit import Actor, RecordDecision, groups, submission_event
 from .config import ConfigHolder, RegistryConfig
 from .errors import Conflict, Forbidden, InvalidInput, NotFound, RegistryError, Unprocessable, UpstreamError
 from .fhir_client import CallRecord, CallRecorder, HapiClient, current_recorder
@@ -207,8 +207,8 @@ class Registry:
             current_recorder.reset(token)
 
     async def _write_together(self, members: list[_Waiting]) -> None:
-        """One transaction for ``members``, decided in order as a bulk batch is, each with its own AuditEvent;
-        its HAPI calls are shown to each member's request limited to what is its own. A refusal of any member
+        """One transaction for ``members``, decided in order as a bulk batch is, each with its own entities in
+        its client's AuditEvent; its HAPI calls are shown to each member's request limited to what is its own. A refusal of any member
         or a version conflict splits it: each member is then decided again alone, in order, so one member's
         failure fails no other and each gets what it would have alone. A failure of the FHIR store itself
         fails them all, as it would each alone (a timed-out transaction may have been written)."""
@@ -231,8 +231,9 @@ class Registry:
         if recorder is not None:
             for m in members:
                 if m.recorder is not None:
-                    mine = {key for key, who in owners.items() if m.prepared.source_id in who}
-                    m.recorder.calls.extend(_shared_calls(recorder.calls, mine, len(members)))
+                    own = m.prepared.source_id
+                    mine = {key for key, who in owners.items() if own in who}
+                    m.recorder.calls.extend(_shared_calls(recorder.calls, mine, own, len(members)))
         if failure is None:
             for m, result in zip(members, results, strict=True):
                 m.answer(result)
@@ -254,7 +255,7 @@ class Registry:
         self, submissions: Sequence[Submission | Prepared], *, shared: bool
     ) -> tuple[list[SubmissionResult], dict[str, set[str]]]:
         """The transaction of ``submissions``; and, ``shared``: what each staged ("Type/id" -> source ids).
-        Shared: one AuditEvent per submission (its own actor) and no retry here (the caller splits)."""
+        One AuditEvent per client (:func:`_audit_events`); shared: no retry here (the caller splits)."""
         await self.config.settled()  # the applied rules are read (HAPI was unreachable at start-up)
         cfg = self.config.current
         if not submissions:
@@ -291,14 +292,10 @@ class Registry:
                     uow.owner = p.source_id
                     result, decision = await self._process(p, uow, cfg, foreseen, optimistic)
                     processed.append((result, decision))
-                    if shared:  # requests of their own, maybe of other clients: each its own AuditEvent
-                        uow.put(submission_event(actor=p.submission.actor, decisions=[decision]))
                 uow.owner = None
                 results = [result for result, _ in processed]
-                if not shared:
-                    # one AuditEvent for the whole transaction (a bulk batch writes one, not one per record)
-                    actor = prepared[0].submission.actor  # one request: one actor
-                    uow.put(submission_event(actor=actor, decisions=[d for _, d in processed]))
+                for event, sources in _audit_events(prepared, [d for _, d in processed]):
+                    uow.put(event, owners=sources if shared else None)
                 await self.locks.confirm()  # still alone with these keys (503, nothing written, if not)
                 try:
                     versions = await uow.commit()
@@ -446,6 +443,7 @@ class Registry:
             outcome=decision.outcome,
             score=decision.score,
             rule=decision.rule,
+            transaction_id=submission.actor.transaction_id,
         )
         result = SubmissionResult(
             created=existing is None,
@@ -615,10 +613,31 @@ def _live_golden(resource: Resource) -> bool:
     return records.is_golden(resource) and records.replaced_by(resource) is None
 
 
-def _shared_calls(calls: list[CallRecord], mine: set[str], members: int) -> list[CallRecord]:
-    """The HAPI calls of a shared transaction as one member's request may see them: the transaction's
-    entries limited to the records it staged (its own AuditEvent included), the other calls without their
-    query strings and bodies (they carry the other members' keys and records)."""
+def _audit_events(
+    prepared: Sequence[Prepared], decisions: Sequence[RecordDecision]
+) -> list[tuple[dict[str, Any], list[str]]]:
+    """A transaction's AuditEvents, each with the source ids of its submissions: one per client. A bulk batch
+    or a Bundle (one request) writes one, not one per record; a shared transaction one per client among
+    its members' requests (never one for two clients), each submission its own group of entities in it,
+    with its request's OpenHIM transaction id."""
+    by_client: dict[tuple[str | None, str | None], list[tuple[Prepared, RecordDecision]]] = {}
+    for p, decision in zip(prepared, decisions, strict=True):
+        actor = p.submission.actor
+        by_client.setdefault((actor.client_id, actor.address), []).append((p, decision))
+    return [
+        (
+            submission_event(actor=members[0][0].submission.actor, decisions=[d for _, d in members]),
+            [p.source_id for p, _ in members],
+        )
+        for members in by_client.values()
+    ]
+
+
+def _shared_calls(calls: list[CallRecord], mine: set[str], own: str, members: int) -> list[CallRecord]:
+    """The HAPI calls of a shared transaction as the request of the member submitting source record ``own``
+    may see them: the transaction's entries limited to the records it staged, of its client's AuditEvent its
+    own submission's entities only; the other calls without their query strings and bodies (they carry the
+    other members' keys and records)."""
     shared = f" (shared by {members} submissions)"
     out = []
     for call in calls:
@@ -626,6 +645,8 @@ def _shared_calls(calls: list[CallRecord], mine: set[str], members: int) -> list
             request = _bundle(call.request_body)
             entries = request.get("entry", []) if request else []
             kept = [i for i, e in enumerate(entries) if (e.get("request") or {}).get("url") in mine]
+            if request is not None:
+                request = {**request, "entry": [_own_part(e, records.ref(own)) for e in entries]}
             response = _bundle(call.response_body) if call.error is None else None
             out.append(
                 replace(
@@ -639,6 +660,16 @@ def _shared_calls(calls: list[CallRecord], mine: set[str], members: int) -> list
             url = call.url.split("?", 1)[0]
             out.append(replace(call, name=call.name + shared, url=url, request_body=None, response_body=None))
     return out
+
+
+def _own_part(entry: dict[str, Any], own_ref: str) -> dict[str, Any]:
+    """A transaction entry as one member sees it: an AuditEvent with its submission's entities only (the
+    event of a client holds every member of that client); anything else as it is."""
+    resource = entry.get("resource")
+    if not isinstance(resource, dict) or resource.get("resourceType") != "AuditEvent":
+        return entry
+    own = [g for g in groups(resource) if (g[0].get("what") or {}).get("reference") == own_ref]
+    return {**entry, "resource": {**resource, "entity": [e for g in own for e in g]}}
 
 
 def _bundle(text: str | None) -> dict[str, Any] | None:

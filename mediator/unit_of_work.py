@@ -251,7 +251,9 @@ class UnitOfWork:
         """``key`` ("Type/id") is staged and was never seen in HAPI: this unit of work creates it."""
         return key in self._staged and self._seen_versions.get(key) is None
 
-    def put(self, resource: Resource) -> None:
+    def put(self, resource: Resource, owners: list[str] | None = None) -> None:
+        """Stage ``resource`` for the commit, staged by :attr:`owner` (or by ``owners``: a resource several
+        members of a shared transaction stage together)."""
         key = f"{resource['resourceType']}/{resource['id']}"
         if is_subsetted(resource):
             raise ValueError(f"{key} is a partial view from a search (SUBSETTED) and cannot be written")
@@ -260,7 +262,9 @@ class UnitOfWork:
             for block in _source_blocks(previous):
                 self._staged_blocks[block].discard(key)
         self._staged[key] = clone(resource)
-        if self.owner is not None:
+        if owners is not None:
+            self.owners.setdefault(key, set()).update(owners)
+        elif self.owner is not None:
             self.owners.setdefault(key, set()).add(self.owner)
         for block in _source_blocks(resource):
             self._staged_blocks.setdefault(block, set()).add(key)

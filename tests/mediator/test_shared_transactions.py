@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mediator import records
+from mediator.admin import queries
 from mediator.audit import Actor, groups
 from mediator.context import STORE
 from mediator.errors import Conflict, NotFound
@@ -93,7 +94,8 @@ def _answers(results: list[SubmissionResult], tag: str, cruid_system: str) -> li
 
 
 async def _events(store: Any, results: list[SubmissionResult]) -> list[Any]:
-    """Each submission's AuditEvent, in submission order, without its id and time, ids as in _answers."""
+    """Each submission's audit record, in submission order: the agent and type of the AuditEvent holding it
+    and its own group of entities in it, without ids and times, ids as in _answers."""
     goldens: dict[str, int] = {}
     sources: dict[str, int] = {}
     for r in results:
@@ -107,18 +109,27 @@ async def _events(store: Any, results: list[SubmissionResult]) -> list[Any]:
         )
         event = found[seen.get(r.source_id, 0)]
         seen[r.source_id] = seen.get(r.source_id, 0) + 1
-        assert len(groups(event)) == 1  # its own event: one submission in it
-        for entity in event["entity"]:  # as in _answers: a no_match's rule and score are not the scenario's
+        [group] = [g for g in groups(event) if g[0]["what"]["reference"] == records.ref(r.source_id)]
+        for entity in group:  # as in _answers: a no_match's rule and score are not the scenario's
             details = entity.get("detail", [])
             if {"type": "decision", "valueString": "no_match"} in details:
                 entity["detail"] = [d for d in details if d["type"] not in ("rule", "score")]
-        text = repr({k: v for k, v in event.items() if k not in ("id", "meta", "recorded")})
+        text = repr({"agent": event["agent"], "type": event["type"], "group": group})
         for source, n in sources.items():
             text = text.replace(source, f"source-{n}")
         for golden, n in goldens.items():
             text = text.replace(golden, f"golden-{n}")
         out.append(text)
     return out
+
+
+def _audit(bundle: dict[str, Any]) -> list[tuple[str, int]]:
+    """(client, submissions) of each AuditEvent a transaction Bundle writes."""
+    return [
+        (e["resource"]["agent"][0]["who"]["identifier"]["value"], len(groups(e["resource"])))
+        for e in bundle["entry"]
+        if e["request"]["url"].startswith("AuditEvent/")
+    ]
 
 
 async def test_concurrent_submissions_share_transactions_and_answer_as_one_after_the_other(
@@ -133,8 +144,13 @@ async def test_concurrent_submissions_share_transactions_and_answer_as_one_after
     together = await asyncio.gather(*(registry.submit(s) for s in _scenario(facility, "together")))
     # two alone (in flight when the others came), then the six waiting ones in two: A3, B1 | A3 again, …
     assert counter.count == 4 < 8, counter.count
-    events = [sum(e["request"]["url"].startswith("AuditEvent/") for e in b["entry"]) for b in counter.bundles]
-    assert events[-4:] == [1, 1, 2, 4]
+    # one AuditEvent per client of the members, each submission its own group in its client's event
+    assert [_audit(b) for b in counter.bundles[-4:]] == [
+        [("pos-a", 1)],
+        [("pos-b", 1)],
+        [("pos-a", 1), ("pos-b", 1)],
+        [("pos-a", 3), ("pos-b", 1)],
+    ]
 
     cruid = settings.cruid_system
     assert _answers(together, "together", cruid) == _answers(in_turn, "turn", cruid)
@@ -254,10 +270,11 @@ async def test_each_request_sees_only_its_own_part_of_a_shared_transaction(clien
 
     submissions = [
         Submission(patient(sys, f"R{n}", family=unique_surname()), POS_A if n % 2 else POS_B)
-        for n in range(SHARED_WRITES + 2)
+        for n in range(SHARED_WRITES + 3)
     ]
     answers = await asyncio.gather(*(recorded(s) for s in submissions))
     assert counter.count == SHARED_WRITES + 1
+    assert _audit(counter.bundles[-1]) == [("pos-b", 2), ("pos-a", 1)]  # two members share pos-b's event
 
     for n, (result, recorder) in enumerate(answers):
         names = [c.name for c in recorder.calls]
@@ -269,13 +286,37 @@ async def test_each_request_sees_only_its_own_part_of_a_shared_transaction(clien
         assert not any(other in body for other in others)
         assert (written[0].response_body or "").count('"status"') == body.count('"request"')
         if n >= SHARED_WRITES:  # shared: the reads without queries or bodies
-            assert all("shared by 2" in name for name in names), names
+            assert all("shared by 3" in name for name in names), names
             reads = [c for c in recorder.calls if not c.name.startswith("transaction")]
             assert all("?" not in c.url and c.response_body is None for c in reads)
             own = POS_A if n % 2 else POS_B
             assert f'"{own.client_id}"' in body
             other = POS_B if n % 2 else POS_A
             assert f'"{other.client_id}"' not in body
+
+
+async def test_members_of_one_client_share_its_audit_event_each_with_its_own_request(client, store, facility):
+    """Three requests of one client sharing a transaction: one AuditEvent, a group of entities per
+    submission, each naming its own request's OpenHIM transaction; the admin history of each record shows its
+    own group only."""
+    registry = _registry(client)
+    counter = Transactions(registry)
+    sys = f"{facility}/one-client"
+    actors = [Actor("pos-a", "10.0.0.1", f"tx-{n}") for n in range(SHARED_WRITES + 3)]
+    submissions = [
+        Submission(patient(sys, f"O{n}", family=unique_surname()), a) for n, a in enumerate(actors)
+    ]
+    results = await asyncio.gather(*(registry.submit(s) for s in submissions))
+    assert counter.count == SHARED_WRITES + 1
+    assert _audit(counter.bundles[-1]) == [("pos-a", 3)]
+    for n, r in enumerate(results):
+        [event] = await store.search("AuditEvent", {"entity": records.ref(r.source_id)})
+        [group] = [g for g in groups(event) if g[0]["what"]["reference"] == records.ref(r.source_id)]
+        assert {"type": "openhim-transaction", "valueString": f"tx-{n}"} in group[0]["detail"]
+        assert [e["what"]["reference"] for e in group] == [records.ref(r.source_id), records.ref(r.golden_id)]
+        history = await queries.history(registry.hapi, r.golden_id)
+        [mine] = [h for h in history if h["id"] == event["id"]]
+        assert [e["what"] for e in mine["entities"]] == [records.ref(r.source_id), records.ref(r.golden_id)]
 
 
 async def test_a_known_golden_record_is_not_read_again_and_nothing_twice(client, facility):
