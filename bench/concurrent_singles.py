@@ -1,7 +1,7 @@
 """Single submissions from 1, 4 and 16 concurrent clients against HAPI's plain creates, side by side.
 
     .venv/bin/python -m bench.concurrent_singles [--db h2|postgres] [--port 8134] [--clients 1,4,16]
-        [--records 400] [--stored 3000] [--warmup 4000] [--rounds 2] [--modes alone,shared]
+        [--records 400] [--stored 3000] [--warmup 4000] [--rounds 2] [--modes alone,shared] [--pos 1]
         [--hapi URL --hapi-pid PIDFILE]
 
 Starts a fresh HAPI (H2, or PostgreSQL with ``--db postgres``: ``scripts/pg-start`` on ``--pg-port``, database
@@ -17,7 +17,8 @@ Starts a fresh HAPI (H2, or PostgreSQL with ``--db postgres``: ``scripts/pg-star
    per ``--modes`` entry: ``alone`` (every submission its own transaction: ``Registry.shared_writes = 0``) and
    ``shared`` (submissions that arrive while others are being written share a transaction, the default),
    ``shared:N`` (N such transactions in flight); the plain creates and the modes take turns in ``--blocks``
-   blocks.
+   blocks. ``--pos``: how many OpenHIM clients the concurrent clients belong to, in turn (1, the default:
+   one, whose submissions sharing a transaction share its AuditEvent; 0: each its own, so they share none).
 
 Per line: records/s, latency p50/p95, HAPI CPU per record (user + system of the HAPI process, /proc), with
 ``--db postgres`` PostgreSQL's CPU per record (the cluster on ``--pg-port``: postmaster and processes), this
@@ -118,18 +119,19 @@ class Measure:
         self.pg = (cluster_cpu_s(self.pg_pid) - self.p0) if self.pg_pid else float("nan")
 
 
-async def _clients(n: int, items: list[Any], one: Callable[[Any], Awaitable[None]]) -> list[float]:
-    """``items`` handled by ``n`` clients, each waiting for its answer before the next: latencies (ms)."""
+async def _clients(n: int, items: list[Any], one: Callable[[Any, int], Awaitable[None]]) -> list[float]:
+    """``items`` handled by ``n`` clients, each waiting for its answer before the next (``one(item, k)``,
+    ``k`` the client's number): latencies (ms)."""
     todo = iter(items)
     latencies: list[float] = []
 
-    async def client() -> None:
+    async def client(k: int) -> None:
         for item in todo:
             t = time.perf_counter()
-            await one(item)
+            await one(item, k)
             latencies.append((time.perf_counter() - t) * 1000)
 
-    await asyncio.gather(*(client() for _ in range(n)))
+    await asyncio.gather(*(client(k) for k in range(n)))
     return latencies
 
 
@@ -141,7 +143,7 @@ def _plain_patient(p: dict[str, Any]) -> dict[str, Any]:
 async def plain_creates(
     session: aiohttp.ClientSession, hapi: str, patients: list[dict[str, Any]], clients: int
 ) -> list[float]:
-    async def create(p: dict[str, Any]) -> None:
+    async def create(p: dict[str, Any], _: int) -> None:
         headers = {"Content-Type": "application/fhir+json"}
         async with session.post(f"{hapi}/Patient", json=_plain_patient(p), headers=headers) as resp:
             assert resp.status == 201, await resp.text()
@@ -150,10 +152,19 @@ async def plain_creates(
     return await _clients(clients, [p for p in patients if valid_birth_date(p.get("birthDate"))], create)
 
 
-async def singles(registry: Registry, patients: list[dict[str, Any]], clients: int) -> list[float]:
-    async def submit(p: dict[str, Any]) -> None:
+def actor(k: int, pos: int) -> Actor:
+    """The OpenHIM client of concurrent client ``k``: with ``pos`` 0 one each, else ``pos`` clients in turn
+    (1: all are one client, whose submissions share AuditEvents in shared transactions)."""
+    n = k if pos == 0 else k % pos
+    return Actor(client_id=f"pos-{n}", address=f"10.0.0.{n}") if pos != 1 else ACTOR
+
+
+async def singles(
+    registry: Registry, patients: list[dict[str, Any]], clients: int, pos: int = 1
+) -> list[float]:
+    async def submit(p: dict[str, Any], k: int) -> None:
         try:
-            await registry.submit(Submission(patient=p, actor=ACTOR))
+            await registry.submit(Submission(patient=p, actor=actor(k, pos)))
         except RegistryError as error:
             if error.status >= 500:
                 raise
@@ -194,13 +205,13 @@ async def _store(registry: Registry, patients: list[dict[str, Any]]) -> None:
 
 
 async def _mode(
-    registry: Registry, mode: str, sharing: int, patients: list[dict[str, Any]], clients: int
+    registry: Registry, mode: str, sharing: int, patients: list[dict[str, Any]], clients: int, pos: int
 ) -> list[float]:
     """``alone``: every submission its own transaction; ``shared``: the registry's default; ``shared:N``: N
     transactions of single submissions in flight."""
     name, _, count = mode.partition(":")
     registry.shared_writes = 0 if name == "alone" else int(count) if count else sharing
-    return await singles(registry, patients, clients)
+    return await singles(registry, patients, clients, pos)
 
 
 def _start_hapi(args: argparse.Namespace) -> dict[str, str]:
@@ -273,7 +284,9 @@ async def main(args: argparse.Namespace, hapi_pid: int | None) -> None:
                         else:
                             batch, population = population[:block], population[block:]
                             with Measure(hapi_pid, pg_pid) as m:
-                                latencies = await _mode(registry, mode, start_sharing, batch, clients)
+                                latencies = await _mode(
+                                    registry, mode, start_sharing, batch, clients, args.pos
+                                )
                         lat, wall, hapi_s, pg_s, own_s, tx = done.get(mode, ([], 0.0, 0.0, 0.0, 0.0, 0))
                         done[mode] = (
                             lat + latencies,
@@ -320,6 +333,12 @@ if __name__ == "__main__":
     parser.add_argument("--modes", default="alone,shared", help="alone, shared, shared:N (N in flight)")
     parser.add_argument("--blocks", type=int, default=4, help="turns the modes take per client count")
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument(
+        "--pos",
+        type=int,
+        default=1,
+        help="OpenHIM clients the concurrent clients belong to, in turn (0: one each; 1: all one client)",
+    )
     args = parser.parse_args()
     env = None
     if args.hapi is None:

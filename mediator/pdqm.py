@@ -146,10 +146,13 @@ async def _people(registry: Registry, cfg: RegistryConfig, query: MatchQuery) ->
     record once, at its best candidate's grade and score."""
     decision = await registry.decide_query(query.patient, cfg)
     people: dict[str, Person] = {}
-    for scored in decision.scores:  # best first
+    # enough read: ``count`` people, or, for a certain match only, a second certain person or the first
+    # that is not certain (scores come best first: every certain one before any possible one)
+    enough = 2 if query.only_certain else query.count
+    for scored in decision.scores:
         grade = GRADES.get(scored.classification)
-        if grade is None:
-            continue
+        if grade is None or len(people) >= enough or (query.only_certain and grade != "certain"):
+            break
         golden = await registry.hapi.read("Patient", scored.golden_id)
         if golden is None:
             continue  # removed since the candidate was listed
