@@ -6,7 +6,6 @@ person, take over another client's record, read an old version, or make one iden
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import unicodedata
 import uuid
@@ -15,7 +14,6 @@ import aiohttp
 import pytest
 
 from mediator import identifiers, records
-from mediator.app import create_app
 from tests.conftest import patient, unique_surname
 
 
@@ -246,23 +244,9 @@ async def test_an_identifier_held_by_two_people_is_not_answered_with_one(client,
 # -- closed mode: who may look up what --------------------------------------------------------------------
 
 
-@pytest.fixture
-async def closed(aiohttp_client, settings):
-    clinic, lab = _system(), _system()
-    settings = dataclasses.replace(settings, client_systems={"clinic": (clinic,), "lab": (lab,)})
-    return await aiohttp_client(create_app(settings)), settings, clinic, lab
-
-
 async def test_closed_mode_lookups_need_a_known_client_and_see_only_its_domains(closed, store):
-    client, settings, clinic, lab = closed
-    family = unique_surname()
-    a = await client.post(
-        "/fhir/Patient", json=patient(clinic, "C1", family=family), headers={"X-OpenHIM-ClientID": "clinic"}
-    )
-    b = await client.post(
-        "/fhir/Patient", json=patient(lab, "L1", family=family), headers={"X-OpenHIM-ClientID": "lab"}
-    )
-    assert a.headers["X-CRUID"] == b.headers["X-CRUID"]
+    client, settings, clinic, lab = closed.client, closed.settings, closed.clinic, closed.lab
+    a = closed.clinic_answer
     query = {"sourceIdentifier": f"{clinic}|C1"}
     assert (await client.get("/fhir/Patient/$ihe-pix", params=query)).status == 403
     unknown = await client.get(
@@ -272,9 +256,9 @@ async def test_closed_mode_lookups_need_a_known_client_and_see_only_its_domains(
     seen = await client.get("/fhir/Patient/$ihe-pix", params=query, headers={"X-OpenHIM-ClientID": "clinic"})
     assert seen.status == 200
     params = await seen.json(content_type=None)
-    assert _identifiers(params) == {(settings.cruid_system, a.headers["X-CRUID"])}  # not the lab's L1
+    assert _identifiers(params) == {(settings.cruid_system, a["X-CRUID"])}  # not the lab's L1
     refs = {p["valueReference"]["reference"] for p in params["parameter"] if p["name"] == "targetId"}
-    assert refs == {a.headers["LocationCRUID"], a.headers["Location"].split("/_history")[0]}
+    assert refs == {a["LocationCRUID"], a["Location"].split("/_history")[0]}
     into_lab = await client.get(
         "/fhir/Patient/$ihe-pix",
         params={**query, "targetSystem": lab},

@@ -3,7 +3,6 @@ demographics point to, graded as a submission of it would be decided, answered w
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import uuid
 from typing import Any
@@ -11,7 +10,6 @@ from typing import Any
 import pytest
 
 from mediator.admin import queries
-from mediator.app import create_app
 from mediator.fhir_client import HapiClient
 from tests.conftest import patient, unique_surname
 
@@ -231,23 +229,9 @@ async def test_every_match_is_audited_without_the_query_demographics(client, sto
 # -- closed mode: who may match, and what it sees --------------------------------------------------------
 
 
-@pytest.fixture
-async def closed(aiohttp_client, settings):
-    clinic, lab = _system(), _system()
-    settings = dataclasses.replace(settings, client_systems={"clinic": (clinic,), "lab": (lab,)})
-    return await aiohttp_client(create_app(settings)), settings, clinic, lab
-
-
 async def test_closed_mode_matches_need_a_known_client_and_see_only_its_domains(closed, store):
-    client, settings, clinic, lab = closed
-    family = unique_surname()
-    a = await client.post(
-        "/fhir/Patient", json=patient(clinic, "C1", family=family), headers={"X-OpenHIM-ClientID": "clinic"}
-    )
-    b = await client.post(
-        "/fhir/Patient", json=patient(lab, "L1", family=family), headers={"X-OpenHIM-ClientID": "lab"}
-    )
-    assert a.headers["X-CRUID"] == b.headers["X-CRUID"]
+    client, settings, clinic, lab = closed.client, closed.settings, closed.clinic, closed.lab
+    a, family = closed.clinic_answer, closed.family
     query = _query(_without_identifiers(patient(clinic, "-", family=family)))
 
     assert (await _match(client, query))[0] == 403
@@ -257,7 +241,7 @@ async def test_closed_mode_matches_need_a_known_client_and_see_only_its_domains(
     assert status == 200
     [entry] = bundle["entry"]
     assert {(i["system"], i["value"]) for i in entry["resource"]["identifier"]} == {
-        (settings.cruid_system, a.headers["X-CRUID"]),
+        (settings.cruid_system, a["X-CRUID"]),
         (clinic, "C1"),
     }  # not the lab's L1
     by_lab_id = _query(
