@@ -107,8 +107,7 @@ async def ihe_pix(request: web.Request) -> web.Response:
 
 async def patient_match(request: web.Request) -> web.Response:
     query = pdqm.parse_match_parameters(await read_json(request))
-    registry = request.app[STORE].registry
-    bundle = await pdqm.audited_match(registry, request.app[CONFIG].current, query, actor=actor_of(request))
+    bundle = await pdqm.audited_match(request.app[STORE].registry, query, actor=actor_of(request))
     return fhir_response(bundle)
 
 

@@ -94,12 +94,13 @@ class Person:
     probability: float  # the best candidate's score as a probability: 2^s / (1 + 2^s)
 
 
-async def audited_match(
-    registry: Registry, cfg: RegistryConfig, query: MatchQuery, *, actor: Actor
-) -> dict[str, Any]:
-    """The ``$match`` answer (a ``searchset`` Bundle) for ``query`` as ``actor`` may see it, recorded as an
-    AuditEvent before it is given, refusals too (HAPI unavailable: 503, neither answer nor record)."""
+async def audited_match(registry: Registry, query: MatchQuery, *, actor: Actor) -> dict[str, Any]:
+    """The ``$match`` answer (a ``searchset`` Bundle) for ``query`` as ``actor`` may see it, under the rules
+    submissions are decided by (the applied ones, once read), recorded as an AuditEvent before it is given,
+    refusals too (HAPI unavailable: 503, neither answer nor record)."""
     started = time.perf_counter()
+    await registry.config.settled()
+    cfg = registry.config.current
     try:
         visible = pix.visible_systems(cfg, actor.client_id)
         if visible is not None:

@@ -208,10 +208,11 @@ class Registry:
 
     async def _write_together(self, members: list[_Waiting]) -> None:
         """One transaction for ``members``, decided in order as a bulk batch is, each with its own entities in
-        its client's AuditEvent; its HAPI calls are shown to each member's request limited to what is its own. A refusal of any member
-        or a version conflict splits it: each member is then decided again alone, in order, so one member's
-        failure fails no other and each gets what it would have alone. A failure of the FHIR store itself
-        fails them all, as it would each alone (a timed-out transaction may have been written)."""
+        its client's AuditEvent; its HAPI calls are shown to each member's request limited to what is its
+        own. A refusal of any member or a version conflict splits it: each member is then decided again
+        alone, in order, so one member's failure fails no other and each gets what it would have alone. A
+        failure of the FHIR store itself fails them all, as it would each alone (a timed-out transaction may
+        have been written)."""
         recorder = CallRecorder() if any(m.recorder is not None for m in members) else None
         token = current_recorder.set(recorder)
         try:

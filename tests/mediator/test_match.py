@@ -8,9 +8,13 @@ import uuid
 from typing import Any
 
 import pytest
+import yaml
 
+import matching
 from mediator.admin import queries
+from mediator.context import CONFIG
 from mediator.fhir_client import HapiClient
+from mediator.settings import REPO_ROOT
 from tests.conftest import patient, unique_surname
 
 GRADE = "http://hl7.org/fhir/StructureDefinition/match-grade"
@@ -224,6 +228,31 @@ async def test_every_match_is_audited_without_the_query_demographics(client, sto
     golden = stored.headers["LocationCRUID"].split("/")[1]
     history = await queries.history(HapiClient(store.session, settings.hapi_base_url, 30, 3), golden)
     assert [h["action"] for h in history if h["id"] == event["id"]] == ["demographics match (PDQm)"]
+
+
+async def test_a_match_waits_for_the_applied_rules(client, facility):
+    """HAPI unreachable at start-up: the applied rules (a re-match's, stored in HAPI) are read before the
+    first decision, and a query is decided by them, as a submission would be, never by the start-up file."""
+    family = unique_surname()
+    await client.post("/fhir/Patient", json=patient(facility, "W1", family=family))
+    query = _query(_without_identifiers(patient(facility, "-", family=family)))
+    holder = client.server.app[CONFIG]
+    doc = yaml.safe_load((REPO_ROOT / "rules" / "default.yaml").read_text())
+    doc["thresholds"] = {"auto_match": 100, "potential_match": 99}  # nobody is anybody
+    applied = holder.current.with_changes(rules=matching.load_rules(doc))
+    shipped = holder.current
+
+    async def read_applied() -> None:
+        holder.replace(applied)
+        holder.pending = None
+
+    holder.pending = read_applied
+    try:
+        status, bundle = await _match(client, query)
+    finally:
+        holder.replace(shipped)
+    assert status == 200 and bundle["entry"] == [], bundle
+    assert len((await _match(client, query))[1]["entry"]) == 1  # the shipped rules: a certain match
 
 
 # -- closed mode: who may match, and what it sees --------------------------------------------------------

@@ -27,6 +27,13 @@ async def test_hapi_down_gives_503(aiohttp_client, unused_tcp_port_factory, faci
     assert resp.status == 503
     body = await resp.json(content_type=None)
     assert body["resourceType"] == "OperationOutcome" and body["issue"][0]["code"] == "transient"
+    query = {
+        "resourceType": "Parameters",
+        "parameter": [{"name": "resource", "resource": patient(facility, "Q", family="X")}],
+    }
+    resp = await client.post("/fhir/Patient/$match", json=query)  # no answer without its audit record
+    assert resp.status == 503
+    assert (await resp.json(content_type=None))["issue"][0]["code"] == "transient"
 
 
 async def test_ready_says_whether_the_fhir_store_answers(
