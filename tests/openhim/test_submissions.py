@@ -210,3 +210,24 @@ async def test_console_client_map_enforces_identifier_systems(
     )
     assert other.response["status"] == 201
     assert [s["id"] for s in await store.sources_with(sys_b)] == [other.json()["id"]]
+
+
+async def test_a_demographics_match_through_the_core(core, settings, start_mediator, facility):
+    """``POST /fhir/Patient/$match`` is routed by the channel like a submission: the POS gets the person's
+    identifiers, and what OpenHIM stores of the query names no demographics."""
+    url, _, _ = await _mediator(core, settings, start_mediator)
+    family = unique_surname()
+    stored = await core.route(url, "POST", "/fhir/Patient", body=patient(facility, "M1", family=family))
+    assert stored.response["status"] == 201
+    query = {k: v for k, v in patient(facility, "-", family=family).items() if k != "identifier"}
+    body = {"resourceType": "Parameters", "parameter": [{"name": "resource", "resource": query}]}
+    tx = await core.route(url, "POST", "/fhir/Patient/$match", body=body)
+    assert tx.problems == [] and tx.enveloped and tx.response["status"] == 200
+    [entry] = tx.json()["entry"]
+    cruid = stored.response["headers"]["X-CRUID"]
+    assert {(i["system"], i["value"]) for i in entry["resource"]["identifier"]} >= {
+        (settings.cruid_system, cruid),
+        (facility, "M1"),
+    }
+    shown = json.dumps(tx.orchestrations)
+    assert family not in shown and query["birthDate"] not in shown
