@@ -131,6 +131,30 @@ async def test_a_submission_through_the_router_and_its_transaction(
     assert (await _finished(core, headers["X-OpenHIM-TransactionID"]))["status"] == "Completed"
 
 
+async def test_a_demographics_match_through_the_router(core, real_settings, start_mediator, facility):
+    """``POST /fhir/Patient/$match`` through the real router: the channel takes it, the caller gets the
+    person's identifiers in its own domains, and the mediator's orchestrations name no demographics."""
+    _, link = await _registered(start_mediator, real_settings)
+    sys_k, sys_m = _systems(facility)
+    await _console(core, link, clientSystems={"emr-kisenyi": sys_k, "emr-mulago": sys_m})
+    family = unique_surname()
+    status, headers, _ = await core.route("POST", "/fhir/Patient", patient(sys_k, "K1", family=family))
+    assert status == 201
+    cruid = headers["X-CRUID"]
+    await core.route("POST", "/fhir/Patient", patient(sys_m, "M1", family=family), client="emr-mulago")
+    query = {k: v for k, v in patient(sys_k, "-", family=family).items() if k != "identifier"}
+    body = {"resourceType": "Parameters", "parameter": [{"name": "resource", "resource": query}]}
+    status, headers, bundle = await core.route("POST", "/fhir/Patient/$match", body)
+    assert status == 200, bundle
+    [entry] = bundle["entry"]
+    seen = {(i["system"], i["value"]) for i in entry["resource"]["identifier"]}
+    assert seen == {(real_settings.cruid_system, cruid), (sys_k, "K1")}  # not emr-mulago's M1
+    tx = await _finished(core, headers["X-OpenHIM-TransactionID"])
+    assert tx["status"] == "Successful" and tx["response"]["status"] == 200
+    ours = [o for o in tx["orchestrations"] if o["name"].startswith("HAPI FHIR: ")]
+    assert ours and family not in json.dumps(ours)
+
+
 async def test_the_core_keeps_the_submission_even_with_channel_bodies_off(
     core, real_settings, start_mediator, facility
 ):
