@@ -200,6 +200,14 @@ async def test_a_bad_query_is_400_with_an_operation_outcome(client, body, expres
         assert outcome["issue"][0]["expression"] == expression
 
 
+async def test_the_capability_statement_names_the_operation(client):
+    statement = await (await client.get("/fhir/metadata")).json(content_type=None)
+    [patient_] = [r for r in statement["rest"][0]["resource"] if r["type"] == "Patient"]
+    operations = {o["name"]: o["definition"] for o in patient_["operation"]}
+    assert operations["match"] == "http://hl7.org/fhir/OperationDefinition/Patient-match"
+    assert (await client.get("/fhir/Patient/$match")).status == 405  # a query is POSTed (it holds a Patient)
+
+
 async def test_a_body_that_is_not_json_is_400(client):
     resp = await client.post(
         "/fhir/Patient/$match", data=b"{not json", headers={"Content-Type": "application/fhir+json"}
