@@ -16,6 +16,11 @@ HSTS = "max-age=31536000"
 
 async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
     """``on_response_prepare`` of the mediator app: runs for its sub-applications' answers too."""
+    set_security_headers(response)
+
+
+def set_security_headers(response: web.StreamResponse) -> None:
+    """The headers themselves; also for answers no app sees (mediator/parse_errors.py)."""
     headers = response.headers
     headers.setdefault("X-Content-Type-Options", "nosniff")
     headers.setdefault("Referrer-Policy", "no-referrer")
