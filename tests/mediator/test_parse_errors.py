@@ -1,0 +1,192 @@
+"""Requests aiohttp's HTTP parser refuses before any middleware runs get an OperationOutcome, the security
+headers and aiohttp's status, and no log line quotes them (mediator/parse_errors.py).
+
+No HAPI: the app starts with its FHIR store unreachable (it keeps trying), which these answers never need.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+import socket
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+from mediator import parse_errors
+from mediator.app import create_app
+from mediator.headers import API_CSP
+from mediator.logs import JsonFormatter
+from tests.conftest import app_settings
+
+SECRET = "Smith"  # stands for the demographics a malformed request may carry: never answered nor logged
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": API_CSP,
+}
+LONG = "x" * 9000  # over aiohttp's 8190-byte limits of a request line and of a header
+HEADERS_TEXT = "The request's headers or framing are not valid HTTP/1.1"
+# (what is wrong, the request's bytes, FHIR issue code, diagnostics) with aiohttp's C parser (its default)
+CASES = [
+    (
+        "a word after the HTTP version",
+        f"GET /fhir/Patient?family={SECRET} HTTP/1.1 extra\r\nHost: cr\r\n\r\n",
+        "invalid",
+        "The request line is not 'METHOD target HTTP/1.x': Expected CRLF after version.",
+    ),
+    (
+        "a header line without a colon",
+        f"GET /fhir/Patient HTTP/1.1\r\nHost: cr\r\nFamily {SECRET}\r\n\r\n",
+        "invalid",
+        f"{HEADERS_TEXT}: Invalid header token.",
+    ),
+    (
+        "a control character in a header value",
+        f"GET /fhir/Patient HTTP/1.1\r\nHost: cr\r\nX-Family: {SECRET}\x01\r\n\r\n",
+        "invalid",
+        f"{HEADERS_TEXT}: Invalid header value char.",
+    ),
+    (
+        "a Content-Length that is not a number",
+        f"POST /fhir/Patient HTTP/1.1\r\nHost: cr\r\nContent-Length: {SECRET}\r\n\r\n",
+        "invalid",
+        f"{HEADERS_TEXT}: Invalid character in Content-Length.",
+    ),
+    (
+        "Content-Length with chunked Transfer-Encoding",
+        "POST /fhir/Patient HTTP/1.1\r\nHost: cr\r\nContent-Length: 5\r\n"
+        f"Transfer-Encoding: chunked\r\nX-Family: {SECRET}\r\n\r\n",
+        "invalid",
+        f"{HEADERS_TEXT}: Transfer-Encoding can't be present with Content-Length.",
+    ),
+    (
+        "a request line too long",
+        f"GET /fhir/Patient?family={SECRET}{LONG} HTTP/1.1\r\nHost: cr\r\n\r\n",
+        "too-long",
+        "The request line or a header is longer than this server accepts.",
+    ),
+    (
+        "a header too long",
+        f"GET /fhir/Patient HTTP/1.1\r\nHost: cr\r\nX-Family: {SECRET}{LONG}\r\n\r\n",
+        "too-long",
+        "The request line or a header is longer than this server accepts.",
+    ),
+    (
+        "a method that is not a token",
+        f"{SECRET}(GET /fhir/Patient HTTP/1.1\r\nHost: cr\r\n\r\n",
+        "invalid",
+        "The request method is not valid, or the request is not HTTP: Invalid method encountered.",
+    ),
+    (
+        "a target that is not a URL",
+        f"GET http://[{SECRET}/ HTTP/1.1\r\nHost: cr\r\n\r\n",
+        "invalid",
+        "The request target is not a valid URL.",
+    ),
+]
+
+
+@pytest.fixture
+def unreachable_hapi() -> Iterator[str]:
+    """A FHIR base URL nothing answers: a bound port nobody listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/fhir"
+
+
+@pytest.fixture
+async def port(unreachable_hapi: str, tmp_path: Path) -> AsyncIterator[int]:
+    """The mediator app served by :class:`parse_errors.Runner`, as ``python -m mediator`` serves it."""
+    runner = parse_errors.Runner(create_app(app_settings(tmp_path, hapi_base_url=unreachable_hapi)))
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        yield int(runner.addresses[0][1])
+    finally:
+        await runner.cleanup()
+
+
+async def _exchange(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send raw bytes; the answer, read until the server closes the connection."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        answer = await asyncio.wait_for(reader.read(), 30)
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines)
+    return int(status_line.split(" ")[1]), headers, body
+
+
+def _assert_outcome(
+    answer: tuple[int, dict[str, str], bytes], code: str, diagnostics: str, name: str = ""
+) -> None:
+    status, headers, body = answer
+    assert status == 400, (name, status, body)
+    assert headers["Content-Type"] == "application/fhir+json; charset=utf-8", (name, headers)
+    for header, value in SECURITY_HEADERS.items():
+        assert headers.get(header) == value, (name, header, headers)
+    assert json.loads(body) == {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": code, "diagnostics": diagnostics}],
+    }, name
+    assert SECRET.encode() not in body
+
+
+def _log_text(records: list[logging.LogRecord]) -> str:
+    """The records as the mediator writes them (JSON lines) and as a plain formatter would, tracebacks too."""
+    plain, structured = logging.Formatter(), JsonFormatter()
+    return "\n".join(f"{plain.format(r)}\n{structured.format(r)}" for r in records)
+
+
+@pytest.mark.parametrize(("name", "request_text", "code", "diagnostics"), CASES, ids=[c[0] for c in CASES])
+async def test_a_request_the_http_parser_refuses_gets_an_operation_outcome(
+    port: int, caplog: pytest.LogCaptureFixture, name: str, request_text: str, code: str, diagnostics: str
+) -> None:
+    with caplog.at_level(logging.DEBUG):
+        answer = await _exchange(port, request_text.encode("latin-1"))
+    _assert_outcome(answer, code, diagnostics, name)
+    # the parser's refusal is logged (before the answer is written) by the mediator, once, without the bytes
+    refused = [r for r in caplog.records if r.getMessage() == "request refused by the HTTP parser"]
+    assert [(r.name, r.levelno, getattr(r, "diagnostics", None)) for r in refused] == [
+        ("mediator.parse_errors", logging.INFO, diagnostics)
+    ]
+    assert SECRET not in _log_text(caplog.records)
+
+
+def test_the_aiohttp_seams_the_hook_uses_are_still_there() -> None:
+    """If this fails, an aiohttp upgrade moved what mediator/parse_errors.py overrides: parse errors would get
+    aiohttp's plain-text answer again (or the mediator would not start). Re-read web_protocol.py,
+    web_server.py and web_runner.py, and move the hook."""
+    assert list(inspect.signature(RequestHandler.handle_error).parameters) == [
+        "self",
+        "request",
+        "status",
+        "exc",
+        "message",
+    ]
+    # parse errors reach handle_error through the protocol's error handler, in 3.14 as in every 3.x since 3.8
+    assert "self.handle_error(" in inspect.getsource(RequestHandler._make_error_handler)
+    assert "RequestHandler(self, loop=self._loop, **self._kwargs)" in inspect.getsource(web.Server.__call__)
+    assert inspect.isabstract(web.BaseRunner) and "_make_server" in web.BaseRunner.__abstractmethods__
+
+
+async def test_the_runner_serves_with_the_mediator_protocol(unreachable_hapi: str, tmp_path: Path) -> None:
+    runner = parse_errors.Runner(create_app(app_settings(tmp_path, hapi_base_url=unreachable_hapi)))
+    await runner.setup()
+    try:
+        server = runner.server
+        assert server is not None
+        protocol = server()  # what each site makes for a new connection
+        assert isinstance(protocol, RequestHandler)
+        assert type(protocol).handle_error is not RequestHandler.handle_error
+    finally:
+        await runner.cleanup()
