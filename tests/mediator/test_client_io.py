@@ -14,6 +14,7 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
+from mediator import parse_errors
 from mediator.app import create_app
 from mediator.settings import Settings
 from tests.conftest import metric_samples, patient, unique_surname
@@ -62,12 +63,12 @@ def records() -> Iterator[Records]:
 
 @pytest.fixture
 async def serve() -> AsyncIterator[Callable[[Settings], object]]:
-    """Start the mediator as ``python -m mediator`` does (``web.run_app``: a handler is not cancelled when
-    its client goes away; aiohttp's test server would cancel it); gives its port."""
+    """Start the mediator as ``python -m mediator`` does (``parse_errors.Runner``: a handler is not cancelled
+    when its client goes away; aiohttp's test server would cancel it); gives its port."""
     runners: list[web.AppRunner] = []
 
     async def start(settings: Settings) -> int:
-        runner = web.AppRunner(create_app(settings), handler_cancellation=False)
+        runner = parse_errors.Runner(create_app(settings), handler_cancellation=False)
         runners.append(runner)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()

@@ -10,9 +10,13 @@ import asyncio
 import inspect
 import json
 import logging
+import os
+import signal
 import socket
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -22,7 +26,7 @@ from mediator import parse_errors
 from mediator.app import create_app
 from mediator.headers import API_CSP
 from mediator.logs import JsonFormatter
-from tests.conftest import app_settings
+from tests.conftest import REPO, app_settings
 
 SECRET = "Smith"  # stands for the demographics a malformed request may carry: never answered nor logged
 SECURITY_HEADERS = {
@@ -190,3 +194,50 @@ async def test_the_runner_serves_with_the_mediator_protocol(unreachable_hapi: st
         assert type(protocol).handle_error is not RequestHandler.handle_error
     finally:
         await runner.cleanup()
+
+
+async def test_python_m_mediator_answers_a_malformed_request_with_an_operation_outcome(
+    unreachable_hapi: str, tmp_path: Path
+) -> None:
+    """``python -m mediator`` as deployed: its own JSON log lines, on a port it picks (CR_PORT=0)."""
+    env: dict[str, Any] = {
+        **os.environ,
+        "CR_HOST": "127.0.0.1",
+        "CR_PORT": "0",
+        "CR_HAPI_URL": unreachable_hapi,
+        "CR_JOBS_DIR": str(tmp_path / "jobs"),
+        "CR_ADMIN_USERS_FILE": str(tmp_path / "admin-users.json"),
+        "CR_ADMIN_SECRET_FILE": str(tmp_path / "admin-secret.key"),
+        "CR_LOG_LEVEL": "DEBUG",
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "mediator",
+        cwd=REPO,
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stderr is not None
+    lines: list[str] = []
+    try:
+
+        async def listening() -> int:
+            while line := (await process.stderr.readline()).decode():  # type: ignore[union-attr]
+                lines.append(line)
+                if '"msg": "listening"' in line:
+                    return int(json.loads(line)["port"])
+            raise AssertionError(f"the mediator stopped before listening: {lines}")
+
+        port = await asyncio.wait_for(listening(), 60)
+        name, request_text, code, diagnostics = CASES[3]
+        _assert_outcome(await _exchange(port, request_text.encode("latin-1")), code, diagnostics, name)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, rest = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0
+    log = "".join(lines) + (rest or b"").decode()
+    refused = [json.loads(line) for line in log.splitlines() if "refused by the HTTP parser" in line]
+    assert [(r["logger"], r["problem"]) for r in refused] == [("mediator.parse_errors", "BadHttpMessage")]
+    assert SECRET not in log
