@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 
 from .comparators import Identifier
 from .rules import OUTCOMES, Rules
-from .scoring import Compared, Table, _fires
+from .scoring import Compared, Table, holds
 
 
 class Guards(NamedTuple):
@@ -175,9 +175,9 @@ def _guards(rules: Rules, c: Compared, i: int) -> Guards:
     levels = c.levels[i : i + 1]
     fired, aside = [], []
     for j, r in enumerate(rules.deterministic):
-        if r.at_most is None or not _fires(levels, rules.compiled_rules[j])[0]:
+        if r.at_most is None or not holds(levels, rules.compiled_rules[j])[0]:
             continue
-        held = [k for k, alt in enumerate(rules.compiled_unless[j]) if _fires(levels, alt)[0]]
+        held = [k for k, alt in enumerate(rules.compiled_unless[j]) if holds(levels, alt)[0]]
         if held:
             alt = r.unless[held[0]]
             aside.append((r.name, {f: _ordered(rules, f, v) for f, v in alt.items()}))

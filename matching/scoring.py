@@ -260,14 +260,16 @@ def classify(
 
 def _rule_fires(levels: np.ndarray, rules: Rules, i: int) -> np.ndarray:
     """Rule ``i``'s ``when`` holds and none of its ``unless`` alternatives does."""
-    fires = _fires(levels, rules.compiled_rules[i])
+    fires = holds(levels, rules.compiled_rules[i])
     for alt in rules.compiled_unless[i]:
         if fires.any():
-            fires &= ~_fires(levels, alt)
+            fires &= ~holds(levels, alt)
     return fires
 
 
-def _fires(levels: np.ndarray, conds: tuple[tuple[int, np.ndarray], ...]) -> np.ndarray:
+def holds(levels: np.ndarray, conds: tuple[tuple[int, np.ndarray], ...]) -> np.ndarray:
+    """Per pair: every field of a compiled ``when``/``unless`` mapping (field index, mask of allowed levels)
+    is at one of its levels."""
     ok = np.ones(levels.shape[0], dtype=bool)
     for k, mask in conds:
         ok &= mask[levels[:, k]]
