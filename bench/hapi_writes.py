@@ -1,10 +1,11 @@
 """What HAPI's writes cost the registry, against HAPI's plain creates on the same server.
 
     .venv/bin/python -m bench.hapi_writes --hapi URL [--records 1000] [--rounds 2] [--warmup 3000]
-        [--kinds K,…]
+        [--kinds K,…] [--hapi-pid PIDFILE] [--pg-port PORT]
 
 Posts transaction Bundles of 50 rows, 2 in flight, and prints records/s (a record = one submitted row) and
-the ratio to the round's ``plain POST`` for each kind of Bundle:
+the ratio to the round's ``plain POST`` for each kind of Bundle (with ``--hapi-pid`` / ``--pg-port`` also
+HAPI's and the PostgreSQL cluster's CPU ms per record, as ``bench.concurrent_singles`` counts them):
 
 - ``plain POST``: 50 Patients, server-assigned ids — the baseline of issue #6;
 - ``PUT no tags``, ``PUT 6 distinct tags``, ``+ AuditEvent per record``, ``+ one AuditEvent per Bundle``:
@@ -30,6 +31,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -164,12 +166,37 @@ KINDS = {
 }
 
 
-async def _rate(session: aiohttp.ClientSession, url: str, n: int, kind: str) -> float:
+def _pid(pid_file: str) -> int:
+    return int(Path(pid_file).read_text())
+
+
+class _Cpu:
+    """CPU seconds of HAPI (``--hapi-pid``) and of a PostgreSQL cluster (``--pg-port``), when given."""
+
+    def __init__(self, hapi_pid: int | None, pg_pid: int | None) -> None:
+        self.hapi_pid, self.pg_pid = hapi_pid, pg_pid
+
+    def now(self) -> tuple[float, float]:
+        from bench.concurrent_singles import cluster_cpu_s, proc_cpu_s
+
+        hapi = proc_cpu_s(self.hapi_pid) if self.hapi_pid else float("nan")
+        pg = cluster_cpu_s(self.pg_pid) if self.pg_pid else float("nan")
+        return hapi, pg
+
+
+async def _rate(
+    session: aiohttp.ClientSession, url: str, n: int, kind: str, cpu: _Cpu | None = None
+) -> tuple[float, float, float]:
+    """records/s, and HAPI and PostgreSQL CPU ms per record (nan when not measured)."""
     bundles = await KINDS[kind](session, url, max(1, n // BATCH))
     total = len(bundles) * BATCH
+    cpu = cpu or _Cpu(None, None)
+    h0, p0 = cpu.now()
     started = time.perf_counter()
     await _post_all(session, url, bundles)
-    return total / (time.perf_counter() - started)
+    wall = time.perf_counter() - started
+    h1, p1 = cpu.now()
+    return total / wall, (h1 - h0) * 1000 / total, (p1 - p0) * 1000 / total
 
 
 async def main() -> None:
@@ -179,7 +206,15 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=3000, help="untimed plain creates first (JIT warm-up)")
     parser.add_argument("--kinds", default=",".join(KINDS), help="comma list; plain POST always runs")
+    parser.add_argument("--hapi-pid", help="HAPI's pid file: print its CPU ms per record")
+    parser.add_argument("--pg-port", type=int, help="PostgreSQL's port: print its CPU ms per record")
     args = parser.parse_args()
+    from bench.concurrent_singles import postgres_pid
+
+    cpu = _Cpu(
+        _pid(args.hapi_pid) if args.hapi_pid else None,
+        postgres_pid(args.pg_port) if args.pg_port else None,
+    )
     url = args.hapi.rstrip("/")
     kinds = ["plain POST"] + [k for k in args.kinds.split(",") if k and k != "plain POST"]
     unknown = [k for k in kinds if k not in KINDS]
@@ -187,15 +222,17 @@ async def main() -> None:
         parser.error(f"unknown kinds {unknown}; known: {list(KINDS)}")
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as session:
         if args.warmup:
-            warm = await _rate(session, url, args.warmup, "plain POST")
+            warm, _, _ = await _rate(session, url, args.warmup, "plain POST")
             print(f"warm-up, plain POST: {warm:.0f} records/s")
         for round_ in range(1, args.rounds + 1):
             plain = 0.0
             for kind in kinds:
-                rate = await _rate(session, url, args.records, kind)
+                rate, hapi_ms, pg_ms = await _rate(session, url, args.records, kind, cpu)
                 plain = plain or rate
                 ratio = f"{rate / plain:.1%} of plain"
-                print(f"round {round_}: {kind}: {rate:.0f} records/s = {ratio}", flush=True)
+                used = "" if hapi_ms != hapi_ms else f"; CPU ms/record HAPI {hapi_ms:.2f}"
+                used += "" if pg_ms != pg_ms else f", PostgreSQL {pg_ms:.2f}"
+                print(f"round {round_}: {kind}: {rate:.0f} records/s = {ratio}{used}", flush=True)
 
 
 if __name__ == "__main__":
