@@ -18,7 +18,8 @@ Starts a fresh HAPI (H2, or PostgreSQL with ``--db postgres``: ``scripts/pg-star
    ``shared`` (submissions that arrive while others are being written share a transaction, the default),
    ``shared:N`` (N such transactions in flight); the plain creates and the modes take turns in ``--blocks``
    blocks. ``--pos``: how many OpenHIM clients the concurrent clients belong to, in turn (1, the default:
-   one, whose submissions sharing a transaction share its AuditEvent; 0: each its own, so they share none).
+   one, whose submissions sharing a transaction share its AuditEvent; 0: each its own, so they share none);
+   a mode's suffix ``@P`` sets it for that mode (``shared@0``).
 
 Per line: records/s, latency p50/p95, HAPI CPU per record (user + system of the HAPI process, /proc), with
 ``--db postgres`` PostgreSQL's CPU per record (the cluster on ``--pg-port``: postmaster and processes), this
@@ -208,7 +209,10 @@ async def _mode(
     registry: Registry, mode: str, sharing: int, patients: list[dict[str, Any]], clients: int, pos: int
 ) -> list[float]:
     """``alone``: every submission its own transaction; ``shared``: the registry's default; ``shared:N``: N
-    transactions of single submissions in flight."""
+    transactions of single submissions in flight; a suffix ``@P``: the clients belong to P OpenHIM clients
+    (as ``--pos``)."""
+    mode, _, clients_of = mode.partition("@")
+    pos = int(clients_of) if clients_of else pos
     name, _, count = mode.partition(":")
     registry.shared_writes = 0 if name == "alone" else int(count) if count else sharing
     return await singles(registry, patients, clients, pos)
