@@ -70,20 +70,22 @@ def parse_match_parameters(data: dict[str, Any]) -> MatchQuery:
     count = COUNT_DEFAULT
     if "count" in given:
         index, parameter = given["count"]
-        count = parameter.get("valueInteger")  # type: ignore[assignment]
-        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= COUNT_MAX:
+        value = parameter.get("valueInteger")
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= COUNT_MAX:
             raise InvalidInput(
                 f"count must be a valueInteger from 1 to {COUNT_MAX}.",
                 expression=[f"Parameters.parameter[{index}]"],
             )
+        count = value
     only_certain = False
     if "onlyCertainMatches" in given:
         index, parameter = given["onlyCertainMatches"]
-        only_certain = parameter.get("valueBoolean")  # type: ignore[assignment]
-        if not isinstance(only_certain, bool):
+        flag = parameter.get("valueBoolean")
+        if not isinstance(flag, bool):
             raise InvalidInput(
                 "onlyCertainMatches must be a valueBoolean.", expression=[f"Parameters.parameter[{index}]"]
             )
+        only_certain = flag
     return MatchQuery(patient, count, only_certain)
 
 

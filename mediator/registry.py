@@ -296,7 +296,7 @@ class Registry:
                 uow.owner = None
                 results = [result for result, _ in processed]
                 for event, sources in _audit_events(prepared, [d for _, d in processed]):
-                    uow.put(event, owners=sources if shared else None)
+                    uow.put(event, owners=sources)
                 await self.locks.confirm()  # still alone with these keys (503, nothing written, if not)
                 try:
                     versions = await uow.commit()
