@@ -141,13 +141,16 @@ async def decisions(request: web.Request) -> web.Response:
 async def decided_pairs_csv(request: web.Request) -> web.Response:
     cfg = request.config_dict[CONFIG].current
     pairs = await labels.decided_pairs(request.config_dict[STORE].hapi, cfg.rules)
+    export = labels.to_csv(pairs)
     return web.Response(
-        text=labels.to_csv(pairs),
+        text=export.text,
         content_type="text/csv",
         charset="utf-8",
         headers={
             "Content-Disposition": 'attachment; filename="decided-pairs.csv"',
             "Cache-Control": "no-store",
+            labels.CONFLICT_GROUPS: str(export.groups),
+            labels.CONFLICT_ROWS: str(export.flagged),
         },
     )
 

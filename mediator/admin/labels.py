@@ -8,6 +8,10 @@ an undone decision reopened or withdrew it, a Task closed by a merge is ``cancel
 ``compared-record`` the decision recorded, or, for a Task decided before decisions recorded it, the best
 scoring source record (under the live rules) of the other person as that person is now (followed through
 merges). A pair decided more than once keeps its latest decision.
+
+Its fourth column, ``conflict``, flags the decisions ``train`` would refuse together: every pair of a
+contradicting chain (A same B, B same C, A different C; :func:`matching.contradicting_chains`) says
+``group-N``, one N per set of records the ``same`` decisions join; other rows leave it empty.
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ from .curation import COMPARED_RECORD, DIFFERENT_PEOPLE, SAME_PERSON, closest_re
 KINDS = ("potential-match", "possible-duplicate")
 DECIDED = "completed"
 LABEL_OF = {SAME_PERSON: "same", DIFFERENT_PEOPLE: "different"}
-HEADER = ("id_a", "id_b", "decision")
+HEADER = ("id_a", "id_b", "decision", "conflict")
+CONFLICT_GROUPS = "X-Conflict-Groups"  # response headers of the export: groups of contradicting decisions
+CONFLICT_ROWS = "X-Conflict-Rows"  # and the rows they flag
 PAGE = 500
 
 
@@ -157,9 +163,33 @@ def pairs_of(tasks: list[Resource], fallback: Mapping[str, str]) -> list[tuple[s
     return list(latest.values())
 
 
-def to_csv(pairs: list[tuple[str, str, str]]) -> str:
+@dataclass(frozen=True)
+class Export:
+    """The labels CSV and how many contradicting chains it flags: groups, and rows in them."""
+
+    text: str
+    groups: int
+    flagged: int
+
+
+def conflicts_of(pairs: list[tuple[str, str, str]]) -> list[str]:
+    """Per pair, ``group-N`` when it belongs to a contradicting chain (:func:`matching.contradicting_chains`:
+    a ``different`` pair that ``same`` pairs join, and those ``same`` pairs), else empty."""
+    chains = matching.contradicting_chains([(a, b, label == "same") for a, b, label in pairs])
+    out = [""] * len(pairs)
+    for chain in chains:
+        for i in (chain.different, *chain.same):
+            out[i] = f"group-{chain.group}"
+    return out
+
+
+def to_csv(pairs: list[tuple[str, str, str]]) -> Export:
+    """``id_a,id_b,decision,conflict``: ``train --labels`` reads the first three and refuses a file with a
+    ``conflict`` filled in; the column names the group of decisions to look at again."""
+    conflicts = conflicts_of(pairs)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(HEADER)
-    writer.writerows(pairs)
-    return out.getvalue()
+    writer.writerows((*pair, conflict) for pair, conflict in zip(pairs, conflicts, strict=True))
+    groups = {c for c in conflicts if c}
+    return Export(out.getvalue(), len(groups), sum(1 for c in conflicts if c))

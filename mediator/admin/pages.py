@@ -485,8 +485,10 @@ async def decisions_page(request: web.Request) -> web.Response:
     body = (
         f"{since}<p>{e(c['decided'])} pairs decided in all (same person or different people).</p>"
         '<p><a href="/admin/api/decisions/labels.csv" download>Download the decided pairs (CSV)</a> — '
-        "<code>id_a,id_b,decision</code>, the file <code>python -m matching train --labels</code> reads, "
-        "with the records exported from this registry as its input.</p>"
+        "<code>id_a,id_b,decision,conflict</code>, the file <code>python -m matching train --labels</code> "
+        "reads, with the records exported from this registry as its input. Decisions that contradict each "
+        "other (A same as B, B same as C, but A different from C) name their group in <code>conflict</code>: "
+        "<code>train</code> refuses the file until one of them is decided again.</p>"
     )
     return layout(request, "Decisions", body)
 
