@@ -1,6 +1,8 @@
 """``Runner``: ``web.AppRunner`` whose connections answer a request aiohttp's HTTP parser refuses (malformed
 request line or header, bad Content-Length, line too long) with an OperationOutcome and the security headers,
-and log the problem, never the request's bytes. docs/internals.md: Requests the HTTP parser refuses."""
+and log the problem, never the request's bytes; and fail the body of a request being handled when the parser
+refuses its framing part way (a bad chunk), so the handler answers 400 at once. docs/internals.md: Requests
+the HTTP parser refuses."""
 
 from __future__ import annotations
 
@@ -17,15 +19,17 @@ from aiohttp.http_exceptions import (
     LineTooLong,
     PayloadEncodingError,
 )
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_protocol import RequestHandler, _ErrInfo
 from aiohttp.web_request import BaseRequest
 
 from .errors import operation_outcome
 from .handlers import fhir_response
 from .headers import set_security_headers
+from .request_body import BodyFraming
 
 log = logging.getLogger(__name__)
 
+BODY_FRAMING = "The request body's framing is not valid"
 # the most specific first: (class, FHIR issue code, what is wrong); aiohttp's messages quote the request
 _PROBLEMS: tuple[tuple[type[HttpProcessingError], str, str], ...] = (
     (LineTooLong, "too-long", "The request line or a header is longer than this server accepts"),
@@ -33,7 +37,7 @@ _PROBLEMS: tuple[tuple[type[HttpProcessingError], str, str], ...] = (
     (BadStatusLine, "invalid", "The request line is not 'METHOD target HTTP/1.x'"),
     (InvalidURLError, "invalid", "The request target is not a valid URL"),
     (InvalidHeader, "invalid", "A header is not valid"),
-    (PayloadEncodingError, "invalid", "The request body's framing is not valid"),
+    (PayloadEncodingError, "invalid", BODY_FRAMING),
     (BadHttpMessage, "invalid", "The request's headers or framing are not valid HTTP/1.1"),
 )
 # the parser's own words for the problem (llhttp's error reasons, aiohttp's), said back when a line of its
@@ -81,9 +85,14 @@ def _diagnostics(exc: HttpProcessingError) -> tuple[str, str]:
         ((code, text) for kind, code, text in _PROBLEMS if isinstance(exc, kind)),
         ("invalid", "The request is not valid HTTP/1.1"),
     )
+    return code, _in_its_words(text, exc)
+
+
+def _in_its_words(text: str, exc: HttpProcessingError) -> str:
+    """``text``, then the parser's own words for the problem when a line of its message is one of them."""
     lines = (line.strip().rstrip(":") for line in exc.message.splitlines())
     reason = next((line for line in lines if line in _REASONS), None)
-    return code, f"{text}: {reason}." if reason else f"{text}."
+    return f"{text}: {reason}." if reason else f"{text}."
 
 
 # Why private seams: aiohttp answers these requests inside its connection protocol
@@ -92,11 +101,35 @@ def _diagnostics(exc: HttpProcessingError) -> tuple[str, str]:
 # (aio-libs/aiohttp#3287). So we override handle_error (public name, undocumented), have Server.__call__
 # build our protocol (from Server's private _loop and _kwargs, as aiohttp's own does) and
 # AppRunner._make_server (BaseRunner's abstract factory) hand that server to the sites.
+# A body refused part way: aiohttp's C parser drops the body stream it was feeding and raises, and
+# data_received queues the error as the next message (an _ErrInfo in _messages), answered only after the
+# handler of the current request (_current_request) returns; that handler waits on a stream nothing will feed
+# again, until the body deadline. So data_received is extended: when it queued a refusal while a handler
+# reads an unfinished body, that body is failed (StreamReader.set_exception, public) and the connection
+# closed after the answer (request_body.body_deadline), the queued refusal never answered.
 # tests/mediator/test_parse_errors.py fails if an aiohttp upgrade moves any of these.
 class _Protocol(RequestHandler):
     """One connection: aiohttp's protocol, its own error answers made OperationOutcomes."""
 
     __slots__ = ()
+
+    def data_received(self, data: bytes) -> None:
+        queued = len(self._messages)
+        super().data_received(data)
+        if len(self._messages) == queued:
+            return
+        refused, request = self._messages[-1][0], self._current_request  # parsing stops at a refusal: last
+        if not isinstance(refused, _ErrInfo) or not isinstance(refused.exc, HttpProcessingError):
+            return
+        if request is None or request.content.is_eof() or request.content.exception() is not None:
+            return  # no handler waits for the body: the refusal is answered as its own message
+        text = _in_its_words(BODY_FRAMING, refused.exc)  # part way through a body: the body's framing
+        log.info(
+            "request body refused by the HTTP parser",
+            extra={"status": 400, "problem": type(refused.exc).__name__, "diagnostics": text},
+        )
+        request.content.set_exception(BodyFraming(text))
+        self.close()  # after this request's answer: what follows the refused bytes cannot be read
 
     def handle_error(
         self,

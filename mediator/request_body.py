@@ -1,6 +1,7 @@
-"""The request body from the client's side: a deadline for receiving it (:class:`BodyDeadline`, 408) and
-telling a client that went away from a server error (:func:`client_gone`, 499). How and why:
-``docs/internals.md`` (Request bodies).
+"""The request body from the client's side: a deadline for receiving it (:class:`BodyDeadline`, 408), a body
+whose framing broke part way (:class:`BodyFraming`, 400, set on the body by ``parse_errors``), and telling
+a client that went away from a server error (:func:`client_gone`, 499). How and why: ``docs/internals.md``
+(Request bodies; Requests the HTTP parser refuses).
 """
 
 from __future__ import annotations
@@ -22,6 +23,13 @@ CLIENT_CLOSED = 499
 class BodyTimeout(RegistryError):
     status = 408
     code = "timeout"
+
+
+class BodyFraming(RegistryError):
+    """The HTTP parser refused the body part way (a bad chunk): the rest of it can never be read."""
+
+    status = 400
+    code = "invalid"
 
 
 class BodyDeadline:
@@ -47,8 +55,13 @@ class BodyDeadline:
         if self._handle is not None:
             self._handle.cancel()
 
+    def unfinished(self) -> bool:
+        """The body will never be read to its end: it came too late, or its framing broke."""
+        return self.expired or isinstance(self.request.content.exception(), BodyFraming)
+
     async def close_after(self, response: web.StreamResponse) -> None:
-        """Send ``response`` now and close the connection: the rest of the body is still on its way."""
+        """Send ``response`` now and close the connection: the rest of the body is still on its way, or
+        cannot be told from what follows it."""
         with contextlib.suppress(ConnectionError):
             await response.prepare(self.request)
             await response.write_eof()
@@ -58,14 +71,14 @@ class BodyDeadline:
 @web.middleware
 async def body_deadline(request: web.Request, handler: Handler) -> web.StreamResponse:
     """The outermost middleware (outside the OpenHIM envelope and the error middleware, which turns
-    :class:`BodyTimeout` into the 408 answer)."""
+    :class:`BodyTimeout` into the 408 answer and :class:`BodyFraming` into the 400)."""
     settings = request.config_dict[SETTINGS]
     deadline = BodyDeadline(request, settings.body_timeout_s, settings.upload_timeout_s)
     try:
         response = await handler(request)
     finally:
         deadline.stop()
-    if deadline.expired:
+    if deadline.unfinished():
         await deadline.close_after(response)
     return response
 

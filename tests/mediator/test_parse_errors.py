@@ -166,6 +166,79 @@ async def test_a_request_the_http_parser_refuses_gets_an_operation_outcome(
     assert SECRET not in _log_text(caplog.records)
 
 
+BODY_TIMEOUT_S = 30.0  # the body deadline of the app below: an answer well before it is not the 408
+CHUNKED_HEAD = (
+    "POST /fhir/Patient HTTP/1.1\r\nHost: cr\r\nContent-Type: application/fhir+json\r\n"
+    "Transfer-Encoding: chunked\r\n\r\n"
+)
+FIRST_CHUNK = f'{{"resourceType": "Patient", "name": [{{"family": "{SECRET}"'
+# (what is wrong with the second chunk's size line, the line, the parser's words for it)
+BAD_CHUNKS = [
+    ("not a hex number", f"{SECRET}\r\n", "Invalid character in chunk size"),
+    ("too large", f"{'f' * 20}\r\n", "Chunk size overflow"),
+]
+
+
+@pytest.fixture
+async def reading(unreachable_hapi: str, tmp_path: Path) -> AsyncIterator[tuple[int, asyncio.Event]]:
+    """The mediator app served by :class:`parse_errors.Runner`, with a long body deadline and an event set
+    once a request has reached the app (its headers parsed, its body being read)."""
+    app = create_app(app_settings(tmp_path, hapi_base_url=unreachable_hapi, body_timeout_s=BODY_TIMEOUT_S))
+    started = asyncio.Event()
+
+    @web.middleware
+    async def signal_start(request: web.Request, handler: Any) -> web.StreamResponse:
+        started.set()
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    app.middlewares.insert(0, signal_start)
+    runner = parse_errors.Runner(app)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        yield int(runner.addresses[0][1]), started
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize(("name", "size_line", "reason"), BAD_CHUNKS, ids=[c[0] for c in BAD_CHUNKS])
+async def test_a_bad_chunk_part_way_through_a_body_gets_a_400_at_once(
+    reading: tuple[int, asyncio.Event],
+    caplog: pytest.LogCaptureFixture,
+    name: str,
+    size_line: str,
+    reason: str,
+) -> None:
+    """The first chunk arrives and the handler reads the body; then a chunk size line the parser refuses.
+    Without the mediator's protocol the handler would wait for the body until its deadline (408)."""
+    port, started = reading
+    with caplog.at_level(logging.DEBUG):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            chunk = FIRST_CHUNK.encode()
+            writer.write(CHUNKED_HEAD.encode() + f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+            await asyncio.wait_for(started.wait(), 5)
+            writer.write(size_line.encode("latin-1") + b"more\r\n")
+            answer = await asyncio.wait_for(reader.read(), 5)  # read to the end: the server closes
+        finally:
+            writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    _assert_outcome(
+        (int(status_line.split(" ")[1]), dict(line.split(": ", 1) for line in lines), body),
+        "invalid",
+        f"The request body's framing is not valid: {reason}.",
+        name,
+    )
+    refused = [r for r in caplog.records if r.getMessage() == "request body refused by the HTTP parser"]
+    assert [(r.levelno, getattr(r, "diagnostics", None)) for r in refused] == [
+        (logging.INFO, f"The request body's framing is not valid: {reason}.")
+    ]
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert SECRET not in _log_text(caplog.records)
+
+
 def test_the_aiohttp_seams_the_hook_uses_are_still_there() -> None:
     """If this fails, an aiohttp upgrade moved what mediator/parse_errors.py overrides: parse errors would get
     aiohttp's plain-text answer again (or the mediator would not start). Re-read web_protocol.py,
@@ -181,6 +254,12 @@ def test_the_aiohttp_seams_the_hook_uses_are_still_there() -> None:
     assert "self.handle_error(" in inspect.getsource(RequestHandler._make_error_handler)
     assert "RequestHandler(self, loop=self._loop, **self._kwargs)" in inspect.getsource(web.Server.__call__)
     assert inspect.isabstract(web.BaseRunner) and "_make_server" in web.BaseRunner.__abstractmethods__
+    # a body refused part way: the refusal queued as the next message, the current request's handler running
+    assert {"_messages", "_current_request"} <= set(RequestHandler.__slots__)
+    assert "(_ErrInfo(status=400, exc=exc, message=exc.message), EMPTY_PAYLOAD)" in inspect.getsource(
+        RequestHandler.data_received
+    )
+    assert "self._current_request = request" in inspect.getsource(RequestHandler._handle_request)
 
 
 async def test_the_runner_serves_with_the_mediator_protocol(unreachable_hapi: str, tmp_path: Path) -> None:
