@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 
 import aiohttp
 from aiohttp import web
+from aiohttp.http_exceptions import PayloadEncodingError
 
 from . import admin, applied_rules, handlers, openhim, pg_locks
 from .admin import jobs, pg_throttle
@@ -25,7 +26,7 @@ from .headers import security_headers
 from .locks import LocalKeyedLocks, LockManager
 from .metrics import Metrics
 from .registry import Registry
-from .request_body import CLIENT_CLOSED, body_deadline, client_gone
+from .request_body import BODY_FRAMING, CLIENT_CLOSED, BodyFraming, body_deadline, client_gone
 from .settings import Settings
 from .store import FhirStore
 
@@ -44,6 +45,11 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         response = await handler(request)
     except RegistryError as error:
         response = handlers.fhir_response(error.to_operation_outcome(), status=error.status)
+    except (PayloadEncodingError, web.RequestPayloadError):
+        # aiohttp's pure-Python parser fails the body itself on a bad chunk (the C parser's refusal reaches
+        # the handler as BodyFraming, through parse_errors): the same 400; body_deadline closes the connection
+        framing = BodyFraming(f"{BODY_FRAMING}.")
+        response = handlers.fhir_response(framing.to_operation_outcome(), status=framing.status)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -25,11 +25,10 @@ from aiohttp.web_request import BaseRequest
 from .errors import operation_outcome
 from .handlers import fhir_response
 from .headers import set_security_headers
-from .request_body import BodyFraming
+from .request_body import BODY_FRAMING, BodyFraming
 
 log = logging.getLogger(__name__)
 
-BODY_FRAMING = "The request body's framing is not valid"
 # the most specific first: (class, FHIR issue code, what is wrong); aiohttp's messages quote the request
 _PROBLEMS: tuple[tuple[type[HttpProcessingError], str, str], ...] = (
     (LineTooLong, "too-long", "The request line or a header is longer than this server accepts"),

@@ -25,6 +25,9 @@ class BodyTimeout(RegistryError):
     code = "timeout"
 
 
+BODY_FRAMING = "The request body's framing is not valid"
+
+
 class BodyFraming(RegistryError):
     """The HTTP parser refused the body part way (a bad chunk): the rest of it can never be read."""
 
@@ -57,7 +60,7 @@ class BodyDeadline:
 
     def unfinished(self) -> bool:
         """The body will never be read to its end: it came too late, or its framing broke."""
-        return self.expired or isinstance(self.request.content.exception(), BodyFraming)
+        return self.expired or self.request.content.exception() is not None
 
     async def close_after(self, response: web.StreamResponse) -> None:
         """Send ``response`` now and close the connection: the rest of the body is still on its way, or

@@ -7,6 +7,7 @@ No HAPI: the app starts with its FHIR store unreachable (it keeps trying), which
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import logging
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
+from aiohttp import http_parser, web, web_protocol
 from aiohttp.web_protocol import RequestHandler
 
 from mediator import parse_errors
@@ -183,6 +184,23 @@ BAD_CHUNKS = [
 async def reading(unreachable_hapi: str, tmp_path: Path) -> AsyncIterator[tuple[int, asyncio.Event]]:
     """The mediator app served by :class:`parse_errors.Runner`, with a long body deadline and an event set
     once a request has reached the app (its headers parsed, its body being read)."""
+    async with _serving(unreachable_hapi, tmp_path) as served:
+        yield served
+
+
+@pytest.fixture
+async def reading_pure_python(
+    unreachable_hapi: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[int, asyncio.Event]]:
+    """:func:`reading` with aiohttp's pure-Python HTTP parser (``AIOHTTP_NO_EXTENSIONS``, or no C extension
+    for the platform), which fails the body itself when a chunk is bad."""
+    monkeypatch.setattr(web_protocol, "HttpRequestParser", http_parser.HttpRequestParserPy)
+    async with _serving(unreachable_hapi, tmp_path) as served:
+        yield served
+
+
+@contextlib.asynccontextmanager
+async def _serving(unreachable_hapi: str, tmp_path: Path) -> AsyncIterator[tuple[int, asyncio.Event]]:
     app = create_app(app_settings(tmp_path, hapi_base_url=unreachable_hapi, body_timeout_s=BODY_TIMEOUT_S))
     started = asyncio.Event()
 
@@ -212,29 +230,47 @@ async def test_a_bad_chunk_part_way_through_a_body_gets_a_400_at_once(
 ) -> None:
     """The first chunk arrives and the handler reads the body; then a chunk size line the parser refuses.
     Without the mediator's protocol the handler would wait for the body until its deadline (408)."""
-    port, started = reading
     with caplog.at_level(logging.DEBUG):
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            chunk = FIRST_CHUNK.encode()
-            writer.write(CHUNKED_HEAD.encode() + f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
-            await asyncio.wait_for(started.wait(), 5)
-            writer.write(size_line.encode("latin-1") + b"more\r\n")
-            answer = await asyncio.wait_for(reader.read(), 5)  # read to the end: the server closes
-        finally:
-            writer.close()
-    head, _, body = answer.partition(b"\r\n\r\n")
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    _assert_outcome(
-        (int(status_line.split(" ")[1]), dict(line.split(": ", 1) for line in lines), body),
-        "invalid",
-        f"The request body's framing is not valid: {reason}.",
-        name,
-    )
+        answer = await _bad_chunk_answer(reading, size_line)
+    _assert_outcome(answer, "invalid", f"The request body's framing is not valid: {reason}.", name)
     refused = [r for r in caplog.records if r.getMessage() == "request body refused by the HTTP parser"]
     assert [(r.levelno, getattr(r, "diagnostics", None)) for r in refused] == [
         (logging.INFO, f"The request body's framing is not valid: {reason}.")
     ]
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert SECRET not in _log_text(caplog.records)
+
+
+async def _bad_chunk_answer(
+    reading: tuple[int, asyncio.Event], size_line: str
+) -> tuple[int, dict[str, str], bytes]:
+    """Send a chunked body's first chunk, wait until the app reads it, send a bad chunk size line, and read
+    the answer to the end (the server closes the connection): status, headers, body."""
+    port, started = reading
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        chunk = FIRST_CHUNK.encode()
+        writer.write(CHUNKED_HEAD.encode() + f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+        await asyncio.wait_for(started.wait(), 5)
+        writer.write(size_line.encode("latin-1") + b"more\r\n")
+        answer = await asyncio.wait_for(reader.read(), 5)  # read to the end: the server closes
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    return int(status_line.split(" ")[1]), dict(line.split(": ", 1) for line in lines), body
+
+
+async def test_a_bad_chunk_gets_a_400_at_once_with_the_pure_python_parser_too(
+    reading_pure_python: tuple[int, asyncio.Event], caplog: pytest.LogCaptureFixture
+) -> None:
+    """aiohttp's pure-Python parser fails the body itself (``TransferEncodingError``, no queued refusal): the
+    answer is the same 400, not a 500 with a traceback. (That parser takes the over-long size line of
+    :data:`BAD_CHUNKS` as a chunk of 2^80 bytes still to come: the body deadline's case.)"""
+    name, size_line, _ = BAD_CHUNKS[0]
+    with caplog.at_level(logging.DEBUG):
+        answer = await _bad_chunk_answer(reading_pure_python, size_line)
+    _assert_outcome(answer, "invalid", "The request body's framing is not valid.", name)
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
     assert SECRET not in _log_text(caplog.records)
 
