@@ -30,6 +30,13 @@ public class HapiProperties {
 	/** Refuse deleting a resource that other resources still reference (HTTP 409). */
 	private boolean enforceReferentialIntegrityOnDelete = true;
 
+	/**
+	 * Reference paths that never block a delete: records of what happened (AuditEvents, review Tasks'
+	 * focus) keep naming a source record its point-of-service system retracted; its history stays readable.
+	 */
+	private List<String> enforceReferentialIntegrityOnDeleteDisableForPaths =
+			new ArrayList<>(List.of("AuditEvent.entity.what", "Task.focus"));
+
 	/** Allow a conditional DELETE (e.g. DELETE Patient?_tag=...) to remove more than one resource. */
 	private boolean allowMultipleDelete = true;
 
@@ -88,6 +95,12 @@ public class HapiProperties {
 	public void setExpungeEnabled(boolean v) { expungeEnabled = v; }
 	public boolean isEnforceReferentialIntegrityOnDelete() { return enforceReferentialIntegrityOnDelete; }
 	public void setEnforceReferentialIntegrityOnDelete(boolean v) { enforceReferentialIntegrityOnDelete = v; }
+	public List<String> getEnforceReferentialIntegrityOnDeleteDisableForPaths() {
+		return enforceReferentialIntegrityOnDeleteDisableForPaths;
+	}
+	public void setEnforceReferentialIntegrityOnDeleteDisableForPaths(List<String> v) {
+		enforceReferentialIntegrityOnDeleteDisableForPaths = v;
+	}
 	public boolean isAllowMultipleDelete() { return allowMultipleDelete; }
 	public void setAllowMultipleDelete(boolean v) { allowMultipleDelete = v; }
 	public JpaStorageSettings.IdStrategyEnum getServerIdStrategy() { return serverIdStrategy; }

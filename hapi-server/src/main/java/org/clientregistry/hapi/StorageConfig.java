@@ -25,6 +25,7 @@ import ca.uhn.fhir.rest.server.util.ISearchParamRegistry;
 import jakarta.persistence.EntityManagerFactory;
 import java.sql.Connection;
 import java.sql.SQLException;
+import java.util.HashSet;
 import java.util.Map;
 import javax.sql.DataSource;
 import org.hibernate.cfg.AvailableSettings;
@@ -60,6 +61,8 @@ public class StorageConfig {
 		s.setDeleteExpungeEnabled(props.isExpungeEnabled());
 		s.setAllowMultipleDelete(props.isAllowMultipleDelete());
 		s.setEnforceReferentialIntegrityOnDelete(props.isEnforceReferentialIntegrityOnDelete());
+		s.setEnforceReferentialIntegrityOnDeleteDisableForPaths(
+				new HashSet<>(props.getEnforceReferentialIntegrityOnDeleteDisableForPaths()));
 		s.setIndexMissingFields(StorageSettings.IndexEnabledEnum.DISABLED);
 		s.setAutoCreatePlaceholderReferenceTargets(false);
 		s.setAllowExternalReferences(false);
