@@ -29,6 +29,14 @@ class RegistryConfig:
     def open_mode(self) -> bool:
         return not self.client_systems
 
+    def may_key(self, client_id: str | None, system: str) -> bool:
+        """Whether ``client_id`` may write the source record keyed by an identifier of ``system`` (submit,
+        update, delete it): in open mode any system but the shared ones; with a client map only the
+        client's own systems."""
+        if self.open_mode:
+            return system not in self.shared_identifier_systems
+        return system in self.client_systems.get(client_id or "", frozenset())
+
     def known_systems(self) -> frozenset[str]:
         systems = {self.cruid_system, *self.shared_identifier_systems}
         for allowed in self.client_systems.values():

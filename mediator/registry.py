@@ -351,22 +351,20 @@ class Registry:
                     expression=[f"Patient.identifier[{index}]"],
                 )
         client = submission.actor.client_id
-        if cfg.open_mode:
-            own = [i for i in identifiers if i["system"] not in cfg.shared_identifier_systems]
-        else:
-            allowed = cfg.client_systems.get(client or "", frozenset())
+        own = [i for i in identifiers if cfg.may_key(client, i["system"])]
+        if not cfg.open_mode:
             foreign = sorted(
                 {
                     i["system"]
                     for i in identifiers
-                    if i["system"] not in allowed and i["system"] not in cfg.shared_identifier_systems
+                    if not cfg.may_key(client, i["system"])
+                    and i["system"] not in cfg.shared_identifier_systems
                 }
             )
             if foreign:
                 raise Forbidden(
                     f"Client '{client}' may not submit identifiers of system(s): {', '.join(foreign)}."
                 )
-            own = [i for i in identifiers if i["system"] in allowed]
         if cfg.cruid_system in {i["system"] for i in identifiers}:
             raise Forbidden("CRUIDs are assigned by the registry and cannot be submitted.")
         if submission.conditional:

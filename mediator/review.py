@@ -7,7 +7,9 @@
 
 Ids are derived from the pair, so the same doubt raised twice stays one Task; a Task a person already
 closed (status other than ``requested``) is left alone — except a withdrawn one (``entered-in-error``: an
-admin undid the merge that raised it), which is raised again when due.
+admin undid the merge that raised it), which is raised again when due. A Task is closed by a person's
+decision, or as moot (``cancelled``) when a merge or a retraction leaves nothing to decide
+(:func:`close_task`).
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ import hashlib
 from typing import Any
 
 from .instants import instant
-from .records import REVIEW_SYSTEM, REVIEW_TYPE_SYSTEM, ref
+from .records import REVIEW_SYSTEM, REVIEW_TYPE_SYSTEM, clone, ref
 
 POTENTIAL_MATCH = "potential-match"
 POSSIBLE_DUPLICATE = "possible-duplicate"
 OPEN = "requested"
 WITHDRAWN = "entered-in-error"  # raised by a merge that was undone; not a person's decision on the pair
+MOOT = "cancelled"  # nothing left to decide (a merge resolved it, its source record was retracted)
+COMPARED_RECORD = "compared-record"  # Task output: the other side's record the decision was shown against
 
 
 def review_task_id(kind: str, subject_id: str, other_golden_id: str) -> str:
@@ -52,3 +56,28 @@ def review_task(
         "authoredOn": instant(),
         "input": inputs,
     }
+
+
+def close_task(
+    task: dict[str, Any],
+    decision: str,
+    decided_by: str,
+    status: str = "completed",
+    compared: str | None = None,
+) -> dict[str, Any]:
+    """``task`` closed with ``status`` (``completed``: a person decided; :data:`MOOT`; :data:`WITHDRAWN`), the
+    ``decision`` and who made it. ``compared``: the other person's record the pair was shown with (the
+    best-scoring one), so that the decision is a labelled pair of two records (``mediator.admin.labels``)."""
+    closed = clone(task)
+    closed["status"] = status
+    closed["lastModified"] = instant()
+    closed["businessStatus"] = {"text": decision}
+    closed["output"] = [
+        {"type": {"text": "decision"}, "valueString": decision},
+        {"type": {"text": "decided-by"}, "valueString": decided_by},
+    ]
+    if compared:
+        closed["output"].append(
+            {"type": {"text": COMPARED_RECORD}, "valueReference": {"reference": ref(compared)}}
+        )
+    return closed

@@ -24,7 +24,7 @@ from ..fhir_client import HapiClient
 from ..instants import instant
 from ..locks import LocalKeyedLocks, LockManager
 from ..records import NS, Resource
-from ..review import OPEN, POTENTIAL_MATCH, WITHDRAWN, review_task_id
+from ..review import MOOT, OPEN, POTENTIAL_MATCH, WITHDRAWN, close_task, review_task_id
 from ..unit_of_work import UnitOfWork
 from . import score_index
 
@@ -39,7 +39,6 @@ UNDO = "undo"
 RESOLVED_BY_MERGE = "resolved-by-merge"
 UNDONE = "undone"
 DECISIONS = (SAME_PERSON, DIFFERENT_PEOPLE)
-COMPARED_RECORD = "compared-record"  # Task output: the other side's record the decision was shown against
 ACTIONS = (SAME_PERSON, DIFFERENT_PEOPLE, BREAK, MOVE, CONFIRM, UNDO)
 
 
@@ -214,26 +213,6 @@ def _task_candidate(task: Resource) -> str | None:
     return None
 
 
-def close_task(
-    task: Resource, decision: str, admin: Admin, status: str = "completed", compared: str | None = None
-) -> Resource:
-    """``compared``: the other person's record the pair was shown with (the best-scoring one), so that the
-    decision is a labelled pair of two records (``mediator.admin.labels``)."""
-    closed = records.clone(task)
-    closed["status"] = status
-    closed["lastModified"] = instant()
-    closed["businessStatus"] = {"text": decision}
-    closed["output"] = [
-        {"type": {"text": "decision"}, "valueString": decision},
-        {"type": {"text": "decided-by"}, "valueString": admin.name},
-    ]
-    if compared:
-        closed["output"].append(
-            {"type": {"text": COMPARED_RECORD}, "valueReference": {"reference": records.ref(compared)}}
-        )
-    return closed
-
-
 def closest_record(
     source: Resource | None, others: list[Resource], golden_id: str, rules: matching.Rules | None
 ) -> str | None:
@@ -340,7 +319,7 @@ class Curation:
             change.put(_distinct(a, b["id"]))
             change.put(_distinct(b, a["id"]))
             goldens = (a["id"], b["id"])
-        closed = close_task(task, decision, admin, compared=compared)
+        closed = close_task(task, decision, admin.name, compared=compared)
         audit_id = await change.commit(
             admin, decision, task=closed, task_before=task.get("status"), note=note
         )
@@ -421,7 +400,7 @@ class Curation:
             s2 = keep["id"] if subject == lose["id"] else subject
             o2 = keep["id"] if other == lose["id"] else other
             if s2 == o2 or (keep["id"] in (s2, o2) and ({s2, o2} - {keep["id"]}) <= distinct):
-                change.put(close_task(task, RESOLVED_BY_MERGE, admin, status="cancelled"))
+                change.put(close_task(task, RESOLVED_BY_MERGE, admin.name, status=MOOT))
                 continue
             focus = records.ref_id(task.get("focus", {}).get("reference")) or s2
             new_id = review_task_id(kind, focus if kind == POTENTIAL_MATCH else s2, o2)
@@ -429,7 +408,7 @@ class Curation:
             if new_id == task_id:
                 change.put(moved)
                 continue
-            change.put(close_task(task, f"superseded by Task/{new_id}", admin, status="cancelled"))
+            change.put(close_task(task, f"superseded by Task/{new_id}", admin.name, status=MOOT))
             existing = await change.task(new_id)
             if existing is None or existing.get("status") == WITHDRAWN:
                 moved["id"] = new_id
@@ -551,7 +530,7 @@ class Curation:
                 _with_review(stored, review, details.get("status-before")) if review is not None else None
             )
         if before is None:
-            return stored, close_task(stored, UNDONE, admin, status=WITHDRAWN)
+            return stored, close_task(stored, UNDONE, admin.name, status=WITHDRAWN)
         return stored, {**before, "id": task_id}
 
     async def last_decision(self, patient_id: str) -> Resource | None:

@@ -28,7 +28,8 @@ from .. import records
 from ..config import ConfigHolder
 from ..fhir_client import HapiClient
 from ..records import Resource
-from .curation import COMPARED_RECORD, DIFFERENT_PEOPLE, SAME_PERSON, closest_record
+from ..review import COMPARED_RECORD
+from .curation import DIFFERENT_PEOPLE, SAME_PERSON, closest_record
 
 KINDS = ("potential-match", "possible-duplicate")
 DECIDED = "completed"
