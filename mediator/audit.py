@@ -76,6 +76,38 @@ def submission_event(*, actor: Actor, decisions: Sequence[RecordDecision]) -> di
     return event(actor=actor, subtype=action, entities=entities, action="C" if action == "create" else "U")
 
 
+def retraction_event(
+    *, actor: Actor, source_id: str, golden_id: str | None, golden_inactive: bool, task_ids: Sequence[str]
+) -> dict[str, Any]:
+    """The AuditEvent of a source record its point-of-service system retracted (FHIR delete, action D):
+    who, the source record (with its golden record and the request's OpenHIM transaction in its details),
+    its golden record (``active: false`` when it was the last source) and the review Tasks closed as moot."""
+    details = [("action", "delete")]
+    if golden_id:
+        details.append(("cruid", golden_id))
+    if actor.transaction_id:
+        details.append(("openhim-transaction", actor.transaction_id))
+    entities: list[dict[str, Any]] = [
+        {
+            "what": {"reference": ref(source_id)},
+            "type": {"system": ENTITY_TYPE, "code": "1"},  # person
+            "role": {"system": OBJECT_ROLE, "code": "1"},  # patient
+            "description": "source record (retracted)",
+            "detail": [{"type": k, "valueString": v} for k, v in details],
+        }
+    ]
+    if golden_id:
+        golden: dict[str, Any] = {"what": {"reference": ref(golden_id)}, "description": "golden record"}
+        if golden_inactive:
+            golden["detail"] = [{"type": "active", "valueString": "false"}]
+        entities.append(golden)
+    entities.extend(
+        {"what": {"reference": f"Task/{task_id}"}, "description": "review task closed (moot)"}
+        for task_id in task_ids
+    )
+    return event(actor=actor, subtype="delete", entities=entities, action="D")
+
+
 def pix_query_event(
     *, actor: Actor, query: str, golden_id: str | None, refused: str | None
 ) -> dict[str, Any]:

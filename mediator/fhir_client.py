@@ -259,6 +259,25 @@ class HapiClient:
             return None
         return latest.get("request", {}).get("url", "").rpartition("/_history/")[2] or None
 
+    async def before_deletion(self, resource_type: str, resource_id: str) -> dict[str, Any] | None:
+        """The record as it was just before its deletion, when its latest version is a deletion (HAPI keeps
+        the history of a deleted record); else None (never stored, or not deleted)."""
+        if not is_fhir_id(resource_id):
+            return None
+        _, bundle = await self._call(
+            f"history {resource_type}",
+            "GET",
+            f"{resource_type}/{resource_id}/_history",
+            params={"_count": "2"},
+            headers={"Cache-Control": "no-store"},
+            accept_status=(404, 410),
+        )
+        entries: list[dict[str, Any]] = (bundle or {}).get("entry", [])
+        if not entries or entries[0].get("request", {}).get("method") != "DELETE":
+            return None
+        before = entries[1].get("resource") if len(entries) > 1 else None
+        return before if isinstance(before, dict) else None
+
     async def metadata(self) -> dict[str, Any] | None:
         _, payload = await self._call("metadata", "GET", "metadata")
         return payload

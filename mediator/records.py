@@ -84,6 +84,23 @@ def is_golden(resource: Mapping[str, Any]) -> bool:
     return GOLDEN in tags(resource, RECORD_TYPE_SYSTEM)
 
 
+def is_source(resource: Mapping[str, Any]) -> bool:
+    return SOURCE in tags(resource, RECORD_TYPE_SYSTEM)
+
+
+def key_identifier(source: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The identifier (system, value) a source record is keyed by (its id derives from it), if it holds it."""
+    for ident in source.get("identifier", []):
+        system, value = ident.get("system"), ident.get("value")
+        if (
+            isinstance(system, str)
+            and isinstance(value, str)
+            and source_record_id(system, value) == source.get("id")
+        ):
+            return system, value
+    return None
+
+
 def extension_values(resource: Mapping[str, Any], url: str) -> list[Any]:
     values: list[Any] = []
     for ext in resource.get("extension", []):

@@ -97,6 +97,10 @@ class TaggedSources:
             meta["lastUpdated"] = last_updated
         self._keep(subsetted(_as_stored({**resource, "meta": meta})))
 
+    def forget(self, resource_id: str) -> None:
+        """A source record this process has just deleted: nothing of it is held any more."""
+        self._cache.pop(resource_id, None)
+
     def _keep(self, view: Resource) -> None:
         """Hold ``view``."""
         if self.capacity == 0:

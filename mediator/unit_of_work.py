@@ -1,9 +1,10 @@
 """One all-or-nothing set of writes to HAPI.
 
-Reads remember the version they saw; writes are staged and sent as one FHIR ``transaction`` Bundle with
-``If-Match`` on every update (``W/"0"`` for a record read as absent), so a concurrent change anywhere makes
-HAPI refuse the whole Bundle and the workflow decides again from fresh reads. Staged records are seen by
-later reads and candidate searches of the same unit of work. Details: ``docs/internals.md``.
+Reads remember the version they saw; writes (updates, deletions) are staged and sent as one FHIR
+``transaction`` Bundle with ``If-Match`` on every update (``W/"0"`` for a record read as absent), so a
+concurrent change anywhere makes HAPI refuse the whole Bundle and the workflow decides again from fresh
+reads. Staged records are seen by later reads and candidate searches of the same unit of work. Details:
+``docs/internals.md``.
 """
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ class UnitOfWork:
         self._seen_versions: dict[str, str | None] = {}  # "Type/id" -> version read from HAPI (None: absent)
         self._read_cache: dict[str, Resource | None] = {}
         self._staged: dict[str, Resource] = {}  # "Type/id" -> resource to PUT, in staging order
+        self._deleted: set[str] = set()  # "Type/id" to DELETE (HAPI keeps its history)
         # block key -> its source records in HAPI (None: more than the limit, skipped)
         self._searches: dict[tuple[str, ...], list[Resource] | None] = {}
         self._staged_blocks: dict[str, set[str]] = {}  # block key -> staged source records ("Patient/id")
@@ -109,6 +111,8 @@ class UnitOfWork:
         key = f"{resource_type}/{resource_id}"
         if key in self._staged:
             return self._staged[key]
+        if key in self._deleted:
+            return None
         if key not in self._read_cache:
             held = self._held(key)
             if held is not None:
@@ -164,8 +168,8 @@ class UnitOfWork:
         # views for matching (SUBSETTED), never remembered as reads: nothing stale can be written back
         by_key: dict[str, Resource] = {f"Patient/{r['id']}": r for r in found}
         staged_here = set().union(*(self._staged_blocks.get(k, ()) for k in block_keys))
-        for key in [k for k in by_key if k in self._staged and k not in staged_here]:
-            del by_key[key]  # staged without those keys any more
+        for key in [k for k in by_key if (k in self._staged and k not in staged_here) or k in self._deleted]:
+            del by_key[key]  # staged without those keys any more, or deleted
         if staged_here:
             for key in [k for k in self._staged if k in staged_here]:  # in staging order, deterministically
                 by_key[key] = self._staged[key]
@@ -255,6 +259,8 @@ class UnitOfWork:
         """Stage ``resource`` for the commit, staged by :attr:`owner` (or by ``owners``: a resource several
         members of a shared transaction stage together)."""
         key = f"{resource['resourceType']}/{resource['id']}"
+        if key in self._deleted:
+            raise ValueError(f"{key} is staged for deletion and cannot also be updated")
         if is_subsetted(resource):
             raise ValueError(f"{key} is a partial view from a search (SUBSETTED) and cannot be written")
         previous = self._staged.pop(key, None)  # re-staging moves it to the end, after what it may refer to
@@ -269,12 +275,27 @@ class UnitOfWork:
         for block in _source_blocks(resource):
             self._staged_blocks.setdefault(block, set()).add(key)
 
+    def delete(self, resource_type: str, resource_id: str) -> None:
+        """Stage the deletion of a record (HAPI keeps its history; a later write creates it again). HAPI
+        ignores ``If-Match`` on a DELETE in a transaction (measured with 8.8): the caller stages, with
+        ``If-Match``, an update of a record every concurrent change of this one also writes."""
+        key = f"{resource_type}/{resource_id}"
+        if key in self._staged:
+            raise ValueError(f"{key} is staged for an update and cannot also be deleted")
+        self._deleted.add(key)
+
     @property
     def staged(self) -> dict[str, Resource]:
         return self._staged
 
+    def _order(self) -> list[str]:
+        """The keys of the transaction's entries, in its order: deletions, then updates."""
+        return [*sorted(self._deleted), *self._staged]
+
     def bundle(self) -> dict[str, Any]:
-        entries = []
+        entries: list[dict[str, Any]] = [
+            {"request": {"method": "DELETE", "url": key}} for key in sorted(self._deleted)
+        ]
         for key, resource in self._staged.items():
             request: dict[str, str] = {"method": "PUT", "url": key}
             if key in self._seen_versions:  # read: updated in that version, or created only if still absent
@@ -287,7 +308,7 @@ class UnitOfWork:
 
     async def commit(self) -> dict[str, str]:
         """Write everything staged at once; returns "Type/id" -> new version id."""
-        if not self._staged:
+        if not self._staged and not self._deleted:
             return {}
         try:
             response = await self._hapi.transaction(self.bundle())
@@ -296,9 +317,15 @@ class UnitOfWork:
                 raise
             response = await self._hapi.transaction(self.bundle())
         versions: dict[str, str] = {}
-        for (key, resource), entry in zip(self._staged.items(), response.get("entry", []), strict=False):
+        for key, entry in zip(self._order(), response.get("entry", []), strict=False):
             answer = entry.get("response", {})
             parts = answer.get("location", "").split("/")
+            if key in self._deleted:
+                self._sources.forget(key.split("/", 1)[1])
+                if self._known is not None:
+                    self._known.offer(key, None)
+                continue
+            resource = self._staged[key]
             if "_history" in parts:
                 versions[key] = parts[parts.index("_history") + 1]
                 if _source_blocks(resource):  # a candidate of later submissions: known in this version
