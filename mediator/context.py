@@ -8,6 +8,7 @@ from aiohttp import web
 from .config import ConfigHolder
 from .metrics import Metrics
 from .registry import SubmissionResult
+from .retraction import Retraction
 from .settings import Settings
 from .store import FhirStore
 
@@ -23,3 +24,5 @@ STARTED_AT = web.AppKey(
 
 # per request: the registry decision, for the OpenHIM envelope's properties
 REGISTRY_RESULT = web.RequestKey("registry_result", SubmissionResult)
+# per request: the retracted record (DELETE), for the OpenHIM envelope's properties
+RETRACTION = web.RequestKey("retraction", Retraction)

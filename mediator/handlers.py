@@ -11,9 +11,9 @@ from urllib.parse import parse_qs
 
 from aiohttp import web
 
-from . import pdqm, pix, records
+from . import pdqm, pix, records, retraction
 from .audit import Actor
-from .context import CONFIG, METRICS, REGISTRY_RESULT, SETTINGS, STARTED_AT, STORE
+from .context import CONFIG, METRICS, REGISTRY_RESULT, RETRACTION, SETTINGS, STARTED_AT, STORE
 from .errors import InvalidInput, RegistryError
 from .forwarded import client_address  # X-Forwarded-For only from CR_TRUSTED_PROXIES
 from .registry import Submission, SubmissionResult
@@ -89,6 +89,15 @@ async def conditional_update_patient(request: web.Request) -> web.Response:
     return _answer(request, await request.app[STORE].registry.submit(submission))
 
 
+async def delete_patient(request: web.Request) -> web.Response:
+    """FHIR delete of the caller's own source record (a record entered in error): 200 with an
+    OperationOutcome naming it, the same for a retry once it is deleted (``mediator/retraction.py``)."""
+    source_id = check_id(request.match_info["id"], "Patient.id")
+    done = await retraction.retract(request.app[STORE].registry, source_id, actor_of(request))
+    request[RETRACTION] = done  # for the OpenHIM envelope's properties
+    return fhir_response(done.outcome())
+
+
 async def ihe_pix(request: web.Request) -> web.Response:
     source = parse_identifier_param(request.query.get("sourceIdentifier"), "sourceIdentifier")
     targets: list[str] = []
@@ -141,9 +150,23 @@ def _entry_submission(entry: Any, index: int, actor: Actor) -> Submission:
         target_id = check_id(url.split("/", 1)[1], f"{where}.request.url")
         return Submission(patient=patient, actor=actor, target_id=target_id)
     raise InvalidInput(
-        "Entries must be POST Patient, PUT Patient/{id} or PUT Patient?identifier=system|value.",
+        "Entries must be POST Patient, PUT Patient/{id}, PUT Patient?identifier=system|value "
+        "(or, in a batch, DELETE Patient/{id}).",
         expression=[f"{where}.request"],
     )
+
+
+def _entry_deletion(entry: Any, index: int) -> str | None:
+    """The id of a ``DELETE Patient/{id}`` entry (400 for a DELETE of anything else); None for any other
+    entry."""
+    request = entry.get("request") if isinstance(entry, dict) else None
+    if not isinstance(request, dict) or str(request.get("method", "")).upper() != "DELETE":
+        return None
+    where = f"Bundle.entry[{index}].request.url"
+    url = str(request.get("url", ""))
+    if not url.startswith("Patient/") or url.count("/") != 1:
+        raise InvalidInput("DELETE entries must be DELETE Patient/{id}.", expression=[where])
+    return check_id(url.split("/", 1)[1], where)
 
 
 def _response_entry(result: SubmissionResult, cruid_system: str) -> dict[str, Any]:
@@ -166,6 +189,13 @@ async def bundle(request: web.Request) -> web.Response:
     actor = actor_of(request)
     entries = data.get("entry", [])
     if data["type"] == "transaction":
+        for index, entry in enumerate(entries):
+            if _entry_deletion(entry, index) is not None:
+                raise InvalidInput(
+                    "DELETE entries are not supported in transaction Bundles: "
+                    "send DELETE /fhir/Patient/{id}, or a batch Bundle.",
+                    expression=[f"Bundle.entry[{index}].request"],
+                )
         submissions = [_entry_submission(e, i, actor) for i, e in enumerate(entries)]
         results = await registry.submit_all(submissions) if submissions else []
         out = [_response_entry(r, cruid_system) for r in results]
@@ -173,6 +203,11 @@ async def bundle(request: web.Request) -> web.Response:
     out = []
     for index, entry in enumerate(entries):
         try:
+            deletion = _entry_deletion(entry, index)
+            if deletion is not None:
+                done = await retraction.retract(registry, deletion, actor)
+                out.append({"response": {"status": "200 OK", "outcome": done.outcome()}})
+                continue
             result = await registry.submit(_entry_submission(entry, index, actor))
             out.append(_response_entry(result, cruid_system))
         except RegistryError as error:
@@ -196,8 +231,9 @@ async def capability_statement(request: web.Request) -> web.Response:
                     "resource": [
                         {
                             "type": "Patient",
-                            "interaction": [{"code": "create"}, {"code": "update"}],
+                            "interaction": [{"code": "create"}, {"code": "update"}, {"code": "delete"}],
                             "conditionalUpdate": True,
+                            "conditionalDelete": "not-supported",
                             "operation": [
                                 {
                                     "name": "ihe-pix",
@@ -272,6 +308,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/fhir/Patient/$ihe-pix", ihe_pix)
     app.router.add_post("/fhir/Patient/$match", patient_match)
     app.router.add_put("/fhir/Patient/{id}", update_patient)
+    app.router.add_delete("/fhir/Patient/{id}", delete_patient)
     app.router.add_post("/fhir", bundle)
     app.router.add_post("/fhir/", bundle)
     app.router.add_get("/fhir/metadata", capability_statement)

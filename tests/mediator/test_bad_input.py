@@ -104,6 +104,6 @@ async def test_submitting_a_cruid_is_forbidden(client, facility, settings):
 
 async def test_unknown_route_and_method_answer_operation_outcome(client):
     assert (await client.get("/fhir/Nothing")).status == 404
-    resp = await client.delete("/fhir/Patient/abc")
+    resp = await client.patch("/fhir/Patient/abc", json={})
     assert resp.status == 405
     await _outcome(resp)

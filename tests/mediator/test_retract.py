@@ -1,0 +1,269 @@
+"""``DELETE /fhir/Patient/{id}``: a point-of-service system retracts a source record it entered in error."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from mediator import records
+from mediator.app import create_app
+from mediator.context import METRICS, STORE
+from mediator.review import POTENTIAL_MATCH
+from tests.conftest import metric_samples, patient, unique_phone, unique_surname
+from tests.hapi_helpers import put_now
+
+CLINIC = {"X-OpenHIM-ClientID": "clinic"}
+LAB = {"X-OpenHIM-ClientID": "lab"}
+
+
+async def _submit(client: Any, body: dict[str, Any], headers: dict[str, str] | None = None) -> Any:
+    resp = await client.post("/fhir/Patient", json=body, headers=headers)
+    assert resp.status in (200, 201), await resp.text()
+    return resp
+
+
+async def _source_id(resp: Any) -> str:
+    return str((await resp.json(content_type=None))["id"])
+
+
+async def _history(store: Any, resource_type: str, resource_id: str) -> list[dict[str, Any]]:
+    async with store.session.get(f"{store.base_url}/{resource_type}/{resource_id}/_history") as resp:
+        assert resp.status == 200
+        return list((await resp.json(content_type=None)).get("entry", []))
+
+
+async def _deletion_events(store: Any, source_id: str) -> list[dict[str, Any]]:
+    events = await store.search("AuditEvent", {"entity": f"Patient/{source_id}"})
+    return [e for e in events if e.get("action") == "D"]
+
+
+async def _person_of_two(client: Any, facility: str) -> tuple[str, str, str, str]:
+    """One person with two source records (two facilities); (family, source a, source b, golden id)."""
+    family = unique_surname()
+    other = facility.replace("facility-", "lab-")
+    a = await _submit(client, patient(facility, "X1", family=family))
+    b = await _submit(client, patient(other, "Y1", family=family))
+    assert a.headers["X-CRUID"] == b.headers["X-CRUID"]
+    return family, await _source_id(a), await _source_id(b), a.headers["X-CRUID"]
+
+
+async def test_delete_removes_the_source_and_its_link_in_one_audited_transaction(client, store, facility):
+    family, a_id, b_id, golden_id = await _person_of_two(client, facility)
+
+    resp = await client.delete(f"/fhir/Patient/{a_id}")
+
+    assert resp.status == 200
+    outcome = await resp.json(content_type=None)
+    assert outcome["resourceType"] == "OperationOutcome"
+    assert outcome["issue"][0]["severity"] == "information"
+    assert f"Patient/{a_id}" in outcome["issue"][0]["diagnostics"]
+    assert await store.read("Patient", a_id) is None
+    history = await _history(store, "Patient", a_id)
+    assert history[0]["request"]["method"] == "DELETE" and len(history) == 2, "soft delete: history kept"
+    golden = await store.read("Patient", golden_id)
+    assert golden is not None
+    assert records.source_ids_of(golden) == [b_id]
+    assert golden["active"] is True, "another source is left"
+    await store.assert_consistent(b_id)
+
+    (event,) = await _deletion_events(store, a_id)
+    assert event["subtype"][0]["code"] == "delete"
+    refs = [e["what"]["reference"] for e in event["entity"]]
+    assert refs[:2] == [f"Patient/{a_id}", f"Patient/{golden_id}"]
+    details = {d["type"]: d["valueString"] for d in event["entity"][0]["detail"]}
+    assert details["action"] == "delete" and details["cruid"] == golden_id
+    assert family not in json.dumps(event) and "1987-04-12" not in json.dumps(event), "no demographics"
+
+
+async def test_deleting_the_last_source_makes_the_golden_record_inactive(client, store, facility):
+    resp = await _submit(client, patient(facility, "ONLY", family=unique_surname()))
+    source_id, golden_id = await _source_id(resp), resp.headers["X-CRUID"]
+
+    assert (await client.delete(f"/fhir/Patient/{source_id}")).status == 200
+
+    golden = await store.read("Patient", golden_id)
+    assert golden is not None, "a golden record is never deleted"
+    assert golden["active"] is False and records.source_ids_of(golden) == []
+    (event,) = await _deletion_events(store, source_id)
+    assert {"type": "active", "valueString": "false"} in event["entity"][1]["detail"]
+
+
+async def test_a_retried_delete_answers_the_same_and_writes_nothing(client, store, facility):
+    _, a_id, _, golden_id = await _person_of_two(client, facility)
+    first = await client.delete(f"/fhir/Patient/{a_id}")
+    golden_after = await store.read("Patient", golden_id)
+
+    again = await client.delete(f"/fhir/Patient/{a_id}")
+
+    assert (first.status, again.status) == (200, 200)
+    assert await again.json(content_type=None) == await first.json(content_type=None)
+    assert await store.read("Patient", golden_id) == golden_after, "the golden record was not written again"
+    assert len(await _deletion_events(store, a_id)) == 1, "one AuditEvent"
+    assert [e["request"]["method"] for e in await _history(store, "Patient", a_id)].count("DELETE") == 1
+
+
+async def test_refusals_write_nothing(client, store, facility):
+    _, a_id, _, golden_id = await _person_of_two(client, facility)
+    golden = await store.read("Patient", golden_id)
+
+    bad = await client.delete("/fhir/Patient/not_a$fhir~id")
+    assert bad.status == 400
+    assert (await bad.json(content_type=None))["resourceType"] == "OperationOutcome"
+
+    unknown = await client.delete(f"/fhir/Patient/src-{'0' * 40}")
+    assert unknown.status == 404
+    assert (await unknown.json(content_type=None))["issue"][0]["code"] == "not-found"
+
+    of_golden = await client.delete(f"/fhir/Patient/{golden_id}")
+    assert of_golden.status == 403
+    assert "Golden records" in (await of_golden.json(content_type=None))["issue"][0]["diagnostics"]
+
+    plain_id = f"plain-{unique_surname().lower()}"
+    assert put_now(store.base_url, {"resourceType": "Patient", "id": plain_id}) in (200, 201)
+    not_source = await client.delete(f"/fhir/Patient/{plain_id}")
+    assert not_source.status == 400
+    assert "not a source record" in (await not_source.json(content_type=None))["issue"][0]["diagnostics"]
+    assert await store.read("Patient", plain_id) is not None
+
+    assert await store.read("Patient", golden_id) == golden
+    assert await store.read("Patient", a_id) is not None
+
+
+async def test_with_a_client_map_only_the_owner_deletes(closed, store):
+    client = closed.client
+    clinic_id = records.source_record_id(closed.clinic, "C1")
+    lab_id = records.source_record_id(closed.lab, "L1")
+    before = await store.read("Patient", clinic_id)
+
+    for headers in (LAB, {"X-OpenHIM-ClientID": "stranger"}, None):
+        refused = await client.delete(f"/fhir/Patient/{clinic_id}", headers=headers)
+        assert refused.status == 403, headers
+        assert (await refused.json(content_type=None))["issue"][0]["code"] == "forbidden"
+    assert await store.read("Patient", clinic_id) == before, "nothing written"
+    assert await _deletion_events(store, clinic_id) == []
+
+    assert (await client.delete(f"/fhir/Patient/{clinic_id}", headers=CLINIC)).status == 200
+    retried_by_lab = await client.delete(f"/fhir/Patient/{clinic_id}", headers=LAB)
+    assert retried_by_lab.status == 403, "a deleted record is still not another client's to delete"
+    (event,) = await _deletion_events(store, clinic_id)
+    assert event["agent"][0]["who"]["identifier"]["value"] == "clinic"
+    await store.assert_consistent(lab_id)
+
+
+async def test_after_a_delete_the_identifier_is_unknown_then_new(client, store, facility):
+    family, a_id, b_id, golden_id = await _person_of_two(client, facility)
+    assert (await client.delete(f"/fhir/Patient/{a_id}")).status == 200
+
+    pix = await client.get("/fhir/Patient/$ihe-pix", params={"sourceIdentifier": f"{facility}|X1"})
+    assert pix.status == 404
+
+    again = await client.post("/fhir/Patient", json=patient(facility, "X1", family=family))
+    assert again.status == 201, "treated as new"
+    assert again.headers["X-Match-Outcome"] == "match", "matched afresh"
+    assert again.headers["X-CRUID"] == golden_id
+    golden = await store.assert_consistent(a_id)
+    assert sorted(records.source_ids_of(golden)) == sorted([a_id, b_id])
+    pix = await client.get("/fhir/Patient/$ihe-pix", params={"sourceIdentifier": f"{facility}|X1"})
+    assert pix.status == 200
+
+
+async def test_another_replica_relies_on_hapi_not_on_its_caches(aiohttp_client, settings, store, facility):
+    one = await aiohttp_client(create_app(settings))
+    two = await aiohttp_client(create_app(settings))
+    family = unique_surname()
+    other = facility.replace("facility-", "lab-")
+    a = await _submit(two, patient(facility, "R1", family=family))
+    await _submit(two, patient(other, "R2", family=family))  # two holds the golden record and the sources
+    a_id, golden_id = await _source_id(a), a.headers["X-CRUID"]
+    assert len(two.server.app[STORE].registry.goldens) > 0
+
+    assert (await one.delete(f"/fhir/Patient/{a_id}")).status == 200
+
+    assert (
+        await two.get("/fhir/Patient/$ihe-pix", params={"sourceIdentifier": f"{facility}|R1"})
+    ).status == 404
+    retried = await two.delete(f"/fhir/Patient/{a_id}")
+    assert retried.status == 200, "the retry reaching the other replica answers the same"
+    again = await two.post("/fhir/Patient", json=patient(facility, "R1", family=family))
+    assert again.status == 201 and again.headers["X-CRUID"] == golden_id
+    await store.assert_consistent(a_id)
+    assert len(await _deletion_events(store, a_id)) == 1
+
+
+async def test_a_golden_record_changed_meanwhile_is_read_again_not_overwritten(
+    aiohttp_client, settings, store, facility
+):
+    """The deleting replica holds the golden record in an old version (KnownRecords): its transaction is
+    refused by HAPI (If-Match) and decided again from fresh reads, so the link another replica added
+    meanwhile stays."""
+    one = await aiohttp_client(create_app(settings))
+    two = await aiohttp_client(create_app(settings))
+    family = unique_surname()
+    a = await _submit(one, patient(facility, "K1", family=family))  # one holds the golden record now
+    c = await _submit(two, patient(facility.replace("facility-", "hc-"), "K3", family=family))
+    assert c.headers["X-CRUID"] == a.headers["X-CRUID"]
+    a_id, c_id = await _source_id(a), await _source_id(c)
+
+    assert (await one.delete(f"/fhir/Patient/{a_id}")).status == 200
+
+    golden = await store.assert_consistent(c_id)
+    assert records.source_ids_of(golden) == [c_id], "the link added meanwhile was not lost"
+    retries = metric_samples(one.server.app[METRICS].exposition().text or "")
+    assert retries[("cr_conflict_retries_total", ())] >= 1
+
+
+async def test_open_review_tasks_about_the_record_are_closed_as_moot(client, store, facility):
+    family = unique_surname()
+    other = facility.replace("facility-", "hc-")
+    a = await _submit(client, patient(facility, "PM1", family=family, phone=unique_phone()))
+    b = await _submit(client, patient(other, "PM2", family=family, phone=None, birth_date="1988-04-12"))
+    assert b.headers["X-Match-Outcome"] == "potential"
+    b_id = await _source_id(b)
+    (task,) = [
+        t
+        for t in await store.search("Task", {"focus": f"Patient/{b_id}"})
+        if t["code"]["coding"][0]["code"] == POTENTIAL_MATCH
+    ]
+    assert task["status"] == "requested"
+
+    assert (await client.delete(f"/fhir/Patient/{b_id}")).status == 200
+
+    closed = await store.read("Task", task["id"])
+    assert closed is not None
+    assert closed["status"] == "cancelled"
+    assert closed["businessStatus"]["text"] == "resolved-by-retraction"
+    (event,) = await _deletion_events(store, b_id)
+    assert f"Task/{task['id']}" in [e["what"]["reference"] for e in event["entity"]]
+    assert await store.assert_consistent(await _source_id(a))
+
+
+async def test_the_capability_statement_lists_delete(client):
+    statement = await (await client.get("/fhir/metadata")).json(content_type=None)
+    (patient_resource,) = statement["rest"][0]["resource"]
+    assert {"code": "delete"} in patient_resource["interaction"]
+
+
+async def test_a_batch_deletes_a_transaction_refuses_delete_entries(client, store, facility):
+    _, a_id, b_id, golden_id = await _person_of_two(client, facility)
+    transaction = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [{"request": {"method": "DELETE", "url": f"Patient/{a_id}"}}],
+    }
+    refused = await client.post("/fhir", json=transaction)
+    assert refused.status == 400
+    assert "transaction" in (await refused.json(content_type=None))["issue"][0]["diagnostics"]
+    assert await store.read("Patient", a_id) is not None
+
+    batch = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [
+            {"request": {"method": "DELETE", "url": f"Patient/{a_id}"}},
+            {"request": {"method": "DELETE", "url": f"Patient/{golden_id}"}},
+        ],
+    }
+    answer = await (await client.post("/fhir", json=batch)).json(content_type=None)
+    assert [e["response"]["status"] for e in answer["entry"]] == ["200 OK", "403 Forbidden"]
+    assert await store.read("Patient", a_id) is None
+    await store.assert_consistent(b_id)
