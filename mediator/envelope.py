@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from aiohttp import web
 
-from .context import REGISTRY_RESULT
+from .context import REGISTRY_RESULT, RETRACTION
 from .errors import operation_outcome
 from .fhir_client import CallRecord, CallRecorder, current_recorder
 from .handlers import fhir_response
@@ -141,6 +141,15 @@ def orchestration(call: CallRecord, bodies: str = "ids") -> dict[str, Any]:
 
 
 def properties_of(request: web.Request) -> dict[str, Any]:
+    retraction = request.get(RETRACTION)
+    if retraction is not None:
+        deleted = {
+            "action": "delete",
+            "sourceRecord": f"Patient/{retraction.source_id}",
+            "goldenRecord": f"Patient/{retraction.golden_id}" if retraction.golden_id else None,
+            "deletedNow": retraction.deleted_now,
+        }
+        return {k: v for k, v in deleted.items() if v is not None}
     result = request.get(REGISTRY_RESULT)
     if result is None:
         return {}

@@ -54,7 +54,7 @@ def test_default_channel_routes_fhir_patient_and_bundles_to_the_mediator():
         assert not pattern.search(path), path
     (route,) = channel["routes"]
     assert route["primary"] is True and route["port"] == DOC["endpoints"][0]["port"] == 3000
-    assert set(channel["methods"]) >= {"GET", "POST", "PUT"}
+    assert set(channel["methods"]) >= {"GET", "POST", "PUT", "DELETE"}
 
 
 def test_registration_rewrites_the_address_the_core_uses():

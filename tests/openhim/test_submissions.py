@@ -231,3 +231,32 @@ async def test_a_demographics_match_through_the_core(core, settings, start_media
     }
     shown = json.dumps(tx.orchestrations)
     assert family not in shown and query["birthDate"] not in shown
+
+
+async def test_a_delete_through_the_core_is_enveloped_with_its_properties(
+    core, settings, start_mediator, facility, store
+):
+    url, _, _ = await _mediator(core, settings, start_mediator)
+    family = unique_surname()
+    created = await core.route(url, "POST", "/fhir/Patient", body=patient(facility, "D1", family=family))
+    source_id = created.json()["id"]
+
+    tx = await core.route(url, "DELETE", f"/fhir/Patient/{source_id}")
+
+    assert tx.problems == [] and tx.enveloped and tx.status == "Successful"
+    assert tx.response["status"] == 200
+    assert tx.json()["resourceType"] == "OperationOutcome"
+    assert tx.properties == {
+        "action": "delete",
+        "sourceRecord": f"Patient/{source_id}",
+        "goldenRecord": f"Patient/{created.properties['CRUID']}",
+        "deletedNow": True,
+    }
+    (write,) = [o for o in tx.orchestrations if o["name"] == "HAPI FHIR: transaction"]
+    sent = json.loads(write["request"]["body"])
+    assert {"method": "DELETE", "url": f"Patient/{source_id}"} in [e["request"] for e in sent["entry"]]
+    assert family not in json.dumps(tx.orchestrations), "ids and statuses only"
+    assert await store.read("Patient", source_id) is None
+
+    missing = await core.route(url, "DELETE", f"/fhir/Patient/{source_id}x")
+    assert missing.problems == [] and missing.response["status"] == 404
