@@ -429,16 +429,7 @@ class RematchJob:
         if stored is None:
             return
         before = records.golden_id_of(stored)
-        key = next(
-            (
-                (i["system"], i["value"])
-                for i in stored.get("identifier", [])
-                if i.get("system")
-                and i.get("value")
-                and records.source_record_id(i["system"], i["value"]) == sid
-            ),
-            None,
-        )
+        key = records.key_identifier(stored)
         if key is None:
             self.state.errors.append({"source_id": sid, "error": "no identifier gives this record's id"})
             return
