@@ -50,7 +50,6 @@ class Retraction:
                     "severity": "information",
                     "code": "informational",
                     "diagnostics": f"Patient/{self.source_id} is deleted.",
-                    "expression": [f"Patient/{self.source_id}"],
                 }
             ],
         }
