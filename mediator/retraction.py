@@ -40,6 +40,8 @@ class Retraction:
     source_id: str
     golden_id: str | None
     deleted_now: bool
+    golden_inactive: bool = False  # this deletion left the golden record without sources
+    tasks_closed: int = 0  # open review Tasks about the record closed as moot
 
     def outcome(self) -> dict[str, Any]:
         """The answer: an OperationOutcome (information) naming the deleted record; the same for a retry."""
@@ -65,31 +67,8 @@ async def retract(registry: Registry, source_id: str, actor: Actor) -> Retractio
         for attempt in range(1, registry.conflict_retries + 1):
             # after a conflict, everything read again: a golden record held may be the stale one
             uow = UnitOfWork(registry.hapi, registry.sources, registry.goldens, fresh=attempt > 1)
-            source = await uow.read("Patient", source_id)
-            if source is None:
-                return await _deleted_before(registry.hapi, cfg, source_id, actor)
-            _check_may_delete(cfg, actor, source)
-            golden_id = records.golden_id_of(source)
-            golden = await uow.read("Patient", golden_id) if golden_id else None
-            inactive = False
-            if golden is not None:
-                emptied = records.without_source(golden, source_id)  # inactive without sources: one rule
-                inactive = not records.source_ids_of(emptied)
-                uow.put(emptied)  # If-Match: every change of the source's link writes its golden record
-            task_ids = await _close_reviews(registry.hapi, uow, source_id, actor)
-            uow.delete("Patient", source_id)
-            uow.put(
-                retraction_event(
-                    actor=actor,
-                    source_id=source_id,
-                    golden_id=golden_id,
-                    golden_inactive=inactive,
-                    task_ids=task_ids,
-                )
-            )
-            await registry.locks.confirm()  # still alone with this record (503, nothing written, if not)
             try:
-                await uow.commit()
+                done = await _attempt(registry, uow, cfg, source_id, actor)
             except Conflict:
                 if attempt == registry.conflict_retries:
                     raise
@@ -97,19 +76,54 @@ async def retract(registry: Registry, source_id: str, actor: Actor) -> Retractio
                 if registry.metrics is not None:
                     registry.metrics.conflict_retries.inc()
                 continue
-            log.info(
-                "source record retracted",
-                extra={
-                    "source_id": source_id,
-                    "golden_id": golden_id,
-                    "golden_inactive": inactive,
-                    "tasks_closed": len(task_ids),
-                    "client": actor.client_id,
-                    "ms": round((time.perf_counter() - started) * 1000, 1),
-                },
-            )
-            return Retraction(source_id, golden_id, deleted_now=True)
+            if done.deleted_now:
+                log.info(
+                    "source record retracted",
+                    extra={
+                        "source_id": source_id,
+                        "golden_id": done.golden_id,
+                        "golden_inactive": done.golden_inactive,
+                        "tasks_closed": done.tasks_closed,
+                        "client": actor.client_id,
+                        "ms": round((time.perf_counter() - started) * 1000, 1),
+                    },
+                )
+            return done
     raise Conflict("Too many concurrent changes; retry the request.")  # pragma: no cover
+
+
+async def _attempt(
+    registry: Registry, uow: UnitOfWork, cfg: RegistryConfig, source_id: str, actor: Actor
+) -> Retraction:
+    """One try: read, stage and commit the retraction; :class:`Conflict` when anything changed meanwhile."""
+    source = await uow.read("Patient", source_id)
+    if source is None:
+        return await _deleted_before(registry.hapi, cfg, source_id, actor)
+    _check_may_delete(cfg, actor, source)
+    golden_id = records.golden_id_of(source)
+    golden = await uow.read("Patient", golden_id) if golden_id else None
+    # HAPI ignores If-Match on a DELETE: the guard is the golden record's, so the source record must be
+    # the one read before it (a deletion or relink that landed in between is seen here, or by If-Match)
+    again = await registry.hapi.read("Patient", source_id)
+    if again is None or records.version_of(again) != records.version_of(source):
+        raise Conflict(f"Patient/{source_id} changed while it was being deleted.")
+    inactive = False
+    if golden is not None:
+        emptied = records.without_source(golden, source_id)  # inactive without sources: one rule
+        inactive = not records.source_ids_of(emptied)
+        uow.put(emptied)  # If-Match: every change of the source's link writes its golden record
+    task_ids = await _close_reviews(registry.hapi, uow, source_id, actor)
+    uow.delete("Patient", source_id)
+    uow.put(
+        retraction_event(
+            actor=actor, source_id=source_id, golden_id=golden_id, golden_inactive=inactive, task_ids=task_ids
+        )
+    )
+    await registry.locks.confirm()  # still alone with this record (503, nothing written, if not)
+    await uow.commit()
+    return Retraction(
+        source_id, golden_id, deleted_now=True, golden_inactive=inactive, tasks_closed=len(task_ids)
+    )
 
 
 def _check_may_delete(cfg: RegistryConfig, actor: Actor, record: Resource) -> None:

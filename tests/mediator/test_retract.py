@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 from typing import Any
+
+from aiohttp import web
 
 from mediator import records
 from mediator.app import create_app
 from mediator.context import METRICS, STORE
 from mediator.review import POTENTIAL_MATCH
 from tests.conftest import metric_samples, patient, unique_phone, unique_surname
-from tests.hapi_helpers import put_now
+from tests.hapi_helpers import forward_to_hapi, put_now, serve_proxy
 
 CLINIC = {"X-OpenHIM-ClientID": "clinic"}
 LAB = {"X-OpenHIM-ClientID": "lab"}
@@ -266,4 +270,35 @@ async def test_a_batch_deletes_a_transaction_refuses_delete_entries(client, stor
     answer = await (await client.post("/fhir", json=batch)).json(content_type=None)
     assert [e["response"]["status"] for e in answer["entry"]] == ["200 OK", "403 Forbidden"]
     assert await store.read("Patient", a_id) is None
+    await store.assert_consistent(b_id)
+
+
+async def test_a_replica_that_read_the_record_before_another_deleted_it_writes_nothing(
+    aiohttp_client, aiohttp_server, settings, hapi_url, store, facility
+):
+    """Each replica holds only its own key locks. Replica two reads the source record, and is held (by a
+    proxy before HAPI) before it reads the golden record until replica one has deleted the record: two
+    then reads the golden record already without the link, and finds the deletion instead of writing it
+    again (HAPI ignores If-Match on a DELETE; without the check a second AuditEvent was written)."""
+    one = await aiohttp_client(create_app(settings))
+    _, a_id, b_id, golden_id = await _person_of_two(one, facility)
+    arrived, gate = asyncio.Event(), asyncio.Event()
+
+    async def forward(request: web.Request) -> web.Response:
+        if request.method == "GET" and request.path == f"/fhir/Patient/{golden_id}" and not gate.is_set():
+            arrived.set()
+            await gate.wait()
+        return await forward_to_hapi(hapi_url, request)
+
+    proxied = dataclasses.replace(settings, hapi_base_url=await serve_proxy(aiohttp_server, forward))
+    two = await aiohttp_client(create_app(proxied))
+    late = asyncio.create_task(two.delete(f"/fhir/Patient/{a_id}"))
+    await arrived.wait()  # two has read the source record and waits for the golden record
+
+    assert (await one.delete(f"/fhir/Patient/{a_id}")).status == 200
+    gate.set()
+    assert (await late).status == 200
+
+    assert len(await _deletion_events(store, a_id)) == 1
+    assert [e["request"]["method"] for e in await _history(store, "Patient", a_id)].count("DELETE") == 1
     await store.assert_consistent(b_id)
