@@ -155,6 +155,37 @@ async def test_a_demographics_match_through_the_router(core, real_settings, star
     assert ours and family not in json.dumps(ours)
 
 
+async def test_a_retraction_through_the_router(core, real_settings, start_mediator, facility):
+    """``DELETE /fhir/Patient/{id}`` through the real router: the default channel takes the method, the
+    owner's deletion is answered 200 with its properties on the transaction, another client's is 403."""
+    _, link = await _registered(start_mediator, real_settings)
+    sys_k, sys_m = _systems(facility)
+    await _console(core, link, clientSystems={"emr-kisenyi": sys_k, "emr-mulago": sys_m})
+    family = unique_surname()
+    status, headers, body = await core.route("POST", "/fhir/Patient", patient(sys_k, "K1", family=family))
+    assert status == 201, body
+    source_id, cruid_record = body["id"], headers["LocationCRUID"]
+
+    status, headers, outcome = await core.route("DELETE", f"/fhir/Patient/{source_id}", client="emr-mulago")
+    assert status == 403 and outcome["resourceType"] == "OperationOutcome"
+
+    status, headers, outcome = await core.route("DELETE", f"/fhir/Patient/{source_id}")
+    assert status == 200 and outcome["resourceType"] == "OperationOutcome", outcome
+    tx = await _finished(core, headers["X-OpenHIM-TransactionID"])
+    assert tx["status"] == "Successful" and tx["response"]["status"] == 200
+    assert tx["properties"] == {
+        "action": "delete",
+        "sourceRecord": f"Patient/{source_id}",
+        "goldenRecord": cruid_record,
+        "deletedNow": True,
+    }
+    ours = [o for o in tx["orchestrations"] if o["name"].startswith("HAPI FHIR: ")]
+    assert ours and family not in json.dumps(ours)
+
+    status, _, _ = await core.route("GET", f"/fhir/Patient/$ihe-pix?sourceIdentifier={quote(sys_k)}|K1")
+    assert status == 404
+
+
 async def test_the_core_keeps_the_submission_even_with_channel_bodies_off(
     core, real_settings, start_mediator, facility
 ):
