@@ -2,7 +2,8 @@
 
     refuse what is not the caller's to delete → key lock on the source → read it (a deletion already in
     HAPI: the same answer again, nothing written) → stage, as ONE HAPI transaction: the source record's
-    deletion, its golden record without the ``seealso`` link, the open review Tasks about it closed as moot,
+    deletion, its golden record without the ``seealso`` link, the open review Tasks about it (and about its
+    person, when that golden record is left without sources) closed as moot,
     an AuditEvent (action D) → commit (a concurrent change: decided again from fresh reads)
 
 Who may delete a source record is who may write it (:meth:`RegistryConfig.may_key` on the identifier the
@@ -11,6 +12,7 @@ record is keyed by), as for an update. Details: ``docs/internals.md``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -19,11 +21,11 @@ from typing import Any
 from . import records
 from .audit import Actor, retraction_event
 from .config import RegistryConfig
-from .errors import Conflict, Forbidden, InvalidInput, NotFound
+from .errors import Conflict, Forbidden, InvalidInput, NotFound, Unprocessable, UpstreamUnavailable
 from .fhir_client import HapiClient
 from .records import Resource
 from .registry import Registry
-from .review import MOOT, OPEN, close_task
+from .review import CANDIDATE_SEARCH, MOOT, OPEN, close_task
 from .unit_of_work import UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -112,7 +114,7 @@ async def _attempt(
         emptied = records.without_source(golden, source_id)  # inactive without sources: one rule
         inactive = not records.source_ids_of(emptied)
         uow.put(emptied)  # If-Match: every change of the source's link writes its golden record
-    task_ids = await _close_reviews(registry.hapi, uow, source_id, actor)
+    task_ids = await _close_reviews(registry.hapi, uow, source_id, golden_id if inactive else None, actor)
     uow.delete("Patient", source_id)
     uow.put(
         retraction_event(
@@ -153,22 +155,36 @@ async def _deleted_before(hapi: HapiClient, cfg: RegistryConfig, source_id: str,
     return Retraction(source_id, records.golden_id_of(before), deleted_now=False)
 
 
-async def _close_reviews(hapi: HapiClient, uow: UnitOfWork, source_id: str, actor: Actor) -> list[str]:
-    """Stage the open review Tasks about ``source_id`` (their ``focus``) closed as moot, as a merge closes
-    the ones it resolves; their ids. Each is written with ``If-Match`` on the version found: a person deciding
-    it meanwhile makes the transaction fail and be decided again."""
-    found = await hapi.search(
-        "Task",
-        {"status": OPEN, "focus": records.ref(source_id), "_count": "200"},
-        max_results=MAX_TASKS,
-    )
+async def _close_reviews(
+    hapi: HapiClient, uow: UnitOfWork, source_id: str, emptied: str | None, actor: Actor
+) -> list[str]:
+    """Stage the open review Tasks left with nothing to decide closed as moot, as a merge closes the ones it
+    resolves; their ids: the Tasks about ``source_id`` (their ``focus``) and, when the retraction left its
+    golden record ``emptied`` without sources, the Tasks naming that person (``for`` or ``candidate``).
+    Each is written with ``If-Match`` on the version found: a person deciding it meanwhile makes the
+    transaction fail and be decided again."""
+    queries = [{"focus": records.ref(source_id)}]
+    if emptied is not None:
+        queries += [{"subject": records.ref(emptied)}, {CANDIDATE_SEARCH: records.ref(emptied)}]
+    try:
+        found = await asyncio.gather(
+            *(
+                hapi.search("Task", {"status": OPEN, **query, "_count": "200"}, max_results=MAX_TASKS)
+                for query in queries
+            )
+        )
+    except Unprocessable as exc:  # review-candidate not installed yet: the app installs it at start-up
+        raise UpstreamUnavailable(
+            "The review search parameters are being installed; retry the deletion shortly."
+        ) from exc
+    tasks = {str(task["id"]): task for chunk in found for task in chunk}
     closed = []
-    for task in sorted(found, key=lambda t: str(t["id"])):
-        uow.assume("Task", task["id"], task)
-        stored = await uow.read("Task", task["id"])
+    for task_id in sorted(tasks):
+        uow.assume("Task", task_id, tasks[task_id])
+        stored = await uow.read("Task", task_id)
         if stored is not None and stored.get("status") == OPEN:
             uow.put(close_task(stored, RETRACTED, actor.client_id or "anonymous", status=MOOT))
-            closed.append(str(task["id"]))
+            closed.append(task_id)
     return closed
 
 

@@ -25,6 +25,8 @@ POSSIBLE_DUPLICATE = "possible-duplicate"
 OPEN = "requested"
 WITHDRAWN = "entered-in-error"  # raised by a merge that was undone; not a person's decision on the pair
 MOOT = "cancelled"  # nothing left to decide (a merge resolved it, its source record was retracted)
+# the search parameter on a review Task's ``candidate`` input (installed by ``admin.score_index``)
+CANDIDATE_SEARCH = "review-candidate"
 COMPARED_RECORD = "compared-record"  # Task output: the other side's record the decision was shown against
 
 

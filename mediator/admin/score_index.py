@@ -19,7 +19,7 @@ from .. import records
 from ..errors import Conflict, RegistryError, Unprocessable
 from ..fhir_client import HapiClient
 from ..instants import instant
-from ..review import OPEN, POSSIBLE_DUPLICATE, POTENTIAL_MATCH
+from ..review import CANDIDATE_SEARCH, OPEN, POSSIBLE_DUPLICATE, POTENTIAL_MATCH
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ SEARCH_PARAMETER: dict[str, Any] = {
     "expression": EXPRESSION,
 }
 CANDIDATE_SP_ID = "cr-review-candidate"
-CANDIDATE = "review-candidate"
+CANDIDATE = CANDIDATE_SEARCH
 CANDIDATE_PARAMETER: dict[str, Any] = {
     "resourceType": "SearchParameter",
     "id": CANDIDATE_SP_ID,

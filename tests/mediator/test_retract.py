@@ -241,6 +241,32 @@ async def test_open_review_tasks_about_the_record_are_closed_as_moot(client, sto
     assert await store.assert_consistent(await _source_id(a))
 
 
+async def test_review_tasks_about_a_golden_record_left_empty_are_closed_as_moot(client, store, facility):
+    """Retracting the only source record of the person a potential match points to leaves nothing to
+    decide: that Task (its ``candidate`` the emptied golden record) is closed with the retraction."""
+    family = unique_surname()
+    other = facility.replace("facility-", "hc-")
+    a = await _submit(client, patient(facility, "PE1", family=family, phone=unique_phone()))
+    b = await _submit(client, patient(other, "PE2", family=family, phone=None, birth_date="1988-04-12"))
+    assert b.headers["X-Match-Outcome"] == "potential"
+    a_id, b_id, golden_a = await _source_id(a), await _source_id(b), a.headers["X-CRUID"]
+    (task,) = [
+        t
+        for t in await store.search("Task", {"focus": f"Patient/{b_id}"})
+        if t["code"]["coding"][0]["code"] == POTENTIAL_MATCH
+    ]
+    assert f"Patient/{golden_a}" in json.dumps(task["input"]) and task["status"] == "requested"
+
+    assert (await client.delete(f"/fhir/Patient/{a_id}")).status == 200
+
+    closed = await store.read("Task", task["id"])
+    assert closed is not None and closed["status"] == "cancelled"
+    assert closed["businessStatus"]["text"] == "resolved-by-retraction"
+    (event,) = await _deletion_events(store, a_id)
+    assert f"Task/{task['id']}" in [e["what"]["reference"] for e in event["entity"]]
+    assert await store.assert_consistent(b_id)
+
+
 async def test_the_capability_statement_lists_delete(client):
     statement = await (await client.get("/fhir/metadata")).json(content_type=None)
     (patient_resource,) = statement["rest"][0]["resource"]
