@@ -55,7 +55,10 @@ async def _golden_of(hapi: HapiClient, cfg: RegistryConfig, system: str, value: 
         golden = await hapi.read("Patient", value) if value.startswith("cr-") and is_fhir_id(value) else None
         if golden is None or not records.is_golden(golden):
             raise NotFound(f"No person with CRUID {value}.")
-        return await live_golden(hapi, golden)
+        live = await live_golden(hapi, golden)
+        if not records.source_ids_of(live):  # every record of the person retracted or moved away
+            raise NotFound(f"No person with CRUID {value}: the registry holds no records of that person.")
+        return live
     found = await hapi.search(
         "Patient",
         {

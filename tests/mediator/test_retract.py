@@ -79,11 +79,17 @@ async def test_delete_removes_the_source_and_its_link_in_one_audited_transaction
     assert family not in json.dumps(event) and "1987-04-12" not in json.dumps(event), "no demographics"
 
 
-async def test_deleting_the_last_source_makes_the_golden_record_inactive(client, store, facility):
+async def test_deleting_the_last_source_makes_the_golden_record_inactive(client, store, facility, settings):
     resp = await _submit(client, patient(facility, "ONLY", family=unique_surname()))
     source_id, golden_id = await _source_id(resp), resp.headers["X-CRUID"]
+    lookup = f"/fhir/Patient/$ihe-pix?sourceIdentifier={settings.cruid_system}|{golden_id}"
+    assert (await client.get(lookup)).status == 200
 
     assert (await client.delete(f"/fhir/Patient/{source_id}")).status == 200
+    # the CRUID names nobody any more: a lookup is 404, not an answer naming the CRUID alone
+    gone = await client.get(lookup)
+    assert gone.status == 404
+    assert "no records" in (await gone.json(content_type=None))["issue"][0]["diagnostics"]
 
     golden = await store.read("Patient", golden_id)
     assert golden is not None, "a golden record is never deleted"
