@@ -2,16 +2,21 @@
 
 Live submissions and bulk loads (:mod:`mediator.registry`) and the re-match plan (:mod:`mediator.rematch`)
 all take their candidates, decision and golden record from here, so a dry run cannot drift from what an
-apply or a live submission does.
+apply or a live submission does. A point-of-service system's own merge (IHE PMIR: the submitted record
+``replaced-by`` another of its records) is decided here too: :func:`merge_link`, :func:`merge_target`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import matching
+
+from . import records
+from .errors import Forbidden, InvalidInput, Unprocessable
+from .identifiers import IdentifierRefused, is_fhir_id, normal_form
 
 T = TypeVar("T")
 
@@ -69,4 +74,156 @@ def choose_golden(
     return None
 
 
-__all__ = ["Found", "candidates", "choose_golden", "within_limit"]
+# -- a POS's own merge (IHE PMIR ITI-93: the subsumed record, replaced-by its survivor) --------------------
+
+REPLACED_BY = "replaced-by"
+POS_MERGE_RULE = (
+    "pos-merge"  # the outcome and rule of a submission linked by its POS's merge, not by matching
+)
+
+
+@dataclass(frozen=True)
+class MergeLink:
+    """A submission's one ``replaced-by`` link: its POS merged it into the source record ``survivor_id``.
+    ``index``: its place in ``Patient.link``; ``system``: the survivor's identifier system when the link names
+    it by identifier (else known once the survivor is read)."""
+
+    index: int
+    survivor_id: str
+    system: str | None = None
+
+    @property
+    def where(self) -> str:
+        return f"Patient.link[{self.index}]"
+
+
+def merge_link(links: Any, cruid_system: str) -> MergeLink | None:
+    """The submitted ``Patient.link`` read as a POS merge (None: no link). The registry keeps ``refer`` and
+    ``seealso`` links itself, so a POS may send only one ``replaced-by`` link, to a source record by
+    ``Patient/<id>`` or by ``identifier``; anything else is refused (400) rather than dropped."""
+    if not links:
+        return None
+    found: MergeLink | None = None
+    for index, link in enumerate(links if isinstance(links, list) else [links]):
+        where = f"Patient.link[{index}]"
+        kind = link.get("type") if isinstance(link, Mapping) else None
+        if kind != REPLACED_BY:
+            raise InvalidInput(
+                f"{where}: the registry takes only 'replaced-by' links from a point-of-service system (its "
+                f"merge of two of its own records), not {kind!r}; it keeps the other links itself.",
+                expression=[where],
+            )
+        if found is not None:
+            raise InvalidInput(f"{where}: a record can be replaced by one record only.", expression=[where])
+        found = _survivor(link.get("other"), index, cruid_system)
+    return found
+
+
+def _survivor(other: Any, index: int, cruid_system: str) -> MergeLink:
+    where = f"Patient.link[{index}]"
+    other = other if isinstance(other, Mapping) else {}
+    named: list[MergeLink] = []
+    reference = other.get("reference")
+    if reference is not None:
+        rid = records.ref_id(reference) if isinstance(reference, str) else None
+        if rid is None or not is_fhir_id(rid):
+            raise InvalidInput(
+                f"{where}.other.reference: name the survivor as Patient/<id>.", expression=[where]
+            )
+        named.append(MergeLink(index, rid))
+    ident = other.get("identifier")
+    if ident is not None:
+        if not isinstance(ident, Mapping) or not ident.get("system") or not ident.get("value"):
+            raise InvalidInput(f"{where}.other.identifier needs a system and a value.", expression=[where])
+        try:
+            system, value = normal_form(ident["system"], ident["value"])
+        except IdentifierRefused as exc:
+            raise InvalidInput(f"{where}.other.identifier: {exc}", expression=[where]) from exc
+        if system == cruid_system:
+            named.append(MergeLink(index, value))  # a CRUID: refused below as a golden record
+        else:
+            named.append(MergeLink(index, records.source_record_id(system, value), system))
+    if not named:
+        raise InvalidInput(
+            f"{where}.other: name the survivor by reference or identifier.", expression=[where]
+        )
+    if len({n.survivor_id for n in named}) > 1:
+        raise InvalidInput(
+            f"{where}.other: the reference and the identifier name two records.", expression=[where]
+        )
+    if named[0].survivor_id.startswith("cr-"):
+        raise InvalidInput(
+            f"{where}: golden records are maintained by the registry; a point-of-service system merges its "
+            "own records only (replaced-by one of its source records).",
+            expression=[where],
+        )
+    return named[-1]
+
+
+def merge_target(
+    link: MergeLink, source_id: str, survivor: Mapping[str, Any] | None, may_write: Callable[[str], bool]
+) -> str:
+    """The golden record the survivor belongs to (before following merges of golden records), or the
+    refusal: the survivor unknown, the record itself or merged itself (422), not the client's to write (403,
+    as an update of it would be: its key identifier's system). ``may_write``: whether the submitting client
+    may write records keyed in that system."""
+    where = [link.where]
+    if link.survivor_id == source_id:
+        raise Unprocessable(f"{link.where}: a record cannot be replaced by itself.", expression=where)
+    # by identifier: refused before reading, so nothing tells whether another client's record exists
+    system = link.system or (_key_system(survivor) if survivor is not None else None)
+    if system is not None and not may_write(system):
+        raise Forbidden(
+            f"{link.where}: Patient/{link.survivor_id} is not a record of the submitting client.",
+            expression=where,
+        )
+    if survivor is None or records.is_golden(survivor):
+        raise Unprocessable(
+            f"{link.where}: the survivor Patient/{link.survivor_id} is not known to the registry; submit it "
+            "first.",
+            expression=where,
+        )
+    if system is None:  # stored under a key not in normal form: whose it is cannot be told
+        raise Forbidden(
+            f"{link.where}: Patient/{link.survivor_id} is not a record of the submitting client.",
+            expression=where,
+        )
+    merged = records.pos_survivor(survivor)
+    if merged is not None:
+        raise Unprocessable(
+            f"{link.where}: Patient/{link.survivor_id} was itself replaced by Patient/{merged}; name that "
+            "record as the survivor.",
+            expression=where,
+        )
+    golden_id = records.golden_id_of(survivor)
+    if golden_id is None:
+        raise Unprocessable(f"{link.where}: the survivor belongs to no person.", expression=where)
+    return golden_id
+
+
+def followers(survivor_id: str, sources: Iterable[Mapping[str, Any] | None]) -> list[str]:
+    """The ids of the ``sources`` their POS merged into ``survivor_id``: one person with it by the POS's
+    decision, they go wherever matching takes it (and do not count as others it would leave behind)."""
+    return [s["id"] for s in sources if s is not None and records.pos_survivor(s) == survivor_id]
+
+
+def _key_system(source: Mapping[str, Any]) -> str | None:
+    """The system of the identifier a source record is keyed by (its id derives from it)."""
+    for ident in source.get("identifier", []):
+        system, value = ident.get("system"), ident.get("value")
+        if system and value and records.source_record_id(system, value) == source.get("id"):
+            return str(system)
+    return None
+
+
+__all__ = [
+    "POS_MERGE_RULE",
+    "Found",
+    "MergeLink",
+    "candidates",
+    "choose_golden",
+    "followers",
+    "merge_link",
+    "merge_target",
+    "within_limit",
+]

@@ -3,8 +3,10 @@
 A **source record** (``src-<hash of its identifier>``) is what one point-of-service system sent for one
 identifier, with tags (record type, client, blocking keys) and one ``refer`` link to its golden record. A
 **golden record** (``cr-<uuid>``) holds no demographics: the CRUID, a record-type tag and one ``seealso``
-link per source record; inactive when it has no sources, ``replaced-by`` when merged. Decisions of people
-live in extensions (``link-source`` manual, ``distinct-from``).
+link per source record; inactive when it has no sources, ``replaced-by`` when merged. A source record a
+point-of-service system merged into another of its own (IHE PMIR) also keeps that ``replaced-by`` link.
+Decisions of people and of POS merges live in extensions (``link-source`` manual or pos-merge,
+``distinct-from``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ RECORD_TYPE_SYSTEM = f"{NS}:record-type"
 CLIENT_SYSTEM = f"{NS}:client"
 BLOCK_SYSTEM = f"{NS}:block"
 # Extensions (not tags: HAPI keeps tags across updates, an update replaces extensions)
-LINK_SOURCE_URL = f"{NS}:link-source"  # on a source record, valueCode "manual": a person decided this link
+# on a source record, who decided its link: valueCode "manual" (an admin) or "pos-merge" (its POS merged it)
+LINK_SOURCE_URL = f"{NS}:link-source"
 DISTINCT_FROM_URL = f"{NS}:distinct-from"  # on a golden record, valueReference: decided to be another person
 REVIEW_SYSTEM = f"{NS}:review"
 REVIEW_TYPE_SYSTEM = f"{NS}:review-type"
@@ -28,6 +31,7 @@ REVIEW_TYPE_SYSTEM = f"{NS}:review-type"
 GOLDEN = "golden"
 SOURCE = "source"
 MANUAL = "manual"
+POS_MERGE = "pos-merge"
 
 Resource = dict[str, Any]
 J = TypeVar("J")  # JSON data: a dict, a list or a scalar
@@ -109,9 +113,23 @@ def extension_values(resource: Mapping[str, Any], url: str) -> list[Any]:
     return values
 
 
+def link_decision(resource: Mapping[str, Any]) -> str | None:
+    """Who decided this source record's link: :data:`MANUAL` (an admin), :data:`POS_MERGE` (its
+    point-of-service system merged it into another of its records) or None (matching)."""
+    values = extension_values(resource, LINK_SOURCE_URL)
+    return MANUAL if MANUAL in values else POS_MERGE if POS_MERGE in values else None
+
+
 def is_manually_linked(resource: Mapping[str, Any]) -> bool:
-    """A person decided this source record's link; matching never changes it."""
-    return MANUAL in extension_values(resource, LINK_SOURCE_URL)
+    """A decision fixed this source record's link — an admin's, or its POS's merge (:func:`link_decision`);
+    matching never changes it."""
+    return link_decision(resource) is not None
+
+
+def pos_survivor(source: Mapping[str, Any]) -> str | None:
+    """The source record its point-of-service system merged this one into (its ``replaced-by`` link, kept only
+    with the :data:`POS_MERGE` decision), or None."""
+    return replaced_by(source) if link_decision(source) == POS_MERGE else None
 
 
 def distinct_from(golden: Mapping[str, Any]) -> set[str]:
@@ -141,8 +159,10 @@ def source_ids_of(golden: Mapping[str, Any]) -> list[str]:
     return ids
 
 
-def replaced_by(golden: Mapping[str, Any]) -> str | None:
-    for link in golden.get("link", []):
+def replaced_by(resource: Mapping[str, Any]) -> str | None:
+    """The record a merge replaced this one by: a golden record's survivor, or a POS-merged source
+    record's."""
+    for link in resource.get("link", []):
         if link.get("type") == "replaced-by":
             return ref_id(link.get("other", {}).get("reference"))
     return None
@@ -280,11 +300,16 @@ def build_source_record(
     golden_id: str,
     block_keys: Iterable[str],
     manual: bool = False,
+    survivor: str | None = None,
 ) -> Resource:
-    """The stored source record: the submitted demographics plus the registry's tags and its one link."""
+    """The stored source record: the submitted demographics plus the registry's tags and its ``refer`` link;
+    ``survivor``: its POS merged it into that source record (a ``replaced-by`` link, decision ``pos-merge``).
+    The links the POS sent are not copied (the registry checks them, :mod:`mediator.linking`)."""
     record = {k: clone(v) for k, v in submitted.items() if k not in ("id", "meta", "link", "text")}
     record["extension"] = [e for e in record.get("extension", []) if e.get("url") != LINK_SOURCE_URL]
-    if manual:
+    if survivor:
+        record["extension"].append({"url": LINK_SOURCE_URL, "valueCode": POS_MERGE})
+    elif manual:
         record["extension"].append({"url": LINK_SOURCE_URL, "valueCode": MANUAL})
     if not record["extension"]:
         del record["extension"]
@@ -298,6 +323,8 @@ def build_source_record(
         meta={"tag": tag},
         link=[{"other": {"reference": ref(golden_id)}, "type": "refer"}],
     )
+    if survivor:
+        record["link"].append({"other": {"reference": ref(survivor)}, "type": "replaced-by"})
     return record
 
 
@@ -321,11 +348,14 @@ def link_state(resource: Resource | None) -> dict[str, Any]:
             "replaced_by": replaced_by(resource),
             "distinct_from": sorted(distinct_from(resource)),
         }
-    return {
+    state: dict[str, Any] = {
         "kind": "source",
         "golden": golden_id_of(resource),
         "manual": is_manually_linked(resource),
     }
+    if (survivor := pos_survivor(resource)) is not None:
+        state["pos_merge"] = survivor  # only then: states recorded before POS merges compare equal
+    return state
 
 
 def with_link_state(resource: Resource, state: dict[str, Any]) -> Resource:
@@ -349,7 +379,11 @@ def with_link_state(resource: Resource, state: dict[str, Any]) -> Resource:
         )
     else:
         out["link"] = [{"other": {"reference": ref(state["golden"])}, "type": "refer"}]
-        _set_extensions(out, LINK_SOURCE_URL, [{"valueCode": MANUAL}] if state["manual"] else [])
+        survivor = state.get("pos_merge")
+        if survivor:
+            out["link"].append({"other": {"reference": ref(survivor)}, "type": "replaced-by"})
+        decided = POS_MERGE if survivor else MANUAL if state["manual"] else None
+        _set_extensions(out, LINK_SOURCE_URL, [{"valueCode": decided}] if decided else [])
     return out
 
 
