@@ -40,6 +40,8 @@ class RecordDecision:
     score: float | None
     rule: str
     transaction_id: str | None = None  # the OpenHIM transaction of the request that submitted it
+    replaced_by: str | None = None  # its POS merged it into this source record (decision "pos-merge")
+    moved_along: tuple[str, ...] = ()  # source records its POS merged into it, moved with it
 
 
 def submission_event(*, actor: Actor, decisions: Sequence[RecordDecision]) -> dict[str, Any]:
@@ -57,6 +59,8 @@ def submission_event(*, actor: Actor, decisions: Sequence[RecordDecision]) -> di
         moved = d.previous_golden_id and d.previous_golden_id != d.golden_id
         if moved:
             details.append(("previous-cruid", d.previous_golden_id or ""))
+        if d.replaced_by:
+            details.append(("replaced-by", ref(d.replaced_by)))
         if d.transaction_id:
             details.append(("openhim-transaction", d.transaction_id))
         entities.append(
@@ -72,6 +76,10 @@ def submission_event(*, actor: Actor, decisions: Sequence[RecordDecision]) -> di
         if moved:
             previous = {"reference": ref(d.previous_golden_id or "")}
             entities.append({"what": previous, "description": "previous golden record"})
+        entities.extend(
+            {"what": {"reference": ref(f)}, "description": "source record replaced by it, moved along"}
+            for f in d.moved_along
+        )
     action = "create" if {d.action for d in decisions} == {"create"} else "update"
     return event(actor=actor, subtype=action, entities=entities, action="C" if action == "create" else "U")
 

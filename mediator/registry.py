@@ -4,6 +4,9 @@
     → ``matching.decide`` → choose the golden record → stage source, golden(s), review Tasks, AuditEvent
     → one HAPI transaction (``If-Match`` on every updated record) → answer
 
+A Patient its point-of-service system merged into another of its records (one ``replaced-by`` link, IHE
+PMIR) skips matching: it is linked to its survivor's golden record (:meth:`Registry._process_merge`).
+
 A version conflict (someone changed a golden record meanwhile) restarts from fresh reads.
 
 Single submissions that arrive while :data:`SHARED_WRITES` transactions of single submissions are being
@@ -21,7 +24,7 @@ import contextvars
 import logging
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -67,6 +70,7 @@ class Prepared:
     search_keys: list[str]  # ….search: its candidates are searched by these, and locked over them
     config: RegistryConfig  # what it was prepared (checked, keyed) under
     values: matching.Prepared  # the Patient's normalised field values under config.rules (for deciding)
+    merge: linking.MergeLink | None = None  # its POS merged it into another of its records (replaced-by)
 
 
 @dataclass(frozen=True)
@@ -274,6 +278,8 @@ class Registry:
             # a record filed under a key another one searches by is found by it: both hold that key
             # (search keys include index keys), so they never decide at the same time
             keys.update(f"blk:{k}" for k in p.search_keys)
+            if p.merge is not None:  # its survivor's golden record is the one it joins
+                keys.add(f"src:{p.merge.survivor_id}")
         started = time.perf_counter()
         retries = 1 if shared else self.conflict_retries
         async with self.locks.hold(keys):
@@ -389,9 +395,10 @@ class Registry:
             raise InvalidInput(
                 f"Patient/{submission.target_id} is not the record of the identifier {system}|{value}."
             )
+        merge = linking.merge_link(patient.get("link"), cfg.cruid_system)
         keys = matching.keys_of(patient, cfg.rules)
         values = matching.prepare(patient, cfg.rules)
-        return Prepared(submission, system, value, source_id, keys.index, keys.search, cfg, values)
+        return Prepared(submission, system, value, source_id, keys.index, keys.search, cfg, values, merge)
 
     async def _process(
         self,
@@ -407,6 +414,8 @@ class Registry:
         existing, current, candidates = await self._candidates(prepared, uow, cfg, optimistic)
         if submission.target_id is not None and existing is None:
             raise NotFound(f"Patient/{submission.target_id} does not exist.")
+        if prepared.merge is not None or (existing is not None and records.pos_survivor(existing)):
+            return await self._process_merge(prepared, uow, cfg, existing, current)
         seen = (foreseen or {}).get(prepared.source_id)
         # decided ahead, also against the records earlier entries of the batch stage: nothing is scored again
         known = seen.known_scores(candidates, cfg.rules) if seen is not None else {}
@@ -417,11 +426,7 @@ class Registry:
         if golden is None:
             golden = records.new_golden(records.new_golden_id(), cfg.cruid_system)
         golden_id = golden["id"]
-        uow.put(records.with_source(golden, prepared.source_id))
-        if current and current != golden_id:
-            previous = await uow.read("Patient", current)
-            if previous is not None:
-                uow.put(records.without_source(previous, prepared.source_id))
+        followers, _ = await self._link(uow, prepared.source_id, golden, current)
 
         source = records.build_source_record(
             patient,
@@ -443,6 +448,7 @@ class Registry:
             score=decision.score,
             rule=decision.rule,
             transaction_id=submission.actor.transaction_id,
+            moved_along=tuple(followers),
         )
         result = SubmissionResult(
             created=existing is None,
@@ -452,13 +458,115 @@ class Registry:
             outcome=decision.outcome,
             score=decision.score,
             rule=decision.rule,
-            identifiers=tuple(
-                i
-                for i in patient.get("identifier", [])
-                if i.get("system") not in cfg.shared_identifier_systems
-            ),
+            identifiers=_own_identifiers(patient, cfg),
         )
         return result, audit
+
+    async def _process_merge(
+        self,
+        prepared: Prepared,
+        uow: UnitOfWork,
+        cfg: RegistryConfig,
+        existing: Resource | None,
+        current: str | None,
+    ) -> tuple[SubmissionResult, RecordDecision]:
+        """A record its POS merged into another of its records (IHE PMIR), now or before: no matching.
+        It joins its survivor's golden record and keeps the ``replaced-by`` link with the ``pos-merge``
+        decision (as an admin's link, matching never moves it); its old golden record loses it, and when
+        other sources are left there an admin is asked whether the rest are the survivor's person too (a
+        ``possible-duplicate`` Task). A resubmission without the link keeps the merge (undoing it is an
+        admin's decision) and follows the survivor to its person now, if it still has one."""
+        submission = prepared.submission
+        source_id = prepared.source_id
+        link = prepared.merge
+        stored = records.pos_survivor(existing) if existing is not None else None
+        survivor_id = link.survivor_id if link is not None else stored
+        assert survivor_id is not None  # _process comes here with a link or a merged record
+        survivor = await uow.peek("Patient", survivor_id)
+        if link is not None:
+            target: str | None = linking.merge_target(
+                link, source_id, survivor, _may_write(cfg, submission.actor.client_id)
+            )
+        else:  # merged before: follow the survivor while it is a live source record of a person
+            target = records.golden_id_of(survivor) if survivor and not records.is_golden(survivor) else None
+        golden = await self._golden(uow, target) if target else None
+        if golden is None and link is not None:
+            raise Unprocessable(f"{link.where}: the survivor belongs to no person.", expression=[link.where])
+        if golden is None:
+            golden = await self._golden(uow, current) if current else None
+        if golden is None:
+            golden = records.new_golden(records.new_golden_id(), cfg.cruid_system)
+        golden_id = golden["id"]
+        followers, left = await self._link(uow, source_id, golden, current)
+        if current and left is not None and records.source_ids_of(left) and records.replaced_by(left) is None:
+            task = review_task(
+                kind=POSSIBLE_DUPLICATE,
+                source_id=source_id,
+                golden_id=golden_id,
+                other_golden_id=current,
+                score=None,
+                rule=linking.POS_MERGE_RULE,
+            )
+            await self._stage_task(uow, task, golden_id)
+        uow.put(
+            records.build_source_record(
+                submission.patient,
+                source_id,
+                client_id=submission.actor.client_id,
+                golden_id=golden_id,
+                block_keys=prepared.block_keys,
+                survivor=survivor_id,
+            )
+        )
+        audit = RecordDecision(
+            action="update" if existing else "create",
+            source_id=source_id,
+            golden_id=golden_id,
+            previous_golden_id=current,
+            outcome=linking.POS_MERGE_RULE,
+            score=None,
+            rule=linking.POS_MERGE_RULE,
+            transaction_id=submission.actor.transaction_id,
+            replaced_by=survivor_id,
+            moved_along=tuple(followers),
+        )
+        result = SubmissionResult(
+            created=existing is None,
+            source_id=source_id,
+            golden_id=golden_id,
+            cruid=records.cruid_of(golden, cfg.cruid_system) or golden_id,
+            outcome=linking.POS_MERGE_RULE,
+            score=None,
+            rule=linking.POS_MERGE_RULE,
+            identifiers=_own_identifiers(submission.patient, cfg),
+        )
+        return result, audit
+
+    async def _link(
+        self, uow: UnitOfWork, source_id: str, golden: Resource, current: str | None
+    ) -> tuple[list[str], Resource | None]:
+        """Stage ``golden`` with the source record, and when it leaves ``current`` for it, the records its POS
+        merged into it with it (they go where it goes) and ``current`` without them. Returns those records and
+        ``current`` as staged (None: not left, or gone)."""
+        golden_id = golden["id"]
+        if not current or current == golden_id:
+            uow.put(records.with_source(golden, source_id))
+            return [], None
+        followers = await self._followers(uow, current, source_id)
+        joined = records.with_source(golden, source_id)
+        for follower in followers:
+            joined = records.with_source(joined, follower)
+        uow.put(joined)
+        previous = await uow.read("Patient", current)
+        if previous is not None:
+            for moved in (source_id, *followers):
+                previous = records.without_source(previous, moved)
+            uow.put(previous)
+        for follower in followers:
+            record = await uow.read("Patient", follower)
+            if record is not None:
+                uow.put(records.with_link_state(record, {**records.link_state(record), "golden": golden_id}))
+        return followers, previous
 
     async def _candidates(
         self, prepared: Prepared, uow: UnitOfWork, cfg: RegistryConfig, optimistic: bool = False
@@ -495,13 +603,18 @@ class Registry:
         current: str | None,
         decision: matching.Decision,
     ) -> str | None:
-        return linking.choose_golden(
-            current=current,
-            manual=existing is not None and records.is_manually_linked(existing),
-            auto=decision.auto_match_goldens(),
-            current_has_others=current is not None
-            and not await self._only_source(uow, current, prepared.source_id),
+        manual = existing is not None and records.is_manually_linked(existing)
+        auto = decision.auto_match_goldens()
+        others = await self._other_sources(uow, current, prepared.source_id) if current else set()
+        target = linking.choose_golden(
+            current=current, manual=manual, auto=auto, current_has_others=bool(others)
         )
+        if others and target != current:  # leaving its person: are the others only records merged into it?
+            rest = others - set(await self._followers(uow, current, prepared.source_id))
+            target = linking.choose_golden(
+                current=current, manual=manual, auto=auto, current_has_others=bool(rest)
+            )
+        return target
 
     async def _prefetch(
         self, uow: UnitOfWork, prepared: Sequence[Prepared], cfg: RegistryConfig, optimistic: bool = False
@@ -567,21 +680,32 @@ class Registry:
         walk = await records.follow_replaced_by_async(lambda rid: uow.read("Patient", rid), golden_id)
         return walk.live
 
-    async def _only_source(self, uow: UnitOfWork, golden_id: str, source_id: str) -> bool:
+    async def _other_sources(self, uow: UnitOfWork, golden_id: str, source_id: str) -> set[str]:
         golden = await uow.peek("Patient", golden_id)
-        return golden is not None and set(records.source_ids_of(golden)) <= {source_id}
+        return set(records.source_ids_of(golden)) - {source_id} if golden is not None else set()
+
+    async def _followers(self, uow: UnitOfWork, golden_id: str | None, source_id: str) -> list[str]:
+        """The source records of ``golden_id`` that their POS merged into ``source_id`` (read only when it is
+        about to leave that golden record)."""
+        others = sorted(await self._other_sources(uow, golden_id, source_id)) if golden_id else []
+        await uow.prefetch("Patient", others)
+        return linking.followers(source_id, [await uow.peek("Patient", s) for s in others])
 
     async def _stage_reviews(
         self, uow: UnitOfWork, decision: matching.Decision, source_id: str, golden_id: str
     ) -> None:
         for task in _review_tasks(decision, source_id, golden_id):
-            candidate = task["input"][0]["valueReference"]["reference"]
-            if uow.created_here(records.ref(golden_id)) or uow.created_here(candidate):
-                stored = None  # about a golden record this transaction creates: cannot exist yet
-            else:
-                stored = await uow.peek("Task", task["id"])
-            if stored is None or stored.get("status") in (OPEN, WITHDRAWN):
-                uow.put(task)
+            await self._stage_task(uow, task, golden_id)
+
+    async def _stage_task(self, uow: UnitOfWork, task: Resource, golden_id: str) -> None:
+        """Raise the review ``task`` about ``golden_id`` unless a person already closed it."""
+        candidate = task["input"][0]["valueReference"]["reference"]
+        if uow.created_here(records.ref(golden_id)) or uow.created_here(candidate):
+            stored = None  # about a golden record this transaction creates: cannot exist yet
+        else:
+            stored = await uow.peek("Task", task["id"])
+        if stored is None or stored.get("status") in (OPEN, WITHDRAWN):
+            uow.put(task)
 
 
 @dataclass
@@ -758,6 +882,22 @@ def _review_tasks(decision: matching.Decision, source_id: str, golden_id: str) -
         )
         for other, s in best.items()
     ]
+
+
+def _own_identifiers(patient: Mapping[str, Any], cfg: RegistryConfig) -> tuple[Mapping[str, Any], ...]:
+    """What the answer gives back: the Patient's identifiers but the shared ones."""
+    return tuple(
+        i for i in patient.get("identifier", []) if i.get("system") not in cfg.shared_identifier_systems
+    )
+
+
+def _may_write(cfg: RegistryConfig, client_id: str | None) -> Callable[[str], bool]:
+    """Whether ``client_id`` may write records keyed in a system, as :meth:`Registry.prepare` lets it: behind
+    a client map its own systems; in open mode any system but the shared ones and the CRUID's."""
+    if cfg.open_mode:
+        return lambda system: system not in cfg.shared_identifier_systems and system != cfg.cruid_system
+    allowed = cfg.client_systems.get(client_id or "", frozenset())
+    return lambda system: system in allowed and system != cfg.cruid_system
 
 
 def _submission(s: Submission | Prepared) -> Submission:
