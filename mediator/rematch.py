@@ -89,6 +89,7 @@ class SourceFacts:
     keys: tuple[str, ...]  # its blocking keys under the new rules (filed under), sorted
     search_keys: tuple[str, ...]  # the keys its candidates are looked up by under the new rules
     fields: matching.Prepared  # its normalised comparison values under the new rules
+    merged_into: str | None = None  # its POS merged it into this source record: it follows that one
 
 
 @dataclass
@@ -123,6 +124,7 @@ def source_facts(
         keys=once(keys.index),
         search_keys=once(keys.search),
         fields=matching.Prepared({k: once(v) for k, v in fields.items()}),
+        merged_into=records.pos_survivor(source),
     )
 
 
@@ -235,11 +237,13 @@ def plan(snapshot: Snapshot, cfg: RegistryConfig) -> Plan:
         decision = matching.decide(source.fields, candidates, rules)
         if decision.outcome == "potential":
             out.potential += 1
+        # the records its POS merged into it go where it goes (Registry._link): not others it would leave
+        followers = {f for f in members[current] if sources[f].merged_into == sid} if current else set()
         target = linking.choose_golden(
             current=current,
             manual=False,  # manually linked records were kept above
             auto=decision.auto_match_goldens(),
-            current_has_others=current is not None and not members[current] <= {sid},
+            current_has_others=current is not None and not members[current] <= {sid, *followers},
         )
         resolved = resolve(target) if target else None
         if resolved is None:
@@ -262,10 +266,11 @@ def plan(snapshot: Snapshot, cfg: RegistryConfig) -> Plan:
                     rule=best.rule if best else decision.rule,
                 )
             )
-        if current:
-            members[current].discard(sid)
-        members[resolved].add(sid)
-        golden_of[sid] = resolved
+        for moved in (sid, *sorted(followers)):
+            if current:
+                members[current].discard(moved)
+            members[resolved].add(moved)
+            golden_of[moved] = resolved
     return out
 
 

@@ -7,9 +7,11 @@ from typing import Any
 
 import pytest
 
-from mediator import audit, linking, records
+from mediator import audit, linking, records, rematch
+from mediator.config import RegistryConfig
 from mediator.errors import Forbidden, InvalidInput, Unprocessable
 from mediator.review import POSSIBLE_DUPLICATE
+from mediator.settings import Settings
 from tests.conftest import patient, unique_surname
 
 CLINIC = {"X-OpenHIM-ClientID": "clinic"}
@@ -466,3 +468,28 @@ def test_followers_are_the_records_merged_into_the_survivor():
 
     found = [source("src-a", "src-s"), source("src-b", None), None, source("src-c", "src-other")]
     assert linking.followers("src-s", found) == ["src-a"]
+
+
+def test_the_rematch_plan_keeps_a_survivor_with_the_records_merged_into_it():
+    """As the live workflow does (test_resubmitting_the_survivor_keeps_everything): the subsumed record is not
+    another record the survivor would leave, so the dry run lists no split."""
+    cfg = RegistryConfig.from_settings(Settings())
+    survivor, subsumed = records.source_record_id("urn:s", "KEEP"), records.source_record_id("urn:s", "OLD")
+    keep = patient("urn:s", "KEEP", family="Okafor", given="Halima", birth_date="1990-01-02")
+    old = patient("urn:s", "OLD", family="Mwangi", given="Amina", birth_date="1987-04-12")
+
+    def snapshot(merged_into: str | None) -> rematch.Snapshot:
+        stored = [
+            records.build_source_record(keep, survivor, client_id=None, golden_id="cr-1", block_keys=[]),
+            records.build_source_record(
+                old, subsumed, client_id=None, golden_id="cr-1", block_keys=[], survivor=merged_into
+            ),
+        ]
+        sources = {r["id"]: rematch.source_facts(r, cfg.rules) for r in stored}
+        golden = records.with_source(
+            records.with_source(records.new_golden("cr-1", "urn:c"), survivor), subsumed
+        )
+        return rematch.Snapshot(sources, {"cr-1": rematch.golden_facts(golden)}, cfg.rules)
+
+    assert [c.kind for c in rematch.plan(snapshot(None), cfg).changes] == ["split"], "the control"
+    assert rematch.plan(snapshot(survivor), cfg).changes == []
