@@ -21,6 +21,10 @@ from .review import OPEN, POSSIBLE_DUPLICATE, POTENTIAL_MATCH
 from .validation import check_id, parse_identifier_param, read_json, validate_bundle, validate_patient
 
 FHIR_JSON = "application/fhir+json"
+POS_MERGE_NOTE = (
+    "Patient.link: only one replaced-by link to another source record of the same client (IHE PMIR merge); "
+    "other link types are refused."
+)
 
 
 def fhir_response(
@@ -244,6 +248,7 @@ async def capability_statement(request: web.Request) -> web.Response:
                                     "definition": "http://hl7.org/fhir/OperationDefinition/Patient-match",
                                 },
                             ],
+                            "documentation": POS_MERGE_NOTE,
                         }
                     ],
                     "interaction": [{"code": "batch"}, {"code": "transaction"}],

@@ -493,3 +493,9 @@ def test_the_rematch_plan_keeps_a_survivor_with_the_records_merged_into_it():
 
     assert [c.kind for c in rematch.plan(snapshot(None), cfg).changes] == ["split"], "the control"
     assert rematch.plan(snapshot(survivor), cfg).changes == []
+
+
+async def test_the_capability_statement_says_which_links_are_taken(client):
+    statement = await (await client.get("/fhir/metadata")).json(content_type=None)
+    patient_resource = statement["rest"][0]["resource"][0]
+    assert "replaced-by" in patient_resource["documentation"]
