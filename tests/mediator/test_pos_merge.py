@@ -6,13 +6,15 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from prometheus_client import generate_latest
 
 from mediator import audit, linking, records, rematch
 from mediator.config import RegistryConfig
+from mediator.context import METRICS
 from mediator.errors import Forbidden, InvalidInput, Unprocessable
 from mediator.review import POSSIBLE_DUPLICATE
 from mediator.settings import Settings
-from tests.conftest import patient, unique_surname
+from tests.conftest import metric_samples, patient, unique_surname
 
 CLINIC = {"X-OpenHIM-ClientID": "clinic"}
 
@@ -38,6 +40,11 @@ async def two_people(client: Any, system: str, headers: dict[str, str] | None = 
 
 def source_id(answer: Any) -> str:
     return answer.headers["Location"].split("/")[1]
+
+
+def _calls(app: Any, call: str) -> float:
+    samples = metric_samples(generate_latest(app[METRICS].registry).decode())
+    return samples.get(("cr_fhir_store_call_duration_seconds_count", (("call", call),)), 0.0)
 
 
 # -- the merge itself ------------------------------------------------------------------------------------
@@ -161,10 +168,13 @@ async def test_an_old_person_with_other_sources_stays_and_is_put_up_for_review(c
     old_id = records.source_record_id(closed.clinic, "C1")
     old_golden = closed.clinic_answer["X-CRUID"]
 
+    transactions = _calls(client.server.app, "transaction")
+
     resp = await client.put(f"/fhir/Patient/{old_id}", json=merged(c1, source_id(b)), headers=CLINIC)
 
     assert resp.status == 200, await resp.text()
     assert resp.headers["X-CRUID"] == b.headers["X-CRUID"]
+    assert _calls(client.server.app, "transaction") == transactions + 1, "records, Task, AuditEvent: one"
     left = await store.read("Patient", old_golden)
     assert left["active"] is True
     assert records.source_ids_of(left) == [records.source_record_id(closed.lab, "L1")]
@@ -285,6 +295,22 @@ async def test_a_subsumed_record_merged_on_takes_what_was_merged_into_it_along(c
     assert await store.search("Task", {"subject": f"Patient/{golden['id']}"}) == [], "nobody left behind"
 
 
+async def test_a_merge_of_two_records_of_one_person_marks_it_and_moves_nothing(client, store, facility):
+    family = unique_surname()
+    subsumed = patient(facility, "ONE-1", family=family)
+    a = await client.post("/fhir/Patient", json=subsumed)
+    b = await client.post("/fhir/Patient", json=patient(facility, "ONE-2", family=family))
+    assert a.headers["X-CRUID"] == b.headers["X-CRUID"]
+
+    resp = await client.put(f"/fhir/Patient/{source_id(a)}", json=merged(subsumed, source_id(b)))
+
+    assert resp.status == 200 and resp.headers["X-CRUID"] == b.headers["X-CRUID"]
+    assert records.pos_survivor(await store.read("Patient", source_id(a))) == source_id(b)
+    golden = await store.assert_consistent(source_id(b))
+    assert set(records.source_ids_of(golden)) == {source_id(a), source_id(b)}
+    assert await store.search("Task", {"subject": f"Patient/{golden['id']}"}) == []
+
+
 async def test_the_same_merge_sent_twice_answers_the_same(client, store, facility):
     (subsumed, a), (_, b) = await two_people(client, facility)
     body = merged(subsumed, source_id(b))
@@ -349,6 +375,14 @@ async def test_a_survivor_of_another_client_is_403(closed, store):
     await _refused(closed.client, store, url, merged(c1, survivor), 403, "Patient.link[0]", CLINIC)
     by_identifier = {**c1, "link": replaced_by({"identifier": {"system": closed.lab, "value": "L1"}})}
     await _refused(closed.client, store, url, by_identifier, 403, "Patient.link[0]", CLINIC)
+
+
+async def test_a_survivor_named_by_a_shared_identifier_is_403(client, store, facility, settings):
+    """A national id is matching evidence, never a record key: it names no record a client may write."""
+    (subsumed, a), _ = await two_people(client, facility)
+    nid = {"identifier": {"system": settings.shared_identifier_systems[0], "value": "NID-1"}}
+    url = f"/fhir/Patient/{source_id(a)}"
+    await _refused(client, store, url, {**subsumed, "link": replaced_by(nid)}, 403, "Patient.link[0]")
 
 
 async def test_two_replaced_by_links_are_400(client, store, facility):
