@@ -1,0 +1,38 @@
+"""An admin overrules a POS's merge (IHE PMIR replaced-by) and can undo that: the link state round-trips."""
+
+from __future__ import annotations
+
+from mediator import records
+from tests.conftest import patient, unique_surname
+
+
+async def test_an_admin_move_overrules_a_pos_merge_and_its_undo_restores_it(
+    admin, app_client, facility, store
+):
+    people = [
+        patient(facility, f"P{i}", family=unique_surname(), given=given, birth_date=born)
+        for i, (given, born) in enumerate(
+            [("Amina", "1987-04-12"), ("Halima", "1990-01-02"), ("Neema", "1970-03-03")]
+        )
+    ]
+    answers = [await app_client.post("/fhir/Patient", json=p) for p in people]
+    assert len({a.headers["X-CRUID"] for a in answers}) == 3
+    subsumed, survivor = (records.source_record_id(facility, f"P{i}") for i in (0, 1))
+    third_golden = answers[2].headers["X-CRUID"]
+    link = [{"type": "replaced-by", "other": {"reference": f"Patient/{survivor}"}}]
+    merged = await app_client.put(
+        f"/fhir/Patient/{subsumed}", json={**people[0], "active": False, "link": link}
+    )
+    assert merged.status == 200 and merged.headers["X-CRUID"] == answers[1].headers["X-CRUID"]
+
+    await admin.post("/admin/api/move", {"source": subsumed, "target": third_golden})
+    moved = await store.read("Patient", subsumed)
+    assert records.golden_id_of(moved) == third_golden
+    assert records.link_decision(moved) == records.MANUAL and records.pos_survivor(moved) is None
+    again = await app_client.put(f"/fhir/Patient/{subsumed}", json={**people[0], "active": False})
+    assert again.headers["X-CRUID"] == third_golden, "the admin's link stays; the record no longer follows"
+
+    await admin.post("/admin/api/undo", {"patient": subsumed})
+    restored = await store.read("Patient", subsumed)
+    assert records.golden_id_of(restored) == answers[1].headers["X-CRUID"]
+    assert records.link_decision(restored) == records.POS_MERGE and records.pos_survivor(restored) == survivor
