@@ -892,12 +892,9 @@ def _own_identifiers(patient: Mapping[str, Any], cfg: RegistryConfig) -> tuple[M
 
 
 def _may_write(cfg: RegistryConfig, client_id: str | None) -> Callable[[str], bool]:
-    """Whether ``client_id`` may write records keyed in a system, as :meth:`Registry.prepare` lets it: behind
-    a client map its own systems; in open mode any system but the shared ones and the CRUID's."""
-    if cfg.open_mode:
-        return lambda system: system not in cfg.shared_identifier_systems and system != cfg.cruid_system
-    allowed = cfg.client_systems.get(client_id or "", frozenset())
-    return lambda system: system in allowed and system != cfg.cruid_system
+    """Whether ``client_id`` may write records keyed in a system (:meth:`RegistryConfig.may_key`, the rule
+    :meth:`Registry.prepare` applies); never the CRUID's."""
+    return lambda system: system != cfg.cruid_system and cfg.may_key(client_id, system)
 
 
 def _submission(s: Submission | Prepared) -> Submission:
