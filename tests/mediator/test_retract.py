@@ -15,6 +15,7 @@ from mediator.context import METRICS, STORE
 from mediator.review import POTENTIAL_MATCH
 from tests.conftest import metric_samples, patient, unique_phone, unique_surname
 from tests.hapi_helpers import forward_to_hapi, put_now, serve_proxy
+from tests.mediator.test_pos_merge import merged, source_id, two_people
 
 CLINIC = {"X-OpenHIM-ClientID": "clinic"}
 LAB = {"X-OpenHIM-ClientID": "lab"}
@@ -271,6 +272,34 @@ async def test_review_tasks_about_a_golden_record_left_empty_are_closed_as_moot(
     (event,) = await _deletion_events(store, a_id)
     assert f"Task/{task['id']}" in [e["what"]["reference"] for e in event["entity"]]
     assert await store.assert_consistent(b_id)
+
+
+async def test_a_record_merged_into_another_is_deleted_though_its_trail_names_it(client, store, facility):
+    """The subsumed record of a POS merge is named by its AuditEvents before its golden record links it: HAPI
+    looks at such a reference first, and refused the delete (409) until the launcher let the trail's
+    references never block one. The golden record's link still would: it goes in the same transaction."""
+    (subsumed, a), (_, b) = await two_people(client, facility)
+    old_id, keep_id = source_id(a), source_id(b)
+    assert (await client.put(f"/fhir/Patient/{old_id}", json=merged(subsumed, keep_id))).status == 200
+
+    resp = await client.delete(f"/fhir/Patient/{old_id}")
+
+    assert resp.status == 200, await resp.text()
+    assert await store.read("Patient", old_id) is None
+    golden = await store.read("Patient", b.headers["X-CRUID"])
+    assert golden is not None and records.source_ids_of(golden) == [keep_id]
+    assert len(await _deletion_events(store, old_id)) == 1
+
+
+async def test_hapi_still_refuses_to_delete_a_record_a_golden_record_links(store, client, facility):
+    """Only the trail's paths are let through: a plain DELETE of a source record its golden record still
+    links is refused by HAPI (409), AuditEvents naming it or not."""
+    resp = await _submit(client, patient(facility, "LINKED", family=unique_surname()))
+    source = await _source_id(resp)
+    async with store.session.delete(f"{store.base_url}/Patient/{source}") as refused:
+        assert refused.status == 409
+        assert "Patient.link" in await refused.text()
+    assert await store.read("Patient", source) is not None
 
 
 async def test_the_capability_statement_lists_delete(client):

@@ -1,6 +1,7 @@
 package org.clientregistry.hapi;
 
 import ca.uhn.fhir.context.support.IValidationSupport;
+import ca.uhn.fhir.interceptor.api.IInterceptorService;
 import ca.uhn.fhir.jpa.api.config.JpaStorageSettings;
 import ca.uhn.fhir.jpa.api.dao.DaoRegistry;
 import ca.uhn.fhir.jpa.api.dao.IFhirSystemDao;
@@ -39,8 +40,11 @@ public class FhirServerConfig {
 			IValidationSupport validationSupport,
 			DatabaseBackedPagingProvider pagingProvider,
 			IHapiTransactionService transactions,
-			DataSource dataSource) {
+			DataSource dataSource,
+			IInterceptorService storageInterceptors) {
 		RestfulServer server = new RestfulServer(systemDao.getContext());
+		storageInterceptors.registerInterceptor(
+				new TrailReferencesDoNotBlockDeletes(props.getEnforceReferentialIntegrityOnDeleteDisableForPaths()));
 
 		List<String> types = new ArrayList<>(props.getSupportedResourceTypes());
 		if (!types.isEmpty()) {

@@ -61,8 +61,12 @@ public class StorageConfig {
 		s.setDeleteExpungeEnabled(props.isExpungeEnabled());
 		s.setAllowMultipleDelete(props.isAllowMultipleDelete());
 		s.setEnforceReferentialIntegrityOnDelete(props.isEnforceReferentialIntegrityOnDelete());
+		// read by $delete-expunge only; a DELETE honours these paths through TrailReferencesDoNotBlockDeletes,
+		// which has HAPI look at up to this many references to the record (the default, 60, could hide a
+		// golden record's link behind a source record's AuditEvents)
 		s.setEnforceReferentialIntegrityOnDeleteDisableForPaths(
 				new HashSet<>(props.getEnforceReferentialIntegrityOnDeleteDisableForPaths()));
+		s.setMaximumDeleteConflictQueryCount(10_000);
 		s.setIndexMissingFields(StorageSettings.IndexEnabledEnum.DISABLED);
 		s.setAutoCreatePlaceholderReferenceTargets(false);
 		s.setAllowExternalReferences(false);
