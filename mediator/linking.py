@@ -171,7 +171,8 @@ def merge_target(
     if link.survivor_id == source_id:
         raise Unprocessable(f"{link.where}: a record cannot be replaced by itself.", expression=where)
     # by identifier: refused before reading, so nothing tells whether another client's record exists
-    system = link.system or (_key_system(survivor) if survivor is not None else None)
+    key = records.key_identifier(survivor) if survivor is not None else None
+    system = link.system or (key[0] if key is not None else None)
     if system is not None and not may_write(system):
         raise Forbidden(
             f"{link.where}: Patient/{link.survivor_id} is not a record of the submitting client.",
@@ -205,15 +206,6 @@ def followers(survivor_id: str, sources: Iterable[Mapping[str, Any] | None]) -> 
     """The ids of the ``sources`` their POS merged into ``survivor_id``: one person with it by the POS's
     decision, they go wherever matching takes it (and do not count as others it would leave behind)."""
     return [s["id"] for s in sources if s is not None and records.pos_survivor(s) == survivor_id]
-
-
-def _key_system(source: Mapping[str, Any]) -> str | None:
-    """The system of the identifier a source record is keyed by (its id derives from it)."""
-    for ident in source.get("identifier", []):
-        system, value = ident.get("system"), ident.get("value")
-        if system and value and records.source_record_id(system, value) == source.get("id"):
-            return str(system)
-    return None
 
 
 __all__ = [
