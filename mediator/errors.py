@@ -3,7 +3,8 @@
 RegistryError            base: ``status`` and FHIR ``issue.code``
 ├── InvalidInput     400 the request or a parameter cannot be read
 ├── Forbidden        403 not this caller's to do;  NotFound 404 unknown record or identifier
-├── Conflict         409 changed under us: decided again;  Ambiguous 409 an identifier of two people
+├── Conflict         409 changed under us: decided again;  Ambiguous 409 an identifier of two people;
+│                        StillReferenced 409 a record others depend on (not retried)
 ├── PayloadTooLarge  413 body over the limit;  Unprocessable 422 valid FHIR the registry cannot take
 └── UpstreamError        HAPI or another upstream unusable, nothing written
     ├── UpstreamUnavailable  503 refused, down or 5xx
@@ -54,6 +55,13 @@ class Conflict(RegistryError):
 class Ambiguous(RegistryError):
     status = 409
     code = "multiple-matches"
+
+
+class StillReferenced(RegistryError):
+    """A deletion refused because other records depend on this one (FHIR: 409); retrying cannot help."""
+
+    status = 409
+    code = "conflict"
 
 
 class PayloadTooLarge(RegistryError):

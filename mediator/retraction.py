@@ -18,10 +18,18 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from . import records
+from . import linking, records
 from .audit import Actor, retraction_event
 from .config import RegistryConfig
-from .errors import Conflict, Forbidden, InvalidInput, NotFound, Unprocessable, UpstreamUnavailable
+from .errors import (
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    StillReferenced,
+    Unprocessable,
+    UpstreamUnavailable,
+)
 from .fhir_client import HapiClient
 from .records import Resource
 from .registry import Registry
@@ -109,6 +117,18 @@ async def _attempt(
     again = await registry.hapi.read("Patient", source_id)
     if again is None or records.version_of(again) != records.version_of(source):
         raise Conflict(f"Patient/{source_id} changed while it was being deleted.")
+    if golden is not None:
+        others = [s for s in records.source_ids_of(golden) if s != source_id]
+        await uow.prefetch("Patient", others)
+        merged = linking.followers(source_id, [await uow.peek("Patient", s) for s in others])
+        if (
+            merged
+        ):  # their replaced-by links name it: HAPI refuses the delete, and they would lose their survivor
+            raise StillReferenced(
+                f"Patient/{source_id} has records its point-of-service system merged into it "
+                f"({', '.join(f'Patient/{m}' for m in merged)}); delete those first.",
+                expression=["Patient.link"],
+            )
     inactive = False
     if golden is not None:
         emptied = records.without_source(golden, source_id)  # inactive without sources: one rule

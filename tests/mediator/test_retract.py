@@ -291,6 +291,26 @@ async def test_a_record_merged_into_another_is_deleted_though_its_trail_names_it
     assert len(await _deletion_events(store, old_id)) == 1
 
 
+async def test_a_survivor_with_records_merged_into_it_is_refused_until_those_go(client, store, facility):
+    """Records its POS merged into it name the survivor (replaced-by): deleting it first is a 409 naming them,
+    at once and with nothing written (it used to be retried as a concurrent change until HAPI's refusal
+    came back as one); once they are deleted, the survivor can be."""
+    (subsumed, a), (_, b) = await two_people(client, facility)
+    old_id, keep_id = source_id(a), source_id(b)
+    assert (await client.put(f"/fhir/Patient/{old_id}", json=merged(subsumed, keep_id))).status == 200
+    before = await _history(store, "Patient", keep_id)
+
+    refused = await client.delete(f"/fhir/Patient/{keep_id}")
+
+    assert refused.status == 409
+    outcome = await refused.json(content_type=None)
+    assert f"Patient/{old_id}" in outcome["issue"][0]["diagnostics"]
+    assert "Concurrent change" not in outcome["issue"][0]["diagnostics"]
+    assert await _history(store, "Patient", keep_id) == before and not await _deletion_events(store, keep_id)
+    assert (await client.delete(f"/fhir/Patient/{old_id}")).status == 200
+    assert (await client.delete(f"/fhir/Patient/{keep_id}")).status == 200
+
+
 async def test_hapi_still_refuses_to_delete_a_record_a_golden_record_links(store, client, facility):
     """Only the trail's paths are let through: a plain DELETE of a source record its golden record still
     links is refused by HAPI (409), AuditEvents naming it or not."""
