@@ -34,6 +34,9 @@ async def test_hapi_down_gives_503(aiohttp_client, unused_tcp_port_factory, faci
     resp = await client.post("/fhir/Patient/$match", json=query)  # no answer without its audit record
     assert resp.status == 503
     assert (await resp.json(content_type=None))["issue"][0]["code"] == "transient"
+    resp = await client.delete("/fhir/Patient/src-0123456789abcdef")
+    assert resp.status == 503
+    assert (await resp.json(content_type=None))["issue"][0]["code"] == "transient"
 
 
 async def test_ready_says_whether_the_fhir_store_answers(
@@ -94,3 +97,27 @@ async def test_timeout_mid_transaction_then_retry_gives_the_same_cruid(
     assert len(sources) == 1
     golden = await store.assert_consistent(sources[0]["id"])
     assert retry.headers["X-CRUID"] == golden["id"]
+
+
+async def test_a_deletion_whose_answer_was_lost_is_retried_to_the_same_answer(
+    aiohttp_client, proxy, store, facility, settings
+):
+    """HAPI committed the retraction but its answer never came (504): the retry finds the record deleted
+    and answers as the first attempt would have, without a second deletion or AuditEvent."""
+    slow = await aiohttp_client(
+        create_app(dataclasses.replace(settings, hapi_base_url=proxy["url"], hapi_timeout_s=2.0))
+    )
+    created = await slow.post("/fhir/Patient", json=patient(facility, "GONE", family=unique_surname()))
+    source_id = (await created.json(content_type=None))["id"]
+    proxy["swallow_transactions"] = True
+    resp = await slow.delete(f"/fhir/Patient/{source_id}")
+    assert proxy["swallowed"].is_set()
+    assert resp.status == 504
+
+    proxy["swallow_transactions"] = False
+    retry = await slow.delete(f"/fhir/Patient/{source_id}")
+    assert retry.status == 200
+    assert f"Patient/{source_id} is deleted." in (await retry.text())
+    assert await store.read("Patient", source_id) is None
+    events = await store.search("AuditEvent", {"entity": f"Patient/{source_id}"})
+    assert [e.get("action") for e in events].count("D") == 1
