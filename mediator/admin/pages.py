@@ -103,6 +103,8 @@ def source_cell(summary: dict[str, Any]) -> str:
         return "<em>gone</em>"
     ids = "<br>".join(e(i) for i in summary.get("identifiers", []))
     manual = " · <strong>manual link</strong>" if summary.get("manual") else ""
+    if summary.get("mergedInto"):
+        manual = f" · <strong>merged by its POS</strong> into {e(summary['mergedInto'])}"
     return (
         f"<strong>{e(summary.get('name'))}</strong> · {e(summary.get('birthDate'))} · "
         f"{e(summary.get('gender'))}"
@@ -440,6 +442,8 @@ async def person_page(request: web.Request) -> web.Response:
 def _state_text(state: dict[str, Any]) -> str:
     kind = state.get("kind")
     if kind == "source":
+        if state.get("pos_merge"):
+            return f"→ {state.get('golden')} (merged by its POS into {state['pos_merge']})"
         return f"→ {state.get('golden')}" + (" (manual)" if state.get("manual") else "")
     if kind == "golden":
         text = f"{len(state.get('sources', []))} records" + ("" if state.get("active") else ", inactive")

@@ -61,7 +61,8 @@ def person_summary(patient: Mapping[str, Any] | None) -> dict[str, Any]:
         "identifiers": [f"{i.get('system')}|{i.get('value')}" for i in patient.get("identifier", [])],
         "client": records.client_of(patient),
         "golden": records.golden_id_of(patient),
-        "manual": records.is_manually_linked(patient),
+        "manual": records.link_decision(patient) == records.MANUAL,
+        "mergedInto": records.pos_survivor(patient),  # its POS merged it into that record (IHE PMIR)
     }
 
 

@@ -24,6 +24,12 @@ async def test_an_admin_move_overrules_a_pos_merge_and_its_undo_restores_it(
         f"/fhir/Patient/{subsumed}", json={**people[0], "active": False, "link": link}
     )
     assert merged.status == 200 and merged.headers["X-CRUID"] == answers[1].headers["X-CRUID"]
+    # the person page says who linked it: its POS's merge, not an admin's manual link
+    person = await admin.get(f"/admin/api/golden/{answers[1].headers['X-CRUID']}")
+    (shown,) = [s for s in person["sources"] if s["id"] == subsumed]
+    assert shown["mergedInto"] == survivor and shown["manual"] is False
+    page = await (await admin.client.get(f"/admin/person/{answers[1].headers['X-CRUID']}")).text()
+    assert f"merged by its POS</strong> into {survivor}" in page
 
     await admin.post("/admin/api/move", {"source": subsumed, "target": third_golden})
     moved = await store.read("Patient", subsumed)
