@@ -244,39 +244,36 @@ class HapiClient:
     async def deleted_version(self, resource_type: str, resource_id: str) -> str | None:
         """The version of the deletion when the record's latest version is one (HAPI keeps a deleted record's
         history and refuses to create it again as new), else None."""
-        if not is_fhir_id(resource_id):
+        entries = await self._deletion_history(resource_type, resource_id, 1)
+        if not entries:
             return None
-        _, bundle = await self._call(
-            f"history {resource_type}",
-            "GET",
-            f"{resource_type}/{resource_id}/_history",
-            params={"_count": "1"},
-            headers={"Cache-Control": "no-store"},
-            accept_status=(404, 410),
-        )
-        latest: dict[str, Any] = next(iter((bundle or {}).get("entry", [])), {})
-        if latest.get("request", {}).get("method") != "DELETE":
-            return None
-        return latest.get("request", {}).get("url", "").rpartition("/_history/")[2] or None
+        return entries[0].get("request", {}).get("url", "").rpartition("/_history/")[2] or None
 
     async def before_deletion(self, resource_type: str, resource_id: str) -> dict[str, Any] | None:
         """The record as it was just before its deletion, when its latest version is a deletion (HAPI keeps
         the history of a deleted record); else None (never stored, or not deleted)."""
+        entries = await self._deletion_history(resource_type, resource_id, 2)
+        before = entries[1].get("resource") if len(entries) > 1 else None
+        return before if isinstance(before, dict) else None
+
+    async def _deletion_history(
+        self, resource_type: str, resource_id: str, count: int
+    ) -> list[dict[str, Any]]:
+        """The record's ``count`` latest history entries, newest first, when the newest is its deletion; else
+        none (never stored, not deleted, or not a FHIR id)."""
         if not is_fhir_id(resource_id):
-            return None
+            return []
         _, bundle = await self._call(
             f"history {resource_type}",
             "GET",
             f"{resource_type}/{resource_id}/_history",
-            params={"_count": "2"},
+            params={"_count": str(count)},
             headers={"Cache-Control": "no-store"},
             accept_status=(404, 410),
         )
         entries: list[dict[str, Any]] = (bundle or {}).get("entry", [])
-        if not entries or entries[0].get("request", {}).get("method") != "DELETE":
-            return None
-        before = entries[1].get("resource") if len(entries) > 1 else None
-        return before if isinstance(before, dict) else None
+        deleted = bool(entries) and entries[0].get("request", {}).get("method") == "DELETE"
+        return entries if deleted else []
 
     async def metadata(self) -> dict[str, Any] | None:
         _, payload = await self._call("metadata", "GET", "metadata")
