@@ -74,6 +74,15 @@ def _systems(facility: str) -> tuple[str, str]:
     return facility, facility.replace("facility-", "clinic-")
 
 
+async def _two_facilities(core, real_settings, start_mediator, facility) -> tuple[str, str]:
+    """A registered mediator whose console config maps emr-kisenyi and emr-mulago to an identifier system
+    each: (kisenyi's, mulago's)."""
+    _, link = await _registered(start_mediator, real_settings)
+    sys_k, sys_m = _systems(facility)
+    await _console(core, link, clientSystems={"emr-kisenyi": sys_k, "emr-mulago": sys_m})
+    return sys_k, sys_m
+
+
 async def _finished(core, tx_id: str) -> dict[str, Any]:
     """The stored transaction once the core set its final status (it does so after answering)."""
     found: dict[str, Any] = {}
@@ -104,9 +113,7 @@ async def test_registration_heartbeat_and_default_channel(core, real_settings, s
 async def test_a_submission_through_the_router_and_its_transaction(
     core, real_settings, start_mediator, facility
 ):
-    _, link = await _registered(start_mediator, real_settings)
-    sys_k, sys_m = _systems(facility)
-    await _console(core, link, clientSystems={"emr-kisenyi": sys_k, "emr-mulago": sys_m})
+    sys_k, _ = await _two_facilities(core, real_settings, start_mediator, facility)
     family = unique_surname()
     status, headers, body = await core.route("POST", "/fhir/Patient", patient(sys_k, "K1", family=family))
     assert status == 201, body
@@ -134,9 +141,7 @@ async def test_a_submission_through_the_router_and_its_transaction(
 async def test_a_demographics_match_through_the_router(core, real_settings, start_mediator, facility):
     """``POST /fhir/Patient/$match`` through the real router: the channel takes it, the caller gets the
     person's identifiers in its own domains, and the mediator's orchestrations name no demographics."""
-    _, link = await _registered(start_mediator, real_settings)
-    sys_k, sys_m = _systems(facility)
-    await _console(core, link, clientSystems={"emr-kisenyi": sys_k, "emr-mulago": sys_m})
+    sys_k, sys_m = await _two_facilities(core, real_settings, start_mediator, facility)
     family = unique_surname()
     status, headers, _ = await core.route("POST", "/fhir/Patient", patient(sys_k, "K1", family=family))
     assert status == 201
@@ -158,9 +163,7 @@ async def test_a_demographics_match_through_the_router(core, real_settings, star
 async def test_a_retraction_through_the_router(core, real_settings, start_mediator, facility):
     """``DELETE /fhir/Patient/{id}`` through the real router: the default channel takes the method, the
     owner's deletion is answered 200 with its properties on the transaction, another client's is 403."""
-    _, link = await _registered(start_mediator, real_settings)
-    sys_k, sys_m = _systems(facility)
-    await _console(core, link, clientSystems={"emr-kisenyi": sys_k, "emr-mulago": sys_m})
+    sys_k, _ = await _two_facilities(core, real_settings, start_mediator, facility)
     family = unique_surname()
     status, headers, body = await core.route("POST", "/fhir/Patient", patient(sys_k, "K1", family=family))
     assert status == 201, body
