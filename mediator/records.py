@@ -280,7 +280,11 @@ def with_source(golden: Mapping[str, Any], source_id: str) -> Resource:
     return updated
 
 
-def without_source(golden: Mapping[str, Any], source_id: str) -> Resource:
+def without_source(golden: Mapping[str, Any], source_id: str, moved_to: str | None = None) -> Resource:
+    """``golden`` without its link to ``source_id``; inactive when no source is left. ``moved_to``: the
+    golden record the source now belongs to; a person whose last record moved there is that person now
+    (``replaced-by`` it), so a CRUID a point-of-service system keeps leads on. Without it (a retraction) the
+    person has no records and its CRUID names nobody."""
     updated: Resource = clone(dict(golden))
     updated["link"] = [
         link
@@ -289,6 +293,8 @@ def without_source(golden: Mapping[str, Any], source_id: str) -> Resource:
     ]
     if not source_ids_of(updated):
         updated["active"] = False
+        if moved_to is not None and moved_to != updated.get("id") and replaced_by(updated) is None:
+            updated["link"].append({"other": {"reference": ref(moved_to)}, "type": "replaced-by"})
     return updated
 
 

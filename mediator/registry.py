@@ -560,7 +560,7 @@ class Registry:
         previous = await uow.read("Patient", current)
         if previous is not None:
             for moved in (source_id, *followers):
-                previous = records.without_source(previous, moved)
+                previous = records.without_source(previous, moved, moved_to=golden_id)
             uow.put(previous)
         for follower in followers:
             record = await uow.read("Patient", follower)

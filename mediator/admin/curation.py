@@ -455,7 +455,7 @@ class Curation:
         if current:
             old = await change.patient(current)
             if old is not None:
-                change.put(records.without_source(old, source_id))
+                change.put(records.without_source(old, source_id, moved_to=target_id))
         change.put(records.with_source(target, source_id))
         change.put(manually_linked(source, target_id))
         audit_id = await change.commit(admin, MOVE, note=note)

@@ -179,6 +179,11 @@ async def test_break_move_and_undo(admin, app_client, facility, store, settings)
     assert (await store.assert_consistent(source_c))["id"] == pair.golden_b
     emptied = await store.read("Patient", new_golden)
     assert emptied["active"] is False
+    # its last record went to golden_b: its CRUID leads there, for a POS that kept it
+    assert records.replaced_by(emptied) == pair.golden_b
+    lookup = f"/fhir/Patient/$ihe-pix?sourceIdentifier={settings.cruid_system}|{new_golden}"
+    answer = await (await app_client.get(lookup)).json(content_type=None)
+    assert {"reference": f"Patient/{pair.golden_b}"} in [p.get("valueReference") for p in answer["parameter"]]
 
     await admin.post("/admin/api/undo", {"patient": source_c})  # undoes the move
     assert (await store.assert_consistent(source_c))["id"] == new_golden

@@ -68,6 +68,7 @@ async def test_a_replaced_by_update_joins_the_survivors_person_and_keeps_the_lin
     assert set(records.source_ids_of(golden)) == {old_id, keep_id}
     left = await store.read("Patient", old_golden)
     assert left["active"] is False and records.source_ids_of(left) == [], "no sources left: inactive"
+    assert records.replaced_by(left) == golden["id"], "the old CRUID leads to the survivor's person"
     assert await store.search("Task", {"subject": f"Patient/{golden['id']}"}) == []
 
 
