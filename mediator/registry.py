@@ -497,6 +497,7 @@ class Registry:
         if golden is None:
             golden = records.new_golden(records.new_golden_id(), cfg.cruid_system)
         golden_id = golden["id"]
+        await self._hold_survivor(uow, survivor_id, survivor)
         followers, left = await self._link(uow, source_id, golden, current)
         if current and left is not None and records.source_ids_of(left) and records.replaced_by(left) is None:
             task = review_task(
@@ -541,6 +542,18 @@ class Registry:
             identifiers=_own_identifiers(submission.patient, cfg),
         )
         return result, audit
+
+    @staticmethod
+    async def _hold_survivor(uow: UnitOfWork, survivor_id: str, survivor: Resource | None) -> None:
+        """Stage the survivor of a POS merge as it was read (unless this transaction writes it anyway), so
+        its ``If-Match`` makes HAPI refuse the merge when the survivor changed meanwhile: merged itself
+        (into this very record: a loop), deleted or relinked by another replica. Its golden record is no
+        such guard: a merge within one person writes it unchanged, and HAPI then keeps its version."""
+        if survivor is None or records.is_golden(survivor) or f"Patient/{survivor_id}" in uow.staged:
+            return
+        held = await uow.read("Patient", survivor_id)
+        if held is not None:
+            uow.put(held)
 
     async def _link(
         self, uow: UnitOfWork, source_id: str, golden: Resource, current: str | None
