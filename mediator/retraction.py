@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 RETRACTED = "resolved-by-retraction"  # the decision on a review Task closed because its record was retracted
 MAX_TASKS = 2000  # open review Tasks about one source record read at most
+MAX_LINKING = 2000  # records linking to one source record read at most (its golden record, merged records)
 
 
 @dataclass(frozen=True)
@@ -117,18 +118,17 @@ async def _attempt(
     again = await registry.hapi.read("Patient", source_id)
     if again is None or records.version_of(again) != records.version_of(source):
         raise Conflict(f"Patient/{source_id} changed while it was being deleted.")
-    if golden is not None:
-        others = [s for s in records.source_ids_of(golden) if s != source_id]
-        await uow.prefetch("Patient", others)
-        merged = linking.followers(source_id, [await uow.peek("Patient", s) for s in others])
-        if (
-            merged
-        ):  # their replaced-by links name it: HAPI refuses the delete, and they would lose their survivor
-            raise StillReferenced(
-                f"Patient/{source_id} has records its point-of-service system merged into it "
-                f"({', '.join(f'Patient/{m}' for m in merged)}); delete those first.",
-                expression=["Patient.link"],
-            )
+    # every record naming it, wherever it is: an admin may have moved the survivor away from them
+    linking_it = await registry.hapi.search(
+        "Patient", {"link": records.ref(source_id), "_count": "200"}, max_results=MAX_LINKING
+    )
+    merged = sorted(linking.followers(source_id, linking_it))
+    if merged:  # their replaced-by links name it: HAPI refuses the delete, and they would lose their survivor
+        raise StillReferenced(
+            f"Patient/{source_id} has records its point-of-service system merged into it "
+            f"({', '.join(f'Patient/{m}' for m in merged)}); delete those first.",
+            expression=["Patient.link"],
+        )
     inactive = False
     if golden is not None:
         emptied = records.without_source(golden, source_id)  # inactive without sources: one rule

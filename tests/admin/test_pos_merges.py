@@ -42,3 +42,38 @@ async def test_an_admin_move_overrules_a_pos_merge_and_its_undo_restores_it(
     restored = await store.read("Patient", subsumed)
     assert records.golden_id_of(restored) == answers[1].headers["X-CRUID"]
     assert records.link_decision(restored) == records.POS_MERGE and records.pos_survivor(restored) == survivor
+
+
+async def test_a_survivor_an_admin_moved_away_from_its_merged_record_is_still_refused_deletion(
+    admin, app_client, facility, store
+):
+    """An admin moves a survivor alone to another person; the record its POS merged into it stays behind,
+    still naming it. Deleting the survivor is the 409 naming that record (not a concurrent change retried
+    until it gives up), nothing written; once the merged record is gone, the survivor can be deleted."""
+    people = [
+        patient(facility, f"M{i}", family=unique_surname(), given=given, birth_date=born)
+        for i, (given, born) in enumerate(
+            [("Amina", "1987-04-12"), ("Halima", "1990-01-02"), ("Neema", "1970-03-03")]
+        )
+    ]
+    answers = [await app_client.post("/fhir/Patient", json=p) for p in people]
+    subsumed, survivor = (records.source_record_id(facility, f"M{i}") for i in (0, 1))
+    link = [{"type": "replaced-by", "other": {"reference": f"Patient/{survivor}"}}]
+    merge = await app_client.put(
+        f"/fhir/Patient/{subsumed}", json={**people[0], "active": False, "link": link}
+    )
+    assert merge.status == 200
+    await admin.post("/admin/api/move", {"source": survivor, "target": answers[2].headers["X-CRUID"]})
+    assert records.golden_id_of(await store.read("Patient", subsumed)) == answers[1].headers["X-CRUID"]
+    survivor_before = await store.read("Patient", survivor)
+
+    refused = await app_client.delete(f"/fhir/Patient/{survivor}")
+
+    assert refused.status == 409, await refused.text()
+    diagnostics = (await refused.json(content_type=None))["issue"][0]["diagnostics"]
+    assert f"Patient/{subsumed}" in diagnostics and "Concurrent change" not in diagnostics
+    assert await store.read("Patient", survivor) == survivor_before
+    assert (await app_client.delete(f"/fhir/Patient/{subsumed}")).status == 200
+    assert (await app_client.delete(f"/fhir/Patient/{survivor}")).status == 200
+    golden = await store.read("Patient", answers[2].headers["X-CRUID"])
+    assert records.source_ids_of(golden) == [records.source_record_id(facility, "M2")]
