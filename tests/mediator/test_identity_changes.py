@@ -103,6 +103,30 @@ async def test_two_replicas_merging_two_records_into_each_other_let_one_merge_th
     await _people_consistent(store, [golden_id])
 
 
+async def test_a_delete_racing_a_merge_into_the_record_on_another_replica_is_refused(
+    aiohttp_client, aiohttp_server, settings, hapi_url, store, facility
+):
+    """Replica two decided to delete B (no record merged into it yet) and holds its transaction; replica
+    one merges A into B, within B's person (the golden record is written unchanged: no new version). The
+    deletion must not leave A merged into a deleted record: HAPI's referential integrity refuses it and
+    the retry finds A (409)."""
+    one, two, arrived, gate = await _replicas(aiohttp_client, aiohttp_server, settings, hapi_url)
+    first, _, golden_id = await _one_person_two_records(one, facility)
+    a_id, b_id = (records.source_record_id(facility, v) for v in ("SAME-1", "SAME-2"))
+
+    late = asyncio.create_task(two.delete(f"/fhir/Patient/{b_id}"))
+    await arrived.wait()
+    merge = await one.put(f"/fhir/Patient/{a_id}", json=merged(first, b_id))
+    gate.set()
+    deletion = await late
+
+    assert merge.status == 200, await merge.text()
+    assert deletion.status == 409, await deletion.text()
+    assert f"Patient/{a_id}" in (await deletion.json(content_type=None))["issue"][0]["diagnostics"]
+    assert await store.read("Patient", b_id) is not None
+    await _people_consistent(store, [golden_id])
+
+
 async def test_a_merge_racing_the_deletion_of_its_survivor_on_another_replica_is_422(
     aiohttp_client, aiohttp_server, settings, hapi_url, store, facility
 ):

@@ -19,6 +19,11 @@ import java.util.Set;
  * maximumDeleteConflictQueryCount references (StorageConfig), where a reference on any other path is kept
  * as the conflict it is. Without it a retraction succeeded only while the first reference HAPI happened to
  * look at was the golden record's (updated in the same transaction), not an AuditEvent's.
+ *
+ * <p>The more thorough look is asked for whatever the first look found, not only when it dropped a trail
+ * reference: when that first reference is the golden record's link (dropped by the same transaction), HAPI
+ * would otherwise never look further, and a record merged into the deleted one meanwhile (its replaced-by
+ * link) did not refuse the DELETE.
  */
 @Interceptor
 public class TrailReferencesDoNotBlockDeletes {
@@ -31,8 +36,8 @@ public class TrailReferencesDoNotBlockDeletes {
 
 	@Hook(Pointcut.STORAGE_PRESTORAGE_DELETE_CONFLICTS)
 	public DeleteConflictOutcome dropTrailConflicts(DeleteConflictList conflicts) {
-		boolean dropped = conflicts.removeIf(c -> paths.contains(c.getSourcePath()));
-		// one more look at every reference (up to the query count) when any was dropped; null: HAPI decides
-		return dropped ? new DeleteConflictOutcome().setShouldRetryCount(1) : null;
+		conflicts.removeIf(c -> paths.contains(c.getSourcePath()));
+		// one more look at every reference (up to the query count), whatever the first look found
+		return new DeleteConflictOutcome().setShouldRetryCount(1);
 	}
 }
