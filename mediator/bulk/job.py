@@ -133,9 +133,12 @@ class BulkJob:
         order). A batch that fails as a whole (HAPI or the registry down) stops the job; it resumes at the
         window's start."""
         located = {r.number: self.submitter.locate(r.patient) for r in window if r.patient is not None}
-        batches = plan_batches(window, self.batch_size, located, apart=self.concurrency - 1)
+        follows = {
+            r.number: s for r in window if r.patient is not None and (s := self.submitter.follows(r.patient))
+        }
+        batches = plan_batches(window, self.batch_size, located, apart=self.concurrency - 1, follows=follows)
         done = [asyncio.Event() for _ in batches]
-        after = earlier_rows_of_records(batches, located)
+        after = earlier_rows_of_records(batches, located, follows)
         sem = asyncio.Semaphore(self.concurrency)
         sequence = iter(range(1, len(window) + 1))
         seq_base = sum(self.state.counts.values())

@@ -34,6 +34,11 @@ class Submitter(Protocol):
         (for grouping and spreading batches; may be empty)."""
         ...
 
+    def follows(self, patient: dict[str, Any]) -> str | None:
+        """The record whose earlier rows a row must be decided after, besides its own (the survivor its POS
+        merged it into), as :meth:`locate` names records; None: none, or not known."""
+        ...
+
 
 def _key(patient: dict[str, Any], system: str | None) -> tuple[str, str] | None:
     if system is None:
@@ -76,6 +81,10 @@ class InProcess:
         self._located[id(patient)] = prepared
         return prepared.source_id, prepared.search_keys
 
+    def follows(self, patient: dict[str, Any]) -> str | None:
+        known = self._located.get(id(patient))
+        return known.merge.survivor_id if known is not None and known.merge is not None else None
+
 
 def _decision(row: int, res: SubmissionResult) -> Decision:
     return Decision(row, res.source_id, res.outcome, res.golden_id, res.cruid, res.score, res.rule)
@@ -94,6 +103,10 @@ class OverHttp:
         except RegistryError:
             return None, []
         return (f"{key[0]}|{key[1]}" if key else None), []
+
+    def follows(self, patient: dict[str, Any]) -> str | None:
+        """Not known here (no rules, no CRUID system): a merge row keeps its place in the file's order."""
+        return None
 
     async def submit(self, rows: Sequence[Row]) -> list[Decision]:
         entries = []

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import csv
+import io
+import json
+from typing import Any
+
+import aiohttp
+
 from mediator import records
+from mediator.admin.jobs import JOBS
 from tests.conftest import patient, unique_surname
 
 
@@ -77,3 +86,57 @@ async def test_a_survivor_an_admin_moved_away_from_its_merged_record_is_still_re
     assert (await app_client.delete(f"/fhir/Patient/{survivor}")).status == 200
     golden = await store.read("Patient", answers[2].headers["X-CRUID"])
     assert records.source_ids_of(golden) == [records.source_record_id(facility, "M2")]
+
+
+async def test_a_bulk_upload_decides_a_merge_row_after_the_rows_of_its_survivor(
+    admin, app_client, facility, store
+):
+    """NDJSON rows merging a record into one an earlier row submits: the bulk planner groups rows by
+    blocking key, and rows sharing frequent keys (here the merged rows: one given name and birth date) went
+    first, so a merge was decided before its survivor existed and refused as naming an unknown survivor.
+    A merge row now waits for the earlier rows of its survivor; a merge into a record that was itself
+    merged, into one never submitted, or back into its own merged record is still that row's error."""
+    born = {"S1": "1990-01-02", "S2": "1970-03-03", "S3": "1979-09-09", "E": "1965-05-05", "F": "1955-06-06"}
+    people = {
+        key: patient(facility, key, family=unique_surname(), given=f"Given{key}", birth_date=day)
+        for key, day in born.items()
+    }
+    people.update({f"M{i}": patient(facility, f"M{i}", family=unique_surname()) for i in (1, 2, 3)})
+
+    def into(key: str, survivor: str) -> dict[str, Any]:
+        link = {"identifier": {"system": facility, "value": survivor}}
+        return {**people[key], "active": False, "link": [{"type": "replaced-by", "other": link}]}
+
+    rows = [
+        *(row for i in (1, 2, 3) for row in (people[f"S{i}"], into(f"M{i}", f"S{i}"))),
+        into("S3", "M1"),  # 7: M1 was itself merged (into S1): refused
+        into("E", "NEVER"),  # 8: never submitted: refused
+        people["E"],
+        people["F"],
+        into("E", "F"),  # 11
+        into("F", "E"),  # 12: back into its own merged record: refused
+    ]
+    form = aiohttp.FormData()
+    form.add_field("system", facility)
+    text = "\n".join(json.dumps(r) for r in rows)
+    form.add_field("file", text.encode(), filename="merges.ndjson", content_type="application/x-ndjson")
+    resp = await admin.client.post("/admin/jobs/bulk", data=form, headers={"X-CSRF-Token": admin.csrf})
+    assert resp.status == 202, await resp.text()
+    job_id = (await resp.json())["id"]
+    task = admin.client.app[JOBS].tasks.get(job_id)
+    if task is not None:
+        await asyncio.wait_for(asyncio.shield(task), 120)
+    report = await (await admin.client.get(f"/admin/jobs/{job_id}/report.csv")).text()
+    by_row = {int(r["row"]): r for r in csv.DictReader(io.StringIO(report))}
+
+    assert [by_row[n]["outcome"] for n in (2, 4, 6, 11)] == ["pos-merge"] * 4, by_row
+    assert all(by_row[n]["error"] for n in (7, 8, 12)), by_row
+    ids = {key: records.source_record_id(facility, key) for key in people}
+    stored = {key: await store.read("Patient", sid) for key, sid in ids.items()}
+    for i in (1, 2, 3):
+        assert records.pos_survivor(stored[f"M{i}"]) == ids[f"S{i}"]
+        assert records.golden_id_of(stored[f"M{i}"]) == records.golden_id_of(stored[f"S{i}"])
+    assert records.pos_survivor(stored["S3"]) is None and records.pos_survivor(stored["F"]) is None
+    assert records.pos_survivor(stored["E"]) == ids["F"]
+    for sid in ids.values():
+        await store.assert_consistent(sid)

@@ -91,6 +91,9 @@ class CrashAfter:
     def locate(self, patient):
         return self.inner.locate(patient)
 
+    def follows(self, patient):
+        return self.inner.follows(patient)
+
 
 async def test_an_interrupted_ndjson_job_resumes_without_duplicates(settings, store, facility, tmp_path):
     lines = [json.dumps(patient(facility, f"P{n}", family=unique_surname())) for n in range(9)]
