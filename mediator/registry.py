@@ -497,7 +497,7 @@ class Registry:
         if golden is None:
             golden = records.new_golden(records.new_golden_id(), cfg.cruid_system)
         golden_id = golden["id"]
-        await self._hold_survivor(uow, survivor_id, survivor)
+        await self._hold(uow, survivor_id)  # its golden record is no guard: unchanged within one person
         followers, left = await self._link(uow, source_id, golden, current)
         if current and left is not None and records.source_ids_of(left) and records.replaced_by(left) is None:
             task = review_task(
@@ -544,14 +544,15 @@ class Registry:
         return result, audit
 
     @staticmethod
-    async def _hold_survivor(uow: UnitOfWork, survivor_id: str, survivor: Resource | None) -> None:
-        """Stage the survivor of a POS merge as it was read (unless this transaction writes it anyway), so
-        its ``If-Match`` makes HAPI refuse the merge when the survivor changed meanwhile: merged itself
-        (into this very record: a loop), deleted or relinked by another replica. Its golden record is no
-        such guard: a merge within one person writes it unchanged, and HAPI then keeps its version."""
-        if survivor is None or records.is_golden(survivor) or f"Patient/{survivor_id}" in uow.staged:
+    async def _hold(uow: UnitOfWork, patient_id: str) -> None:
+        """Stage a record a decision depends on but does not change as it was read (unless this transaction
+        writes it anyway): HAPI keeps an unchanged record's version, and its ``If-Match`` refuses the
+        transaction when the record changed meanwhile. The survivor of a POS merge (merged itself, into this
+        very record: a loop; deleted; relinked), the person a review Task names (left without records by a
+        retraction, which closes only the Tasks it finds)."""
+        if f"Patient/{patient_id}" in uow.staged:
             return
-        held = await uow.read("Patient", survivor_id)
+        held = await uow.read("Patient", patient_id)
         if held is not None:
             uow.put(held)
 
@@ -719,6 +720,9 @@ class Registry:
             stored = await uow.peek("Task", task["id"])
         if stored is None or stored.get("status") in (OPEN, WITHDRAWN):
             uow.put(task)
+            other = records.ref_id(candidate)
+            if other is not None and not uow.created_here(candidate):
+                await self._hold(uow, other)
 
 
 @dataclass

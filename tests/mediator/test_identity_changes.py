@@ -16,7 +16,7 @@ from aiohttp import web
 from mediator import records
 from mediator.app import create_app
 from mediator.review import OPEN
-from tests.conftest import patient, unique_surname
+from tests.conftest import patient, unique_phone, unique_surname
 from tests.hapi_helpers import forward_to_hapi, is_transaction, serve_proxy
 from tests.mediator.test_pos_merge import merged, source_id, two_people
 
@@ -49,12 +49,12 @@ async def _no_open_tasks_about(store: Any, source_id_: str) -> None:
 async def _replicas(
     aiohttp_client: Any, aiohttp_server: Any, settings: Any, hapi_url: str
 ) -> tuple[Any, Any, asyncio.Event, asyncio.Event]:
-    """Replica one straight to HAPI; replica two through a proxy that holds its transactions, once it
-    decided, until ``gate`` is set (``arrived``: one is being held)."""
+    """Replica one straight to HAPI; replica two through a proxy that holds its first transaction, once
+    it decided, until ``gate`` is set (``arrived``: it is being held)."""
     arrived, gate = asyncio.Event(), asyncio.Event()
 
     async def forward(request: web.Request) -> web.Response:
-        if not gate.is_set() and is_transaction(request):
+        if not arrived.is_set() and is_transaction(request):
             arrived.set()
             await gate.wait()
         return await forward_to_hapi(hapi_url, request)
@@ -224,3 +224,32 @@ async def test_a_merge_into_a_record_never_submitted_is_422_and_writes_nothing(c
     assert resp.status == 422
     assert await store.read("Patient", records.source_record_id(facility, "NEVER-SEEN")) is None
     assert records.pos_survivor(await store.read("Patient", source_id(a))) is None
+
+
+async def test_a_potential_match_decided_while_its_candidate_person_is_emptied_raises_no_open_task(
+    aiohttp_client, aiohttp_server, settings, hapi_url, store, facility
+):
+    """One app (no key lock in common: the submission locks its blocking keys, the retraction the record)
+    decided a submission a potential match of A's person and is held before its transaction; meanwhile
+    it retracts A, the person's only record, closing the Tasks naming that person: none yet. The Task the
+    submission raised was then written, open, about a person without records."""
+    one, two, arrived, gate = await _replicas(aiohttp_client, aiohttp_server, settings, hapi_url)
+    family = unique_surname()
+    other = facility.replace("facility-", "hc-")
+    a = await one.post("/fhir/Patient", json=patient(facility, "PX1", family=family, phone=unique_phone()))
+    a_id, golden_a = source_id(a), a.headers["X-CRUID"]
+    late = asyncio.create_task(
+        two.post(
+            "/fhir/Patient", json=patient(other, "PX2", family=family, phone=None, birth_date="1988-04-12")
+        )
+    )
+    await arrived.wait()
+    assert (await two.delete(f"/fhir/Patient/{a_id}")).status == 200
+    gate.set()
+    answer = await late
+
+    assert answer.status == 201, await answer.text()
+    open_tasks = await store.search("Task", {"status": OPEN, "review-candidate": f"Patient/{golden_a}"})
+    open_tasks += await store.search("Task", {"status": OPEN, "subject": f"Patient/{golden_a}"})
+    assert open_tasks == [], "an open review Task about a person without records"
+    await _no_open_tasks_about(store, a_id)
