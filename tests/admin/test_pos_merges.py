@@ -9,9 +9,11 @@ import json
 from typing import Any
 
 import aiohttp
+import yaml
 
 from mediator import records
 from mediator.admin.jobs import JOBS
+from mediator.settings import REPO_ROOT
 from tests.conftest import patient, unique_surname
 
 
@@ -140,3 +142,39 @@ async def test_a_bulk_upload_decides_a_merge_row_after_the_rows_of_its_survivor(
     assert records.pos_survivor(stored["E"]) == ids["F"]
     for sid in ids.values():
         await store.assert_consistent(sid)
+
+
+async def test_a_rematch_after_merges_and_a_deletion_keeps_merged_records_with_their_survivor(
+    admin, app_client, facility, store
+):
+    """Stricter rules split a person: its survivor leaves with the record its POS merged into it, and the
+    record its POS retracted stays deleted (the apply re-submits stored records only)."""
+    family = unique_surname()
+    same = [patient(facility, key, family=family) for key in ("S", "T", "D")]
+    other = patient(facility, "F", family=unique_surname(), given="Halima", birth_date="1990-01-02")
+    answers = [await app_client.post("/fhir/Patient", json=p) for p in (*same, other)]
+    assert len({a.headers["X-CRUID"] for a in answers[:3]}) == 1
+    ids = {key: records.source_record_id(facility, key) for key in ("S", "T", "D", "F")}
+    link = [{"type": "replaced-by", "other": {"reference": f"Patient/{ids['S']}"}}]
+    assert (await app_client.put(f"/fhir/Patient/{ids['F']}", json={**other, "link": link})).status == 200
+    assert (await app_client.delete(f"/fhir/Patient/{ids['D']}")).status == 200
+
+    doc = yaml.safe_load((REPO_ROOT / "rules" / "default.yaml").read_text())
+    doc["thresholds"] = {"auto_match": 99.0, "potential_match": 98.0}
+    doc["deterministic"] = []
+    apply = await admin.post("/admin/jobs/rematch/apply", {"rules": doc, "systems": [facility]}, status=202)
+    task = admin.client.app[JOBS].tasks.get(apply["id"])
+    if task is not None:
+        await asyncio.wait_for(asyncio.shield(task), 120)
+    progress = await admin.get(f"/admin/jobs/{apply['id']}")
+    assert progress["status"] == "finished" and progress["changed"] >= 1, progress
+
+    assert await store.read("Patient", ids["D"]) is None, "a retracted record is not re-created"
+    stored = {key: await store.read("Patient", ids[key]) for key in ("S", "T", "F")}
+    assert records.golden_id_of(stored["S"]) != records.golden_id_of(stored["T"]), "split"
+    assert records.golden_id_of(stored["F"]) == records.golden_id_of(stored["S"]), "followed its survivor"
+    assert records.pos_survivor(stored["F"]) == ids["S"]
+    for key in ("S", "T", "F"):
+        await store.assert_consistent(ids[key])
+    first = await store.read("Patient", answers[0].headers["X-CRUID"])
+    assert ids["D"] not in records.source_ids_of(first)

@@ -253,3 +253,51 @@ async def test_a_potential_match_decided_while_its_candidate_person_is_emptied_r
     open_tasks += await store.search("Task", {"status": OPEN, "subject": f"Patient/{golden_a}"})
     assert open_tasks == [], "an open review Task about a person without records"
     await _no_open_tasks_about(store, a_id)
+
+
+async def test_records_held_as_guards_keep_their_versions(client, store, facility):
+    """The survivor of a merge and the person a review Task names are written back unchanged: HAPI keeps
+    their versions (no history entry per decision that only depends on them)."""
+    (subsumed, a), (_, b) = await two_people(client, facility)
+    keep_id = source_id(b)
+    before = await store.read("Patient", keep_id)
+    assert (await client.put(f"/fhir/Patient/{source_id(a)}", json=merged(subsumed, keep_id))).status == 200
+    assert records.version_of(await store.read("Patient", keep_id)) == records.version_of(before)
+
+    family = unique_surname()
+    other = facility.replace("facility-", "hc-")
+    first = await client.post(
+        "/fhir/Patient", json=patient(facility, "V1", family=family, phone=unique_phone())
+    )
+    golden_before = await store.read("Patient", first.headers["X-CRUID"])
+    second = await client.post(
+        "/fhir/Patient", json=patient(other, "V2", family=family, phone=None, birth_date="1988-04-12")
+    )
+    assert second.headers["X-Match-Outcome"] == "potential"
+    golden_after = await store.read("Patient", first.headers["X-CRUID"])
+    assert records.version_of(golden_after) == records.version_of(golden_before)
+
+
+async def test_a_delete_held_while_another_replica_merges_the_record_deletes_it_where_it_went(
+    aiohttp_client, aiohttp_server, settings, hapi_url, store, facility
+):
+    """Replica two decided to delete A (on its own person) and holds its transaction; replica one merges A
+    into B (another person). The deletion's If-Match on A's old golden record refuses it; decided again,
+    it deletes A from B's person."""
+    one, two, arrived, gate = await _replicas(aiohttp_client, aiohttp_server, settings, hapi_url)
+    (subsumed, a), (_, b) = await two_people(one, facility)
+    a_id, b_id = source_id(a), source_id(b)
+
+    late = asyncio.create_task(two.delete(f"/fhir/Patient/{a_id}"))
+    await arrived.wait()
+    merge = await one.put(f"/fhir/Patient/{a_id}", json=merged(subsumed, b_id))
+    gate.set()
+    deletion = await late
+
+    assert merge.status == 200 and merge.headers["X-CRUID"] == b.headers["X-CRUID"]
+    assert deletion.status == 200, await deletion.text()
+    assert await store.read("Patient", a_id) is None
+    golden = await store.assert_consistent(b_id)
+    assert records.source_ids_of(golden) == [b_id]
+    await _people_consistent(store, [a.headers["X-CRUID"], b.headers["X-CRUID"]])
+    await _no_open_tasks_about(store, a_id)
