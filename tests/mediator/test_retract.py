@@ -322,6 +322,40 @@ async def test_hapi_still_refuses_to_delete_a_record_a_golden_record_links(store
     assert await store.read("Patient", source) is not None
 
 
+async def test_without_the_review_candidate_parameter_the_retraction_waits_503(
+    aiohttp_client, aiohttp_server, hapi_url, settings, store, facility
+):
+    """Before the mediator installed ``review-candidate`` (HAPI: 400 unknown search parameter), the Tasks
+    naming a person left without records cannot be found: retracting its last record is 503, nothing
+    written, and the same request succeeds once HAPI knows the parameter."""
+    installed = {"yes": False}
+
+    async def forward(request: web.Request) -> web.StreamResponse:
+        if "review-candidate" in request.query_string and not installed["yes"]:
+            outcome = {
+                "resourceType": "OperationOutcome",
+                "issue": [
+                    {"severity": "error", "code": "processing", "diagnostics": "Unknown search parameter"}
+                ],
+            }
+            return web.json_response(outcome, status=400, content_type="application/fhir+json")
+        return await forward_to_hapi(hapi_url, request)
+
+    proxied = await aiohttp_client(
+        create_app(dataclasses.replace(settings, hapi_base_url=await serve_proxy(aiohttp_server, forward)))
+    )
+    resp = await _submit(proxied, patient(facility, "NOSP", family=unique_surname()))
+    source = await _source_id(resp)
+
+    refused = await proxied.delete(f"/fhir/Patient/{source}")
+
+    assert refused.status == 503
+    assert (await refused.json(content_type=None))["issue"][0]["code"] == "transient"
+    assert await store.read("Patient", source) is not None and not await _deletion_events(store, source)
+    installed["yes"] = True
+    assert (await proxied.delete(f"/fhir/Patient/{source}")).status == 200
+
+
 async def test_the_capability_statement_lists_delete(client):
     statement = await (await client.get("/fhir/metadata")).json(content_type=None)
     (patient_resource,) = statement["rest"][0]["resource"]
