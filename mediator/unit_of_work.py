@@ -21,10 +21,9 @@ from .fhir_client import HapiClient
 from .linking import within_limit
 from .records import (
     BLOCK_SYSTEM,
-    RECORD_TYPE_SYSTEM,
-    SOURCE,
     Resource,
     clone,
+    is_source,
     is_subsetted,
     tags,
     version_of,
@@ -214,7 +213,7 @@ class UnitOfWork:
             per_key: dict[str, dict[str, Resource]] = {k: {} for k in group}
             sources: set[str] = set()  # looked at once per record, not once per block it is in
             for resource in answer:
-                if _is_source(resource):
+                if is_source(resource):
                     sources.add(resource["id"])
                 for tag in tags(resource, BLOCK_SYSTEM):
                     if tag in per_key:
@@ -361,15 +360,11 @@ def _block(
         return None
     if sources is not None:
         return [r for r in answer if r["id"] in sources]
-    return [r for r in answer if _is_source(r)]
-
-
-def _is_source(resource: Resource) -> bool:
-    return SOURCE in tags(resource, RECORD_TYPE_SYSTEM)
+    return [r for r in answer if is_source(r)]
 
 
 def _source_blocks(resource: Resource) -> list[str]:
     """The blocking keys under which a staged record is a candidate: a source Patient's block tags."""
-    if resource.get("resourceType") != "Patient" or not _is_source(resource):
+    if resource.get("resourceType") != "Patient" or not is_source(resource):
         return []
     return tags(resource, BLOCK_SYSTEM)
