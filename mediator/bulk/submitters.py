@@ -6,9 +6,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
+from urllib.parse import quote
 
 from ..audit import Actor
 from ..errors import RegistryError, UpstreamUnavailable
+from ..identifiers import IdentifierRefused, normal_form
+from ..linking import merge_link
+from ..records import source_record_id
 from ..registry import Prepared, Registry, Submission, SubmissionResult
 from .rows import Row
 
@@ -97,22 +101,30 @@ class OverHttp:
         self.session, self.url, self.system = session, url.rstrip("/"), system
 
     def locate(self, patient: dict[str, Any]) -> tuple[str | None, list[str]]:
-        """No rules here: rows keep the file's order; only the record key (``--system``) is known."""
+        """No rules here, so no blocking keys: only the record the row writes, named by its key identifier
+        (``--system``) in normal form, as the registry names it."""
         try:
             key = _key(patient, self.system)
-        except RegistryError:
-            return None, []
-        return (f"{key[0]}|{key[1]}" if key else None), []
+            return (source_record_id(*normal_form(*key)) if key else None), []
+        except (RegistryError, IdentifierRefused):
+            return None, []  # refused when submitted, with its row number
 
     def follows(self, patient: dict[str, Any]) -> str | None:
-        """Not known here (no rules, no CRUID system): a merge row keeps its place in the file's order."""
-        return None
+        """The survivor the row's POS merge names (by reference or by identifier), so that the row is
+        decided after the survivor's earlier rows (in one transaction with them, it would be refused)."""
+        try:
+            # no CRUID system here: a link naming a golden record is refused by the registry itself
+            link = merge_link(patient.get("link"), cruid_system="")
+        except RegistryError:
+            return None
+        return link.survivor_id if link is not None else None
 
     async def submit(self, rows: Sequence[Row]) -> list[Decision]:
         entries = []
         for r in rows:
             key = _key(r.patient or {}, self.system)
-            url = f"Patient?identifier={key[0]}|{key[1]}" if key else "Patient"
+            # URL-encoded: ``&+%#`` in a value would otherwise cut or change it
+            url = f"Patient?identifier={quote(f'{key[0]}|{key[1]}', safe='')}" if key else "Patient"
             entries.append(
                 {"resource": r.patient, "request": {"method": "PUT" if key else "POST", "url": url}}
             )

@@ -8,8 +8,11 @@ import subprocess
 import sys
 import urllib.parse
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 
 from mediator import bulk, records
@@ -131,8 +134,6 @@ async def test_an_interrupted_ndjson_job_resumes_without_duplicates(settings, st
 
 
 async def test_over_http_to_a_running_registry(aiohttp_server, settings, store, facility, tmp_path):
-    import aiohttp
-
     server = await aiohttp_server(create_app(settings))
     family = unique_surname()
     lines = [json.dumps(patient(facility, f"H{n}", family=family, phone="+256700999888")) for n in range(3)]
@@ -152,6 +153,81 @@ async def test_over_http_to_a_running_registry(aiohttp_server, settings, store, 
     assert len({r["golden_id"] for r in report[:3]}) == 1
     assert report[3]["error"] and state.counts == {"created": 3, "error": 1}
     assert len(await store.sources_with(facility)) == 3
+
+
+async def test_over_http_keys_identifiers_as_the_registry_does(
+    aiohttp_server, settings, store, facility, tmp_path
+):
+    """Each row is a conditional update by its key identifier, URL-encoded (before, ``&`` ``+`` ``%`` ``#``
+    cut or changed the identifier: the row was refused or keyed as another identifier); a second spelling
+    of one identifier (full-width digits, spaces around it) is the same record, decided after the first
+    (before, the planner took it for another record), so its demographics win."""
+    server = await aiohttp_server(create_app(settings))
+    values = ["A:1", "E&x=5", "F+6", "G%2C7", "H#8", "I 9", "J?k=1"]
+    people = [patient(facility, v, family=unique_surname(), phone=None) for v in values]
+    renamed = patient(facility, " A:\uff11 ", family=unique_surname(), phone=None)  # the first one again
+    path = tmp_path / "c.ndjson"
+    path.write_text("\n".join(json.dumps(p) for p in [*people, renamed]))
+    async with aiohttp.ClientSession() as session:
+        submitter = bulk.OverHttp(session, str(server.make_url("")), facility)
+        assert submitter.locate(renamed)[0] == submitter.locate(people[0])[0]
+        job = bulk.BulkJob(path, submitter, system=facility, job_dir=tmp_path, batch_size=50)
+        state = await job.run()
+    report = _report(job)
+    assert [r["error"] for r in report] == [""] * 8, report
+    assert [r["source_id"] for r in report] == [
+        records.source_record_id(facility, v) for v in [*values, "A:1"]
+    ]
+    first = await store.read("Patient", records.source_record_id(facility, "A:1"))
+    assert first["name"][0]["family"] == renamed["name"][0]["family"]
+    assert state.counts == {"created": 7, "updated": 1}
+
+
+class _Ordered:
+    """A submitter that notes when each batch's decision starts and ends."""
+
+    def __init__(self, inner: bulk.OverHttp) -> None:
+        self.inner = inner
+        self.events: list[tuple[str, int]] = []
+
+    def locate(self, patient: dict[str, Any]) -> tuple[str | None, list[str]]:
+        return self.inner.locate(patient)
+
+    def follows(self, patient: dict[str, Any]) -> str | None:
+        return self.inner.follows(patient)
+
+    async def submit(self, rows: Sequence[bulk.Row]) -> list[bulk.Decision]:
+        self.events += [("start", r.number) for r in rows]
+        decisions = await self.inner.submit(rows)
+        self.events += [("end", r.number) for r in rows]
+        return decisions
+
+
+async def test_over_http_decides_a_pos_merge_after_its_survivor(
+    aiohttp_server, settings, store, facility, tmp_path
+):
+    """A row merging a record into one an earlier row submits waits for that row's batch (before, the two
+    batches were decided side by side, and the merge could reach the registry before its survivor)."""
+    server = await aiohttp_server(create_app(settings))
+    family = unique_surname()
+    survivor = patient(facility, "S1", family=family)
+    merged = {
+        **patient(facility, "M1", family=family, given="Halima"),
+        "active": False,
+        "link": [{"type": "replaced-by", "other": {"identifier": {"system": facility, "value": "S1"}}}],
+    }
+    path = tmp_path / "m.ndjson"
+    path.write_text("\n".join(json.dumps(p) for p in [survivor, merged]))
+    async with aiohttp.ClientSession() as session:
+        submitter = _Ordered(bulk.OverHttp(session, str(server.make_url("")), facility))
+        job = bulk.BulkJob(path, submitter, system=facility, job_dir=tmp_path, batch_size=1, concurrency=2)
+        await job.run()
+    assert submitter.events.index(("end", 1)) < submitter.events.index(("start", 2)), submitter.events
+    report = _report(job)
+    assert [r["error"] for r in report] == ["", ""], report
+    stored = await store.read("Patient", records.source_record_id(facility, "M1"))
+    assert records.pos_survivor(stored) == records.source_record_id(facility, "S1")
+    assert report[0]["golden_id"] == report[1]["golden_id"]
 
 
 def test_cli_loads_a_csv_in_process(hapi_url, facility, tmp_path):
