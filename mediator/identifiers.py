@@ -70,6 +70,32 @@ def search_escape(text: str) -> str:
     return _SEARCH_SPECIAL.sub(r"\\\1", text)
 
 
+def parse_token(text: str) -> tuple[str, str] | None:
+    r"""``system|value`` as a FHIR search parameter writes it (``identifier=``, ``sourceIdentifier=``): split
+    at the first ``|`` not escaped, and ``\\`` ``\,`` ``\|`` ``\$`` read as the character escaped, so
+    ``urn:c|12\,345`` is the identifier ``12,345`` (what :func:`token` writes for it), never ``12\,345``.
+    Leniently, a ``,`` ``|`` or ``$`` not escaped in the value is itself, and so is a ``\`` before any other
+    character. None when there is no ``|`` to split at. The parts are not in normal form yet."""
+    parts: list[str] = []
+    current: list[str] = []
+    chars = iter(text)
+    for char in chars:
+        if char == "\\":
+            following = next(chars, "")
+            if following in ("\\", ",", "|", "$"):
+                current.append(following)
+            else:
+                current.extend((char, following))
+        elif char == "|" and not parts:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    if not parts:
+        return None
+    return parts[0], "".join(current)
+
+
 def token(system: str, value: str | None = None) -> str:
     """The FHIR token search value for ``system|value`` (``system|`` when ``value`` is None), escaped."""
     return f"{search_escape(system)}|" + ("" if value is None else search_escape(value))
@@ -94,4 +120,13 @@ def is_fhir_id(text: str) -> bool:
     return FHIR_ID.fullmatch(text) is not None
 
 
-__all__ = ["IdentifierRefused", "holds", "is_fhir_id", "normal_form", "normal_text", "search_escape", "token"]
+__all__ = [
+    "IdentifierRefused",
+    "holds",
+    "is_fhir_id",
+    "normal_form",
+    "normal_text",
+    "parse_token",
+    "search_escape",
+    "token",
+]

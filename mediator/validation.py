@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from .context import SETTINGS
 from .errors import InvalidInput, PayloadTooLarge, Unprocessable
-from .identifiers import IdentifierRefused, is_fhir_id, normal_form
+from .identifiers import IdentifierRefused, is_fhir_id, normal_form, parse_token
 
 SUPPORTED_FHIR_VERSIONS = {"4.0", "4.0.0", "4.0.1"}
 GENDERS = {"male", "female", "other", "unknown"}
@@ -165,10 +165,12 @@ def validate_bundle(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def parse_identifier_param(value: str | None, name: str) -> tuple[str, str]:
-    """``system|value`` (split at the first ``|``: a system holds none) in its normal form."""
-    if not value or "|" not in value:
+    """``system|value`` in FHIR search syntax (split at the first ``|`` not escaped: a system holds none;
+    ``\\,`` and the other escapes read as what they escape, :func:`parse_token`) in its normal form."""
+    parts = parse_token(value) if value else None
+    if parts is None:
         raise InvalidInput(f"Parameter {name} must be system|value.")
-    system, _, ident = value.partition("|")
+    system, ident = parts
     if not system or not ident:
         raise InvalidInput(f"Parameter {name} must be system|value with both parts.")
     try:

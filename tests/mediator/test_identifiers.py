@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import unicodedata
 import uuid
+from urllib.parse import urlencode
 
 import aiohttp
 import pytest
@@ -87,6 +88,24 @@ def test_search_values_are_escaped():
     assert identifiers.token("urn:c") == "urn:c|"
 
 
+@pytest.mark.parametrize(
+    ("param", "parts"),
+    [
+        (r"urn:c|12\,345", ("urn:c", "12,345")),  # FHIR search escapes read as what they escape
+        (r"urn:c|a\|b\$c\\d", ("urn:c", r"a|b$c\d")),
+        ("urn:c|12,345", ("urn:c", "12,345")),  # leniently, unescaped: the character itself
+        ("urn:c|x|1", ("urn:c", "x|1")),
+        (r"urn:c|A\1", ("urn:c", r"A\1")),  # a backslash before another character stays
+        (r"urn:a\|x|1", ("urn:a|x", "1")),  # an escaped bar does not split (and is refused in a system)
+        ("urn:c", None),
+    ],
+)
+def test_search_parameters_are_read_as_fhir_search_syntax(param, parts):
+    assert identifiers.parse_token(param) == parts
+    if parts is not None:
+        assert identifiers.parse_token(identifiers.token(*parts)) == parts  # what token writes reads back
+
+
 @pytest.mark.parametrize("text", ["cr-1/_history/4", "cr-1?_elements=id", "a" * 65, "", "cr 1", "cr-1%2F"])
 def test_what_is_not_a_fhir_id(text):
     assert not identifiers.is_fhir_id(text)
@@ -141,6 +160,34 @@ async def test_a_comma_in_a_lookup_is_not_an_or(client, settings):
     resp = await client.get(f"/fhir/Patient/$ihe-pix?sourceIdentifier={c}|12,345")
     assert resp.status == 200
     assert _identifiers(await resp.json(content_type=None)) == {(settings.cruid_system, mine["cruid"])}
+
+
+async def test_an_escaped_lookup_is_the_identifier_it_escapes(client, settings):
+    r"""`urn:c|12\,345` (a comma escaped as FHIR search syntax requires) once answered with the person
+    holding the identifier `12\,345`, and a conditional update of `12,345` written so was refused."""
+    system, family = _system(), unique_surname()
+    comma = await _submit(client, system, "12,345", given="Kato", birth_date="1950-01-01")
+    backslash = await _submit(client, system, r"12\,345", given="Zuri", birth_date="2001-09-30")
+    assert comma["cruid"] != backslash["cruid"]
+    for query, wanted in ((r"12\,345", comma), (r"12\\\,345", backslash), ("12,345", comma)):
+        resp = await client.get("/fhir/Patient/$ihe-pix", params={"sourceIdentifier": f"{system}|{query}"})
+        assert resp.status == 200, query
+        assert (settings.cruid_system, wanted["cruid"]) in _identifiers(await resp.json(content_type=None))
+    body = patient(system, "12,345", family=family)
+    resp = await client.put(
+        "/fhir/Patient", params={"identifier": identifiers.token(system, "12,345")}, json=body
+    )
+    assert (resp.status, resp.headers["X-CRUID"]) == (200, comma["cruid"]), await resp.text()
+    url = "Patient?" + urlencode({"identifier": identifiers.token(system, "12,345")})
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [{"resource": body, "request": {"method": "PUT", "url": url}}],
+    }
+    resp = await client.post("/fhir", json=bundle)
+    assert resp.status == 200, await resp.text()
+    [entry] = (await resp.json(content_type=None))["entry"]
+    assert entry["response"]["location"].startswith(comma["location"].split("/_history")[0] + "/")
 
 
 @pytest.mark.parametrize("special", ["A$1", "A\\1", "A|1"])
