@@ -116,8 +116,10 @@ def holds(identifiers: Iterable[Mapping[str, Any]], system: str | None, value: s
 
 
 def is_fhir_id(text: str) -> bool:
-    """Whether ``text`` is a FHIR resource id, the only thing the registry puts after ``Type/`` in a URL."""
-    return FHIR_ID.fullmatch(text) is not None
+    """Whether ``text`` is a FHIR resource id, the only thing the registry puts after ``Type/`` in a URL.
+    Not ``.`` or ``..``: FHIR's pattern allows them, but in a URL they are path steps (``Patient/..`` is the
+    server's base, ``Patient/.`` a search of every Patient), never a record."""
+    return FHIR_ID.fullmatch(text) is not None and text not in (".", "..")
 
 
 __all__ = [

@@ -106,7 +106,9 @@ def test_search_parameters_are_read_as_fhir_search_syntax(param, parts):
         assert identifiers.parse_token(identifiers.token(*parts)) == parts  # what token writes reads back
 
 
-@pytest.mark.parametrize("text", ["cr-1/_history/4", "cr-1?_elements=id", "a" * 65, "", "cr 1", "cr-1%2F"])
+@pytest.mark.parametrize(
+    "text", ["cr-1/_history/4", "cr-1?_elements=id", "a" * 65, "", "cr 1", "cr-1%2F", ".", ".."]
+)
 def test_what_is_not_a_fhir_id(text):
     assert not identifiers.is_fhir_id(text)
 
@@ -255,6 +257,25 @@ async def test_ids_in_urls_are_checked(client):
     resp = await client.post("/fhir", json=bundle)
     answer = await resp.json(content_type=None)
     assert answer["entry"][0]["response"]["status"].startswith("400")
+
+
+async def test_dot_segments_are_not_ids(client):
+    """`DELETE Patient/.` in a batch once read HAPI's search of every Patient as the record to delete, and
+    `Patient/..` the server's base; a POS merge could name either as its survivor."""
+    system, family = _system(), unique_surname()
+    await _submit(client, system, "DOT-1")
+    entries = [{"request": {"method": "DELETE", "url": url}} for url in ("Patient/.", "Patient/..")]
+    resp = await client.post("/fhir", json={"resourceType": "Bundle", "type": "batch", "entry": entries})
+    answer = await resp.json(content_type=None)
+    for entry in answer["entry"]:
+        assert entry["response"]["status"].startswith("400")
+        assert "is not a FHIR id" in entry["response"]["outcome"]["issue"][0]["diagnostics"]
+    merged = patient(system, "DOT-2", family=family)
+    merged["link"] = [{"type": "replaced-by", "other": {"reference": "Patient/.."}}]
+    resp = await client.post("/fhir/Patient", json=merged)
+    assert resp.status == 400
+    outcome = await resp.json(content_type=None)
+    assert outcome["issue"][0]["expression"] == ["Patient.link[0]"]
 
 
 async def test_unicode_spellings_are_one_record_or_refused(client, store):
