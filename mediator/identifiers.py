@@ -56,13 +56,18 @@ def normal_text(text: str, part: str) -> str:
     return normal
 
 
-def normal_form(system: str, value: str) -> tuple[str, str]:
-    """The normal form of ``system|value`` (:func:`normal_text` of each part). A system may hold neither
-    whitespace nor ``|`` (it is a URI, and ``system|value`` must split one way only)."""
-    normal_system = normal_text(system, "system")
-    if "|" in normal_system or " " in normal_system:
+def normal_system(system: str) -> str:
+    """The normal form of an identifier system (:func:`normal_text`); a system may hold neither whitespace
+    nor ``|`` (it is a URI, and ``system|value`` must split one way only)."""
+    normal = normal_text(system, "system")
+    if "|" in normal or " " in normal:
         raise IdentifierRefused("The identifier's system is a URI: it may hold neither '|' nor spaces.")
-    return normal_system, normal_text(value, "value")
+    return normal
+
+
+def normal_form(system: str, value: str) -> tuple[str, str]:
+    """The normal form of ``system|value``: :func:`normal_system` and :func:`normal_text` of the value."""
+    return normal_system(system), normal_text(value, "value")
 
 
 def search_escape(text: str) -> str:
@@ -127,6 +132,7 @@ __all__ = [
     "holds",
     "is_fhir_id",
     "normal_form",
+    "normal_system",
     "normal_text",
     "parse_token",
     "search_escape",

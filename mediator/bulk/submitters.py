@@ -9,8 +9,8 @@ from typing import Any, Protocol
 from urllib.parse import quote
 
 from ..audit import Actor
-from ..errors import RegistryError, UpstreamUnavailable
-from ..identifiers import IdentifierRefused, normal_form
+from ..errors import InvalidInput, RegistryError, UpstreamUnavailable
+from ..identifiers import IdentifierRefused, normal_form, normal_system, token
 from ..linking import merge_link
 from ..records import source_record_id
 from ..registry import Prepared, Registry, Submission, SubmissionResult
@@ -45,8 +45,14 @@ class Submitter(Protocol):
 
 
 def _key(patient: dict[str, Any], system: str | None) -> tuple[str, str] | None:
+    """The row's identifier of the file's ``system`` (the record it writes); rows hold their identifiers in
+    normal form (:func:`~mediator.validation.validate_patient`), so the system is compared in normal form."""
     if system is None:
         return None
+    try:
+        system = normal_system(system)
+    except IdentifierRefused as exc:
+        raise InvalidInput(f"The file's system: {exc}") from exc
     for ident in patient.get("identifier", []):
         if ident.get("system") == system and ident.get("value"):
             return system, str(ident["value"])
@@ -123,8 +129,9 @@ class OverHttp:
         entries = []
         for r in rows:
             key = _key(r.patient or {}, self.system)
-            # URL-encoded: ``&+%#`` in a value would otherwise cut or change it
-            url = f"Patient?identifier={quote(f'{key[0]}|{key[1]}', safe='')}" if key else "Patient"
+            # FHIR search syntax (escaped: `\,` is a comma of the value), then URL-encoded (``&+%#`` would
+            # otherwise cut or change it)
+            url = f"Patient?identifier={quote(token(*key), safe='')}" if key else "Patient"
             entries.append(
                 {"resource": r.patient, "request": {"method": "PUT" if key else "POST", "url": url}}
             )

@@ -230,6 +230,42 @@ async def test_over_http_decides_a_pos_merge_after_its_survivor(
     assert report[0]["golden_id"] == report[1]["golden_id"]
 
 
+async def test_over_http_rows_keep_identifiers_that_search_syntax_would_change(
+    aiohttp_server, settings, store, facility, tmp_path
+):
+    r"""Each row's conditional update names its identifier in FHIR search syntax: unescaped, `A\,B` would be
+    read as `A,B` (the row refused as not naming its own identifier, or keyed as another one)."""
+    server = await aiohttp_server(create_app(settings))
+    values = [r"A\,B", "A,B", "A|B", "A$B", "A\\B", r"A\\,B"]
+    path = tmp_path / "specials.ndjson"
+    path.write_text("\n".join(json.dumps(patient(facility, v, family=unique_surname())) for v in values))
+    async with aiohttp.ClientSession() as session:
+        job = bulk.BulkJob(
+            path,
+            bulk.OverHttp(session, str(server.make_url("")), facility),
+            system=facility,
+            job_dir=tmp_path,
+        )
+        state = await job.run()
+    report = _report(job)
+    assert [r["error"] for r in report] == [""] * len(values)
+    assert state.counts == {"created": len(values)}
+    assert [r["source_id"] for r in report] == [records.source_record_id(facility, v) for v in values]
+
+
+async def test_the_files_system_is_taken_in_normal_form(settings, store, facility, tmp_path):
+    """`--system "urn:x "` (or any spelling of it) named no identifier of the rows (held in normal form):
+    every row was refused."""
+    path = _csv(tmp_path / "spaced.csv", [{"id": "S1", "family": unique_surname()}])
+    async with registry_in_process(settings) as registry:
+        spelled = f" {facility} "
+        job = bulk.BulkJob(path, bulk.InProcess(registry, spelled), system=spelled, job_dir=tmp_path / "jobs")
+        state = await job.run()
+    assert state.counts == {"no_match": 1}, _report(job)
+    [stored] = await store.sources_with(facility)
+    assert stored["id"] == records.source_record_id(facility, "S1")
+
+
 def test_cli_loads_a_csv_in_process(hapi_url, facility, tmp_path):
     path = _csv(tmp_path / "f.csv", [{"id": "C1", "family": unique_surname(), "given": "Ali", "gender": "m"}])
     run = subprocess.run(
