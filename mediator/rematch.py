@@ -29,6 +29,7 @@ from .config import ConfigHolder, RegistryConfig
 from .errors import Conflict, RegistryError, UpstreamError
 from .fhir_client import HapiClient
 from .files import write_json
+from .identifiers import token
 from .registry import Registry, Submission
 from .unit_of_work import UnitOfWork
 
@@ -153,7 +154,7 @@ async def source_pages(
         "_count": str(page_size),
     }
     if systems:
-        params["identifier"] = ",".join(f"{s}|" for s in systems)
+        params["identifier"] = ",".join(token(s) for s in systems)  # escaped: a system may hold ','
     async for page in hapi.pages("Patient", params):
         yield page
 

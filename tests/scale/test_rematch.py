@@ -27,6 +27,15 @@ async def _submit(client, resource: dict[str, Any]) -> str:
     return resp.headers["Location"].split("/")[1].split("?")[0]
 
 
+async def test_source_pages_of_a_system_with_search_syntax_characters(client, settings):
+    """The systems were joined into `identifier=a|,b|` unescaped: `urn:x,y|` searched `urn:x` OR `y|`."""
+    system = f"urn:x,{unique_surname()}"
+    source_id = await _submit(client, patient(system, "P1", family=unique_surname()))
+    async with registry_in_process(settings) as registry:
+        pages = [page async for page in rematch.source_pages(registry.hapi, [system])]
+    assert [r["id"] for page in pages for r in page] == [source_id]
+
+
 async def test_dry_run_then_apply_splits_and_merges_and_leaves_manual_links(
     client, settings, store, facility, tmp_path: Path
 ):
