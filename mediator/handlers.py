@@ -103,6 +103,8 @@ async def delete_patient(request: web.Request) -> web.Response:
 
 
 async def ihe_pix(request: web.Request) -> web.Response:
+    if len(request.query.getall("sourceIdentifier", [])) > 1:  # not answered for the first one alone
+        raise InvalidInput("Parameter sourceIdentifier must be given once.")
     source = parse_identifier_param(request.query.get("sourceIdentifier"), "sourceIdentifier")
     targets: list[str] = []
     for raw in request.query.getall("targetSystem", []):
@@ -152,6 +154,10 @@ def _entry_submission(entry: Any, index: int, actor: Actor) -> Submission:
         )
     if method == "PUT" and url.startswith("Patient/") and url.count("/") == 1:
         target_id = check_id(url.split("/", 1)[1], f"{where}.request.url")
+        if patient.get("id") not in (None, target_id):  # as PUT /fhir/Patient/{id} refuses it
+            raise InvalidInput(
+                "Patient.id must equal the id in the request URL.", expression=[f"{where}.resource.id"]
+            )
         return Submission(patient=patient, actor=actor, target_id=target_id)
     raise InvalidInput(
         "Entries must be POST Patient, PUT Patient/{id}, PUT Patient?identifier=system|value "

@@ -278,6 +278,26 @@ async def test_dot_segments_are_not_ids(client):
     assert outcome["issue"][0]["expression"] == ["Patient.link[0]"]
 
 
+async def test_a_bundle_update_names_one_record_and_a_lookup_one_identifier(client, store):
+    """A batch's `PUT Patient/<id>` with another id in the resource was written (the direct PUT refuses it),
+    and `$ihe-pix` with two sourceIdentifiers answered for the first one alone."""
+    system, family = _system(), unique_surname()
+    mine = await _submit(client, system, "ONE-1")
+    source_id = mine["location"].split("/")[1]
+    body = {**patient(system, "ONE-1", family=family), "id": records.source_record_id(system, "ONE-2")}
+    entry = {"resource": body, "request": {"method": "PUT", "url": f"Patient/{source_id}"}}
+    resp = await client.post("/fhir", json={"resourceType": "Bundle", "type": "batch", "entry": [entry]})
+    [answer] = (await resp.json(content_type=None))["entry"]
+    assert answer["response"]["status"].startswith("400")
+    assert answer["response"]["outcome"]["issue"][0]["expression"] == ["Bundle.entry[0].resource.id"]
+    [stored] = await store.sources_with(system)
+    assert stored["meta"]["versionId"] == "1"  # nothing written
+    resp = await client.get(
+        f"/fhir/Patient/$ihe-pix?sourceIdentifier={system}|ONE-1&sourceIdentifier=urn:other|x"
+    )
+    assert resp.status == 400
+
+
 async def test_unicode_spellings_are_one_record_or_refused(client, store):
     """Eleven spellings once became eleven people."""
     system = _system()
