@@ -385,7 +385,10 @@ class Registry:
                 "(national ids) are matching evidence, not record keys.",
                 expression=["Patient.identifier"],
             )
-        system, value = submission.conditional or (own[0]["system"], own[0]["value"])
+        # an update by id names its record: the own identifier it is keyed by, wherever the Patient lists it
+        named = [i for i in own if records.source_record_id(i["system"], i["value"]) == submission.target_id]
+        key = (named or own)[0]
+        system, value = submission.conditional or (key["system"], key["value"])
         source_id = records.source_record_id(system, value)
         if submission.target_id is not None and submission.target_id != source_id:
             if submission.target_id.startswith("cr-"):

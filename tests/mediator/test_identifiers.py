@@ -298,6 +298,22 @@ async def test_a_bundle_update_names_one_record_and_a_lookup_one_identifier(clie
     assert resp.status == 400
 
 
+async def test_an_update_by_id_finds_its_identifier_wherever_it_is_listed(client, store):
+    """`PUT Patient/<record of O1>` with identifiers [O2, O1] was refused (400): the first one was taken as
+    the key. The record is updated; another client's identifier never names it (it is not `own`)."""
+    system, family = _system(), unique_surname()
+    first = await _submit(client, system, "O1")
+    source_id = first["location"].split("/")[1]
+    body = patient(system, "O2", family=family, extra_identifiers=[{"system": system, "value": "O1"}])
+    resp = await client.put(f"/fhir/Patient/{source_id}", json=body)
+    assert resp.status == 200, await resp.text()
+    assert resp.headers["Location"].startswith(f"Patient/{source_id}/")
+    [stored] = await store.sources_with(system)
+    assert stored["id"] == source_id and stored["name"][0]["family"] == family
+    elsewhere = await client.put(f"/fhir/Patient/{source_id}", json=patient(system, "O3", family=family))
+    assert elsewhere.status == 400
+
+
 async def test_unicode_spellings_are_one_record_or_refused(client, store):
     """Eleven spellings once became eleven people."""
     system = _system()
