@@ -18,7 +18,14 @@ from .errors import InvalidInput, RegistryError
 from .forwarded import client_address  # X-Forwarded-For only from CR_TRUSTED_PROXIES
 from .registry import Submission, SubmissionResult
 from .review import OPEN, POSSIBLE_DUPLICATE, POTENTIAL_MATCH
-from .validation import check_id, parse_identifier_param, read_json, validate_bundle, validate_patient
+from .validation import (
+    check_id,
+    parse_identifier_param,
+    parse_systems_param,
+    read_json,
+    validate_bundle,
+    validate_patient,
+)
 
 FHIR_JSON = "application/fhir+json"
 POS_MERGE_NOTE = (
@@ -106,9 +113,7 @@ async def ihe_pix(request: web.Request) -> web.Response:
     if len(request.query.getall("sourceIdentifier", [])) > 1:  # not answered for the first one alone
         raise InvalidInput("Parameter sourceIdentifier must be given once.")
     source = parse_identifier_param(request.query.get("sourceIdentifier"), "sourceIdentifier")
-    targets: list[str] = []
-    for raw in request.query.getall("targetSystem", []):
-        targets.extend(t.strip() for t in raw.split(",") if t.strip())
+    targets = parse_systems_param(request.query.getall("targetSystem", []), "targetSystem")
     parameters = await pix.audited_cross_references(
         request.app[STORE].hapi,
         request.app[CONFIG].current,

@@ -75,30 +75,38 @@ def search_escape(text: str) -> str:
     return _SEARCH_SPECIAL.sub(r"\\\1", text)
 
 
-def parse_token(text: str) -> tuple[str, str] | None:
-    r"""``system|value`` as a FHIR search parameter writes it (``identifier=``, ``sourceIdentifier=``): split
-    at the first ``|`` not escaped, and ``\\`` ``\,`` ``\|`` ``\$`` read as the character escaped, so
-    ``urn:c|12\,345`` is the identifier ``12,345`` (what :func:`token` writes for it), never ``12\,345``.
-    Leniently, a ``,`` ``|`` or ``$`` not escaped in the value is itself, and so is a ``\`` before any other
-    character. None when there is no ``|`` to split at. The parts are not in normal form yet."""
+def _search_split(text: str, separator: str, most: int | None = None) -> list[str]:
+    r"""``text`` split where ``separator`` is not escaped (at most ``most`` times; after that it is itself),
+    with ``\\`` ``\,`` ``\|`` ``\$`` read as the character escaped (a ``\`` before any other stays)."""
     parts: list[str] = []
     current: list[str] = []
     chars = iter(text)
     for char in chars:
         if char == "\\":
             following = next(chars, "")
-            if following in ("\\", ",", "|", "$"):
-                current.append(following)
-            else:
-                current.extend((char, following))
-        elif char == "|" and not parts:
+            current.extend((following,) if following in ("\\", ",", "|", "$") else (char, following))
+        elif char == separator and (most is None or len(parts) < most):
             parts.append("".join(current))
             current = []
         else:
             current.append(char)
-    if not parts:
-        return None
-    return parts[0], "".join(current)
+    return [*parts, "".join(current)]
+
+
+def parse_token(text: str) -> tuple[str, str] | None:
+    r"""``system|value`` as a FHIR search parameter writes it (``identifier=``, ``sourceIdentifier=``): split
+    at the first ``|`` not escaped, and ``\\`` ``\,`` ``\|`` ``\$`` read as the character escaped, so
+    ``urn:c|12\,345`` is the identifier ``12,345`` (what :func:`token` writes for it), never ``12\,345``.
+    Leniently, a ``,`` ``|`` or ``$`` not escaped in the value is itself, and so is a ``\`` before any other
+    character. None when there is no ``|`` to split at. The parts are not in normal form yet."""
+    parts = _search_split(text, "|", most=1)
+    return (parts[0], parts[1]) if len(parts) == 2 else None
+
+
+def parse_list(text: str) -> list[str]:
+    r"""A FHIR search parameter's list of values (``targetSystem=a,b``): split at each ``,`` not escaped,
+    escapes read as in :func:`parse_token` (``urn:a\,b`` is one system)."""
+    return _search_split(text, ",")
 
 
 def token(system: str, value: str | None = None) -> str:
@@ -134,6 +142,7 @@ __all__ = [
     "normal_form",
     "normal_system",
     "normal_text",
+    "parse_list",
     "parse_token",
     "search_escape",
     "token",

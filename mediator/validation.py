@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from .context import SETTINGS
 from .errors import InvalidInput, PayloadTooLarge, Unprocessable
-from .identifiers import IdentifierRefused, is_fhir_id, normal_form, parse_token
+from .identifiers import IdentifierRefused, is_fhir_id, normal_form, normal_system, parse_list, parse_token
 
 SUPPORTED_FHIR_VERSIONS = {"4.0", "4.0.0", "4.0.1"}
 GENDERS = {"male", "female", "other", "unknown"}
@@ -177,6 +177,21 @@ def parse_identifier_param(value: str | None, name: str) -> tuple[str, str]:
         return normal_form(system, ident)
     except IdentifierRefused as exc:
         raise InvalidInput(f"Parameter {name}: {exc}") from exc
+
+
+def parse_systems_param(values: list[str], name: str) -> list[str]:
+    """Identifier systems given as a FHIR search parameter, repeated or as a list (``a,b``; ``\\,`` is a
+    comma of the system, :func:`parse_list`), each in its normal form; empty ones are left out."""
+    systems = []
+    for value in values:
+        for system in parse_list(value):
+            if not system.strip():
+                continue
+            try:
+                systems.append(normal_system(system))
+            except IdentifierRefused as exc:
+                raise InvalidInput(f"Parameter {name}: {exc}") from exc
+    return systems
 
 
 def check_id(resource_id: str, where: str) -> str:

@@ -192,6 +192,29 @@ async def test_an_escaped_lookup_is_the_identifier_it_escapes(client, settings):
     assert entry["response"]["location"].startswith(comma["location"].split("/_history")[0] + "/")
 
 
+async def test_target_systems_are_read_in_normal_form_and_as_search_syntax(client, settings):
+    r"""`targetSystem` was split at every comma and compared as typed: a system holding a comma (`\,` as
+    FHIR search syntax escapes it) or spelled in another Unicode form was an unknown domain (403)."""
+    comma, accented = f"urn:x,{uuid.uuid4().hex[:8]}", f"urn:é:{uuid.uuid4().hex[:8]}"
+    extra = [{"system": accented, "value": "TS-2"}]
+    mine = await client.post(
+        "/fhir/Patient", json=patient(comma, "TS-1", family=unique_surname(), extra_identifiers=extra)
+    )
+    assert mine.status == 201
+    cruid = (settings.cruid_system, mine.headers["X-CRUID"])
+    for source, target, wanted in (
+        (identifiers.token(accented, "TS-2"), identifiers.search_escape(comma), (comma, "TS-1")),
+        (identifiers.token(comma, "TS-1"), unicodedata.normalize("NFD", accented), (accented, "TS-2")),
+        (identifiers.token(comma, "TS-1"), f"{accented},{settings.cruid_system}", (accented, "TS-2")),
+    ):
+        resp = await client.get(
+            "/fhir/Patient/$ihe-pix", params={"sourceIdentifier": source, "targetSystem": target}
+        )
+        assert resp.status == 200, (target, await resp.text())
+        found = _identifiers(await resp.json(content_type=None))
+        assert found == ({wanted, cruid} if settings.cruid_system in target else {wanted}), target
+
+
 @pytest.mark.parametrize("special", ["A$1", "A\\1", "A|1"])
 async def test_values_with_search_syntax_characters_are_their_own_records(client, settings, special):
     system = _system()
