@@ -24,6 +24,12 @@ _SEARCH_SPECIAL = re.compile(r"([\\,|$])")
 # paragraph separators, surrogates, private use and unassigned code points: invisible, or shown differently
 # from what is stored
 _REFUSED_CATEGORIES = {"Cf", "Cc", "Zl", "Zp", "Cs", "Co", "Cn"}
+# Unicode's other default-ignorable code points (not format characters, and kept by NFKC): the combining
+# grapheme joiner, Hangul fillers, Khmer inherent vowels, Mongolian and other variation selectors. Invisible:
+# `12\u034f34` would be another record than `1234`, looking the same
+_INVISIBLE = re.compile(
+    "[\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180d\u180f\u3164\ufe00-\ufe0f\uffa0\U000e0100-\U000e01ef]"
+)
 # script aliases that go with any script: digits, punctuation, combining marks
 _NEUTRAL_SCRIPTS = {"COMMON", "INHERITED"}
 
@@ -42,7 +48,7 @@ def normal_text(text: str, part: str) -> str:
         raise IdentifierRefused(f"The identifier's {part} is empty.")
     for position, char in enumerate(normal):
         category = unicodedata.category(char)
-        if category in _REFUSED_CATEGORIES or (char.isspace() and char != " "):
+        if category in _REFUSED_CATEGORIES or (char.isspace() and char != " ") or _INVISIBLE.match(char):
             raise IdentifierRefused(
                 f"The identifier's {part} holds U+{ord(char):04X} at position {position}: invisible, control "
                 "and bidirectional characters are refused in identifiers."

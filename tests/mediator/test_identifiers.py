@@ -62,6 +62,10 @@ def test_spellings_of_one_identifier_have_one_normal_form(spelling, normal):
         "MRN\u206612\u2069",  # bidirectional isolate
         "MRN\u00ad12",  # soft hyphen
         "MRN\t12",  # a tab inside
+        "MRN\u034f12",  # combining grapheme joiner: invisible, not a format character
+        "12\u316434",  # Hangul filler (NFKC: U+1160)
+        "MRN12\ufe0f",  # variation selector
+        "MRN\U000e010012",  # variation selector supplement
         "MRN-\u0410BC",  # Cyrillic А among Latin letters
         " ",
     ],
@@ -345,7 +349,8 @@ async def test_unicode_spellings_are_one_record_or_refused(client, store):
     for spelling in same:
         again = await _submit(client, system, spelling)
         assert (again["status"], again["cruid"]) == (200, first["cruid"]), ascii(spelling)
-    for refused in ("Zoé\u200b-12", "\ufeffZoé-12", "Zo\u202eé-12", "Zoе-12"):  # the last: Cyrillic е
+    refused_spellings = ("Zoé\u200b-12", "\ufeffZoé-12", "Zo\u202eé-12", "Zoе-12", "Zoé\u034f-12")
+    for refused in refused_spellings:  # Cyrillic е; a combining grapheme joiner
         resp = await client.post("/fhir/Patient", json=patient(system, refused, family=unique_surname()))
         assert resp.status == 400, ascii(refused)
         outcome = await resp.json(content_type=None)
