@@ -30,6 +30,10 @@ _REFUSED_CATEGORIES = {"Cf", "Cc", "Zl", "Zp", "Cs", "Co", "Cn"}
 _INVISIBLE = re.compile(
     "[\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180d\u180f\u3164\ufe00-\ufe0f\uffa0\U000e0100-\U000e01ef]"
 )
+# characters a system or a value may hold (in normal form): an identifier accepted can be looked up, its
+# every character escaped and percent-encoded (up to 12 bytes each) within the 8 KB request line of the
+# mediator (aiohttp) and of HAPI; 8,000 characters were stored (201) but never found (HAPI refused the search)
+MAX_LENGTH = 256
 # script aliases that go with any script: digits, punctuation, combining marks
 _NEUTRAL_SCRIPTS = {"COMMON", "INHERITED"}
 
@@ -41,11 +45,14 @@ class IdentifierRefused(ValueError):
 def normal_text(text: str, part: str) -> str:
     """``text`` in the registry's normal form: NFKC (full-width and other compatibility forms folded),
     no leading or trailing whitespace (HAPI trims token values when it indexes and searches them).
-    :class:`IdentifierRefused` for an empty result, an invisible, control or bidirectional character, or
-    letters of more than one script (look-alikes such as a Cyrillic ``А`` among Latin letters)."""
+    :class:`IdentifierRefused` for an empty result, one longer than :data:`MAX_LENGTH`, an invisible,
+    control or bidirectional character, or letters of more than one script (look-alikes such as a Cyrillic
+    ``А`` among Latin letters)."""
     normal = unicodedata.normalize("NFKC", text).strip()
     if not normal:
         raise IdentifierRefused(f"The identifier's {part} is empty.")
+    if len(normal) > MAX_LENGTH:
+        raise IdentifierRefused(f"The identifier's {part} is longer than {MAX_LENGTH} characters.")
     for position, char in enumerate(normal):
         category = unicodedata.category(char)
         if category in _REFUSED_CATEGORIES or (char.isspace() and char != " ") or _INVISIBLE.match(char):
@@ -142,6 +149,7 @@ def is_fhir_id(text: str) -> bool:
 
 
 __all__ = [
+    "MAX_LENGTH",
     "IdentifierRefused",
     "holds",
     "is_fhir_id",

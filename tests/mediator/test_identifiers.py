@@ -341,6 +341,25 @@ async def test_an_update_by_id_finds_its_identifier_wherever_it_is_listed(client
     assert elsewhere.status == 400
 
 
+async def test_an_identifier_accepted_can_be_looked_up(client):
+    """A value of 8,000 characters was stored (201) but `$ihe-pix` could never find it (HAPI refused the
+    search: 422); one of 2,000 `é` did not even fit the mediator's request line. The longest value accepted,
+    of the characters that take most room in a URL, is found."""
+    system = _system()
+    for value in ("a" * 8000, "a" * (identifiers.MAX_LENGTH + 1)):
+        resp = await client.post("/fhir/Patient", json=patient(system, value, family=unique_surname()))
+        assert resp.status == 400
+        assert (await resp.json(content_type=None))["issue"][0]["expression"] == ["Patient.identifier[0]"]
+    for char in (",", "\U00010348"):  # escaped in a search; 4 bytes of UTF-8 (Gothic hwair)
+        longest = await _submit(client, system, char * identifiers.MAX_LENGTH)
+        resp = await client.get(
+            "/fhir/Patient/$ihe-pix",
+            params={"sourceIdentifier": identifiers.token(system, char * identifiers.MAX_LENGTH)},
+        )
+        assert resp.status == 200, await resp.text()
+        assert longest["cruid"] in {v for _, v in _identifiers(await resp.json(content_type=None))}
+
+
 async def test_unicode_spellings_are_one_record_or_refused(client, store):
     """Eleven spellings once became eleven people."""
     system = _system()
