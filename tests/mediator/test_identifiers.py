@@ -360,6 +360,38 @@ async def test_an_identifier_accepted_can_be_looked_up(client):
         assert longest["cruid"] in {v for _, v in _identifiers(await resp.json(content_type=None))}
 
 
+async def test_one_identifier_spelled_twice_in_a_bundle_is_one_record(client, store):
+    """A transaction writes each record once: two spellings of one identifier are refused together (400,
+    nothing written); a batch decides them one after the other, on one record."""
+    system, family = _system(), unique_surname()
+    spellings = ["Zoé-7", unicodedata.normalize("NFD", "Zoé-7") + " ", "Ｚｏé-７"]
+    entries = [
+        {"resource": patient(system, value, family=family), "request": {"method": "POST", "url": "Patient"}}
+        for value in spellings[:2]
+    ]
+    entries.append(
+        {
+            "resource": patient(system, spellings[2], family=family),
+            "request": {
+                "method": "PUT",
+                "url": "Patient?" + urlencode({"identifier": f"{system}|{spellings[2]}"}),
+            },
+        }
+    )
+    resp = await client.post(
+        "/fhir", json={"resourceType": "Bundle", "type": "transaction", "entry": entries}
+    )
+    assert resp.status == 400
+    assert await store.sources_with(system) == []
+    resp = await client.post("/fhir", json={"resourceType": "Bundle", "type": "batch", "entry": entries})
+    answer = await resp.json(content_type=None)
+    statuses = [e["response"]["status"] for e in answer["entry"]]
+    assert statuses == ["201 Created", "200 OK", "200 OK"]
+    assert len({e["response"]["location"].split("/_history")[0] for e in answer["entry"]}) == 1
+    [stored] = await store.sources_with(system)
+    assert stored["identifier"][0]["value"] == "Zoé-7"
+
+
 async def test_unicode_spellings_are_one_record_or_refused(client, store):
     """Eleven spellings once became eleven people."""
     system = _system()
