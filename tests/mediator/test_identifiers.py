@@ -409,6 +409,20 @@ async def test_unicode_spellings_are_one_record_or_refused(client, store):
     assert len(await store.sources_with(system)) == 1
 
 
+async def test_a_system_in_other_letter_case_is_another_identifier(client, store, settings):
+    """FHIR compares URIs case-sensitively and HAPI searches them so: `URN:…|X1` is not `urn:…|X1`. It keys
+    its own record and never reaches the other one's record or person."""
+    system = _system()
+    lower = await _submit(client, system, "X1", given="Kato", birth_date="1950-01-01")
+    upper = await _submit(client, system.upper(), "X1", given="Zuri", birth_date="2001-09-30")
+    assert upper["status"] == 201 and upper["cruid"] != lower["cruid"]
+    [stored] = await store.sources_with(system)
+    assert stored["meta"]["versionId"] == "1"  # untouched
+    for spelled, person in ((system, lower), (system.upper(), upper)):
+        resp = await client.get("/fhir/Patient/$ihe-pix", params={"sourceIdentifier": f"{spelled}|X1"})
+        assert _identifiers(await resp.json(content_type=None)) == {(settings.cruid_system, person["cruid"])}
+
+
 async def test_an_identifier_held_by_two_people_is_not_answered_with_one(client, settings):
     """A shared identifier (national id) on the records of two people: the lookup names neither."""
     nid_system = settings.shared_identifier_systems[0]
