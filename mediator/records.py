@@ -393,6 +393,12 @@ def with_link_state(resource: Resource, state: dict[str, Any]) -> Resource:
     return out
 
 
+def relinked(source: Resource, golden_id: str) -> Resource:
+    """``source`` linked to ``golden_id`` with its link decision kept: a record its POS merged into one that
+    moves goes with it, still merged by its POS."""
+    return with_link_state(source, {**link_state(source), "golden": golden_id})
+
+
 def _set_extensions(resource: Resource, url: str, values: list[dict[str, Any]]) -> None:
     kept = [e for e in resource.get("extension", []) if e.get("url") != url]
     kept.extend({"url": url, **v} for v in values)

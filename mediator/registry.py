@@ -582,7 +582,7 @@ class Registry:
         for follower in followers:
             record = await uow.read("Patient", follower)
             if record is not None:
-                uow.put(records.with_link_state(record, {**records.link_state(record), "golden": golden_id}))
+                uow.put(records.relinked(record, golden_id))
         return followers, previous
 
     async def _candidates(

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import matching
 
-from .. import records
+from .. import linking, records
 from ..audit import Actor, event
 from ..errors import Conflict, InvalidInput, NotFound, Unprocessable, UpstreamUnavailable
 from ..fhir_client import HapiClient
@@ -432,10 +432,20 @@ class Curation:
         if records.source_ids_of(golden) == [source_id]:
             raise InvalidInput("This is the golden record's only source record; there is nothing to split.")
         source = await change.require(source_id, "Source record")
-        await change.patient(new_id := records.new_golden_id())
-        fresh = records.with_source(records.new_golden(new_id, self.cruid_system), source_id)
+        new_id = records.new_golden_id()
+        taken, left = await self._take_along(change, source_id, golden, new_id)
+        if not records.source_ids_of(left):
+            raise InvalidInput(
+                "The golden record's other source records are ones its point-of-service system merged into "
+                "it; they go with it, so there is nothing to split. Move or break out a merged record to "
+                "overrule its POS's merge."
+            )
+        await change.patient(new_id)
+        fresh = records.new_golden(new_id, self.cruid_system)
+        for moved in taken:
+            fresh = records.with_source(fresh, moved)
         change.put(_distinct(fresh, golden_id))
-        change.put(_distinct(records.without_source(golden, source_id), new_id))
+        change.put(_distinct(left, new_id))
         change.put(manually_linked(source, new_id))
         audit_id = await change.commit(admin, BREAK, note=note)
         return Outcome(BREAK, audit_id, (golden_id, new_id))
@@ -452,14 +462,37 @@ class Curation:
         current = records.golden_id_of(source)
         if current == target_id:
             raise InvalidInput("The source record already belongs to that golden record.")
-        if current:
-            old = await change.patient(current)
-            if old is not None:
-                change.put(records.without_source(old, source_id, moved_to=target_id))
-        change.put(records.with_source(target, source_id))
+        old = await change.patient(current) if current else None
+        taken = [source_id]
+        if old is not None:
+            taken, left = await self._take_along(change, source_id, old, target_id)
+            change.put(left)
+        for moved in taken:
+            target = records.with_source(target, moved)
+        change.put(target)
         change.put(manually_linked(source, target_id))
         audit_id = await change.commit(admin, MOVE, note=note)
         return Outcome(MOVE, audit_id, tuple(g for g in (current, target_id) if g))
+
+    async def _take_along(
+        self, change: _Change, source_id: str, golden: Resource, to_id: str
+    ) -> tuple[list[str], Resource]:
+        """An admin moves ``source_id`` off ``golden`` to ``to_id``: the records of ``golden`` its POS merged
+        into it go along, staged on ``to_id`` with their POS merge kept (the POS's statement still holds;
+        undo restores them from the same AuditEvent). Returns the ids leaving (``source_id`` first) and
+        ``golden`` without them (``replaced-by`` ``to_id`` when none is left), not yet staged."""
+        others = [s for s in records.source_ids_of(golden) if s != source_id]
+        await change.uow.prefetch("Patient", others)  # one search per 50 records, not a read each
+        found = await asyncio.gather(*(change.patient(s) for s in others))
+        on_golden = [s for s in found if s is not None and records.golden_id_of(s) == golden["id"]]
+        followers = linking.followers(source_id, on_golden)
+        by_id = {s["id"]: s for s in on_golden}
+        for follower in followers:
+            change.put(records.relinked(by_id[follower], to_id))
+        left = golden
+        for moved in (source_id, *followers):
+            left = records.without_source(left, moved, moved_to=to_id)
+        return [source_id, *followers], left
 
     @_one_at_a_time("source_id")
     async def confirm(self, source_id: str, admin: Admin, note: str | None = None) -> Outcome:

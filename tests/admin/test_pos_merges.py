@@ -13,7 +13,9 @@ import yaml
 
 from mediator import records
 from mediator.admin.jobs import JOBS
+from mediator.context import STORE
 from mediator.settings import REPO_ROOT
+from tests.admin.test_duplicates import _put
 from tests.conftest import patient, unique_surname
 
 
@@ -58,9 +60,10 @@ async def test_an_admin_move_overrules_a_pos_merge_and_its_undo_restores_it(
 async def test_a_survivor_an_admin_moved_away_from_its_merged_record_is_still_refused_deletion(
     admin, app_client, facility, store
 ):
-    """An admin moves a survivor alone to another person; the record its POS merged into it stays behind,
-    still naming it. Deleting the survivor is the 409 naming that record (not a concurrent change retried
-    until it gives up), nothing written; once the merged record is gone, the survivor can be deleted."""
+    """A survivor moved alone to another person, as an admin move did before the records merged into it
+    went along (written straight into HAPI here): the record its POS merged into it stayed behind, still
+    naming it. Deleting the survivor is the 409 naming that record (not a concurrent change retried until
+    it gives up), nothing written; once the merged record is gone, the survivor can be deleted."""
     people = [
         patient(facility, f"M{i}", family=unique_surname(), given=given, birth_date=born)
         for i, (given, born) in enumerate(
@@ -74,7 +77,17 @@ async def test_a_survivor_an_admin_moved_away_from_its_merged_record_is_still_re
         f"/fhir/Patient/{subsumed}", json={**people[0], "active": False, "link": link}
     )
     assert merge.status == 200
-    await admin.post("/admin/api/move", {"source": survivor, "target": answers[2].headers["X-CRUID"]})
+    old_golden, target = [await store.read("Patient", answers[i].headers["X-CRUID"]) for i in (1, 2)]
+    moved_alone = [
+        records.with_link_state(
+            await store.read("Patient", survivor), {"kind": "source", "golden": target["id"], "manual": True}
+        ),
+        records.without_source(old_golden, survivor, moved_to=target["id"]),
+        records.with_source(target, survivor),
+    ]
+    await app_client.server.app[STORE].hapi.transaction(
+        {"resourceType": "Bundle", "type": "transaction", "entry": [_put(r) for r in moved_alone]}
+    )
     assert records.golden_id_of(await store.read("Patient", subsumed)) == answers[1].headers["X-CRUID"]
     survivor_before = await store.read("Patient", survivor)
 
@@ -178,3 +191,127 @@ async def test_a_rematch_after_merges_and_a_deletion_keeps_merged_records_with_t
         await store.assert_consistent(ids[key])
     first = await store.read("Patient", answers[0].headers["X-CRUID"])
     assert ids["D"] not in records.source_ids_of(first)
+
+
+async def _merged_person(app_client: Any, facility: str, *, with_other: bool) -> tuple[Any, ...]:
+    """A person of a survivor S, the record F its POS merged into S and (``with_other``) a record W of
+    another facility matching S; and a person T of its own. (S, F, W or None, S's golden, T's golden)."""
+    family = unique_surname()
+    keep = patient(facility, "S", family=family, given="Halima", birth_date="1990-01-02")
+    old = patient(facility, "F", family=unique_surname())
+    answers = [
+        await app_client.post("/fhir/Patient", json=p)
+        for p in (keep, old, patient(facility, "T", family=unique_surname(), given="Neema"))
+    ]
+    assert len({a.headers["X-CRUID"] for a in answers}) == 3
+    survivor, follower = records.source_record_id(facility, "S"), records.source_record_id(facility, "F")
+    link = [{"type": "replaced-by", "other": {"reference": f"Patient/{survivor}"}}]
+    merge = await app_client.put(f"/fhir/Patient/{follower}", json={**old, "active": False, "link": link})
+    assert merge.headers["X-CRUID"] == answers[0].headers["X-CRUID"]
+    other = None
+    if with_other:
+        ward = facility.replace("facility-", "ward-")
+        w = await app_client.post(
+            "/fhir/Patient", json=patient(ward, "W", family=family, given="Halima", birth_date="1990-01-02")
+        )
+        assert w.headers["X-Match-Outcome"] == "match"
+        assert w.headers["X-CRUID"] == answers[0].headers["X-CRUID"]
+        other = records.source_record_id(ward, "W")
+    return survivor, follower, other, answers[0].headers["X-CRUID"], answers[2].headers["X-CRUID"]
+
+
+def _pix_cruids(answer: dict[str, Any]) -> set[str]:
+    return {
+        p["valueIdentifier"]["value"]
+        for p in answer["parameter"]
+        if p["name"] == "targetIdentifier" and p["valueIdentifier"]["value"].startswith("cr-")
+    }
+
+
+async def test_an_admin_move_of_a_survivor_takes_its_merged_record_along_and_undo_restores_both(
+    admin, app_client, facility, store
+):
+    """The record its POS merged into the survivor goes with it, keeps the POS's merge (the person page
+    says so), is named in the move's AuditEvent, and a lookup of its identifier answers the survivor's
+    person; undo puts both back. The other record of the old person stays there."""
+    survivor, follower, other, old_golden, target = await _merged_person(
+        app_client, facility, with_other=True
+    )
+
+    out = await admin.post("/admin/api/move", {"source": survivor, "target": target})
+
+    assert [records.ref_id(g) for g in out["golden"]] == [old_golden, target]
+    moved = await store.read("Patient", follower)
+    assert records.golden_id_of(moved) == target
+    assert records.link_decision(moved) == records.POS_MERGE and records.pos_survivor(moved) == survivor
+    assert records.link_decision(await store.read("Patient", survivor)) == records.MANUAL
+    golden = await store.assert_consistent(follower)
+    assert golden["id"] == target and survivor in records.source_ids_of(golden)
+    left = await store.assert_consistent(other)
+    assert left["id"] == old_golden and records.source_ids_of(left) == [other]
+    pix = await app_client.get("/fhir/Patient/$ihe-pix", params={"sourceIdentifier": f"{facility}|F"})
+    assert _pix_cruids(await pix.json(content_type=None)) == {target}
+    person = await admin.get(f"/admin/api/golden/{target}")
+    (shown,) = [s for s in person["sources"] if s["id"] == follower]
+    assert shown["mergedInto"] == survivor and shown["manual"] is False
+    page = await (await admin.client.get(f"/admin/person/{target}")).text()
+    assert f"merged by its POS</strong> into {survivor}" in page
+    audit = await store.read("AuditEvent", out["auditEvent"].split("/")[1])
+    assert f"Patient/{follower}" in {e["what"]["reference"] for e in audit["entity"]}
+
+    await admin.post("/admin/api/undo", {"patient": survivor})
+    restored = await store.read("Patient", follower)
+    assert records.golden_id_of(restored) == old_golden and records.pos_survivor(restored) == survivor
+    back = await store.assert_consistent(survivor)
+    assert back["id"] == old_golden and set(records.source_ids_of(back)) == {survivor, follower, other}
+    assert records.source_ids_of(await store.read("Patient", target)) == [
+        records.source_record_id(facility, "T")
+    ]
+
+
+async def test_an_admin_move_of_a_survivor_with_only_its_merged_records_left_empties_the_old_person(
+    admin, app_client, facility, store
+):
+    survivor, follower, _, old_golden, target = await _merged_person(app_client, facility, with_other=False)
+
+    await admin.post("/admin/api/move", {"source": survivor, "target": target})
+
+    assert (await store.assert_consistent(follower))["id"] == target
+    emptied = await store.read("Patient", old_golden)
+    assert emptied["active"] is False and records.source_ids_of(emptied) == []
+    assert records.replaced_by(emptied) == target, "its CRUID leads to where its records went"
+
+
+async def test_a_break_of_a_survivor_takes_its_merged_record_to_the_new_person(
+    admin, app_client, facility, store
+):
+    survivor, follower, other, old_golden, _ = await _merged_person(app_client, facility, with_other=True)
+
+    out = await admin.post(f"/admin/api/golden/{old_golden}/break", {"source": survivor})
+
+    new_golden = records.ref_id(out["golden"][1])
+    fresh = await store.assert_consistent(follower)
+    assert fresh["id"] == new_golden and set(records.source_ids_of(fresh)) == {survivor, follower}
+    assert records.pos_survivor(await store.read("Patient", follower)) == survivor
+    left = await store.assert_consistent(other)
+    assert left["id"] == old_golden and records.source_ids_of(left) == [other]
+    assert records.distinct_from(fresh) == {old_golden} and records.distinct_from(left) == {new_golden}
+
+    await admin.post("/admin/api/undo", {"patient": follower})
+    back = await store.assert_consistent(follower)
+    assert back["id"] == old_golden and set(records.source_ids_of(back)) == {survivor, follower, other}
+    assert records.pos_survivor(await store.read("Patient", follower)) == survivor
+
+
+async def test_a_break_of_a_survivor_whose_only_other_records_are_merged_into_it_is_refused(
+    admin, app_client, facility, store
+):
+    """They would go with it: the new person would be the old one under a new CRUID, the old one emptied.
+    400, nothing written."""
+    survivor, follower, _, old_golden, _ = await _merged_person(app_client, facility, with_other=False)
+    before = [await store.read("Patient", rid) for rid in (old_golden, survivor, follower)]
+
+    refused = await admin.post(f"/admin/api/golden/{old_golden}/break", {"source": survivor}, 400)
+
+    assert "merged into it" in refused["issue"][0]["diagnostics"]
+    assert [await store.read("Patient", rid) for rid in (old_golden, survivor, follower)] == before
