@@ -17,14 +17,15 @@ from typing import Any, TypeVar
 
 import matching
 
-from .. import linking, records
+from .. import linking, records, retarget
 from ..audit import Actor, event
 from ..errors import Conflict, InvalidInput, NotFound, Unprocessable, UpstreamUnavailable
 from ..fhir_client import HapiClient
 from ..instants import instant
 from ..locks import LocalKeyedLocks, LockManager
 from ..records import NS, Resource
-from ..review import MOOT, OPEN, POTENTIAL_MATCH, WITHDRAWN, close_task, review_task_id
+from ..retarget import RESOLVED_BY_MERGE
+from ..review import OPEN, WITHDRAWN, close_task
 from ..unit_of_work import UnitOfWork
 from . import score_index
 
@@ -36,7 +37,6 @@ BREAK = "break"
 MOVE = "move"
 CONFIRM = "confirm"
 UNDO = "undo"
-RESOLVED_BY_MERGE = "resolved-by-merge"
 UNDONE = "undone"
 DECISIONS = (SAME_PERSON, DIFFERENT_PEOPLE)
 ACTIONS = (SAME_PERSON, DIFFERENT_PEOPLE, BREAK, MOVE, CONFIRM, UNDO)
@@ -206,13 +206,6 @@ class _Change:
         return str(audit["id"])
 
 
-def _task_candidate(task: Resource) -> str | None:
-    for item in task.get("input", []):
-        if item.get("type", {}).get("text") == "candidate":
-            return records.ref_id(item.get("valueReference", {}).get("reference"))
-    return None
-
-
 def closest_record(
     source: Resource | None, others: list[Resource], golden_id: str, rules: matching.Rules | None
 ) -> str | None:
@@ -273,7 +266,7 @@ class Curation:
             source = await change.patient(focus)
             if source is not None:
                 subject_golden = records.golden_id_of(source) or subject_golden
-        other = _task_candidate(task)
+        other = retarget.task_candidate(task)
         if not subject_golden or not other:
             raise InvalidInput(f"Task/{task['id']} is not a review of two records.")
         return await change.golden(subject_golden), await change.golden(other), focus
@@ -307,7 +300,7 @@ class Curation:
             if a["id"] != b["id"]:
                 keep, lose = _survivor(a, b, survivor)
                 await self._merge(change, keep, lose)
-                await self._retarget_reviews(change, keep, lose, task_id, admin)
+                await self._retarget_reviews(change, keep, lose, admin, decided=task_id)
                 goldens: tuple[str, ...] = (keep["id"], lose["id"])
             else:
                 goldens = (a["id"],)
@@ -354,72 +347,34 @@ class Curation:
         change.put(golden_with(lose, sources=[], active=False, replaced_by=keep["id"], distinct_from=[]))
 
     async def _retarget_reviews(
-        self, change: _Change, keep: Resource, lose: Resource, decided: str, admin: Admin
+        self,
+        change: _Change,
+        keep: Resource,
+        lose: Resource,
+        admin: Admin,
+        resolved: str = RESOLVED_BY_MERGE,
+        decided: str | None = None,
     ) -> None:
-        """Other open review Tasks that name the merged-away golden record, in the merge's transaction:
-        a Task now between the survivor and itself, or between two people already marked different, is
-        closed (``cancelled``, decision ``resolved-by-merge``); any other is retargeted to the survivor —
-        in place when its id stays the same (only ``for`` changed), else closed as ``superseded`` and its
-        doubt raised again under the id of the new pair (unless a Task for that pair exists already)."""
-        lose_ref = records.ref(lose["id"])
+        """The other open review Tasks naming ``lose`` (merged into ``keep``) follow it to ``keep`` in this
+        decision's transaction (:func:`retarget.follow_successor`), each in its AuditEvent; ``decided``: the
+        Task this decision closes itself."""
         try:
-            found = await asyncio.gather(
-                self.hapi.search(
-                    "Task", {"status": OPEN, "subject": lose_ref, "_count": "200"}, max_results=2000
-                ),
-                self.hapi.search(
-                    "Task",
-                    {"status": OPEN, score_index.CANDIDATE: lose_ref, "_count": "200"},
-                    max_results=2000,
-                ),
-            )
-        except Unprocessable as exc:  # review-candidate not installed (yet): merging now would miss Tasks
+            found = await retarget.open_reviews_naming(self.hapi, lose["id"])
+        except Unprocessable as exc:  # review-candidate not installed (yet): deciding now would miss Tasks
             if self.index is not None:
                 self.index.start(self.hapi)
             raise UpstreamUnavailable(
-                "The review search parameters are being installed; try the merge again shortly."
+                "The review search parameters are being installed; try the decision again shortly."
             ) from exc
-        ids = sorted({t["id"] for chunk in found for t in chunk} - {decided})
-        distinct = records.distinct_from(keep) | records.distinct_from(lose)
-        for task_id in ids:
-            task = await change.task(task_id)
-            if task is None or task.get("status") != OPEN:
-                continue
-            kind = next(
-                (
-                    c.get("code")
-                    for c in task.get("code", {}).get("coding", [])
-                    if c.get("system") == records.REVIEW_TYPE_SYSTEM
-                ),
-                None,
-            )
-            subject = records.ref_id(task.get("for", {}).get("reference"))
-            other = _task_candidate(task)
-            if kind is None or subject is None or other is None:
-                continue
-            s2 = keep["id"] if subject == lose["id"] else subject
-            o2 = keep["id"] if other == lose["id"] else other
-            if s2 == o2 or (keep["id"] in (s2, o2) and ({s2, o2} - {keep["id"]}) <= distinct):
-                change.put(close_task(task, RESOLVED_BY_MERGE, admin.name, status=MOOT))
-                continue
-            focus = records.ref_id(task.get("focus", {}).get("reference")) or s2
-            new_id = review_task_id(kind, focus if kind == POTENTIAL_MATCH else s2, o2)
-            moved = _retargeted(task, s2, o2)
-            if new_id == task_id:
-                change.put(moved)
-                continue
-            change.put(close_task(task, f"superseded by Task/{new_id}", admin.name, status=MOOT))
-            existing = await change.task(new_id)
-            if existing is None or existing.get("status") == WITHDRAWN:
-                moved["id"] = new_id
-                moved["identifier"] = [
-                    {
-                        "system": records.REVIEW_SYSTEM,
-                        "value": f"{kind}:{focus if kind == POTENTIAL_MATCH else s2}:{o2}",
-                    }
-                ]
-                moved.pop("meta", None)
-                change.put(moved)
+        await retarget.follow_successor(
+            sorted(set(found) - {decided}),
+            keep,
+            lose,
+            read=change.task,
+            put=change.put,
+            resolved=resolved,
+            decided_by=admin.name,
+        )
 
     @_one_at_a_time("golden_id", "source_id")
     async def break_out(
@@ -617,7 +572,7 @@ def _review_state(task: Resource | None) -> dict[str, Any] | None:
     return {
         "status": task.get("status"),
         "for": records.ref_id(task.get("for", {}).get("reference")),
-        "candidate": _task_candidate(task),
+        "candidate": retarget.task_candidate(task),
     }
 
 
@@ -625,20 +580,10 @@ def _with_review(task: Resource, review: dict[str, Any], status: str | None) -> 
     """``task`` open again (or in ``status``) with the subject and candidate of ``review`` (if known)."""
     out = records.clone(task)
     if review.get("for") and review.get("candidate"):
-        out = _retargeted(out, review["for"], review["candidate"])
+        out = retarget.retargeted(out, review["for"], review["candidate"])
     out["status"] = review.get("status") or status or OPEN
     out.pop("output", None)
     out.pop("businessStatus", None)
-    out["lastModified"] = instant()
-    return out
-
-
-def _retargeted(task: Resource, subject: str, other: str) -> Resource:
-    out = records.clone(task)
-    out["for"] = {"reference": records.ref(subject)}
-    for item in out.get("input", []):
-        if item.get("type", {}).get("text") == "candidate":
-            item["valueReference"] = {"reference": records.ref(other)}
     out["lastModified"] = instant()
     return out
 
