@@ -42,6 +42,7 @@ class RecordDecision:
     transaction_id: str | None = None  # the OpenHIM transaction of the request that submitted it
     replaced_by: str | None = None  # its POS merged it into this source record (decision "pos-merge")
     moved_along: tuple[str, ...] = ()  # source records its POS merged into it, moved with it
+    reviews_followed: tuple[str, ...] = ()  # review Tasks of the person it left empty, now about its new one
 
 
 def submission_event(*, actor: Actor, decisions: Sequence[RecordDecision]) -> dict[str, Any]:
@@ -79,6 +80,13 @@ def submission_event(*, actor: Actor, decisions: Sequence[RecordDecision]) -> di
         entities.extend(
             {"what": {"reference": ref(f)}, "description": "source record replaced by it, moved along"}
             for f in d.moved_along
+        )
+        entities.extend(
+            {
+                "what": {"reference": f"Task/{t}"},
+                "description": "review task of the previous person, retargeted or closed",
+            }
+            for t in d.reviews_followed
         )
     action = "create" if {d.action for d in decisions} == {"create"} else "update"
     return event(actor=actor, subtype=action, entities=entities, action="C" if action == "create" else "U")

@@ -32,10 +32,19 @@ import orjson
 
 import matching
 
-from . import linking, records
+from . import linking, records, retarget
 from .audit import Actor, RecordDecision, groups, submission_event
 from .config import ConfigHolder, RegistryConfig
-from .errors import Conflict, Forbidden, InvalidInput, NotFound, RegistryError, Unprocessable, UpstreamError
+from .errors import (
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    RegistryError,
+    Unprocessable,
+    UpstreamError,
+    UpstreamUnavailable,
+)
 from .fhir_client import CallRecord, CallRecorder, HapiClient, current_recorder
 from .locks import LockManager
 from .metrics import Metrics
@@ -429,7 +438,7 @@ class Registry:
         if golden is None:
             golden = records.new_golden(records.new_golden_id(), cfg.cruid_system)
         golden_id = golden["id"]
-        followers, _ = await self._link(uow, prepared.source_id, golden, current)
+        followers, left = await self._link(uow, prepared.source_id, golden, current)
 
         source = records.build_source_record(
             patient,
@@ -442,6 +451,7 @@ class Registry:
         uow.put(source)
 
         await self._stage_reviews(uow, decision, prepared.source_id, golden_id)
+        reviews = await self._follow_successor(uow, left, golden_id, submission.actor)
         audit = RecordDecision(
             action="update" if existing else "create",
             source_id=prepared.source_id,
@@ -452,6 +462,7 @@ class Registry:
             rule=decision.rule,
             transaction_id=submission.actor.transaction_id,
             moved_along=tuple(followers),
+            reviews_followed=reviews,
         )
         result = SubmissionResult(
             created=existing is None,
@@ -512,6 +523,7 @@ class Registry:
                 rule=linking.POS_MERGE_RULE,
             )
             await self._stage_task(uow, task, golden_id)
+        reviews = await self._follow_successor(uow, left, golden_id, submission.actor)
         uow.put(
             records.build_source_record(
                 submission.patient,
@@ -533,6 +545,7 @@ class Registry:
             transaction_id=submission.actor.transaction_id,
             replaced_by=survivor_id,
             moved_along=tuple(followers),
+            reviews_followed=reviews,
         )
         result = SubmissionResult(
             created=existing is None,
@@ -584,6 +597,37 @@ class Registry:
             if record is not None:
                 uow.put(records.relinked(record, golden_id))
         return followers, previous
+
+    async def _follow_successor(
+        self, uow: UnitOfWork, left: Resource | None, golden_id: str, actor: Actor
+    ) -> tuple[str, ...]:
+        """When the relink left its person ``left`` without records (now ``replaced-by`` ``golden_id``),
+        the open review Tasks naming it, the ones staged here included, follow it to ``golden_id`` as after
+        an admin merge (:func:`retarget.follow_successor`); the ids of the Tasks staged. Only then is HAPI
+        searched: a relink that leaves records behind costs nothing more."""
+        if left is None or records.source_ids_of(left) or records.replaced_by(left) != golden_id:
+            return ()
+        keep = await uow.peek("Patient", golden_id)
+        assert keep is not None  # _link staged it
+        try:
+            found = await retarget.open_reviews_naming(self.hapi, left["id"])
+        except Unprocessable as exc:  # review-candidate not installed yet: the app installs it at start-up
+            raise UpstreamUnavailable(
+                "The review search parameters are being installed; retry the submission shortly."
+            ) from exc
+        for task_id, task in found.items():
+            uow.assume("Task", task_id, task)
+        staged = {key.split("/", 1)[1] for key in uow.staged if key.startswith("Task/")}
+        moved = await retarget.follow_successor(
+            sorted({*found, *staged}),
+            keep,
+            left,
+            read=lambda task_id: uow.read("Task", task_id),
+            put=uow.put,
+            resolved=retarget.RESOLVED_BY_MOVE,
+            decided_by=actor.client_id or "anonymous",
+        )
+        return tuple(moved)
 
     async def _candidates(
         self, prepared: Prepared, uow: UnitOfWork, cfg: RegistryConfig, optimistic: bool = False

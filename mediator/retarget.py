@@ -17,6 +17,7 @@ from .records import Resource
 from .review import CANDIDATE_SEARCH, MOOT, OPEN, POTENTIAL_MATCH, WITHDRAWN, close_task, review_task_id
 
 RESOLVED_BY_MERGE = "resolved-by-merge"  # closed: an admin merged the two people (or made it a self-pair)
+RESOLVED_BY_MOVE = "resolved-by-move"  # closed: the person's last records moved to the other one
 MAX_TASKS = 2000  # open review Tasks naming one person read at most (by subject, and by candidate)
 
 
@@ -113,6 +114,7 @@ async def follow_successor(
 
 __all__ = [
     "RESOLVED_BY_MERGE",
+    "RESOLVED_BY_MOVE",
     "follow_successor",
     "open_reviews_naming",
     "retargeted",

@@ -8,8 +8,8 @@
 Ids are derived from the pair, so the same doubt raised twice stays one Task; a Task a person already
 closed (status other than ``requested``) is left alone — except a withdrawn one (``entered-in-error``: an
 admin undid the merge that raised it), which is raised again when due. A Task is closed by a person's
-decision, or as moot (``cancelled``) when a merge or a retraction leaves nothing to decide
-(:func:`close_task`).
+decision, or as moot (``cancelled``) when a merge, a move or relink that empties a person
+(:mod:`mediator.retarget`) or a retraction leaves nothing to decide (:func:`close_task`).
 """
 
 from __future__ import annotations

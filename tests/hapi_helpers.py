@@ -123,3 +123,24 @@ async def serve_proxy(aiohttp_server: Any, forward: Handler) -> str:
     app.router.add_route("*", "/{tail:.*}", forward)
     server = await aiohttp_server(app)
     return f"http://127.0.0.1:{server.port}/fhir"
+
+
+class MissingSearchParameter:
+    """A test proxy (:meth:`handle`): HAPI's answer to every request, but a search with ``code`` is refused
+    as HAPI refuses an unknown search parameter (400) until :attr:`installed`."""
+
+    def __init__(self, hapi_url: str, code: str) -> None:
+        self.hapi_url = hapi_url
+        self.code = code
+        self.installed = False
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        if self.code in request.query_string and not self.installed:
+            outcome = {
+                "resourceType": "OperationOutcome",
+                "issue": [
+                    {"severity": "error", "code": "processing", "diagnostics": "Unknown search parameter"}
+                ],
+            }
+            return web.json_response(outcome, status=400, content_type="application/fhir+json")
+        return await forward_to_hapi(self.hapi_url, request)

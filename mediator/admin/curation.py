@@ -24,7 +24,7 @@ from ..fhir_client import HapiClient
 from ..instants import instant
 from ..locks import LocalKeyedLocks, LockManager
 from ..records import NS, Resource
-from ..retarget import RESOLVED_BY_MERGE
+from ..retarget import RESOLVED_BY_MERGE, RESOLVED_BY_MOVE
 from ..review import OPEN, WITHDRAWN, close_task
 from ..unit_of_work import UnitOfWork
 from . import score_index
@@ -355,9 +355,9 @@ class Curation:
         resolved: str = RESOLVED_BY_MERGE,
         decided: str | None = None,
     ) -> None:
-        """The other open review Tasks naming ``lose`` (merged into ``keep``) follow it to ``keep`` in this
-        decision's transaction (:func:`retarget.follow_successor`), each in its AuditEvent; ``decided``: the
-        Task this decision closes itself."""
+        """The other open review Tasks naming ``lose`` (merged into ``keep``, or emptied by a move to it)
+        follow it to ``keep`` in this decision's transaction (:func:`retarget.follow_successor`), each in its
+        AuditEvent; ``decided``: the Task this decision closes itself."""
         try:
             found = await retarget.open_reviews_naming(self.hapi, lose["id"])
         except Unprocessable as exc:  # review-candidate not installed (yet): deciding now would miss Tasks
@@ -418,13 +418,15 @@ class Curation:
         if current == target_id:
             raise InvalidInput("The source record already belongs to that golden record.")
         old = await change.patient(current) if current else None
-        taken = [source_id]
+        taken, left = [source_id], None
         if old is not None:
             taken, left = await self._take_along(change, source_id, old, target_id)
             change.put(left)
         for moved in taken:
             target = records.with_source(target, moved)
         change.put(target)
+        if left is not None and records.replaced_by(left) == target_id:  # emptied: its Tasks follow
+            await self._retarget_reviews(change, target, left, admin, RESOLVED_BY_MOVE)
         change.put(manually_linked(source, target_id))
         audit_id = await change.commit(admin, MOVE, note=note)
         return Outcome(MOVE, audit_id, tuple(g for g in (current, target_id) if g))

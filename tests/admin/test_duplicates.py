@@ -194,3 +194,63 @@ async def test_merge_closes_or_retargets_the_other_open_tasks(admin, app_client,
     assert {
         f"Task/{i}" for i in (both["id"], towards["id"], subject["id"], dup["id"], new_towards, new_dup)
     } <= named
+
+
+def review_state(task: dict[str, Any]) -> tuple[str, str | None, str | None]:
+    """(status, subject golden, candidate golden) of a review Task."""
+    cand = next(i["valueReference"]["reference"] for i in task["input"] if i["type"]["text"] == "candidate")
+    return task["status"], records.ref_id(task["for"]["reference"]), records.ref_id(cand)
+
+
+async def assert_followed_the_successor(store: Any, tasks: OtherTasks, keep: str, resolved: str) -> None:
+    """The open Tasks of ``tasks`` naming the emptied golden_b follow it to ``keep`` as a merge's do: the
+    pair's and ``both`` closed as self-pairs, ``subject`` retargeted in place, the others closed as
+    superseded and raised again for the new pair; none open names golden_b any more."""
+    pair, lose = tasks.pair, tasks.pair.golden_b
+    for closed in (pair.task, tasks.both["id"]):
+        task = await store.read("Task", closed)
+        assert task["status"] == "cancelled" and task["businessStatus"]["text"] == resolved, closed
+    assert review_state(await store.read("Task", tasks.subject["id"])) == ("requested", keep, tasks.third)
+    for old, new in (
+        (tasks.towards, review_task_id(POTENTIAL_MATCH, tasks.third_sid, keep)),
+        (tasks.dup, review_task_id(POSSIBLE_DUPLICATE, keep, tasks.third)),
+    ):
+        superseded = await store.read("Task", old["id"])
+        assert superseded["status"] == "cancelled"
+        assert superseded["businessStatus"]["text"] == f"superseded by Task/{new}"
+        subject = tasks.third if old is tasks.towards else keep
+        other = keep if old is tasks.towards else tasks.third
+        assert review_state(await store.read("Task", new)) == ("requested", subject, other)
+    for params in ({"subject": f"Patient/{lose}"}, {score_index.CANDIDATE: f"Patient/{lose}"}):
+        assert await store.search("Task", {**params, "status": "requested"}) == []
+
+
+async def test_a_move_emptying_a_person_retargets_or_closes_its_open_tasks_and_undo_reopens_them(
+    admin, app_client, facility, store, settings
+):
+    """golden_b's only record is moved to golden_a: golden_b is golden_a now (replaced-by it), and the
+    review Tasks naming it follow as an admin merge's do, in the move's transaction; undo puts them back."""
+    tasks = await other_tasks(app_client, facility, settings)
+    pair, keep, lose = tasks.pair, tasks.pair.golden_a, tasks.pair.golden_b
+    ids = [pair.task, *(t["id"] for t in (tasks.both, tasks.towards, tasks.subject, tasks.dup))]
+    before = {i: await store.read("Task", i) for i in ids}
+
+    out = await admin.post("/admin/api/move", {"source": pair.source_b, "target": keep})
+
+    assert records.replaced_by(await store.read("Patient", lose)) == keep
+    await assert_followed_the_successor(store, tasks, keep, "resolved-by-move")
+    audit = await store.read("AuditEvent", out["auditEvent"].split("/")[1])
+    named = {e["what"]["reference"] for e in audit["entity"]}
+    new_ids = [
+        review_task_id(POTENTIAL_MATCH, tasks.third_sid, keep),
+        review_task_id(POSSIBLE_DUPLICATE, keep, tasks.third),
+    ]
+    assert {f"Task/{i}" for i in [*ids, *new_ids]} <= named
+
+    await admin.post("/admin/api/undo", {"patient": pair.source_b})
+    assert (await store.assert_consistent(pair.source_b))["id"] == lose
+    for task_id, was in before.items():
+        now = await store.read("Task", task_id)
+        assert review_state(now) == review_state(was) and now["status"] == "requested", task_id
+    for created in new_ids:
+        assert (await store.read("Task", created))["status"] == "entered-in-error"

@@ -14,7 +14,7 @@ from mediator.app import create_app
 from mediator.context import METRICS, STORE
 from mediator.review import POTENTIAL_MATCH
 from tests.conftest import metric_samples, patient, unique_phone, unique_surname
-from tests.hapi_helpers import forward_to_hapi, put_now, serve_proxy
+from tests.hapi_helpers import MissingSearchParameter, forward_to_hapi, put_now, serve_proxy
 from tests.mediator.test_pos_merge import merged, source_id, two_people
 
 CLINIC = {"X-OpenHIM-ClientID": "clinic"}
@@ -328,22 +328,9 @@ async def test_without_the_review_candidate_parameter_the_retraction_waits_503(
     """Before the mediator installed ``review-candidate`` (HAPI: 400 unknown search parameter), the Tasks
     naming a person left without records cannot be found: retracting its last record is 503, nothing
     written, and the same request succeeds once HAPI knows the parameter."""
-    installed = {"yes": False}
-
-    async def forward(request: web.Request) -> web.StreamResponse:
-        if "review-candidate" in request.query_string and not installed["yes"]:
-            outcome = {
-                "resourceType": "OperationOutcome",
-                "issue": [
-                    {"severity": "error", "code": "processing", "diagnostics": "Unknown search parameter"}
-                ],
-            }
-            return web.json_response(outcome, status=400, content_type="application/fhir+json")
-        return await forward_to_hapi(hapi_url, request)
-
-    proxied = await aiohttp_client(
-        create_app(dataclasses.replace(settings, hapi_base_url=await serve_proxy(aiohttp_server, forward)))
-    )
+    forward = MissingSearchParameter(hapi_url, "review-candidate")
+    proxy = await serve_proxy(aiohttp_server, forward.handle)
+    proxied = await aiohttp_client(create_app(dataclasses.replace(settings, hapi_base_url=proxy)))
     resp = await _submit(proxied, patient(facility, "NOSP", family=unique_surname()))
     source = await _source_id(resp)
 
@@ -352,7 +339,7 @@ async def test_without_the_review_candidate_parameter_the_retraction_waits_503(
     assert refused.status == 503
     assert (await refused.json(content_type=None))["issue"][0]["code"] == "transient"
     assert await store.read("Patient", source) is not None and not await _deletion_events(store, source)
-    installed["yes"] = True
+    forward.installed = True
     assert (await proxied.delete(f"/fhir/Patient/{source}")).status == 200
 
 
