@@ -203,9 +203,23 @@ def merge_target(
 
 
 def followers(survivor_id: str, sources: Iterable[Mapping[str, Any] | None]) -> list[str]:
-    """The ids of the ``sources`` their POS merged into ``survivor_id``: one person with it by the POS's
-    decision, they go wherever matching takes it (and do not count as others it would leave behind)."""
-    return [s["id"] for s in sources if s is not None and records.pos_survivor(s) == survivor_id]
+    """The ids of the ``sources`` their POS merged into ``survivor_id``, or into one of those, and so on:
+    one person with it by the POS's decisions, they go wherever matching or an admin takes it (and do not
+    count as others it would leave behind)."""
+    return followers_of(survivor_id, {s["id"]: records.pos_survivor(s) for s in sources if s is not None})
+
+
+def followers_of(survivor_id: str, merged_into: Mapping[str, str | None]) -> list[str]:
+    """:func:`followers` from what each record was merged into (record id -> survivor id or None): the
+    records merged into ``survivor_id`` first, then those merged into them, in the order given."""
+    out: list[str] = []
+    seen = {survivor_id}
+    wave = [survivor_id]
+    while wave:
+        wave = [rid for rid, into in merged_into.items() if into in wave and rid not in seen]
+        seen.update(wave)
+        out.extend(wave)
+    return out
 
 
 __all__ = [
@@ -215,6 +229,7 @@ __all__ = [
     "candidates",
     "choose_golden",
     "followers",
+    "followers_of",
     "merge_link",
     "merge_target",
     "within_limit",

@@ -239,7 +239,8 @@ def plan(snapshot: Snapshot, cfg: RegistryConfig) -> Plan:
         if decision.outcome == "potential":
             out.potential += 1
         # the records its POS merged into it go where it goes (Registry._link): not others it would leave
-        followers = {f for f in members[current] if sources[f].merged_into == sid} if current else set()
+        merged = {f: sources[f].merged_into for f in members[current]} if current else {}
+        followers = set(linking.followers_of(sid, merged))
         target = linking.choose_golden(
             current=current,
             manual=False,  # manually linked records were kept above

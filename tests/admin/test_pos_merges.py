@@ -315,3 +315,30 @@ async def test_a_break_of_a_survivor_whose_only_other_records_are_merged_into_it
 
     assert "merged into it" in refused["issue"][0]["diagnostics"]
     assert [await store.read("Patient", rid) for rid in (old_golden, survivor, follower)] == before
+
+
+async def test_an_admin_move_of_a_survivor_takes_the_records_merged_into_its_merged_ones_too(
+    admin, app_client, facility, store
+):
+    """Z was merged into F, then F into S: moving S takes F and Z along (Z follows F, which follows S)."""
+    born = {"S": "1990-01-02", "F": "1987-04-12", "Z": "1955-05-05", "T": "1970-03-03"}
+    people = {
+        key: patient(facility, key, family=unique_surname(), given=f"Given{key}", birth_date=day)
+        for key, day in born.items()
+    }
+    answers = {key: await app_client.post("/fhir/Patient", json=p) for key, p in people.items()}
+    assert len({a.headers["X-CRUID"] for a in answers.values()}) == 4
+    ids = {key: records.source_record_id(facility, key) for key in people}
+    for subsumed, into in (("Z", "F"), ("F", "S")):
+        link = [{"type": "replaced-by", "other": {"reference": f"Patient/{ids[into]}"}}]
+        body = {**people[subsumed], "active": False, "link": link}
+        assert (await app_client.put(f"/fhir/Patient/{ids[subsumed]}", json=body)).status == 200
+    target = answers["T"].headers["X-CRUID"]
+
+    await admin.post("/admin/api/move", {"source": ids["S"], "target": target})
+
+    golden = await store.assert_consistent(ids["S"])
+    assert golden["id"] == target and {ids["F"], ids["Z"]} <= set(records.source_ids_of(golden))
+    assert records.pos_survivor(await store.read("Patient", ids["Z"])) == ids["F"]
+    assert records.pos_survivor(await store.read("Patient", ids["F"])) == ids["S"]
+    assert records.source_ids_of(await store.read("Patient", answers["S"].headers["X-CRUID"])) == []

@@ -246,10 +246,26 @@ async def test_resubmitting_the_survivor_keeps_everything(client, store, facilit
     assert records.pos_survivor(await store.read("Patient", source_id(a))) == source_id(b)
 
 
+async def z_merged_into_subsumed(client: Any, facility: str) -> tuple[Any, Any, Any]:
+    """:func:`two_people`, and a third record Z its POS merged into the subsumed one (A); Z's answer last."""
+    (subsumed, a), (survivor, b) = await two_people(client, facility)
+    z = patient(facility, "Z-1", family=unique_surname(), given="Rehema", birth_date="1955-05-05")
+    z_answer = await client.post("/fhir/Patient", json=z)
+    assert (
+        await client.put(f"/fhir/Patient/{source_id(z_answer)}", json=merged(z, source_id(a)))
+    ).status == 200
+    return (subsumed, a), (survivor, b), z_answer
+
+
+@pytest.mark.parametrize("chain", [False, True])
 async def test_a_survivor_matching_takes_to_another_person_takes_its_subsumed_records_along(
-    client, store, facility
+    client, store, facility, chain
 ):
-    (subsumed, a), (_, b) = await two_people(client, facility)
+    """``chain``: Z was merged into A before A into B, so Z goes with B's person too, as A does."""
+    if chain:
+        (subsumed, a), (_, b), z_answer = await z_merged_into_subsumed(client, facility)
+    else:
+        (subsumed, a), (_, b) = await two_people(client, facility)
     assert (
         await client.put(f"/fhir/Patient/{source_id(a)}", json=merged(subsumed, source_id(b)))
     ).status == 200
@@ -269,6 +285,9 @@ async def test_a_survivor_matching_takes_to_another_person_takes_its_subsumed_re
     ) == source_id(b)
     golden = await store.assert_consistent(source_id(b))
     assert source_id(a) in records.source_ids_of(golden)
+    if chain:
+        assert source_id(z_answer) in records.source_ids_of(golden)
+        assert records.pos_survivor(await store.read("Patient", source_id(z_answer))) == source_id(a)
     left = await store.read("Patient", b.headers["X-CRUID"])
     assert left["active"] is False and records.source_ids_of(left) == []
     events = await store.search("AuditEvent", {"entity": f"Patient/{source_id(a)}"})
@@ -277,12 +296,7 @@ async def test_a_survivor_matching_takes_to_another_person_takes_its_subsumed_re
 
 async def test_a_subsumed_record_merged_on_takes_what_was_merged_into_it_along(client, store, facility):
     """Z was merged into A; then A into B: Z goes with A to B's person, and names A still."""
-    (subsumed, a), (_, b) = await two_people(client, facility)
-    z = patient(facility, "Z-1", family=unique_surname(), given="Rehema", birth_date="1955-05-05")
-    z_answer = await client.post("/fhir/Patient", json=z)
-    assert (
-        await client.put(f"/fhir/Patient/{source_id(z_answer)}", json=merged(z, source_id(a)))
-    ).status == 200
+    (subsumed, a), (_, b), z_answer = await z_merged_into_subsumed(client, facility)
 
     resp = await client.put(f"/fhir/Patient/{source_id(a)}", json=merged(subsumed, source_id(b)))
 
@@ -503,6 +517,13 @@ def test_followers_are_the_records_merged_into_the_survivor():
 
     found = [source("src-a", "src-s"), source("src-b", None), None, source("src-c", "src-other")]
     assert linking.followers("src-s", found) == ["src-a"]
+    # Z was merged into A before A into S: Z is with S's person by its POS's decisions too
+    chain = [source("src-z", "src-a"), *found, source("src-y", "src-z")]
+    assert linking.followers("src-s", chain) == ["src-a", "src-z", "src-y"]
+    assert linking.followers_of("src-s", {"src-a": "src-s", "src-z": "src-a", "src-b": None}) == [
+        "src-a",
+        "src-z",
+    ]
 
 
 def test_the_rematch_plan_keeps_a_survivor_with_the_records_merged_into_it():
@@ -528,6 +549,32 @@ def test_the_rematch_plan_keeps_a_survivor_with_the_records_merged_into_it():
 
     assert [c.kind for c in rematch.plan(snapshot(None), cfg).changes] == ["split"], "the control"
     assert rematch.plan(snapshot(survivor), cfg).changes == []
+
+
+def test_the_rematch_plan_keeps_a_survivor_with_the_records_merged_into_its_merged_ones():
+    """Z merged into OLD before OLD into KEEP: all three stay one person, as the live workflow keeps them."""
+    cfg = RegistryConfig.from_settings(Settings())
+    ids = {key: records.source_record_id("urn:s", key) for key in ("KEEP", "OLD", "Z")}
+    born = {"KEEP": "1990-01-02", "OLD": "1987-04-12", "Z": "1955-05-05"}
+    into = {"KEEP": None, "OLD": ids["KEEP"], "Z": ids["OLD"]}
+    stored = [
+        records.build_source_record(
+            patient("urn:s", key, family=unique_surname(), given=f"Given{key}", birth_date=day),
+            ids[key],
+            client_id=None,
+            golden_id="cr-1",
+            block_keys=[],
+            survivor=into[key],
+        )
+        for key, day in born.items()
+    ]
+    golden = records.new_golden("cr-1", "urn:c")
+    for sid in ids.values():
+        golden = records.with_source(golden, sid)
+    sources = {r["id"]: rematch.source_facts(r, cfg.rules) for r in stored}
+    snapshot = rematch.Snapshot(sources, {"cr-1": rematch.golden_facts(golden)}, cfg.rules)
+
+    assert rematch.plan(snapshot, cfg).changes == []
 
 
 async def test_the_capability_statement_says_which_links_are_taken(client):
