@@ -335,9 +335,17 @@ class Curation:
         moved = records.source_ids_of(lose)
         sources = await asyncio.gather(*(change.patient(s) for s in moved))
         survivor = records.clone(keep)
+        # one person now: a record its POS merged into another of them keeps that merge (the admin decided
+        # about people, not about the POS's records), so it still follows its survivor; the rest are manual
+        together = {*moved, *records.source_ids_of(keep)}
         for sid, source in zip(moved, sources, strict=True):
             if source is not None:
-                change.put(manually_linked(source, keep["id"]))
+                kept_merge = records.pos_survivor(source) in together
+                change.put(
+                    records.relinked(source, keep["id"])
+                    if kept_merge
+                    else manually_linked(source, keep["id"])
+                )
                 survivor = records.with_source(survivor, sid)
         merged_distinct = (records.distinct_from(keep) | records.distinct_from(lose)) - {
             keep["id"],

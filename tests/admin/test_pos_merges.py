@@ -15,6 +15,7 @@ from mediator import records
 from mediator.admin.jobs import JOBS
 from mediator.context import STORE
 from mediator.settings import REPO_ROOT
+from tests.admin.conftest import make_pair
 from tests.admin.test_duplicates import _put
 from tests.conftest import patient, unique_surname
 
@@ -342,3 +343,37 @@ async def test_an_admin_move_of_a_survivor_takes_the_records_merged_into_its_mer
     assert records.pos_survivor(await store.read("Patient", ids["Z"])) == ids["F"]
     assert records.pos_survivor(await store.read("Patient", ids["F"])) == ids["S"]
     assert records.source_ids_of(await store.read("Patient", answers["S"].headers["X-CRUID"])) == []
+
+
+async def test_an_admin_merge_of_two_people_keeps_the_pos_merges_among_their_records(
+    admin, app_client, facility, store
+):
+    """Merging the person of a survivor and its merged record into another person does not overrule the
+    POS: the merged record keeps its merge (before, it became a manual link), so a later move of the
+    survivor still takes it along."""
+    pair = await make_pair(app_client, facility)
+    merged_patient = {
+        **patient(facility, "Z", family=unique_surname(), given="Zawadi", birth_date="1960-06-06"),
+        "active": False,
+        "link": [{"type": "replaced-by", "other": {"reference": f"Patient/{pair.source_a}"}}],
+    }
+    zid = records.source_record_id(facility, "Z")
+    answer = await app_client.post("/fhir/Patient", json=merged_patient)
+    assert answer.status == 201 and answer.headers["X-CRUID"] == pair.golden_a
+
+    await admin.post(
+        f"/admin/api/pairs/{pair.task}/decision", {"decision": "same-person", "survivor": pair.golden_b}
+    )
+
+    follower = await store.read("Patient", zid)
+    assert records.golden_id_of(follower) == pair.golden_b
+    assert records.link_decision(follower) == records.POS_MERGE
+    assert records.pos_survivor(follower) == pair.source_a
+    assert records.link_decision(await store.read("Patient", pair.source_a)) == records.MANUAL
+
+    third = await app_client.post(
+        "/fhir/Patient",
+        json=patient(facility, "T", family=unique_surname(), given="Neema", birth_date="1970-03-03"),
+    )
+    await admin.post("/admin/api/move", {"source": pair.source_a, "target": third.headers["X-CRUID"]})
+    assert (await store.assert_consistent(zid))["id"] == third.headers["X-CRUID"]
