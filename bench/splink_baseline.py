@@ -22,7 +22,8 @@ def flatten(p: Mapping[str, Any], nid_system: str = NID) -> dict[str, Any]:
         year = bd[0][:4]
         if bd[0][5:7] != "00" and bd[0][8:10] != "00":
             dob = bd[0]
-    nid = [x.rpartition("|")[2] for x in nz.identifiers(p) if x.rpartition("|")[0] == nid_system]
+    ids = (nz.split_identifier(x) for x in nz.identifiers(p))
+    nid = [nz.folded_identifier(v) for s, v in ids if s == nid_system]
     phones, emails = nz.phones(p), nz.emails(p)
     city, line = nz.EXTRACTORS["address.city"][0](p), nz.EXTRACTORS["address.line"][0](p)
     return {

@@ -48,7 +48,11 @@ class _Facts:
 
     @cached_property
     def identifiers(self) -> tuple[str, ...]:
-        return nz.identifiers(self.p)
+        """``system|value``, every system's value folded to [a-z0-9] (:func:`normalise.folded_identifier`),
+        shared or local: a facility's numbers differing only in case or punctuation meet (the comparator
+        tells them apart), and the keys stay those records were tagged with before the comparator did."""
+        folded = (nz.split_identifier(x) for x in nz.identifiers(self.p))
+        return tuple(dict.fromkeys(f"{s}|{nz.folded_identifier(v)}" for s, v in folded))
 
 
 def _precise(d: tuple[int, int, int] | None) -> bool:
@@ -61,7 +65,7 @@ def _phon(tokens: tuple[str, ...]) -> list[str]:
 
 def _shared_ids(f: _Facts) -> list[str]:
     shared = set(f.rules.shared_identifier_systems)
-    return [_h(x) for x in f.identifiers if x.rpartition("|")[0] in shared]
+    return [_h(x) for x in f.identifiers if nz.split_identifier(x)[0] in shared]
 
 
 def _day_month(f: _Facts) -> list[str]:

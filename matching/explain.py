@@ -9,6 +9,7 @@ from functools import cached_property, lru_cache, partial
 from typing import Any, NamedTuple
 
 from .comparators import Identifier
+from .normalise import split_identifier
 from .rules import OUTCOMES, Rules
 from .scoring import Compared, Table, holds
 
@@ -92,7 +93,7 @@ class Explanation:
         """A human-readable table."""
         out = [f"{'field':<14} {'left':<28} {'right':<28} {'level':<10} {'weight':>7}"]
         for f in self.fields:
-            left, right = (" ".join(v.rpartition("|")[2] for v in side) for side in (f.left, f.right))
+            left, right = (" ".join(split_identifier(v)[1] for v in side) for side in (f.left, f.right))
             out.append(f"{f.field:<14} {left[:28]:<28} {right[:28]:<28} {f.level:<10} {f.weight:>+7.2f}")
         out.append(f"{'prior':<82} {self.prior_weight:>+7.2f}")
         out.append(f"{'total':<82} {self.score:>+7.2f}")
@@ -122,7 +123,8 @@ def _label(rules: Rules, decided: int, capped: int) -> str:
 
 
 def _shown(comparator: object, values: tuple[str, ...]) -> tuple[str, ...]:
-    """Identifier fields show only the identifiers of the systems they compare."""
+    """Identifier fields show only the identifiers of the systems they compare, as they compare them:
+    shared systems' values folded, facilities' as the registry keys them."""
     if values and isinstance(comparator, Identifier):
         return _selected(comparator, values)
     return values
@@ -130,7 +132,7 @@ def _shown(comparator: object, values: tuple[str, ...]) -> tuple[str, ...]:
 
 @lru_cache(maxsize=65_536)
 def _selected(comparator: Identifier, values: tuple[str, ...]) -> tuple[str, ...]:
-    return tuple(v for v in values if comparator.selects(v.rpartition("|")[0]))
+    return comparator.shown(values)
 
 
 def explain_all(

@@ -2,7 +2,8 @@
 
 Every extractor returns a tuple of strings (possibly empty: the value is missing); dates are returned as one
 ``YYYY-MM-DD`` string with ``00`` for unknown parts. Normalisation is deliberately boring and predictable:
-accents folded, lower case, punctuation to spaces, honorifics and generational suffixes dropped.
+accents folded, lower case, punctuation to spaces, honorifics and generational suffixes dropped. Identifier
+values are the exception: kept as the registry keys them (:func:`identifiers`), folded where compared.
 """
 
 from __future__ import annotations
@@ -77,16 +78,40 @@ def birth_date(patient: Mapping[str, Any]) -> tuple[str, ...]:
     return (f"{y:04d}-{mo:02d}-{d:02d}",)
 
 
+def identifier_value(value: str) -> str:
+    """An identifier value as the registry keys a source record by it (``mediator.identifiers.normal_text``,
+    without its refusals): NFKC, no leading or trailing whitespace; case and punctuation kept."""
+    return unicodedata.normalize("NFKC", value).strip()
+
+
+@lru_cache(maxsize=200_000)
+def folded_identifier(value: str) -> str:
+    """``value`` folded to [a-z0-9] (accents, case, spaces, dashes and other punctuation dropped): the form
+    shared (national) ids are compared in, one id typed with and without dashes being one id."""
+    return fold(value).replace(" ", "")
+
+
+def split_identifier(entry: str) -> tuple[str, str]:
+    """An entry of :func:`identifiers` as (system, value): split at the first ``|`` (a system holds none: it
+    is a URI, and the registry refuses one that does), so a value may hold ``|``. Without a ``|``, no
+    system: ``("", entry)``."""
+    system, bar, value = entry.partition("|")
+    return (system, value) if bar else ("", entry)
+
+
 def identifiers(patient: Mapping[str, Any]) -> tuple[str, ...]:
-    """``system|value`` strings, value folded to [a-z0-9] (spaces and dashes dropped)."""
+    """``system|value`` strings, the value as the registry keys it (:func:`identifier_value`: NFKC, trimmed,
+    no case or punctuation folding). A value without a letter or digit is left out. Which values agree is
+    the comparator's concern: it folds the values of shared systems (:func:`folded_identifier`), and so do
+    the blocking keys of every system."""
     out = []
     for ident in patient.get("identifier") or ():
         if not isinstance(ident, Mapping):
             continue
         system, value = ident.get("system"), ident.get("value")
         if isinstance(system, str) and isinstance(value, str):
-            v = fold(value).replace(" ", "")
-            if v:
+            v = identifier_value(value)
+            if folded_identifier(v):
                 out.append(f"{system}|{v}")
     return tuple(dict.fromkeys(out))
 

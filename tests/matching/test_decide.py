@@ -170,7 +170,7 @@ def test_identifier_explanations_show_only_compared_systems(rules: matching.Rule
     )
     shown = {f.field: f.left for f in e.fields}
     assert shown["national_id"] == (f"{NID}|123456789",)
-    assert shown["facility_id"] == ("http://facility-a.org/mrn|a1",)
+    assert shown["facility_id"] == ("http://facility-a.org/mrn|A1",)  # as the registry keys it
     assert "123456789" in e.text()
 
 
