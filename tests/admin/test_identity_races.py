@@ -1,0 +1,130 @@
+"""Races of an admin's identity changes (move, break, undo) with a POS's own merges of the same records.
+
+A proxy before HAPI holds the admin's transaction (after all its reads) until the POS's submission has been
+written: the two decisions take no common key lock (``curation:`` and ``src:`` keys), so only HAPI's
+``If-Match`` keeps them from writing a person apart from its POS's merge. No sleeps: the proxy waits on
+events the test sets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from mediator import records
+from mediator.app import create_app
+from tests.admin.conftest import AdminClient
+from tests.conftest import patient, unique_surname
+from tests.hapi_helpers import forward_to_hapi, is_transaction, serve_proxy
+
+
+class HoldAdminTransaction:
+    """A test proxy (:meth:`handle`): HAPI's answer to every request, but the first transaction written by
+    an admin's decision (its AuditEvent's subtype system) waits at the proxy until :meth:`release`;
+    :attr:`arrived` is set once it waits."""
+
+    MARKER = b"admin-action"
+
+    def __init__(self, hapi_url: str) -> None:
+        self.hapi_url = hapi_url
+        self.arrived = asyncio.Event()
+        self.released = asyncio.Event()
+
+    def release(self) -> None:
+        self.released.set()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        waits = is_transaction(request) and not self.released.is_set() and not self.arrived.is_set()
+        if waits and self.MARKER in await request.read():
+            self.arrived.set()
+            await self.released.wait()
+        return await forward_to_hapi(self.hapi_url, request)
+
+
+@dataclasses.dataclass(frozen=True)
+class Person:
+    """One person of the records ``A`` and ``Z`` of one facility (and ``W`` of another, if asked), and a
+    person ``T`` of its own: their resources, source ids and golden records."""
+
+    bodies: dict[str, dict[str, Any]]
+    ids: dict[str, str]
+    golden: str
+    target: str
+
+
+async def _person(client: Any, facility: str, *, with_other: bool) -> Person:
+    family = unique_surname()
+    ward = facility.replace("facility-", "ward-")
+    bodies = {
+        "A": patient(facility, "A", family=family),
+        "Z": patient(facility, "Z", family=family),
+        "T": patient(facility, "T", family=unique_surname(), given="Neema", birth_date="1970-03-03"),
+    }
+    if with_other:
+        bodies["W"] = patient(ward, "W", family=family)
+    answers = {key: await client.post("/fhir/Patient", json=body) for key, body in bodies.items()}
+    assert all(a.status == 201 for a in answers.values())
+    same = {answers[k].headers["X-CRUID"] for k in bodies if k != "T"}
+    assert len(same) == 1 and answers["T"].headers["X-CRUID"] not in same
+    ids = {k: (await a.json())["id"] for k, a in answers.items()}
+    return Person(bodies, ids, answers["A"].headers["X-CRUID"], answers["T"].headers["X-CRUID"])
+
+
+def _merged(body: dict[str, Any], survivor_id: str) -> dict[str, Any]:
+    return {
+        **body,
+        "active": False,
+        "link": [{"type": "replaced-by", "other": {"reference": f"Patient/{survivor_id}"}}],
+    }
+
+
+async def _proxied_admin(aiohttp_client: Any, aiohttp_server: Any, settings: Any, hold: Any) -> AdminClient:
+    proxied = dataclasses.replace(settings, hapi_base_url=await serve_proxy(aiohttp_server, hold.handle))
+    return await AdminClient(await aiohttp_client(create_app(proxied))).login()
+
+
+def decision_of(admin: AdminClient, action: str, person: Person) -> Any:
+    """The admin's request moving A to T's person, or breaking A out of its person (not awaited)."""
+    headers = {"X-CSRF-Token": admin.csrf}
+    if action == "move":
+        body = {"source": person.ids["A"], "target": person.target}
+        return admin.client.post("/admin/api/move", json=body, headers=headers)
+    path = f"/admin/api/golden/{person.golden}/break"
+    return admin.client.post(path, json={"source": person.ids["A"]}, headers=headers)
+
+
+@pytest.mark.parametrize("action", ["move", "break"])
+async def test_a_pos_merge_into_a_record_an_admin_moves_meanwhile_keeps_it_with_its_survivor(
+    action, aiohttp_client, aiohttp_server, settings, hapi_url, store, facility
+):
+    """A and Z are one person; the admin moves (or breaks out) A while Z's POS merges Z into A. The merge
+    changes neither A nor their golden record (HAPI keeps an unchanged record's version), so the admin's
+    transaction, decided before Z was A's follower, passed every If-Match and left Z on the old person,
+    replaced-by A on another. Now the records it read are held (If-Match): 409, nothing written; the
+    admin's second look takes Z along."""
+    hold = HoldAdminTransaction(hapi_url)
+    admin = await _proxied_admin(aiohttp_client, aiohttp_server, settings, hold)
+    person = await _person(admin.client, facility, with_other=action == "break")
+    a, z = person.ids["A"], person.ids["Z"]
+    decided = asyncio.ensure_future(decision_of(admin, action, person))
+    await hold.arrived.wait()  # the admin's decision has read everything and is about to write
+
+    merge = await admin.client.put(f"/fhir/Patient/{z}", json=_merged(person.bodies["Z"], a))
+    assert merge.status == 200 and merge.headers["X-CRUID"] == person.golden, await merge.text()
+    hold.release()
+    answer = await decided
+
+    assert answer.status == 409, await answer.text()
+    for rid in (a, z):
+        assert (await store.assert_consistent(rid))["id"] == person.golden, "nothing written"
+    assert records.pos_survivor(await store.read("Patient", z)) == a
+    assert records.source_ids_of(await store.read("Patient", person.target)) == [person.ids["T"]]
+
+    again = await decision_of(admin, action, person)  # the admin looks again: Z goes with A now
+    assert again.status == 200, await again.text()
+    survivor = await store.assert_consistent(a)
+    assert (await store.assert_consistent(z))["id"] == survivor["id"] != person.golden
