@@ -498,6 +498,7 @@ class Curation:
         task: Resource | None = None
         task_before: str | None = None
         goldens: list[str] = []
+        leaving: list[str] = []  # source records the undo takes off the golden record they are on now
         for entity in last.get("entity", []):
             reference = entity.get("what", {}).get("reference", "")
             details = {d.get("type"): d.get("valueString") for d in entity.get("detail", [])}
@@ -512,6 +513,8 @@ class Curation:
                 change.put(records.with_link_state(current, before))
                 if after["kind"] == "golden" or before["kind"] == "golden":
                     goldens.append(rid)
+                elif after.get("golden") != before.get("golden"):
+                    leaving.append(rid)
             elif reference.startswith("Task/"):
                 tid = reference.split("/", 1)[1]
                 stored, restored = await self._undo_task(change, tid, details, admin)
@@ -519,8 +522,32 @@ class Curation:
                     task, task_before = restored, stored.get("status")
                 else:
                     change.put(restored)
+        await self._no_follower_left_behind(change, goldens, leaving)
         audit_id = await change.commit(admin, UNDO, task=task, task_before=task_before, undoes=last["id"])
         return Outcome(UNDO, audit_id, tuple(goldens), task["id"] if task else None)
+
+    async def _no_follower_left_behind(self, change: _Change, goldens: list[str], leaving: list[str]) -> None:
+        """409 when a POS merged a record the undone decision did not touch into one the undo takes away
+        (its person's golden record unchanged: it was on it already), which would leave it behind on
+        another person than its survivor. The other records of those golden records are held
+        (``If-Match``): one merged meanwhile refuses the undo too."""
+        named = set(change.before)
+        others: list[Resource] = []
+        for golden_id in goldens:
+            golden = await change.patient(golden_id)
+            ids = [s for s in records.source_ids_of(golden or {}) if s not in named]
+            await change.uow.prefetch("Patient", ids)
+            others.extend(r for r in await asyncio.gather(*(change.patient(s) for s in ids)) if r is not None)
+        for record in others:
+            change.hold(record)
+        for rid in leaving:
+            behind = linking.followers(rid, others)
+            if behind:
+                raise Conflict(
+                    f"Patient/{behind[0]} was merged into Patient/{rid} by its point-of-service system after "
+                    "that decision; undoing it would leave that record on another person than its survivor. "
+                    "Move it first."
+                )
 
     async def _undo_task(
         self, change: _Change, task_id: str, details: dict[str, Any], admin: Admin

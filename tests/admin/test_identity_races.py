@@ -128,3 +128,68 @@ async def test_a_pos_merge_into_a_record_an_admin_moves_meanwhile_keeps_it_with_
     assert again.status == 200, await again.text()
     survivor = await store.assert_consistent(a)
     assert (await store.assert_consistent(z))["id"] == survivor["id"] != person.golden
+
+
+async def _moved_with_follower(admin: AdminClient, facility: str) -> Person:
+    """A and Z one person, Z merged into A by its POS; the admin moved A (and with it Z) to T's person."""
+    person = await _person(admin.client, facility, with_other=False)
+    a, z = person.ids["A"], person.ids["Z"]
+    merge = await admin.client.put(f"/fhir/Patient/{z}", json=_merged(person.bodies["Z"], a))
+    assert merge.status == 200, await merge.text()
+    await admin.post("/admin/api/move", {"source": a, "target": person.target})
+    assert (await admin.get(f"/admin/api/golden/{person.target}"))["sources"]
+    return person
+
+
+async def _states(store: Any, ids: list[str]) -> list[dict[str, Any]]:
+    return [records.link_state(await store.read("Patient", rid)) for rid in ids]
+
+
+async def test_undo_of_a_move_after_its_pos_merged_another_record_into_the_moved_one_is_refused(
+    admin, facility, store
+):
+    """After the move, T's POS merges T (already on the target person) into A: nothing the move's
+    AuditEvent names changes (HAPI keeps the unchanged golden record's version), and undo used to take A
+    and Z back, leaving T on the target person replaced-by A on another. Now 409, nothing written."""
+    person = await _moved_with_follower(admin, facility)
+    a, t = person.ids["A"], person.ids["T"]
+    merge = await admin.client.put(f"/fhir/Patient/{t}", json=_merged(person.bodies["T"], a))
+    assert merge.status == 200 and merge.headers["X-CRUID"] == person.target, await merge.text()
+    ids = [*person.ids.values(), person.golden, person.target]
+    before = await _states(store, ids)
+
+    refused = await admin.post("/admin/api/undo", {"patient": a}, status=409)
+
+    assert f"Patient/{t}" in refused["issue"][0]["diagnostics"]
+    assert await _states(store, ids) == before
+    assert (await store.assert_consistent(t))["id"] == (await store.assert_consistent(a))["id"]
+
+
+@pytest.mark.parametrize("change", ["merged elsewhere", "retracted", "updated"])
+async def test_undo_of_a_move_after_its_follower_changed_at_its_pos(change, admin, facility, store):
+    """Z, moved along with A, is then merged by its POS into T, or retracted: undo is 409, nothing written.
+    Its POS only updating its demographics changes no link: undo takes it back with A."""
+    person = await _moved_with_follower(admin, facility)
+    a, z = person.ids["A"], person.ids["Z"]
+    if change == "merged elsewhere":
+        answer = await admin.client.put(
+            f"/fhir/Patient/{z}", json=_merged(person.bodies["Z"], person.ids["T"])
+        )
+    elif change == "retracted":
+        answer = await admin.client.delete(f"/fhir/Patient/{z}")
+    else:
+        body = {**person.bodies["Z"], "active": False, "gender": "other"}
+        answer = await admin.client.put(f"/fhir/Patient/{z}", json=body)
+    assert answer.status == 200, await answer.text()
+    ids = [*person.ids.values(), person.golden, person.target]
+    before = await _states(store, ids)
+
+    if change == "updated":
+        await admin.post("/admin/api/undo", {"patient": a})
+        assert (await store.assert_consistent(z))["id"] == person.golden
+        assert (await store.assert_consistent(a))["id"] == person.golden
+        assert records.pos_survivor(await store.read("Patient", z)) == a
+        return
+    refused = await admin.post("/admin/api/undo", {"patient": a}, status=409)
+    assert f"Patient/{z}" in refused["issue"][0]["diagnostics"]
+    assert await _states(store, ids) == before
