@@ -403,6 +403,8 @@ class Curation:
         change = _Change(self.hapi, self.locks)
         golden = await change.require(golden_id, "Golden record")
         if source_id not in records.source_ids_of(golden):
+            if (done := await self._retried(BREAK, source_id, admin, left=golden_id)) is not None:
+                return done
             raise InvalidInput(f"Patient/{source_id} is not a source record of Patient/{golden_id}.")
         if records.source_ids_of(golden) == [source_id]:
             raise InvalidInput("This is the golden record's only source record; there is nothing to split.")
@@ -436,6 +438,8 @@ class Curation:
             raise InvalidInput(f"Patient/{target_id} is not a live golden record.")
         current = records.golden_id_of(source)
         if current == target_id:
+            if (done := await self._retried(MOVE, source_id, admin, joined=target_id)) is not None:
+                return done
             raise InvalidInput("The source record already belongs to that golden record.")
         old = await change.patient(current) if current else None
         taken, left = [source_id], None
@@ -450,6 +454,24 @@ class Curation:
         change.put(manually_linked(source, target_id))
         audit_id = await change.commit(admin, MOVE, note=note)
         return Outcome(MOVE, audit_id, tuple(g for g in (current, target_id) if g))
+
+    async def _retried(
+        self, action: str, source_id: str, admin: Admin, *, left: str = "", joined: str = ""
+    ) -> Outcome | None:
+        """The outcome of ``admin``'s own last decision ``action`` on ``source_id`` when it took the record
+        off ``left`` (or to ``joined``) and nothing changed its link since: the admin's retry of a decision
+        HAPI committed but whose answer was lost (504). Answered the same, nothing written; else None."""
+        last = await self.last_decision(source_id)
+        if last is None or _action_of(last) != action or _admin_of(last) != admin.name:
+            return None
+        states = _patient_states(last).get(source_id)
+        current = await self.hapi.read("Patient", source_id)
+        if states is None or current is None or records.link_state(current) != states[1]:
+            return None
+        before, after = states[0].get("golden"), states[1].get("golden")
+        if (left and before != left) or (joined and after != joined):
+            return None
+        return Outcome(action, str(last["id"]), tuple(g for g in (before, after) if g))
 
     async def _take_along(
         self, change: _Change, source_id: str, golden: Resource, to_id: str
@@ -605,6 +627,23 @@ def _action_of(ev: Resource) -> str | None:
         if coding.get("system") == ADMIN_ACTION_SYSTEM and isinstance(coding.get("code"), str):
             return str(coding["code"])
     return None
+
+
+def _admin_of(ev: Resource) -> str | None:
+    agents = ev.get("agent", [])
+    value = agents[0].get("who", {}).get("identifier", {}).get("value") if agents else None
+    return value if isinstance(value, str) else None
+
+
+def _patient_states(ev: Resource) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+    """The link state before and after of each Patient a decision's AuditEvent names."""
+    out = {}
+    for entity in ev.get("entity", []):
+        reference = entity.get("what", {}).get("reference", "")
+        details = {d.get("type"): d.get("valueString") for d in entity.get("detail", [])}
+        if reference.startswith("Patient/") and "before" in details and "after" in details:
+            out[reference.split("/", 1)[1]] = (json.loads(details["before"]), json.loads(details["after"]))
+    return out
 
 
 def _task_snapshot(task: Resource | None) -> Resource | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 from typing import Any
 
 import pytest
@@ -193,3 +194,68 @@ async def test_undo_of_a_move_after_its_follower_changed_at_its_pos(change, admi
     refused = await admin.post("/admin/api/undo", {"patient": a}, status=409)
     assert f"Patient/{z}" in refused["issue"][0]["diagnostics"]
     assert await _states(store, ids) == before
+
+
+class FailingHapi:
+    """A test proxy (:meth:`handle`) for failures a real HAPI cannot be made to show on demand: the next
+    admin's transaction is answered 503 without reaching HAPI (``mode`` "refuse"), or reaches HAPI and is
+    committed but its answer never comes back ("swallow": the mediator times out)."""
+
+    def __init__(self, hapi_url: str) -> None:
+        self.hapi_url = hapi_url
+        self.mode: str | None = None
+        self.failed = asyncio.Event()
+        self.never = asyncio.Event()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        mode = self.mode
+        if mode and is_transaction(request) and HoldAdminTransaction.MARKER in await request.read():
+            self.mode = None
+            self.failed.set()
+            if mode == "refuse":
+                return web.json_response({"resourceType": "OperationOutcome", "issue": []}, status=503)
+            await forward_to_hapi(self.hapi_url, request)
+            await self.never.wait()
+        return await forward_to_hapi(self.hapi_url, request)
+
+
+@pytest.mark.parametrize("action", ["move", "break"])
+@pytest.mark.parametrize("mode", ["refuse", "swallow"])
+async def test_hapi_failing_mid_decision_writes_all_or_nothing_and_the_retry_answers_the_same(
+    action, mode, aiohttp_client, aiohttp_server, settings, hapi_url, store, facility
+):
+    """The admin's transaction (taking the merged record Z along) fails at HAPI: 503 before it reached
+    HAPI (nothing written), or 504 after HAPI committed it (all written). The admin's retry answers 200
+    with the decision as written, once: one AuditEvent (after a 504 the retry used to be a 400, "already
+    belongs to that golden record" / "not a source record of" it)."""
+    failing = FailingHapi(hapi_url)
+    proxied = dataclasses.replace(
+        settings, hapi_base_url=await serve_proxy(aiohttp_server, failing.handle), hapi_timeout_s=3.0
+    )
+    admin = await AdminClient(await aiohttp_client(create_app(proxied))).login()
+    person = await _person(admin.client, facility, with_other=action == "break")
+    a, z = person.ids["A"], person.ids["Z"]
+    merge = await admin.client.put(f"/fhir/Patient/{z}", json=_merged(person.bodies["Z"], a))
+    assert merge.status == 200, await merge.text()
+    ids = [*person.ids.values(), person.golden, person.target]
+    before = await _states(store, ids)
+
+    failing.mode = mode
+    failed = await decision_of(admin, action, person)
+    assert failing.failed.is_set()
+    assert failed.status == (503 if mode == "refuse" else 504), await failed.text()
+    if mode == "refuse":
+        assert await _states(store, ids) == before, "nothing written"
+    else:
+        assert (await store.assert_consistent(z))["id"] != person.golden, "all written"
+
+    retry = await decision_of(admin, action, person)
+    assert retry.status == 200, await retry.text()
+    survivor = await store.assert_consistent(a)
+    assert survivor["id"] != person.golden
+    assert (await store.assert_consistent(z))["id"] == survivor["id"]
+    again = await decision_of(admin, action, person)
+    assert (await again.json())["auditEvent"] == (await retry.json())["auditEvent"]
+    events = await store.search("AuditEvent", {"entity": f"Patient/{a}", "subtype": "move,break"})
+    assert len([e for e in events if f"Patient/{z}" in json.dumps(e)]) == 1
+    failing.never.set()
