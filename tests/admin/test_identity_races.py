@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 from typing import Any
 
 import pytest
@@ -18,7 +19,8 @@ from aiohttp import web
 
 from mediator import records
 from mediator.app import create_app
-from tests.admin.conftest import AdminClient
+from mediator.logs import JsonFormatter
+from tests.admin.conftest import AdminClient, make_pair
 from tests.conftest import patient, unique_surname
 from tests.hapi_helpers import forward_to_hapi, is_transaction, serve_proxy
 
@@ -259,3 +261,52 @@ async def test_hapi_failing_mid_decision_writes_all_or_nothing_and_the_retry_ans
     events = await store.search("AuditEvent", {"entity": f"Patient/{a}", "subtype": "move,break"})
     assert len([e for e in events if f"Patient/{z}" in json.dumps(e)]) == 1
     failing.never.set()
+
+
+async def test_identity_changes_audit_and_log_ids_only(admin, app_client, facility, store, caplog):
+    """A POS merge into a record, an admin move of it taking the merged record along and emptying its
+    person (whose open review Task follows), its undo, and a POS merge of another person's last record
+    (its Task follows by the registry's rule): every AuditEvent these write, and every log line, holds ids,
+    codes and link states, never a name, birth date or phone number."""
+    pair = await make_pair(app_client, facility)
+    third = await app_client.post(
+        "/fhir/Patient",
+        json=patient(facility, "T", family=unique_surname(), given="Neema", birth_date="1970-03-03"),
+    )
+    merged_body = patient(facility, "Z", family=unique_surname(), given="Zawadi", birth_date="1960-06-06")
+    demographics = {
+        pair.family,
+        pair.given,
+        merged_body["name"][0]["family"],
+        "Zawadi",
+        "1960-06-06",
+        "1987-05-12",
+        merged_body["telecom"][0]["value"],
+    }
+    with caplog.at_level(logging.DEBUG):
+        z = await app_client.post("/fhir/Patient", json=_merged(merged_body, pair.source_a))
+        assert z.status == 201, await z.text()
+        out = await admin.post(
+            "/admin/api/move", {"source": pair.source_a, "target": third.headers["X-CRUID"]}
+        )
+        await admin.post("/admin/api/undo", {"patient": pair.source_a})
+        body_b = patient(pair.system_b, "P2", family=pair.family, given=pair.given, birth_date="1987-05-12")
+        last = await app_client.put(f"/fhir/Patient/{pair.source_b}", json=_merged(body_b, pair.source_a))
+        assert last.status == 200, await last.text()
+    move_event = await store.read("AuditEvent", out["auditEvent"].split("/")[1])
+    assert any(e["what"]["reference"].startswith("Task/") for e in move_event["entity"]), "a Task followed"
+    ids = (pair.source_a, pair.source_b, (await z.json())["id"], pair.golden_a, pair.golden_b)
+    events = {
+        e["id"]: e for rid in ids for e in await store.search("AuditEvent", {"entity": f"Patient/{rid}"})
+    }
+    assert len(events) >= 5
+    followed = [
+        e for ev in events.values() for e in ev["entity"] if "previous person" in e.get("description", "")
+    ]
+    assert followed, "the registry's merge of golden_b's last record made its Task follow"
+    for written in events.values():
+        text = json.dumps(written)
+        assert not [d for d in demographics if d in text], written["id"]
+    formatter = JsonFormatter()
+    lines = "\n".join(formatter.format(r) for r in caplog.records)
+    assert not [d for d in demographics if d in lines]
