@@ -565,7 +565,8 @@ class Registry:
         writes it anyway): HAPI keeps an unchanged record's version, and its ``If-Match`` refuses the
         transaction when the record changed meanwhile. The survivor of a POS merge (merged itself, into this
         very record: a loop; deleted; relinked), the person a review Task names (left without records by a
-        retraction, which closes only the Tasks it finds)."""
+        retraction, which closes only the Tasks it finds), the records a relink leaves behind (none may
+        become a follower of the record leaving meanwhile)."""
         if f"Patient/{patient_id}" in uow.staged:
             return
         held = await uow.read("Patient", patient_id)
@@ -592,6 +593,10 @@ class Registry:
             for moved in (source_id, *followers):
                 previous = records.without_source(previous, moved, moved_to=golden_id)
             uow.put(previous)
+            # the records staying: none may become a follower meanwhile (another replica's POS merge of one
+            # into a record leaving changes neither that record nor ``current``: no other If-Match refuses)
+            for staying in records.source_ids_of(previous):
+                await self._hold(uow, staying)
         for follower in followers:
             record = await uow.read("Patient", follower)
             if record is not None:
