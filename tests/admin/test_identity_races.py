@@ -310,3 +310,85 @@ async def test_identity_changes_audit_and_log_ids_only(admin, app_client, facili
     formatter = JsonFormatter()
     lines = "\n".join(formatter.format(r) for r in caplog.records)
     assert not [d for d in demographics if d in lines]
+
+
+@pytest.mark.parametrize("meanwhile", ["A retracted", "A relinked with Z"])
+async def test_a_request_of_the_pos_meanwhile_makes_the_admins_move_409(
+    meanwhile, aiohttp_client, aiohttp_server, settings, hapi_url, store, facility
+):
+    """Held: the admin moves A (or Z, merged into A) to T's person while A's POS retracts A, or resubmits
+    A as T's twin (matching relinks A, and Z with it, to T's person). Both write the old golden record, so
+    the admin's transaction is refused: 409, and what the POS did stands, consistent."""
+    hold = HoldAdminTransaction(hapi_url)
+    admin = await _proxied_admin(aiohttp_client, aiohttp_server, settings, hold)
+    person = await _person(admin.client, facility, with_other=False)
+    a, z = person.ids["A"], person.ids["Z"]
+    moved = a
+    if meanwhile == "A relinked with Z":
+        merge = await admin.client.put(f"/fhir/Patient/{z}", json=_merged(person.bodies["Z"], a))
+        assert merge.status == 200, await merge.text()
+        moved = z
+    body = {"source": moved, "target": person.target}
+    decided = asyncio.ensure_future(
+        admin.client.post("/admin/api/move", json=body, headers={"X-CSRF-Token": admin.csrf})
+    )
+    await hold.arrived.wait()
+
+    if meanwhile == "A retracted":
+        answer = await admin.client.delete(f"/fhir/Patient/{a}")
+    else:
+        twin = {**person.bodies["T"], "identifier": person.bodies["A"]["identifier"]}
+        answer = await admin.client.put(f"/fhir/Patient/{a}", json=twin)
+    assert answer.status == 200, await answer.text()
+    hold.release()
+    refused = await decided
+
+    assert refused.status == 409, await refused.text()
+    if meanwhile == "A retracted":
+        assert await store.read("Patient", a) is None
+        assert (await store.assert_consistent(z))["id"] == person.golden
+        assert records.source_ids_of(await store.read("Patient", person.target)) == [person.ids["T"]]
+    else:
+        assert answer.headers["X-CRUID"] == person.target
+        assert (await store.assert_consistent(a))["id"] == person.target
+        assert (await store.assert_consistent(z))["id"] == person.target
+        assert records.pos_survivor(await store.read("Patient", z)) == a
+
+
+@pytest.mark.parametrize("survivor", ["merged record's person", "other person"])
+async def test_a_pos_merge_meanwhile_an_admin_merges_the_person_keeps_it_with_its_survivor(
+    survivor, aiohttp_client, aiohttp_server, settings, hapi_url, store, facility
+):
+    """Held: A and Z are one person; the admin merges it with another person (same-person on their pair)
+    while Z's POS merges Z into A. Kept (A's person survives): nothing of it is written by the merge, 200.
+    Merged away: the admin's transaction relinks Z as it read it, refused (409); a second look keeps Z's
+    POS merge. Either way Z stays with A."""
+    hold = HoldAdminTransaction(hapi_url)
+    admin = await _proxied_admin(aiohttp_client, aiohttp_server, settings, hold)
+    pair = await make_pair(admin.client, facility)
+    body = patient(facility, "Z", family=pair.family, given=pair.given)
+    z = await admin.client.post("/fhir/Patient", json=body)
+    assert z.status == 201 and z.headers["X-CRUID"] == pair.golden_a, await z.text()
+    zid = (await z.json())["id"]
+    keep = pair.golden_a if survivor == "merged record's person" else pair.golden_b
+    path = f"/admin/api/pairs/{pair.task}/decision"
+    decision = {"decision": "same-person", "survivor": keep}
+    decided = asyncio.ensure_future(
+        admin.client.post(path, json=decision, headers={"X-CSRF-Token": admin.csrf})
+    )
+    await hold.arrived.wait()
+
+    merge = await admin.client.put(f"/fhir/Patient/{zid}", json=_merged(body, pair.source_a))
+    assert merge.status == 200, await merge.text()
+    hold.release()
+    answer = await decided
+
+    if keep == pair.golden_a:
+        assert answer.status == 200, await answer.text()
+    else:
+        assert answer.status == 409, await answer.text()
+        again = await admin.client.post(path, json=decision, headers={"X-CSRF-Token": admin.csrf})
+        assert again.status == 200, await again.text()
+    for rid in (pair.source_a, pair.source_b, zid):
+        assert (await store.assert_consistent(rid))["id"] == keep
+    assert records.pos_survivor(await store.read("Patient", zid)) == pair.source_a
