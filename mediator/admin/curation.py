@@ -239,7 +239,13 @@ def _one_at_a_time(*arguments: str) -> Callable[[_Action], _Action]:
     """Hold the key locks on the records these arguments name while the action runs. Two admins acting on
     the same record (on any replica, with ``CR_LOCKS=postgres``) then take turns, and the second one is
     answered from what the first one wrote (409: already decided). Otherwise both transactions reached the
-    FHIR store at once, and on H2 both could fail, each waiting for the other's lock (503 for both)."""
+    FHIR store at once, and on H2 both could fail, each waiting for the other's lock (503 for both).
+
+    A source record named also takes the key lock a submission, a POS merge into it or its retraction
+    takes (``src:<id>``): those then take turns with the decision too. Without it, a move of A and a POS
+    merge of Z into A (which writes Z and only holds A: ``If-Match`` on an unchanged record) could run in
+    HAPI at once, each holding what the other writes: HAPI checks a held record's version when the
+    transaction starts, so both passed and Z was left on the old person."""
 
     def wrap(action: _Action) -> _Action:
         signature = inspect.signature(action)
@@ -247,7 +253,9 @@ def _one_at_a_time(*arguments: str) -> Callable[[_Action], _Action]:
         @functools.wraps(action)
         async def serialised(self: Curation, *args: Any, **kwargs: Any) -> Any:
             named = signature.bind(self, *args, **kwargs).arguments
-            async with self.locks.hold([f"curation:{named[a]}" for a in arguments]):
+            keys = [f"curation:{named[a]}" for a in arguments]
+            keys += [f"src:{named[a]}" for a in arguments if str(named[a]).startswith("src-")]
+            async with self.locks.hold(keys):
                 return await action(self, *args, **kwargs)
 
         return serialised  # type: ignore[return-value]

@@ -1,9 +1,11 @@
-"""Races of an admin's identity changes (move, break, undo) with a POS's own merges of the same records.
+"""Races of an admin's identity changes (move, break, undo) with a POS's own changes of the same records.
 
-A proxy before HAPI holds the admin's transaction (after all its reads) until the POS's submission has been
-written: the two decisions take no common key lock (``curation:`` and ``src:`` keys), so only HAPI's
-``If-Match`` keeps them from writing a person apart from its POS's merge. No sleeps: the proxy waits on
-events the test sets.
+In one process (and across replicas with ``CR_LOCKS=postgres``) a decision naming a source record takes
+that record's ``src:`` key lock, as the POS's submissions, merges into it and retraction do: they take
+turns (a :class:`~tests.pairing_proxy.PairingProxy` never pairs their transactions). Across replicas with
+``CR_LOCKS=local`` only HAPI's ``If-Match`` keeps them apart: there, a proxy before HAPI holds the admin's
+transaction (after all its reads) until the POS's request, sent to another replica, has been written. No
+sleeps: the proxies wait on events (or a bounded wait for a partner).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from mediator.logs import JsonFormatter
 from tests.admin.conftest import AdminClient, make_pair
 from tests.conftest import patient, unique_surname
 from tests.hapi_helpers import forward_to_hapi, is_transaction, serve_proxy
+from tests.pairing_proxy import PairingProxy
 
 
 class HoldAdminTransaction:
@@ -102,9 +105,10 @@ def decision_of(admin: AdminClient, action: str, person: Person) -> Any:
 
 @pytest.mark.parametrize("action", ["move", "break"])
 async def test_a_pos_merge_into_a_record_an_admin_moves_meanwhile_keeps_it_with_its_survivor(
-    action, aiohttp_client, aiohttp_server, settings, hapi_url, store, facility
+    action, aiohttp_client, aiohttp_server, settings, hapi_url, store, facility, app_client
 ):
-    """A and Z are one person; the admin moves (or breaks out) A while Z's POS merges Z into A. The merge
+    """A and Z are one person; the admin moves (or breaks out) A on replica one while Z's POS merges Z into
+    A on replica two (``CR_LOCKS=local``). The merge
     changes neither A nor their golden record (HAPI keeps an unchanged record's version), so the admin's
     transaction, decided before Z was A's follower, passed every If-Match and left Z on the old person,
     replaced-by A on another. Now the records it read are held (If-Match): 409, nothing written; the
@@ -116,7 +120,7 @@ async def test_a_pos_merge_into_a_record_an_admin_moves_meanwhile_keeps_it_with_
     decided = asyncio.ensure_future(decision_of(admin, action, person))
     await hold.arrived.wait()  # the admin's decision has read everything and is about to write
 
-    merge = await admin.client.put(f"/fhir/Patient/{z}", json=_merged(person.bodies["Z"], a))
+    merge = await app_client.put(f"/fhir/Patient/{z}", json=_merged(person.bodies["Z"], a))  # replica two
     assert merge.status == 200 and merge.headers["X-CRUID"] == person.golden, await merge.text()
     hold.release()
     answer = await decided
@@ -314,7 +318,7 @@ async def test_identity_changes_audit_and_log_ids_only(admin, app_client, facili
 
 @pytest.mark.parametrize("meanwhile", ["A retracted", "A relinked with Z"])
 async def test_a_request_of_the_pos_meanwhile_makes_the_admins_move_409(
-    meanwhile, aiohttp_client, aiohttp_server, settings, hapi_url, store, facility
+    meanwhile, aiohttp_client, aiohttp_server, settings, hapi_url, store, facility, app_client
 ):
     """Held: the admin moves A (or Z, merged into A) to T's person while A's POS retracts A, or resubmits
     A as T's twin (matching relinks A, and Z with it, to T's person). Both write the old golden record, so
@@ -335,10 +339,10 @@ async def test_a_request_of_the_pos_meanwhile_makes_the_admins_move_409(
     await hold.arrived.wait()
 
     if meanwhile == "A retracted":
-        answer = await admin.client.delete(f"/fhir/Patient/{a}")
+        answer = await app_client.delete(f"/fhir/Patient/{a}")  # replica two
     else:
         twin = {**person.bodies["T"], "identifier": person.bodies["A"]["identifier"]}
-        answer = await admin.client.put(f"/fhir/Patient/{a}", json=twin)
+        answer = await app_client.put(f"/fhir/Patient/{a}", json=twin)
     assert answer.status == 200, await answer.text()
     hold.release()
     refused = await decided
@@ -392,3 +396,33 @@ async def test_a_pos_merge_meanwhile_an_admin_merges_the_person_keeps_it_with_it
     for rid in (pair.source_a, pair.source_b, zid):
         assert (await store.assert_consistent(rid))["id"] == keep
     assert records.pos_survivor(await store.read("Patient", zid)) == pair.source_a
+
+
+@pytest.mark.parametrize("action", ["move", "break"])
+async def test_an_admin_move_and_a_pos_merge_into_the_moved_record_take_turns(
+    action, aiohttp_client, settings, hapi_url, store, facility, app_client
+):
+    """One process: the admin moves (or breaks out) A while Z's POS merges Z into A, sent at once, each
+    transaction held by a pairing proxy until the other is pending too. They shared no key lock, so both
+    reached HAPI together, where the merge holds A (unchanged, If-Match) and writes Z while the move holds
+    Z and writes A: HAPI checks a held record's version as its transaction starts, so both could commit
+    and leave Z behind. Now the move takes A's ``src:`` key as the merge does: they never pair, and Z ends
+    with A whichever went first."""
+    person = await _person(app_client, facility, with_other=action == "break")
+    a, z = person.ids["A"], person.ids["Z"]
+    with PairingProxy(hapi_url, hold_s=3.0) as proxy:
+        proxied = dataclasses.replace(settings, hapi_base_url=proxy.url)
+        admin = await AdminClient(await aiohttp_client(create_app(proxied))).login()
+
+        decided, merge = await asyncio.gather(
+            decision_of(admin, action, person),
+            admin.client.put(f"/fhir/Patient/{z}", json=_merged(person.bodies["Z"], a)),
+        )
+
+        assert proxy.stats.pairs == 0, "an admin's decision and a POS merge of one record must take turns"
+    assert merge.status == 200, await merge.text()
+    assert decided.status == 200, await decided.text()
+    survivor = await store.assert_consistent(a)
+    assert survivor["id"] != person.golden
+    assert (await store.assert_consistent(z))["id"] == survivor["id"]
+    assert records.pos_survivor(await store.read("Patient", z)) == a

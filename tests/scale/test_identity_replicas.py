@@ -1,6 +1,6 @@
 """Two replicas sharing their key locks in PostgreSQL (``CR_LOCKS=postgres``; HAPI: the tests' own) changing
-one person's records at once: an admin's move against a POS merge into the moved record (held by a proxy
-before HAPI, deterministic), and a relink, a merge and a move sent together (any order HAPI takes)."""
+one person's records at once: an admin's move against a POS merge into the moved record (a pairing proxy
+shows they take turns), and a relink, a merge and a move sent together (any order they take)."""
 
 from __future__ import annotations
 
@@ -14,14 +14,9 @@ from mediator import records
 from mediator.admin.users import UserStore
 from mediator.app import create_app
 from tests.admin.conftest import PASSWORD, AdminClient
-from tests.admin.test_identity_races import (
-    HoldAdminTransaction,
-    Person,
-    _merged,
-    _person,
-    decision_of,
-)
-from tests.hapi_helpers import serve_proxy
+from tests.admin.test_identity_races import Person, _merged, _person, decision_of
+from tests.pairing_proxy import PairingProxy
+from tests.scale.conftest import PAIRING_HOLD_S
 
 pytestmark = pytest.mark.postgres
 
@@ -34,32 +29,31 @@ async def _replicas(aiohttp_client: Any, settings: Any, pg_dsn: str) -> tuple[An
     return shared, two
 
 
-async def test_an_admin_move_on_one_replica_and_a_pos_merge_on_the_other_keep_z_with_a(
-    aiohttp_client, aiohttp_server, settings, pg_dsn, hapi_url, store, facility
+async def test_an_admin_move_on_one_replica_and_a_pos_merge_on_the_other_take_turns(
+    aiohttp_client, settings, pg_dsn, hapi_url, store, facility
 ):
-    """As in tests/admin/test_identity_races.py, the admin's and the POS's requests share no key lock, on
-    replicas either: the move is refused (409) by HAPI, nothing written, and the admin's second look takes
-    Z along."""
+    """The admin moves A on replica one while Z's POS merges Z into A on replica two, both sent at once,
+    each transaction held by a pairing proxy until the other is pending too. The move takes A's ``src:``
+    key in PostgreSQL as the merge does: they never pair (before, they shared no key, and both could
+    commit, each holding what the other wrote), and Z ends with A whichever went first."""
     shared, two = await _replicas(aiohttp_client, settings, pg_dsn)
-    hold = HoldAdminTransaction(hapi_url)
-    held = dataclasses.replace(shared, hapi_base_url=await serve_proxy(aiohttp_server, hold.handle))
-    one = await AdminClient(await aiohttp_client(create_app(held))).login()
     person = await _person(two.client, facility, with_other=False)
     a, z = person.ids["A"], person.ids["Z"]
-    decided = asyncio.ensure_future(decision_of(one, "move", person))
-    await hold.arrived.wait()
+    with PairingProxy(hapi_url, hold_s=PAIRING_HOLD_S) as proxy:
+        proxied = dataclasses.replace(shared, hapi_base_url=proxy.url)
+        one = await AdminClient(await aiohttp_client(create_app(proxied))).login()
+        two_proxied = await aiohttp_client(create_app(proxied))
 
-    merge = await two.client.put(f"/fhir/Patient/{z}", json=_merged(person.bodies["Z"], a))
-    assert merge.status == 200, await merge.text()
-    hold.release()
+        moved, merge = await asyncio.gather(
+            decision_of(one, "move", person),
+            two_proxied.put(f"/fhir/Patient/{z}", json=_merged(person.bodies["Z"], a)),
+        )
 
-    assert (await decided).status == 409
-    assert (await store.assert_consistent(z))["id"] == person.golden
-    again = await decision_of(two, "move", person)
-    assert again.status == 200, await again.text()
-    assert (
-        (await store.assert_consistent(z))["id"] == (await store.assert_consistent(a))["id"] == person.target
-    )
+        assert proxy.stats.pairs == 0, "an admin's move and a POS merge of one record must take turns"
+    assert moved.status == merge.status == 200, [await moved.text(), await merge.text()]
+    survivor = await store.assert_consistent(a)
+    assert survivor["id"] == person.target
+    assert (await store.assert_consistent(z))["id"] == survivor["id"]
 
 
 async def test_a_relink_a_merge_and_a_move_sent_together_to_two_replicas_leave_every_person_whole(
