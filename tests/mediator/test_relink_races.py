@@ -81,3 +81,50 @@ async def test_a_relink_by_matching_racing_a_pos_merge_into_the_relinked_record_
     assert answer.headers["X-CRUID"] == answers["T"].headers["X-CRUID"], "relinked to T's person"
     assert (await store.assert_consistent(z))["id"] == (await store.assert_consistent(a))["id"]
     assert records.pos_survivor(await store.read("Patient", z)) == a
+
+
+async def test_a_pos_merge_whose_answer_was_lost_is_retried_to_the_same_answer(
+    aiohttp_client, aiohttp_server, settings, hapi_url, store, facility
+):
+    """Held: HAPI committed a POS merge of Z (the last record of its person) into A, but the answer never
+    came (504). The retry answers 200 with A's CRUID, writes no second version of Z, and the emptied person
+    stays replaced-by A's."""
+    never, swallowed = asyncio.Event(), asyncio.Event()
+    swallow = {"on": False}
+
+    async def forward(request: web.Request) -> web.StreamResponse:
+        answer = await forward_to_hapi(hapi_url, request)
+        if swallow["on"] and is_transaction(request):
+            swallow["on"] = False
+            swallowed.set()
+            await never.wait()
+        return answer
+
+    proxied = dataclasses.replace(
+        settings, hapi_base_url=await serve_proxy(aiohttp_server, forward), hapi_timeout_s=3.0
+    )
+    client = await aiohttp_client(create_app(proxied))
+    bodies = {
+        "A": patient(facility, "A", family=unique_surname()),
+        "Z": patient(facility, "Z", family=unique_surname(), given="Halima", birth_date="1990-01-02"),
+    }
+    answers = {key: await client.post("/fhir/Patient", json=body) for key, body in bodies.items()}
+    a, z = (records.source_record_id(facility, key) for key in ("A", "Z"))
+    old = answers["Z"].headers["X-CRUID"]
+    assert old != answers["A"].headers["X-CRUID"]
+
+    swallow["on"] = True
+    lost = await client.put(f"/fhir/Patient/{z}", json=merged(bodies["Z"], a))
+    assert swallowed.is_set() and lost.status == 504, await lost.text()
+    version = (await store.read("Patient", z))["meta"]["versionId"]
+
+    retry = await client.put(f"/fhir/Patient/{z}", json=merged(bodies["Z"], a))
+    never.set()
+
+    assert retry.status == 200, await retry.text()
+    assert retry.headers["X-CRUID"] == answers["A"].headers["X-CRUID"]
+    assert retry.headers["X-Match-Outcome"] == "pos-merge"
+    assert (await store.read("Patient", z))["meta"]["versionId"] == version, "nothing written again"
+    assert (await store.assert_consistent(z))["id"] == answers["A"].headers["X-CRUID"]
+    emptied = await store.read("Patient", old)
+    assert records.replaced_by(emptied) == answers["A"].headers["X-CRUID"] and emptied["active"] is False
