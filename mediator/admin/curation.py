@@ -519,11 +519,23 @@ class Curation:
         audit_id = await change.commit(admin, CONFIRM, note=note)
         return Outcome(CONFIRM, audit_id, (golden_id,))
 
-    @_one_at_a_time("patient_id")
     async def undo_last(self, patient_id: str, admin: Admin) -> Outcome:
+        """Undo the last decision touching ``patient_id``, under the key locks of that record and of every
+        source record the decision changed (``src:``, as a POS merge into one of them takes: asked by a
+        merged record, the undo of a move of its survivor takes turns with a merge into the survivor). The
+        decision is looked up again once they are held: another undo or decision meanwhile is a 409."""
         last = await self.last_decision(patient_id)
         if last is None:
             raise NotFound(f"No decision on Patient/{patient_id} to undo.")
+        sources = {r for r in (patient_id, *_patient_states(last)) if r.startswith("src-")}
+        keys = [f"curation:{patient_id}", *(f"src:{r}" for r in sources)]
+        async with self.locks.hold(keys):
+            again = await self.last_decision(patient_id)
+            if again is None or again["id"] != last["id"]:
+                raise Conflict("Another decision on this record was made or undone meanwhile; look again.")
+            return await self._undo(last, admin)
+
+    async def _undo(self, last: Resource, admin: Admin) -> Outcome:
         change = _Change(self.hapi, self.locks)
         task: Resource | None = None
         task_before: str | None = None

@@ -426,3 +426,27 @@ async def test_an_admin_move_and_a_pos_merge_into_the_moved_record_take_turns(
     assert survivor["id"] != person.golden
     assert (await store.assert_consistent(z))["id"] == survivor["id"]
     assert records.pos_survivor(await store.read("Patient", z)) == a
+
+
+async def test_an_undo_asked_by_the_merged_record_and_a_pos_merge_into_its_survivor_take_turns(
+    aiohttp_client, settings, hapi_url, store, facility, admin
+):
+    """After a move of A that took Z along, the admin undoes it from Z's page while T's POS merges T (on
+    the target person already) into A, sent at once through a pairing proxy. The undo used to take Z's key
+    lock only, the merge T's and A's: both reached HAPI together, each holding what the other writes. Now
+    the undo takes the keys of every source record the decision changed: they never pair, and T ends with
+    A whichever went first (undone first: T follows A back; merged first: the undo is 409)."""
+    person = await _moved_with_follower(admin, facility)
+    a, z, t = person.ids["A"], person.ids["Z"], person.ids["T"]
+    with PairingProxy(hapi_url, hold_s=3.0) as proxy:
+        proxied = dataclasses.replace(settings, hapi_base_url=proxy.url)
+        other = await AdminClient(await aiohttp_client(create_app(proxied))).login()
+        undone, merge = await asyncio.gather(
+            other.client.post("/admin/api/undo", json={"patient": z}, headers={"X-CSRF-Token": other.csrf}),
+            other.client.put(f"/fhir/Patient/{t}", json=_merged(person.bodies["T"], a)),
+        )
+        assert proxy.stats.pairs == 0, "the undo and a POS merge into the moved record must take turns"
+    assert merge.status == 200, await merge.text()
+    assert undone.status in (200, 409), await undone.text()
+    golden = (await store.assert_consistent(a))["id"]
+    assert (await store.assert_consistent(z))["id"] == (await store.assert_consistent(t))["id"] == golden
