@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import urllib.error
 import urllib.request
@@ -123,6 +124,27 @@ async def serve_proxy(aiohttp_server: Any, forward: Handler) -> str:
     app.router.add_route("*", "/{tail:.*}", forward)
     server = await aiohttp_server(app)
     return f"http://127.0.0.1:{server.port}/fhir"
+
+
+class HoldTransaction:
+    """A test proxy (:meth:`handle`): HAPI's answer to every request, but the first transaction (with
+    ``marker``: the first whose body holds it) waits at the proxy until :meth:`release`; :attr:`arrived` is
+    set once it waits."""
+
+    def __init__(self, hapi_url: str, marker: bytes | None = None) -> None:
+        self.hapi_url, self.marker = hapi_url, marker
+        self.arrived = asyncio.Event()
+        self.released = asyncio.Event()
+
+    def release(self) -> None:
+        self.released.set()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        waits = is_transaction(request) and not self.released.is_set() and not self.arrived.is_set()
+        if waits and (self.marker is None or self.marker in await request.read()):
+            self.arrived.set()
+            await self.released.wait()
+        return await forward_to_hapi(self.hapi_url, request)
 
 
 class MissingSearchParameter:

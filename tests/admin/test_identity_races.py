@@ -24,31 +24,10 @@ from mediator.app import create_app
 from mediator.logs import JsonFormatter
 from tests.admin.conftest import AdminClient, make_pair
 from tests.conftest import patient, unique_surname
-from tests.hapi_helpers import forward_to_hapi, is_transaction, serve_proxy
+from tests.hapi_helpers import HoldTransaction, forward_to_hapi, is_transaction, serve_proxy
 from tests.pairing_proxy import PairingProxy
 
-
-class HoldAdminTransaction:
-    """A test proxy (:meth:`handle`): HAPI's answer to every request, but the first transaction written by
-    an admin's decision (its AuditEvent's subtype system) waits at the proxy until :meth:`release`;
-    :attr:`arrived` is set once it waits."""
-
-    MARKER = b"admin-action"
-
-    def __init__(self, hapi_url: str) -> None:
-        self.hapi_url = hapi_url
-        self.arrived = asyncio.Event()
-        self.released = asyncio.Event()
-
-    def release(self) -> None:
-        self.released.set()
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        waits = is_transaction(request) and not self.released.is_set() and not self.arrived.is_set()
-        if waits and self.MARKER in await request.read():
-            self.arrived.set()
-            await self.released.wait()
-        return await forward_to_hapi(self.hapi_url, request)
+ADMIN_ACTION = b"admin-action"  # in the AuditEvent of every admin decision (its subtype system)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,7 +92,7 @@ async def test_a_pos_merge_into_a_record_an_admin_moves_meanwhile_keeps_it_with_
     transaction, decided before Z was A's follower, passed every If-Match and left Z on the old person,
     replaced-by A on another. Now the records it read are held (If-Match): 409, nothing written; the
     admin's second look takes Z along."""
-    hold = HoldAdminTransaction(hapi_url)
+    hold = HoldTransaction(hapi_url, ADMIN_ACTION)
     admin = await _proxied_admin(aiohttp_client, aiohttp_server, settings, hold)
     person = await _person(admin.client, facility, with_other=action == "break")
     a, z = person.ids["A"], person.ids["Z"]
@@ -215,7 +194,7 @@ class FailingHapi:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         mode = self.mode
-        if mode and is_transaction(request) and HoldAdminTransaction.MARKER in await request.read():
+        if mode and is_transaction(request) and ADMIN_ACTION in await request.read():
             self.mode = None
             self.failed.set()
             if mode == "refuse":
@@ -323,7 +302,7 @@ async def test_a_request_of_the_pos_meanwhile_makes_the_admins_move_409(
     """Held: the admin moves A (or Z, merged into A) to T's person while A's POS retracts A, or resubmits
     A as T's twin (matching relinks A, and Z with it, to T's person). Both write the old golden record, so
     the admin's transaction is refused: 409, and what the POS did stands, consistent."""
-    hold = HoldAdminTransaction(hapi_url)
+    hold = HoldTransaction(hapi_url, ADMIN_ACTION)
     admin = await _proxied_admin(aiohttp_client, aiohttp_server, settings, hold)
     person = await _person(admin.client, facility, with_other=False)
     a, z = person.ids["A"], person.ids["Z"]
@@ -367,7 +346,7 @@ async def test_a_pos_merge_meanwhile_an_admin_merges_the_person_keeps_it_with_it
     while Z's POS merges Z into A. Kept (A's person survives): nothing of it is written by the merge, 200.
     Merged away: the admin's transaction relinks Z as it read it, refused (409); a second look keeps Z's
     POS merge. Either way Z stays with A."""
-    hold = HoldAdminTransaction(hapi_url)
+    hold = HoldTransaction(hapi_url, ADMIN_ACTION)
     admin = await _proxied_admin(aiohttp_client, aiohttp_server, settings, hold)
     pair = await make_pair(admin.client, facility)
     body = patient(facility, "Z", family=pair.family, given=pair.given)

@@ -14,26 +14,7 @@ from aiohttp import web
 from mediator import records
 from mediator.app import create_app
 from tests.conftest import patient, unique_surname
-from tests.hapi_helpers import forward_to_hapi, is_transaction, serve_proxy
-
-
-class HoldFirstTransaction:
-    """A test proxy (:meth:`handle`): HAPI's answer to every request, but the first transaction waits until
-    :meth:`release`; :attr:`arrived` is set once it waits."""
-
-    def __init__(self, hapi_url: str) -> None:
-        self.hapi_url = hapi_url
-        self.arrived = asyncio.Event()
-        self.released = asyncio.Event()
-
-    def release(self) -> None:
-        self.released.set()
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        if is_transaction(request) and not self.arrived.is_set():
-            self.arrived.set()
-            await self.released.wait()
-        return await forward_to_hapi(self.hapi_url, request)
+from tests.hapi_helpers import HoldTransaction, forward_to_hapi, is_transaction, serve_proxy
 
 
 def merged(body: dict[str, Any], survivor_id: str) -> dict[str, Any]:
@@ -55,7 +36,7 @@ async def test_a_relink_by_matching_racing_a_pos_merge_into_the_relinked_record_
     versions), so the relink, which read Z before it followed A, passed every If-Match and left Z behind,
     replaced-by A on another person. Now it holds the records it leaves: refused, decided again, and Z
     goes along."""
-    hold = HoldFirstTransaction(hapi_url)
+    hold = HoldTransaction(hapi_url)
     one, two = await _replicas(aiohttp_client, aiohttp_server, settings, hold)
     family, twin = unique_surname(), unique_surname()
     bodies = {
