@@ -97,7 +97,14 @@ async def confirm(request: web.Request) -> web.Response:
 
 async def undo(request: web.Request) -> web.Response:
     data = await body(request)
-    outcome = await curation(request).undo_last(_str(data, "patient") or "", admin_of(request))
+    decision = _str(
+        data, "decision", required=False
+    )  # the last decision as shown: a retry is answered the same
+    outcome = await curation(request).undo_last(
+        _str(data, "patient") or "",
+        admin_of(request),
+        decision.removeprefix("AuditEvent/") if decision else None,
+    )
     return _json(outcome.to_dict())
 
 

@@ -21,6 +21,7 @@ from .. import linking, records, retarget
 from ..audit import Actor, event
 from ..errors import Conflict, InvalidInput, NotFound, Unprocessable, UpstreamUnavailable
 from ..fhir_client import HapiClient
+from ..identifiers import is_fhir_id
 from ..instants import instant
 from ..locks import LocalKeyedLocks, LockManager
 from ..records import NS, Resource
@@ -519,12 +520,19 @@ class Curation:
         audit_id = await change.commit(admin, CONFIRM, note=note)
         return Outcome(CONFIRM, audit_id, (golden_id,))
 
-    async def undo_last(self, patient_id: str, admin: Admin) -> Outcome:
+    async def undo_last(self, patient_id: str, admin: Admin, decision_id: str | None = None) -> Outcome:
         """Undo the last decision touching ``patient_id``, under the key locks of that record and of every
         source record the decision changed (``src:``, as a POS merge into one of them takes: asked by a
         merged record, the undo of a move of its survivor takes turns with a merge into the survivor). The
-        decision is looked up again once they are held: another undo or decision meanwhile is a 409."""
+        decision is looked up again once they are held: another undo or decision meanwhile is a 409.
+        ``decision_id``: the decision the admin was shown as the last one. It is undone only while it still
+        is; once this admin has undone it (a retry after a lost answer), the answer is that undo's, nothing
+        written (without it, a retry would undo the decision before it too); otherwise 409."""
+        if decision_id is not None and not is_fhir_id(decision_id):
+            raise InvalidInput("decision must be the id of an AuditEvent.")
         last = await self.last_decision(patient_id)
+        if decision_id is not None and (last is None or last["id"] != decision_id):
+            return await self._undone_before(patient_id, decision_id, admin)
         if last is None:
             raise NotFound(f"No decision on Patient/{patient_id} to undo.")
         sources = {r for r in (patient_id, *_patient_states(last)) if r.startswith("src-")}
@@ -532,8 +540,44 @@ class Curation:
         async with self.locks.hold(keys):
             again = await self.last_decision(patient_id)
             if again is None or again["id"] != last["id"]:
+                if decision_id is not None:  # the same undo, retried while the first was being written
+                    return await self._undone_before(patient_id, decision_id, admin)
                 raise Conflict("Another decision on this record was made or undone meanwhile; look again.")
             return await self._undo(last, admin)
+
+    async def _undone_before(self, patient_id: str, decision_id: str, admin: Admin) -> Outcome:
+        """The outcome of ``admin``'s undo of ``decision_id``, as that undo answered it; 409 when there is
+        none (the decision is not the last one on ``patient_id``, or another admin undid it)."""
+        events = await self.hapi.search(
+            "AuditEvent",
+            {
+                "entity": f"AuditEvent/{decision_id}",
+                "subtype": f"{ADMIN_ACTION_SYSTEM}|{UNDO}",
+                "_count": "20",
+            },
+            max_results=20,
+        )
+        undos = [ev for ev in events if _action_of(ev) == UNDO]
+        mine = next((ev for ev in undos if _admin_of(ev) == admin.name), None)
+        if mine is None:
+            by = f" (undone by {_admin_of(undos[0])})" if undos else ""
+            raise Conflict(
+                f"AuditEvent/{decision_id} is not the last decision on Patient/{patient_id} any more{by}; "
+                "look again."
+            )
+        states = _patient_states(mine)
+        goldens = tuple(
+            r for r, (before, after) in states.items() if "golden" in (before["kind"], after["kind"])
+        )
+        task = next(
+            (
+                entity["what"]["reference"].split("/", 1)[1]
+                for entity in mine.get("entity", [])
+                if any(d.get("type") == "status-before" for d in entity.get("detail", []))
+            ),
+            None,
+        )
+        return Outcome(UNDO, str(mine["id"]), goldens, task)
 
     async def _undo(self, last: Resource, admin: Admin) -> Outcome:
         change = _Change(self.hapi, self.locks)

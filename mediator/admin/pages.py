@@ -4,7 +4,7 @@ the pages work offline and with the keyboard alone). Decisions and repairs go th
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from html import escape
 from typing import Any
 from urllib.parse import urlencode
@@ -262,11 +262,18 @@ async def pair_page(request: web.Request) -> web.Response:
 
 
 async def _confirm_or_run(
-    request: web.Request, question: str, run: Callable[[], Awaitable[Outcome]], back: str
+    request: web.Request,
+    question: str,
+    run: Callable[[], Awaitable[Outcome]],
+    back: str,
+    pinned: Mapping[str, str] | None = None,
 ) -> web.StreamResponse:
+    """Ask the admin to confirm (a form re-posting the fields, with ``pinned`` ones added: what the question
+    showed), then run the decision and show its person."""
     form = await request.post()
     if form.get("confirmed") != "yes":
         fields = {k: str(v) for k, v in form.items() if k not in ("csrf_token", "confirmed")}
+        fields.update(pinned or {})
         body = (
             f'<p class="msg" role="alert">{e(question)}</p><form method="post" action="{e(request.path)}">'
             f"{csrf_field(request)}{hidden(fields)}{hidden({'confirmed': 'yes'})}"
@@ -345,13 +352,25 @@ async def confirm_submit(request: web.Request) -> web.StreamResponse:
 
 
 async def undo_submit(request: web.Request) -> web.StreamResponse:
+    """Undo, confirmed first. The confirmation names the decision that is last now and pins its id, so the
+    undo is of that one only (409 if another came meanwhile), and a resubmitted form (after a lost answer)
+    is answered from the undo already written instead of undoing the decision before it."""
     form = await request.post()
     patient = str(form.get("patient", ""))
+    decision = str(form.get("decision", "")) or None
+    question, pinned = f"Undo the last decision on {patient}?", {}
+    if form.get("confirmed") != "yes" and decision is None:
+        last = await curation(request).last_decision(patient)
+        if last is not None:
+            action = next((str(c.get("code", "")) for c in last.get("subtype", [])), "")
+            question = f"Undo the last decision on {patient}: {action}, {last.get('recorded', '')}?"
+            pinned = {"decision": str(last["id"])}
     return await _confirm_or_run(
         request,
-        f"Undo the last decision on {patient}?",
-        lambda: curation(request).undo_last(patient, admin_of(request)),
+        question,
+        lambda: curation(request).undo_last(patient, admin_of(request), decision),
         f"/admin/person/{patient}",
+        pinned,
     )
 
 

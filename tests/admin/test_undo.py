@@ -4,13 +4,14 @@ changed since (real HAPI)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from mediator import records
 from mediator.admin import score_index
 from mediator.context import STORE
 from mediator.review import POSSIBLE_DUPLICATE, POTENTIAL_MATCH, review_task_id
 from tests.admin.test_duplicates import _put, other_tasks
+from tests.conftest import patient, unique_surname
 
 VOLATILE = ("meta", "output", "lastModified")  # HAPI's versions; the undo's audit link on the decided Task
 
@@ -119,3 +120,76 @@ async def test_undo_of_different_people_reopens_the_task_or_refuses_if_it_change
     refused = await admin.post("/admin/api/undo", {"patient": pair.golden_a}, 409)
     assert refused["issue"][0]["code"] == "conflict"
     assert records.distinct_from(await store.read("Patient", pair.golden_a)) == {pair.golden_b}
+
+
+class Moved(NamedTuple):
+    source: str
+    second: str  # golden records it was moved to
+    third: str
+    earlier: str  # the moves' AuditEvent ids
+    last: str
+
+
+async def _twice_moved(app_client: Any, admin: Any, facility: str) -> Moved:
+    """A record moved by alice from its own person to a second, then to a third."""
+    answers = [
+        await app_client.post(
+            "/fhir/Patient",
+            json=patient(facility, key, family=unique_surname(), given=given, birth_date=born),
+        )
+        for key, given, born in (
+            ("U1", "Amina", "1987-04-12"),
+            ("U2", "Halima", "1990-01-02"),
+            ("U3", "Neema", "1970-03-03"),
+        )
+    ]
+    source = records.source_record_id(facility, "U1")
+    second, third = (a.headers["X-CRUID"] for a in answers[1:])
+    moves = [await admin.post("/admin/api/move", {"source": source, "target": t}) for t in (second, third)]
+    earlier, last = (m["auditEvent"].split("/", 1)[1] for m in moves)
+    return Moved(source, second, third, earlier, last)
+
+
+async def test_an_undo_retried_after_a_lost_answer_is_answered_the_same_and_undoes_nothing_more(
+    admin, second_admin, app_client, facility, store
+):
+    """The undo names the decision it undoes. Retried (its answer lost after HAPI wrote it), it gets the
+    first answer and nothing is written: before, the retry undid the decision before it too."""
+    m = await _twice_moved(app_client, admin, facility)
+
+    first = await admin.post("/admin/api/undo", {"patient": m.source, "decision": f"AuditEvent/{m.last}"})
+    assert records.golden_id_of(await store.read("Patient", m.source)) == m.second
+    version = (await store.read("Patient", m.source))["meta"]["versionId"]
+
+    again = await admin.post("/admin/api/undo", {"patient": m.source, "decision": f"AuditEvent/{m.last}"})
+
+    assert again == first
+    stored = await store.read("Patient", m.source)
+    assert records.golden_id_of(stored) == m.second and stored["meta"]["versionId"] == version
+    # another admin with the same stale view is told, not answered as if they had done it
+    refused = await second_admin.post("/admin/api/undo", {"patient": m.source, "decision": m.last}, 409)
+    assert "undone by alice" in refused["issue"][0]["diagnostics"]
+
+
+async def test_an_undo_of_a_decision_that_is_no_longer_the_last_is_refused(
+    admin, app_client, facility, store
+):
+    m = await _twice_moved(app_client, admin, facility)
+    await admin.post("/admin/api/undo", {"patient": m.source, "decision": m.earlier}, 409)
+
+    assert records.golden_id_of(await store.read("Patient", m.source)) == m.third
+
+
+async def test_the_undo_form_pins_the_decision_it_asked_about(admin, app_client, facility, store):
+    """The confirmation names the last decision and carries its id; the form sent twice undoes it once."""
+    m = await _twice_moved(app_client, admin, facility)
+    asked = await admin.client.post("/admin/undo", data={"patient": m.source, "csrf_token": admin.csrf})
+    assert asked.status == 200
+    assert f'name="decision" value="{m.last}"' in await asked.text()
+    form = {"patient": m.source, "decision": m.last, "confirmed": "yes", "csrf_token": admin.csrf}
+
+    done = [await admin.client.post("/admin/undo", data=form, allow_redirects=False) for _ in range(2)]
+
+    assert [d.status for d in done] == [303, 303]
+    assert done[0].headers["Location"] == done[1].headers["Location"]
+    assert records.golden_id_of(await store.read("Patient", m.source)) == m.second
