@@ -164,31 +164,33 @@ def merge_target(
     link: MergeLink, source_id: str, survivor: Mapping[str, Any] | None, may_write: Callable[[str], bool]
 ) -> str:
     """The golden record the survivor belongs to (before following merges of golden records), or the
-    refusal: the survivor unknown, the record itself or merged itself (422), not the client's to write (403,
-    as an update of it would be: its key identifier's system). ``may_write``: whether the submitting client
+    refusal: the survivor unknown, the record itself or merged itself (422), named by an identifier of a
+    system the client may not write (403, as an update would be); named by reference, a record not the
+    client's to write is answered as unknown (422). ``may_write``: whether the submitting client
     may write records keyed in that system."""
     where = [link.where]
     if link.survivor_id == source_id:
         raise Unprocessable(f"{link.where}: a record cannot be replaced by itself.", expression=where)
-    # by identifier: refused before reading, so nothing tells whether another client's record exists
-    key = records.key_identifier(survivor) if survivor is not None else None
-    system = link.system or (key[0] if key is not None else None)
-    if system is not None and not may_write(system):
+    unknown = Unprocessable(
+        f"{link.where}: the survivor Patient/{link.survivor_id} is not known to the registry; submit it "
+        "first.",
+        expression=where,
+    )
+    # by identifier: refused before reading (403), so nothing tells whether another client's record exists
+    if link.system is not None and not may_write(link.system):
         raise Forbidden(
             f"{link.where}: Patient/{link.survivor_id} is not a record of the submitting client.",
             expression=where,
         )
     if survivor is None or records.is_golden(survivor):
-        raise Unprocessable(
-            f"{link.where}: the survivor Patient/{link.survivor_id} is not known to the registry; submit it "
-            "first.",
-            expression=where,
-        )
-    if system is None:  # stored under a key not in normal form: whose it is cannot be told
-        raise Forbidden(
-            f"{link.where}: Patient/{link.survivor_id} is not a record of the submitting client.",
-            expression=where,
-        )
+        raise unknown
+    # by reference: another client's record is answered as one never stored (a record id is a hash anyone
+    # can compute from an identifier: a 403 would tell which of another client's identifiers exist); so is
+    # one stored under a key not in normal form (whose it is cannot be told)
+    key = records.key_identifier(survivor)
+    system = link.system or (key[0] if key is not None else None)
+    if system is None or not may_write(system):
+        raise unknown
     merged = records.pos_survivor(survivor)
     if merged is not None:
         raise Unprocessable(

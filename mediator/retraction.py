@@ -149,7 +149,7 @@ async def _attempt(
 
 
 def _check_may_delete(cfg: RegistryConfig, actor: Actor, record: Resource) -> None:
-    """Refuse a record that is not a source record, or one the caller may not write."""
+    """Refuse a record that is not a source record, or one the caller may not write (404, as if absent)."""
     if records.is_golden(record):
         raise Forbidden("Golden records are maintained by the registry and cannot be deleted.")
     if not records.is_source(record):
@@ -158,10 +158,10 @@ def _check_may_delete(cfg: RegistryConfig, actor: Actor, record: Resource) -> No
         )
     key = records.key_identifier(record)
     if key is None or not cfg.may_key(actor.client_id, key[0]):
-        raise Forbidden(
-            f"Client '{actor.client_id or ''}' may not delete Patient/{record['id']}: "
-            "it is not keyed by an identifier of the client's own systems."
-        )
+        # answered as a record never stored: a record id is a hash anyone can compute from an identifier,
+        # so a 403 would tell a client which of another client's identifiers the registry holds
+        log.info("retraction refused: not the client's record", extra={"source_id": record["id"]})
+        raise NotFound(f"Patient/{record['id']} does not exist.")
 
 
 async def _deleted_before(hapi: HapiClient, cfg: RegistryConfig, source_id: str, actor: Actor) -> Retraction:

@@ -383,11 +383,20 @@ async def test_a_survivor_that_was_itself_replaced_is_422_naming_its_survivor(cl
     assert f"Patient/{source_id(b)}" in text
 
 
-async def test_a_survivor_of_another_client_is_403(closed, store):
+async def test_a_survivor_of_another_client_is_refused_without_telling_whether_it_exists(closed, store):
+    """By reference: answered as a survivor never stored (422, the same text; before, 403 told the client
+    that the other client holds that identifier). By identifier: 403 before anything is read."""
     survivor = records.source_record_id(closed.lab, "L1")
+    never = records.source_record_id(closed.lab, "NEVER-SENT")
     c1 = patient(closed.clinic, "C1", family=closed.family)
     url = f"/fhir/Patient/{records.source_record_id(closed.clinic, 'C1')}"
-    await _refused(closed.client, store, url, merged(c1, survivor), 403, "Patient.link[0]", CLINIC)
+    texts = [
+        (await _refused(closed.client, store, url, merged(c1, rid), 422, "Patient.link[0]", CLINIC)).replace(
+            rid, "<id>"
+        )
+        for rid in (survivor, never)
+    ]
+    assert texts[0] == texts[1] and "not known" in texts[0]
     by_identifier = {**c1, "link": replaced_by({"identifier": {"system": closed.lab, "value": "L1"}})}
     await _refused(closed.client, store, url, by_identifier, 403, "Patient.link[0]", CLINIC)
 
@@ -478,7 +487,7 @@ def test_merge_target_refusals_in_order():
     survivor["id"] = records.source_record_id("urn:s", "b")
     link = linking.MergeLink(0, survivor["id"])
     assert linking.merge_target(link, "src-a", survivor, lambda s: s == "urn:s") == "cr-b"
-    with pytest.raises(Forbidden):
+    with pytest.raises(Unprocessable):  # by reference, not the client's: as if unknown
         linking.merge_target(link, "src-a", survivor, lambda s: False)
     with pytest.raises(Forbidden):  # by identifier: refused before anything is known of the record
         linking.merge_target(linking.MergeLink(0, "src-z", "urn:other"), "src-a", None, lambda s: False)
