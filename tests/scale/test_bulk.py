@@ -133,6 +133,15 @@ async def test_an_interrupted_ndjson_job_resumes_without_duplicates(settings, st
     assert len(sources) == 9 and all(s["meta"]["versionId"] == "1" for s in sources)
 
 
+async def _over_http(server: Any, path: Path, facility: str, job_dir: Path) -> tuple[bulk.BulkJob, Any]:
+    """Load ``path`` through ``server``'s FHIR API (``OverHttp``): the job and its final state."""
+    async with aiohttp.ClientSession() as session:
+        job = bulk.BulkJob(
+            path, bulk.OverHttp(session, str(server.make_url("")), facility), system=facility, job_dir=job_dir
+        )
+        return job, await job.run()
+
+
 async def test_over_http_to_a_running_registry(aiohttp_server, settings, store, facility, tmp_path):
     server = await aiohttp_server(create_app(settings))
     family = unique_surname()
@@ -140,14 +149,7 @@ async def test_over_http_to_a_running_registry(aiohttp_server, settings, store, 
     lines.append(json.dumps({"resourceType": "Observation"}))
     path = tmp_path / "c.ndjson"
     path.write_text("\n".join(lines))
-    async with aiohttp.ClientSession() as session:
-        job = bulk.BulkJob(
-            path,
-            bulk.OverHttp(session, str(server.make_url("")), facility),
-            system=facility,
-            job_dir=tmp_path,
-        )
-        state = await job.run()
+    job, state = await _over_http(server, path, facility, tmp_path)
     report = _report(job)
     assert [r["outcome"] for r in report[:3]] == ["created"] * 3
     assert len({r["golden_id"] for r in report[:3]}) == 1
@@ -239,14 +241,7 @@ async def test_over_http_rows_keep_identifiers_that_search_syntax_would_change(
     values = [r"A\,B", "A,B", "A|B", "A$B", "A\\B", r"A\\,B"]
     path = tmp_path / "specials.ndjson"
     path.write_text("\n".join(json.dumps(patient(facility, v, family=unique_surname())) for v in values))
-    async with aiohttp.ClientSession() as session:
-        job = bulk.BulkJob(
-            path,
-            bulk.OverHttp(session, str(server.make_url("")), facility),
-            system=facility,
-            job_dir=tmp_path,
-        )
-        state = await job.run()
+    job, state = await _over_http(server, path, facility, tmp_path)
     report = _report(job)
     assert [r["error"] for r in report] == [""] * len(values)
     assert state.counts == {"created": len(values)}
