@@ -511,7 +511,7 @@ class Registry:
         if golden is None:
             golden = records.new_golden(records.new_golden_id(), cfg.cruid_system)
         golden_id = golden["id"]
-        await self._hold(uow, survivor_id)  # its golden record is no guard: unchanged within one person
+        await uow.hold("Patient", survivor_id)  # its golden record is no guard: unchanged within one person
         followers, left = await self._link(uow, source_id, golden, current)
         if current and left is not None and records.source_ids_of(left) and records.replaced_by(left) is None:
             task = review_task(
@@ -559,20 +559,6 @@ class Registry:
         )
         return result, audit
 
-    @staticmethod
-    async def _hold(uow: UnitOfWork, patient_id: str) -> None:
-        """Stage a record a decision depends on but does not change as it was read (unless this transaction
-        writes it anyway): HAPI keeps an unchanged record's version, and its ``If-Match`` refuses the
-        transaction when the record changed meanwhile. The survivor of a POS merge (merged itself, into this
-        very record: a loop; deleted; relinked), the person a review Task names (left without records by a
-        retraction, which closes only the Tasks it finds), the records a relink leaves behind (none may
-        become a follower of the record leaving meanwhile)."""
-        if f"Patient/{patient_id}" in uow.staged:
-            return
-        held = await uow.read("Patient", patient_id)
-        if held is not None:
-            uow.put(held)
-
     async def _link(
         self, uow: UnitOfWork, source_id: str, golden: Resource, current: str | None
     ) -> tuple[list[str], Resource | None]:
@@ -596,7 +582,7 @@ class Registry:
             # the records staying: none may become a follower meanwhile (another replica's POS merge of one
             # into a record leaving changes neither that record nor ``current``: no other If-Match refuses)
             for staying in records.source_ids_of(previous):
-                await self._hold(uow, staying)
+                await uow.hold("Patient", staying)
         for follower in followers:
             record = await uow.read("Patient", follower)
             if record is not None:
@@ -774,7 +760,9 @@ class Registry:
             uow.put(task)
             other = records.ref_id(candidate)
             if other is not None and not uow.created_here(candidate):
-                await self._hold(uow, other)
+                # the person the Task names: one a retraction leaves without records (it closes only the
+                # Tasks it finds) refuses this transaction
+                await uow.hold("Patient", other)
 
 
 @dataclass

@@ -95,6 +95,7 @@ class UnitOfWork:
         self._seen_versions: dict[str, str | None] = {}  # "Type/id" -> version read from HAPI (None: absent)
         self._read_cache: dict[str, Resource | None] = {}
         self._staged: dict[str, Resource] = {}  # "Type/id" -> resource to PUT, in staging order
+        self.held: set[str] = set()  # "Type/id" staged unchanged by :meth:`hold`, only for its If-Match
         self._deleted: set[str] = set()  # "Type/id" to DELETE (HAPI keeps its history)
         # block key -> its source records in HAPI (None: more than the limit, skipped)
         self._searches: dict[tuple[str, ...], list[Resource] | None] = {}
@@ -262,6 +263,7 @@ class UnitOfWork:
             raise ValueError(f"{key} is staged for deletion and cannot also be updated")
         if is_subsetted(resource):
             raise ValueError(f"{key} is a partial view from a search (SUBSETTED) and cannot be written")
+        self.held.discard(key)  # changed now, not only held
         previous = self._staged.pop(key, None)  # re-staging moves it to the end, after what it may refer to
         if previous is not None:
             for block in _source_blocks(previous):
@@ -273,6 +275,19 @@ class UnitOfWork:
             self.owners.setdefault(key, set()).add(self.owner)
         for block in _source_blocks(resource):
             self._staged_blocks.setdefault(block, set()).add(key)
+
+    async def hold(self, resource_type: str, resource_id: str) -> None:
+        """Stage a record the decision depends on but does not change, as read (unless staged already):
+        HAPI keeps an unchanged record's version, and its ``If-Match`` refuses the transaction when the
+        record changed meanwhile. Nothing is staged for a record that is absent. Kept in :attr:`held` until
+        it is staged with a change."""
+        key = f"{resource_type}/{resource_id}"
+        if key in self._staged:
+            return
+        resource = await self.read(resource_type, resource_id)
+        if resource is not None:
+            self.put(resource)
+            self.held.add(key)
 
     def delete(self, resource_type: str, resource_id: str) -> None:
         """Stage the deletion of a record (HAPI keeps its history; a later write creates it again). HAPI

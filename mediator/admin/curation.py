@@ -87,7 +87,6 @@ class _Change:
         self.locks = locks
         self.before: dict[str, dict[str, Any]] = {}
         self.tasks_before: dict[str, Resource | None] = {}  # "Task/id" -> as first read (None: absent)
-        self.held: set[str] = set()  # Patients staged unchanged, only for their If-Match (not audited)
 
     async def patient(self, resource_id: str) -> Resource | None:
         resource = await self.uow.read("Patient", resource_id)
@@ -117,23 +116,12 @@ class _Change:
         raise Conflict("Too many replaced-by links.")  # a cycle, or over MAX_RECORDS
 
     def put(self, resource: Resource) -> None:
-        if resource.get("resourceType") == "Patient":
-            self.held.discard(str(resource["id"]))
         self.uow.put(resource)
-
-    def hold(self, resource: Resource) -> None:
-        """Stage a Patient this decision depends on but does not change, as read (unless staged already):
-        HAPI keeps an unchanged record's version, and its ``If-Match`` refuses the decision when the record
-        changed meanwhile. Not in the AuditEvent: nothing of it changes."""
-        key = f"Patient/{resource['id']}"
-        if key not in self.uow.staged:
-            self.uow.put(resource)
-            self.held.add(str(resource["id"]))
 
     def patient_changes(self) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
         out = []
         for key, staged in self.uow.staged.items():
-            if key.startswith("Patient/") and key.split("/", 1)[1] not in self.held:
+            if key.startswith("Patient/") and key not in self.uow.held:  # held: nothing of it changes
                 rid = key.split("/", 1)[1]
                 out.append((rid, self.before.get(rid, {"kind": "absent"}), records.link_state(staged)))
         return out
@@ -501,7 +489,7 @@ class Curation:
         # changes neither that one nor this golden record, so no other If-Match would refuse the decision)
         for record in found:
             if record is not None:
-                change.hold(record)
+                await change.uow.hold("Patient", record["id"])
         left = golden
         for moved in (source_id, *followers):
             left = records.without_source(left, moved, moved_to=to_id)
@@ -625,7 +613,7 @@ class Curation:
             await change.uow.prefetch("Patient", ids)
             others.extend(r for r in await asyncio.gather(*(change.patient(s) for s in ids)) if r is not None)
         for record in others:
-            change.hold(record)
+            await change.uow.hold("Patient", record["id"])
         for rid in leaving:
             behind = linking.followers(rid, others)
             if behind:
