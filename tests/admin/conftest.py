@@ -11,8 +11,10 @@ import pytest
 from aiohttp.test_utils import TestClient
 from cryptography.fernet import Fernet
 
+from mediator.admin.score_index import SCORE_INDEX
 from mediator.admin.users import UserStore
 from mediator.app import create_app
+from mediator.context import STORE
 from mediator.review import POTENTIAL_MATCH, review_task_id
 from mediator.settings import AdminSettings, Settings
 from tests.conftest import patient, unique_surname
@@ -60,7 +62,11 @@ class AdminClient:
 
 @pytest.fixture
 async def app_client(aiohttp_client: Callable[..., Any], settings: Settings, admin_settings) -> TestClient:
-    return await aiohttp_client(create_app(settings))
+    """The app, once its review search parameters are in HAPI (it installs them in the background at
+    start-up; until then a decision that must find a person's review Tasks is 503)."""
+    client = await aiohttp_client(create_app(settings))
+    await client.server.app[SCORE_INDEX].install(client.server.app[STORE].hapi)
+    return client
 
 
 @pytest.fixture
